@@ -1,0 +1,418 @@
+"""One small training loop shared by every plugin, built on Hugging Face ``accelerate``.
+
+The same :func:`fit` call runs on a CPU, one GPU, or several GPUs/hosts when the script is started
+with ``accelerate launch`` or ``torchrun`` (``accelerate`` reads the launcher's environment and wraps
+the model in DDP; there is no distributed code here).
+
+Choices this module makes (none of them come from a paper):
+
+* The optimizer is AdamW over the parameters with ``requires_grad`` only (the adapter parameters
+  after :func:`lowrank_vision.core.apply`), or over ``param_groups`` when given.
+* ``max_steps`` counts *optimizer* steps. Gradient accumulation treats the loader as an endless
+  stream: an optimizer step happens after every ``grad_accum`` micro-batches, across epoch ends.
+  Each micro-batch loss is divided by ``grad_accum`` and DDP gradient synchronisation is skipped
+  (``accelerator.no_sync``) on the non-final micro-batches.
+* The learning-rate schedule is linear warm-up then constant or cosine decay to 0 at ``max_steps``;
+  it is stepped once per optimizer step (not once per process, unlike a prepared scheduler).
+* Shuffling uses accelerate's seedable sampler, so the order of epoch ``e`` depends on
+  ``(seed, e)`` only. A checkpoint (``accelerator.save_state``: model, optimizer, scaler, scheduler,
+  every process's RNG states) plus ``trainer_state.json`` (step, micro-batches consumed, history)
+  is written every ``checkpoint_every`` steps into ``output_dir/checkpoints/step_<N>`` (written to a
+  temporary folder, then renamed). ``resume=True`` loads the newest complete checkpoint, rebuilds
+  the epoch's batch order, skips the batches already consumed (``accelerator.skip_first_batches``)
+  and restores the RNG states *after* the data iterator is created, so an interrupted run finishes
+  with the same weights as an uninterrupted one. This is exact when a dataset item depends only on
+  its index (model-side randomness such as dropout is restored); random augmentations drawn from
+  the global RNG inside ``__getitem__`` or in loader workers are not replayed exactly.
+* Metrics (``step``, ``loss``, ``lr``, anything ``loss_fn`` returns, ``eval_*`` from ``eval_fn``)
+  are appended, one JSON object per line, to ``output_dir/metrics.jsonl``; on resume, lines past
+  the checkpoint's step (written by the interrupted run) are dropped first.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Literal, Optional, Sequence
+
+import torch
+from torch import nn
+
+__all__ = ["TrainConfig", "TrainResult", "fit", "latest_checkpoint", "read_metrics"]
+
+_CKPT_PREFIX = "step_"
+
+
+@dataclass
+class TrainConfig:
+    """Settings of :func:`fit`; every field is validated on construction, naming the bad one."""
+
+    max_steps: int = 100
+    """Number of optimizer steps."""
+    lr: float = 1e-3
+    """Peak learning rate of AdamW."""
+    weight_decay: float = 0.0
+    """AdamW decoupled weight decay."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step."""
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    """Autocast dtype (fp16 also uses a gradient scaler; fp16 needs a GPU)."""
+    scheduler: Literal["constant", "cosine"] = "cosine"
+    """Learning-rate shape after warm-up."""
+    warmup_steps: int = 0
+    """Linear warm-up from 0 to ``lr`` over this many optimizer steps."""
+    max_grad_norm: Optional[float] = 1.0
+    """Clip the global gradient norm to this value (``None``: no clipping)."""
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint every N optimizer steps and at the end (0: never)."""
+    output_dir: Optional[str] = None
+    """Folder for ``metrics.jsonl`` and ``checkpoints/`` (``None``: write nothing)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output_dir/checkpoints`` if there is one."""
+    log_every: int = 10
+    """Append a metrics line every N optimizer steps (and always after the last one)."""
+    seed: int = 0
+    """Seed of every RNG (python, numpy, torch, CUDA) and of the shuffling order."""
+    progress: bool = True
+    """Show a tqdm bar with the running loss on the main process."""
+    cpu: bool = False
+    """Force the CPU even when a GPU is visible."""
+    keep_last: int = 2
+    """How many checkpoints to keep (older ones are deleted; 0 keeps all)."""
+    eval_every: int = 0
+    """Call ``eval_fn`` every N optimizer steps (0: only after the last step)."""
+
+    def __post_init__(self) -> None:
+        def need(cond: bool, name: str, expected: str) -> None:
+            if not cond:
+                raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+        need(isinstance(self.max_steps, int) and self.max_steps >= 1, "max_steps", "an int >= 1")
+        need(self.lr > 0, "lr", "> 0")
+        need(self.weight_decay >= 0, "weight_decay", ">= 0")
+        need(isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum", "an int >= 1")
+        need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "one of 'no', 'bf16', 'fp16'")
+        need(self.scheduler in ("constant", "cosine"), "scheduler", "one of 'constant', 'cosine'")
+        need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
+        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "None or > 0")
+        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every", "an int >= 0")
+        need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", "an int >= 1")
+        need(isinstance(self.keep_last, int) and self.keep_last >= 0, "keep_last", "an int >= 0")
+        need(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "an int >= 0")
+        if (self.checkpoint_every or self.resume) and self.output_dir is None:
+            raise ValueError("TrainConfig.output_dir must be set when checkpoint_every > 0 or resume=True")
+
+
+@dataclass
+class TrainResult:
+    """What :func:`fit` returns."""
+
+    steps: int
+    """Optimizer steps done in total (including those before a resume)."""
+    final_loss: float
+    """Mean loss over the micro-batches of the last optimizer step (averaged over processes)."""
+    history: list = field(default_factory=list)
+    """Every metrics line written (one dict per logged step)."""
+    model: Optional[nn.Module] = None
+    """The trained model, unwrapped from DDP/autocast."""
+
+
+# ----------------------------------------------------------------------------- pure helpers
+
+
+def lr_factor(step: int, *, max_steps: int, warmup_steps: int, kind: str) -> float:
+    """Multiplier of the peak learning rate before optimizer step ``step`` (0-based)."""
+    if warmup_steps and step < warmup_steps:
+        return (step + 1) / warmup_steps
+    if kind == "constant":
+        return 1.0
+    span = max(1, max_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def latest_checkpoint(output_dir: str | os.PathLike) -> Optional[Path]:
+    """Newest complete ``checkpoints/step_<N>`` folder under ``output_dir`` (``None`` if there is none)."""
+    root = Path(output_dir) / "checkpoints"
+    if not root.is_dir():
+        return None
+    found = []
+    for p in root.iterdir():
+        if p.is_dir() and p.name.startswith(_CKPT_PREFIX) and p.name[len(_CKPT_PREFIX):].isdigit():
+            if (p / "trainer_state.json").is_file():
+                found.append((int(p.name[len(_CKPT_PREFIX):]), p))
+    return max(found)[1] if found else None
+
+
+def read_metrics(output_dir: str | os.PathLike) -> list[dict]:
+    """The lines of ``output_dir/metrics.jsonl`` as dicts (empty if the file does not exist)."""
+    path = Path(output_dir) / "metrics.jsonl"
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _write_json_atomic(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def _truncate_metrics(output_dir: Path, max_step: int) -> None:
+    """Drop metrics lines written after ``max_step`` by an interrupted run (atomic rewrite)."""
+    path = output_dir / "metrics.jsonl"
+    if not path.is_file():
+        return
+    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= max_step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _as_loss(out: Any) -> tuple[torch.Tensor, dict]:
+    if isinstance(out, tuple):
+        if len(out) != 2 or not isinstance(out[1], dict):
+            raise TypeError("loss_fn must return a loss tensor or a (loss, dict_of_floats) tuple")
+        loss, extra = out
+    else:
+        loss, extra = out, {}
+    if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
+        raise TypeError(f"loss_fn must return a scalar tensor as the loss, got {type(loss).__name__}")
+    return loss, extra
+
+
+class _StepScheduler:
+    """LambdaLR wrapper that is checkpointed with ``accelerator.register_for_checkpointing``."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, config: TrainConfig):
+        self.sched = torch.optim.lr_scheduler.LambdaLR(
+            optimizer,
+            lambda s: lr_factor(s, max_steps=config.max_steps, warmup_steps=config.warmup_steps, kind=config.scheduler),
+        )
+
+    def step(self) -> None:
+        self.sched.step()
+
+    def get_last_lr(self) -> list[float]:
+        return self.sched.get_last_lr()
+
+    def state_dict(self) -> dict:
+        return self.sched.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.sched.load_state_dict(state)
+
+
+def _new_accelerator(config: TrainConfig):
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.state import AcceleratorState, GradientState, PartialState
+
+    if AcceleratorState._shared_state and PartialState().num_processes == 1:
+        # Several fit() calls in one single-process program may use different precisions.
+        AcceleratorState._reset_state()
+        GradientState._reset_state()
+    if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
+        raise ValueError("TrainConfig.mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU")
+    return Accelerator(
+        cpu=config.cpu,
+        mixed_precision=config.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+    )
+
+
+# ----------------------------------------------------------------------------- the loop
+
+
+def fit(
+    model: nn.Module,
+    train_loader: Iterable,
+    loss_fn: Callable[[nn.Module, Any], Any],
+    config: TrainConfig,
+    *,
+    param_groups: Optional[Sequence[dict]] = None,
+    callbacks: Sequence[Callable[[int, nn.Module, dict], Any]] = (),
+    eval_fn: Optional[Callable[[nn.Module], dict]] = None,
+) -> TrainResult:
+    """Train ``model`` for ``config.max_steps`` optimizer steps; see the module docstring.
+
+    ``loss_fn(model, batch)`` returns a scalar loss or ``(loss, {name: float})``; the batch is already
+    on the device. ``callbacks`` are called as ``cb(step, model, metrics)`` after every optimizer step
+    (``model`` unwrapped; a callback that raises stops training, e.g. to simulate a kill).
+    ``eval_fn(model) -> {name: float}`` runs every ``config.eval_every`` steps and after the last one,
+    in eval mode, under ``torch.no_grad``; its values are logged with an ``eval_`` prefix.
+    """
+    from accelerate.utils import set_seed
+    from tqdm.auto import tqdm
+
+    if not isinstance(config, TrainConfig):
+        raise TypeError(f"config must be a TrainConfig, got {type(config).__name__}")
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if not isinstance(train_loader, torch.utils.data.DataLoader):
+        raise TypeError(f"train_loader must be a torch.utils.data.DataLoader, got {type(train_loader).__name__}")
+    if len(train_loader) == 0:
+        raise ValueError("train_loader yields no batches (empty dataset, or drop_last with fewer items than batch_size)")
+
+    accelerator = _new_accelerator(config)
+    set_seed(config.seed)
+    out_dir = Path(config.output_dir) if config.output_dir else None
+    if out_dir is not None and accelerator.is_main_process:
+        out_dir.mkdir(parents=True, exist_ok=True)
+
+    if param_groups is None:
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ValueError("model has no parameter with requires_grad=True; nothing to train")
+        param_groups = [{"params": params}]
+    optimizer = torch.optim.AdamW(list(param_groups), lr=config.lr, weight_decay=config.weight_decay)
+    scheduler = _StepScheduler(optimizer, config)
+    model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
+    accelerator.register_for_checkpointing(scheduler)
+
+    step, consumed, history = 0, 0, []
+    ckpt = latest_checkpoint(out_dir) if (config.resume and out_dir is not None) else None
+    if config.resume and ckpt is None:
+        warnings.warn(f"resume=True but no checkpoint under {out_dir}/checkpoints; starting from step 0")
+    if ckpt is not None:
+        state = json.loads((ckpt / "trainer_state.json").read_text())
+        if state.get("max_steps") != config.max_steps or state.get("grad_accum") != config.grad_accum:
+            raise ValueError(
+                f"checkpoint {ckpt} was written with max_steps={state.get('max_steps')}, grad_accum="
+                f"{state.get('grad_accum')}; the config has {config.max_steps}, {config.grad_accum}"
+            )
+        step, consumed, history = state["step"], state["consumed"], state["history"]
+
+    n_batches = len(loader)
+    epoch, skip = divmod(consumed, n_batches)
+
+    def batches():
+        nonlocal epoch
+        first = True
+        while True:
+            loader.set_epoch(epoch)
+            src = accelerator.skip_first_batches(loader, skip) if (first and skip) else loader
+            first = False
+            yield from src
+            epoch += 1
+
+    stream = batches()
+    if ckpt is not None:
+        # Build the iterator (it draws from the global RNG) before restoring the RNG states.
+        pending = next(stream)
+        try:
+            accelerator.load_state(str(ckpt))
+        except Exception as exc:
+            raise RuntimeError(f"cannot resume from {ckpt}: it does not match this model/optimizer ({exc})") from exc
+        if accelerator.is_main_process and out_dir is not None:
+            _truncate_metrics(out_dir, step)
+    else:
+        pending = None
+
+    def next_batch():
+        nonlocal pending
+        if pending is not None:
+            b, pending = pending, None
+            return b
+        return next(stream)
+
+    def run_eval(metrics: dict) -> None:
+        raw = accelerator.unwrap_model(model)
+        was_training = raw.training
+        raw.eval()
+        with torch.no_grad():
+            values = eval_fn(raw)
+        raw.train(was_training)
+        metrics.update({f"eval_{k}": float(v) for k, v in values.items()})
+
+    bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True)
+    running, last_loss = None, float("nan")
+    model.train()
+    while step < config.max_steps:
+        loss_sum = torch.zeros((), device=accelerator.device)
+        extras: dict[str, float] = {}
+        for micro in range(config.grad_accum):
+            batch = next_batch()
+            consumed += 1
+            sync = micro == config.grad_accum - 1
+            ctx = accelerator.no_sync(model) if not sync else _nullcontext()
+            with ctx:
+                loss, extra = _as_loss(loss_fn(model, batch))
+                if not torch.isfinite(loss.detach()):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step} (micro-batch {micro})")
+                accelerator.backward(loss / config.grad_accum)
+            loss_sum += loss.detach().float()
+            for k, v in extra.items():
+                extras[k] = extras.get(k, 0.0) + float(v) / config.grad_accum
+        if config.max_grad_norm is not None:
+            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        if not accelerator.optimizer_step_was_skipped:
+            scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+
+        local = (loss_sum / config.grad_accum).item()
+        running = local if running is None else 0.9 * running + 0.1 * local
+        bar.update(1)
+        bar.set_postfix(loss=f"{running:.4f}")
+        metrics = {"step": step, "loss": local, "lr": lr, **extras}
+        is_last = step == config.max_steps
+        if step % config.log_every == 0 or is_last:
+            metrics["loss"] = last_loss = accelerator.reduce(loss_sum / config.grad_accum, reduction="mean").item()
+            if eval_fn is not None and (is_last or (config.eval_every and step % config.eval_every == 0)):
+                run_eval(metrics)
+            history.append(metrics)
+            if out_dir is not None and accelerator.is_main_process:
+                with open(out_dir / "metrics.jsonl", "a") as fh:
+                    fh.write(json.dumps(metrics) + "\n")
+        elif eval_fn is not None and config.eval_every and step % config.eval_every == 0:
+            run_eval(metrics)
+        if out_dir is not None and config.checkpoint_every and (step % config.checkpoint_every == 0 or is_last):
+            _save_checkpoint(accelerator, out_dir, config, step, consumed, history)
+        for cb in callbacks:
+            cb(step, accelerator.unwrap_model(model), metrics)
+    bar.close()
+    accelerator.wait_for_everyone()
+    if math.isnan(last_loss) and history:
+        last_loss = history[-1]["loss"]
+    return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=accelerator.unwrap_model(model))
+
+
+class _nullcontext:
+    def __enter__(self):
+        return None
+
+    def __exit__(self, *exc):
+        return False
+
+
+def _save_checkpoint(accelerator, out_dir: Path, config: TrainConfig, step: int, consumed: int, history: list) -> None:
+    """``save_state`` into ``step_<N>.tmp`` then rename, so a kill never leaves a half checkpoint."""
+    root = out_dir / "checkpoints"
+    final = root / f"{_CKPT_PREFIX}{step}"
+    tmp = root / f"{_CKPT_PREFIX}{step}.tmp"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    if accelerator.is_main_process:
+        state = {"step": step, "consumed": consumed, "history": history, "max_steps": config.max_steps,
+                 "grad_accum": config.grad_accum, "config": asdict(config)}
+        _write_json_atomic(tmp / "trainer_state.json", state)
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        if config.keep_last:
+            done = sorted(
+                (int(p.name[len(_CKPT_PREFIX):]), p) for p in root.iterdir()
+                if p.is_dir() and p.name.startswith(_CKPT_PREFIX) and p.name[len(_CKPT_PREFIX):].isdigit()
+            )
+            for _, p in done[: -config.keep_last]:
+                shutil.rmtree(p, ignore_errors=True)
+    accelerator.wait_for_everyone()

@@ -1,0 +1,199 @@
+"""Tests of the shared trainer (lowrank_vision.core.train): loss goes down, exact resume, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+from lowrank_vision.core.train import TrainConfig, fit, latest_checkpoint, lr_factor, read_metrics
+
+torch.set_num_threads(1)
+
+
+class LineDataset(Dataset):
+    """y = x @ w_true + 0.1, deterministic per index."""
+
+    def __init__(self, n: int = 64, d: int = 8):
+        g = torch.Generator().manual_seed(1)
+        self.x = torch.randn(n, d, generator=g)
+        self.y = self.x @ torch.randn(d, 1, generator=g) + 0.1
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return self.x[i], self.y[i]
+
+
+def make_model(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(8, 16), nn.ReLU(), nn.Dropout(0.2), nn.Linear(16, 1))
+
+
+def mse(model, batch):
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y), {"abs_y": float(y.abs().mean())}
+
+
+def loader() -> DataLoader:
+    return DataLoader(LineDataset(), batch_size=5, shuffle=True)  # 13 batches, last one short
+
+
+def flat(model: nn.Module) -> torch.Tensor:
+    return torch.cat([p.detach().flatten() for p in model.state_dict().values()])
+
+
+@pytest.mark.parametrize(
+    "step, kind, warmup, expected",
+    [
+        (0, "constant", 0, 1.0),
+        (0, "constant", 4, 0.25),
+        (3, "cosine", 4, 1.0),
+        (4, "cosine", 4, 1.0),
+        (7, "cosine", 4, 0.5),  # halfway through the 6 decay steps of max_steps=10 -> cos(pi*3/6)
+        (10, "cosine", 4, 0.0),
+    ],
+)
+def test_lr_factor_table(step, kind, warmup, expected):
+    assert lr_factor(step, max_steps=10, warmup_steps=warmup, kind=kind) == pytest.approx(expected, abs=1e-9)
+
+
+def test_loss_goes_down_and_metrics_written(tmp_path):
+    cfg = TrainConfig(max_steps=40, lr=1e-2, log_every=5, output_dir=str(tmp_path), progress=False, scheduler="constant")
+    res = fit(make_model(), loader(), mse, cfg)
+    assert res.steps == 40
+    lines = read_metrics(tmp_path)
+    assert [m["step"] for m in lines] == list(range(5, 45, 5))
+    assert lines[-1]["loss"] < 0.5 * lines[0]["loss"]
+    assert res.final_loss == pytest.approx(lines[-1]["loss"])
+    assert {"lr", "abs_y"} <= set(lines[0])
+
+
+def test_only_trainable_params_change():
+    model = make_model()
+    model[0].weight.requires_grad_(False)
+    before = model[0].weight.detach().clone()
+    before_head = model[3].weight.detach().clone()
+    fit(model, loader(), mse, TrainConfig(max_steps=5, progress=False))
+    assert torch.equal(model[0].weight, before)
+    assert not torch.equal(model[3].weight, before_head)
+
+
+@pytest.mark.parametrize("grad_accum", [1, 3])
+def test_exact_resume_matches_uninterrupted(tmp_path, grad_accum):
+    """N steps straight == stop after N/2 (checkpoint) + resume, bit for bit, across an epoch end."""
+    n = 10  # 10 * grad_accum micro-batches > 13 batches per epoch when grad_accum=3
+    common = dict(max_steps=n, lr=5e-3, grad_accum=grad_accum, warmup_steps=2, progress=False, log_every=1)
+    straight = fit(make_model(), loader(), mse, TrainConfig(**common, output_dir=str(tmp_path / "a"))).model
+
+    class Kill(Exception):
+        pass
+
+    def kill_at_half(step, model, metrics):
+        if step == n // 2:
+            raise Kill
+
+    out_b = str(tmp_path / "b")
+    with pytest.raises(Kill):
+        fit(make_model(), loader(), mse, TrainConfig(**common, output_dir=out_b, checkpoint_every=n // 2), callbacks=[kill_at_half])
+    assert latest_checkpoint(out_b).name == f"step_{n // 2}"
+    # the resumed run starts from different initial weights: they must be overwritten by the checkpoint
+    resumed = fit(make_model(seed=7), loader(), mse, TrainConfig(**common, output_dir=out_b, checkpoint_every=n // 2, resume=True))
+    assert resumed.steps == n
+    assert torch.equal(flat(straight), flat(resumed.model))
+    steps_logged = [m["step"] for m in read_metrics(out_b)]
+    assert steps_logged == list(range(1, n + 1))
+    assert [m["loss"] for m in read_metrics(out_b)] == [m["loss"] for m in read_metrics(tmp_path / "a")]
+
+
+_KILL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, torch
+    sys.path.insert(0, {here!r})
+    from test_train import make_model, loader, mse, flat
+    from lowrank_vision.core.train import TrainConfig, fit
+    torch.set_num_threads(1)
+    kill_at = int(sys.argv[2])
+    def hard_kill(step, model, metrics):
+        if step == kill_at:
+            os._exit(137)  # like SIGKILL: no cleanup, no finally blocks
+    cfg = TrainConfig(max_steps=8, lr=5e-3, checkpoint_every=3, output_dir=sys.argv[1], resume=True, progress=False, log_every=1)
+    res = fit(make_model(), loader(), mse, cfg, callbacks=[hard_kill])
+    torch.save(flat(res.model), os.path.join(sys.argv[1], "final.pt"))
+    """
+)
+
+
+def test_hard_kill_then_resume_in_subprocess(tmp_path):
+    """A process killed at step 5 (checkpoint at 3) and restarted with resume reaches the same weights."""
+    script = tmp_path / "run.py"
+    script.write_text(_KILL_SCRIPT.format(here=str(Path(__file__).parent)))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    run = lambda out, kill: subprocess.run([sys.executable, str(script), str(out), str(kill)], env=env, capture_output=True, text=True)
+    first = run(tmp_path / "k", 5)
+    assert first.returncode == 137, first.stderr[-2000:]
+    assert latest_checkpoint(tmp_path / "k").name == "step_3"
+    second = run(tmp_path / "k", -1)
+    assert second.returncode == 0, second.stderr[-2000:]
+    ref = run(tmp_path / "ref", -1)
+    assert ref.returncode == 0, ref.stderr[-2000:]
+    assert torch.equal(torch.load(tmp_path / "k" / "final.pt"), torch.load(tmp_path / "ref" / "final.pt"))
+    assert [m["step"] for m in read_metrics(tmp_path / "k")] == list(range(1, 9))
+
+
+def test_bf16_autocast_runs_on_cpu():
+    res = fit(make_model(), loader(), mse, TrainConfig(max_steps=3, mixed_precision="bf16", cpu=True, progress=False))
+    assert res.steps == 3 and res.final_loss == res.final_loss  # finite, not NaN
+
+
+def test_eval_fn_and_callbacks():
+    seen = []
+    res = fit(make_model(), loader(), mse, TrainConfig(max_steps=4, eval_every=2, log_every=2, progress=False),
+              callbacks=[lambda s, m, met: seen.append(s)], eval_fn=lambda m: {"n_params": sum(p.numel() for p in m.parameters())})
+    assert seen == [1, 2, 3, 4]
+    assert [h.get("eval_n_params") for h in res.history] == [8 * 16 + 16 + 16 + 1] * 2
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"max_steps": 0}, "max_steps"),
+        ({"lr": 0.0}, "lr"),
+        ({"grad_accum": 0}, "grad_accum"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"scheduler": "linear"}, "scheduler"),
+        ({"max_grad_norm": -1.0}, "max_grad_norm"),
+        ({"checkpoint_every": 5}, "output_dir"),
+        ({"log_every": 0}, "log_every"),
+    ],
+)
+def test_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        TrainConfig(**kwargs)
+
+
+def test_bad_inputs():
+    frozen = make_model().requires_grad_(False)
+    with pytest.raises(ValueError, match="requires_grad"):
+        fit(frozen, loader(), mse, TrainConfig(max_steps=1, progress=False))
+    with pytest.raises(ValueError, match="no batches"):
+        fit(make_model(), DataLoader(LineDataset(n=3), batch_size=5, drop_last=True), mse, TrainConfig(max_steps=1, progress=False))
+    with pytest.raises(TypeError, match="loss_fn"):
+        fit(make_model(), loader(), lambda m, b: (1.0, 2.0), TrainConfig(max_steps=1, progress=False))
+
+
+def test_resume_with_other_architecture_fails_clearly(tmp_path):
+    cfg = TrainConfig(max_steps=2, checkpoint_every=2, output_dir=str(tmp_path), progress=False)
+    fit(make_model(), loader(), mse, cfg)
+    other = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 1))
+    with pytest.raises(RuntimeError, match="cannot resume"):
+        fit(other, loader(), mse, TrainConfig(max_steps=2, checkpoint_every=2, output_dir=str(tmp_path), resume=True, progress=False))
