@@ -1,0 +1,250 @@
+"""Module shells shared by every adapter family.
+
+An :class:`AdapterLayer` wraps one base layer (a real submodule, ``base_layer``) and adds
+an update. Families whose update is linear in the weight (LoRA, convLoRA, CP-LoRA, NOLA)
+are a :class:`DeltaAdapter` holding a :class:`LowRankDelta` -- a small module that owns the
+factors and calls the pure functions in ``core.functional``. DoRA-style variants wrap the
+same deltas (``core.adapters.dora``). Adapters can be stacked: the ``base_layer`` of an
+adapter may itself be an adapter, and ``root_layer`` walks down to the original layer.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, ClassVar, Literal, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..functional.layout import LayerGeometry, geometry_of, layer_forward, logical_to_weight
+from .strategy import choose_strategy
+
+__all__ = ["NoOptions", "AdapterConfig", "AdapterLayer", "DeltaAdapter", "LowRankDelta", "root_layer", "STRATEGIES"]
+
+STRATEGIES = ("auto", "weight", "activation")
+Strategy = Literal["auto", "weight", "activation"]
+
+
+@dataclass
+class AdapterConfig:
+    """Options every adapter family shares."""
+
+    rank: int
+    """Rank r of the update (CP rank R for CP-LoRA)."""
+    alpha: Optional[float] = None
+    """Scale numerator: the update is multiplied by ``alpha / rank``; ``None`` means ``alpha = rank``."""
+    dropout: float = 0.0
+    """Dropout on the adapter's input path (training only)."""
+    strategy: Strategy = "auto"
+    """Where the update is computed: ``weight`` (one op with ``W + dW``), ``activation`` (base output + low-rank path) or ``auto``."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
+            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
+        if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
+            raise ValueError(f"alpha must be a positive number or None, got {self.alpha!r}")
+        if not (0.0 <= float(self.dropout) < 1.0):
+            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
+    @property
+    def scale(self) -> float:
+        return float(self.alpha if self.alpha is not None else self.rank) / self.rank
+
+
+@dataclass
+class NoOptions:
+    """This family has no options of its own."""
+
+
+def root_layer(module: nn.Module) -> nn.Module:
+    """The original layer under any number of stacked adapters."""
+    while isinstance(module, AdapterLayer):
+        module = module.base_layer
+    return module
+
+
+class AdapterLayer(nn.Module):
+    """Base shell: wraps ``base_layer``; subclasses implement :meth:`adapted_forward`."""
+
+    method: ClassVar[str] = ""
+    """Registry name of the family (set by ``register_adapter``)."""
+    mergeable: ClassVar[bool] = True
+    """Whether the update can be folded into the base weight (False for nonlinear adapters)."""
+    options_cls: ClassVar[type] = NoOptions
+    """Dataclass of the family's own options (validated by ``apply``)."""
+
+    @classmethod
+    def unsupported_reason(cls, geometry: LayerGeometry) -> Optional[str]:
+        """Why this family cannot wrap a layer of ``geometry`` (``None`` if it can)."""
+        return None
+
+    @classmethod
+    def param_count(cls, geometry: LayerGeometry, rank: int, options: Any) -> int:
+        """Closed-form number of trainable parameters on one layer."""
+        raise NotImplementedError
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, *, options: Any = None, adapter_name: str = "default", layer_name: str = ""):
+        super().__init__()
+        self.options = options if options is not None else self.options_cls()
+        self.base_layer = base_layer
+        self.geometry: LayerGeometry = geometry_of(root_layer(base_layer))
+        self.config = config
+        self.rank = config.rank
+        self.alpha = float(config.alpha if config.alpha is not None else config.rank)
+        self.scale = config.scale
+        self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
+        self.strategy: str = config.strategy
+        self.adapter_name = adapter_name
+        self.layer_name = layer_name
+        self.active = True
+        self.merged = False
+        self._merge_backup: Optional[Tensor] = None
+
+    # -- helpers ---------------------------------------------------------------------------
+    @property
+    def root(self) -> nn.Module:
+        return root_layer(self.base_layer)
+
+    def _factory_kwargs(self) -> dict[str, Any]:
+        weight = self.root.weight
+        return {"dtype": weight.dtype, "device": weight.device}
+
+    def adapter_parameters(self) -> list[tuple[str, nn.Parameter]]:
+        """This adapter's own parameters (not the base layer's, not stacked adapters')."""
+        return [(n, p) for n, p in self.named_parameters() if not n.startswith("base_layer.")]
+
+    def base_weight(self) -> Tensor:
+        """The weight this adapter adapts: the root weight, or the stacked adapter's effective weight."""
+        if isinstance(self.base_layer, AdapterLayer):
+            return self.base_layer.effective_weight()
+        return self.base_layer.weight
+
+    def effective_weight(self) -> Tensor:
+        """Weight (stored layout) that would give this layer's output in one op."""
+        raise TypeError(f"{type(self).__name__} ({self.method}) is nonlinear in the input and has no effective weight")
+
+    def extra_repr(self) -> str:
+        return f"method={self.method}, rank={self.rank}, alpha={self.alpha:g}, adapter={self.adapter_name!r}, strategy={self.strategy}"
+
+    # -- forward -----------------------------------------------------------------------------
+    def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if self.merged or not self.active:
+            return self.base_layer(x, *args, **kwargs)
+        return self.adapted_forward(x, *args, **kwargs)
+
+    def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        raise NotImplementedError
+
+    # -- merge / unmerge ---------------------------------------------------------------------
+    def merge(self) -> None:
+        """Fold the update into the root weight; the original weight is kept for an exact :meth:`unmerge`."""
+        if not self.mergeable:
+            raise TypeError(f"{self.method} adapters are nonlinear in the input and cannot be merged into {type(self.root).__name__}.weight")
+        if self.merged:
+            warnings.warn(f"adapter {self.adapter_name!r} on {self.layer_name or type(self.root).__name__} is already merged")
+            return
+        if not self.active:
+            return
+        root = self.root
+        with torch.no_grad():
+            new_weight = self.effective_weight().detach().to(root.weight.dtype)
+            self._merge_backup = root.weight.detach().clone()
+            root.weight.copy_(new_weight)
+        self.merged = True
+
+    def unmerge(self) -> None:
+        """Restore the root weight bit-exactly from the copy taken at :meth:`merge`.
+
+        With stacked adapters, unmerge the outermost first (``core.unmerge`` does).
+        """
+        if not self.merged:
+            return
+        with torch.no_grad():
+            self.root.weight.copy_(self._merge_backup)
+        self._merge_backup = None
+        self.merged = False
+
+
+class LowRankDelta(nn.Module):
+    """Factors of a weight update that is linear in the base weight (``dW``).
+
+    Subclasses set ``param_names`` and implement :meth:`logical_delta`; they may implement
+    :meth:`bypass` (the update applied to activations without forming ``dW``).
+    """
+
+    param_names: ClassVar[tuple[str, ...]] = ()
+
+    def __init__(self, geometry: LayerGeometry, rank: int, options: Any = None, *, layer_name: str = ""):
+        super().__init__()
+        self.geometry = geometry
+        self.rank = rank
+
+    @classmethod
+    def unsupported_reason(cls, geometry: LayerGeometry) -> Optional[str]:
+        return None
+
+    @classmethod
+    def param_count(cls, geometry: LayerGeometry, rank: int, options: Any = None) -> int:
+        raise NotImplementedError
+
+    def logical_delta(self, scale: float) -> Tensor:
+        raise NotImplementedError
+
+    def bypass(self, layer: nn.Module, x: Tensor, scale: float, **kwargs) -> Optional[Tensor]:
+        """Low-rank path on activations, or ``None`` when this delta has none for ``layer``."""
+        return None
+
+
+class DeltaAdapter(AdapterLayer):
+    """Adapter whose update ``dW`` is linear: ``y = op(x, W + scale * dW)``."""
+
+    delta_cls: ClassVar[type[LowRankDelta]] = LowRankDelta
+
+    @classmethod
+    def unsupported_reason(cls, geometry: LayerGeometry) -> Optional[str]:
+        return cls.delta_cls.unsupported_reason(geometry)
+
+    @classmethod
+    def param_count(cls, geometry: LayerGeometry, rank: int, options: Any = None) -> int:
+        return cls.delta_cls.param_count(geometry, rank, options)
+
+    def __init__(self, base_layer: nn.Module, config: AdapterConfig, *, options: Any = None, adapter_name: str = "default", layer_name: str = ""):
+        super().__init__(base_layer, config, options=options, adapter_name=adapter_name, layer_name=layer_name)
+        self.delta = self.delta_cls(self.geometry, self.rank, self.options, layer_name=layer_name, **self._factory_kwargs())
+
+    def logical_delta(self) -> Tensor:
+        return self.delta.logical_delta(self.scale)
+
+    def delta_weight(self) -> Tensor:
+        """Dense scaled update in the base layer's stored weight layout."""
+        return logical_to_weight(self.logical_delta(), self.geometry)
+
+    def effective_weight(self) -> Tensor:
+        base = self.base_weight()
+        if self.merged or not self.active:
+            return base
+        return base + self.delta_weight().to(base.dtype)
+
+    def _pick_strategy(self, x: Tensor) -> str:
+        if self.training and not isinstance(self.dropout, nn.Identity):
+            return "activation"  # dropout acts on the adapter's input only
+        if self.strategy != "auto":
+            return self.strategy
+        return choose_strategy(self.geometry, tuple(x.shape), self.rank, type(self.delta).__name__)
+
+    def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        if self._pick_strategy(x) == "weight":
+            root = self.root
+            return layer_forward(root, x, self.effective_weight(), getattr(root, "bias", None), **kwargs)
+        base_out = self.base_layer(x, *args, **kwargs)
+        return base_out + self.activation_delta(self.dropout(x), **kwargs).to(base_out.dtype)
+
+    def activation_delta(self, x: Tensor, **kwargs) -> Tensor:
+        """``op(x, dW)`` without bias: the low-rank path when the delta has one, else one op with ``dW``."""
+        out = self.delta.bypass(self.root, x, self.scale, **kwargs)
+        if out is None:
+            out = layer_forward(self.root, x, self.delta_weight(), None, **kwargs)
+        return out

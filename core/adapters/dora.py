@@ -1,0 +1,95 @@
+"""The DoRA family on top of any linear update: ``dora`` (= DoRA-C), ``conv_dora``, ``cp_dora``.
+
+Liu et al., "DoRA" (arXiv 2402.09353); DoRA-C / convDoRA / CP-DoRA from Minoccheri et al.
+(arXiv 2508.01772). The decomposition is a strategy over a :class:`LowRankDelta`, so every
+delta family gets a DoRA variant by subclassing with ``delta_cls`` set.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..functional import dora as F_dora
+from ..functional.layout import LayerGeometry, channel_view, layer_forward, logical_to_weight, weight_to_logical
+from .base import DeltaAdapter
+from .conv_lora import ConvLoRADelta
+from .cp_lora import CPDelta
+from .lora import LoRADelta
+from .registry import register_adapter
+
+__all__ = ["DoRAOptions", "DoRAAdapter", "DoRA", "ConvDoRA", "CPDoRA"]
+
+
+@dataclass
+class DoRAOptions:
+    detach_norm: bool = True
+    """Treat ``||W + dW||`` as a constant in backward (DoRA paper, Sec. 4.3); ``False`` keeps the exact gradient."""
+
+
+class DoRAAdapter(DeltaAdapter):
+    """``W' = m * (W + dW) / ||W + dW||`` per output channel; ``m`` starts at ``||W||``."""
+
+    options_cls = DoRAOptions
+
+    @classmethod
+    def param_count(cls, geometry: LayerGeometry, rank: int, options: Any = None) -> int:
+        return cls.delta_cls.param_count(geometry, rank, options) + geometry.out_channels
+
+    def __init__(self, base_layer: nn.Module, config, *, options: Optional[DoRAOptions] = None, adapter_name: str = "default", layer_name: str = ""):
+        super().__init__(base_layer, config, options=options, adapter_name=adapter_name, layer_name=layer_name)
+        with torch.no_grad():
+            norm = F_dora.row_norm(weight_to_logical(self.base_weight(), self.geometry).float())
+        self.magnitude = nn.Parameter(norm.to(**self._factory_kwargs()))
+
+    def _logical_parts(self) -> tuple[Tensor, Tensor]:
+        base = weight_to_logical(self.base_weight(), self.geometry)
+        return base, self.logical_delta().to(base.dtype)
+
+    def effective_weight(self) -> Tensor:
+        if self.merged or not self.active:
+            return self.base_weight()
+        base, delta = self._logical_parts()
+        adapted = F_dora.dora_weight(base, delta, self.magnitude.to(base.dtype), detach_norm=self.options.detach_norm)
+        return logical_to_weight(adapted, self.geometry)
+
+    def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        root = self.root
+        if self._pick_strategy(x) == "weight":
+            return layer_forward(root, x, self.effective_weight(), getattr(root, "bias", None), **kwargs)
+        base, delta = self._logical_parts()
+        factor = F_dora.dora_output_scale(base, delta, self.magnitude.to(base.dtype), detach_norm=self.options.detach_norm)
+        base_out = self.base_layer(x, *args, **kwargs)
+        bias = getattr(root, "bias", None)
+        if bias is not None:
+            base_out = base_out - channel_view(bias, self.geometry, base_out)
+        adapted = (base_out + self.activation_delta(self.dropout(x), **kwargs).to(base_out.dtype)) * channel_view(
+            factor.to(base_out.dtype), self.geometry, base_out
+        )
+        if bias is not None:
+            adapted = adapted + channel_view(bias, self.geometry, adapted)
+        return adapted
+
+
+@register_adapter("dora", aliases=("dora_c",))
+class DoRA(DoRAAdapter):
+    """DoRA / DoRA-C: magnitude and direction over a LoRA(-C) update."""
+
+    delta_cls = LoRADelta
+
+
+@register_adapter("conv_dora")
+class ConvDoRA(DoRAAdapter):
+    """convDoRA: magnitude and direction over a convLoRA update."""
+
+    delta_cls = ConvLoRADelta
+
+
+@register_adapter("cp_dora")
+class CPDoRA(DoRAAdapter):
+    """CP-DoRA: magnitude and direction over a CP-LoRA update."""
+
+    delta_cls = CPDelta

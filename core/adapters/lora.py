@@ -1,0 +1,50 @@
+"""LoRA / LoRA-C adapter (``lora``, alias ``lora_c``); math in ``core.functional.lora``."""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+from torch import Tensor, nn
+
+from ..functional import lora as F_lora
+from ..functional.layout import LayerGeometry
+from .base import DeltaAdapter, LowRankDelta
+from .registry import register_adapter
+
+__all__ = ["LoRADelta", "LoRA"]
+
+
+class LoRADelta(LowRankDelta):
+    """``dW = scale * B @ A``; ``A: [r, C_in*prod(k)]``, ``B: [C_out, r]``."""
+
+    param_names = ("lora_A", "lora_B")
+
+    def __init__(self, geometry: LayerGeometry, rank: int, options: Any = None, *, layer_name: str = "", dtype=None, device=None):
+        super().__init__(geometry, rank)
+        lora_a, lora_b = F_lora.init_lora_factors(geometry, rank, dtype=dtype, device=device)
+        self.lora_A = nn.Parameter(lora_a)
+        self.lora_B = nn.Parameter(lora_b)
+
+    @classmethod
+    def param_count(cls, geometry: LayerGeometry, rank: int, options: Any = None) -> int:
+        return F_lora.lora_param_count(geometry, rank)
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return self.lora_A, self.lora_B
+
+    def logical_delta(self, scale: float) -> Tensor:
+        lora_a, lora_b = self.factors()
+        return F_lora.lora_delta(lora_a, lora_b, self.geometry, scale)
+
+    def bypass(self, layer: nn.Module, x: Tensor, scale: float, **kwargs) -> Optional[Tensor]:
+        if not F_lora.lora_bypass_supported(self.geometry):
+            return None
+        lora_a, lora_b = self.factors()
+        return F_lora.lora_bypass(layer, x, lora_a, lora_b, self.geometry, scale, **kwargs)
+
+
+@register_adapter("lora", aliases=("lora_c",))
+class LoRA(DeltaAdapter):
+    """LoRA (Hu et al., arXiv 2106.09685); on convolutions the layer-wise LoRA-C form."""
+
+    delta_cls = LoRADelta

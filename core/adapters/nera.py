@@ -1,0 +1,89 @@
+"""NeRA adapter (``nera``): down-projection, per-channel spline activation, zero-init up-projection.
+
+See ``core.functional.nera`` for the paper reference and the basis choice. NeRA is nonlinear
+in the input, so it has no ``delta_weight`` and cannot be merged; it always runs in
+activation space.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..functional import lora as F_lora
+from ..functional import nera as F_nera
+from ..functional.layout import LayerGeometry, layer_forward
+from .base import AdapterLayer
+from .registry import register_adapter
+
+__all__ = ["NeRAOptions", "NeRA"]
+
+
+@dataclass
+class NeRAOptions:
+    grid_size: int = 8
+    """Number of knots G of the degree-1 B-spline (hat) basis."""
+    grid_range: float = 3.0
+    """Knots span ``[-grid_range, grid_range]``."""
+
+    def __post_init__(self) -> None:
+        if isinstance(self.grid_size, bool) or not isinstance(self.grid_size, int) or self.grid_size < 2:
+            raise ValueError(f"grid_size must be an integer >= 2, got {self.grid_size!r}")
+        if not self.grid_range > 0:
+            raise ValueError(f"grid_range must be positive, got {self.grid_range!r}")
+
+
+@register_adapter("nera")
+class NeRA(AdapterLayer):
+    """``y = base(x) + scale * U(phi(D(x)))``: ``D`` uses the layer's geometry, ``U`` is 1x1 and zero at start."""
+
+    mergeable = False
+    options_cls = NeRAOptions
+
+    @classmethod
+    def unsupported_reason(cls, geometry: LayerGeometry) -> Optional[str]:
+        if geometry.groups != 1:
+            return f"NeRA's down-projection needs an ungrouped layer, got groups={geometry.groups}"
+        return None
+
+    @classmethod
+    def param_count(cls, geometry: LayerGeometry, rank: int, options: Any = None) -> int:
+        options = options or NeRAOptions()
+        return F_nera.nera_param_count(geometry.fan_in, geometry.out_channels, rank, options.grid_size)
+
+    def __init__(self, base_layer: nn.Module, config, *, options: Optional[NeRAOptions] = None, adapter_name: str = "default", layer_name: str = ""):
+        super().__init__(base_layer, config, options=options, adapter_name=adapter_name, layer_name=layer_name)
+        kw = self._factory_kwargs()
+        down, _ = F_lora.init_lora_factors(self.geometry, self.rank, **kw)
+        self.nera_down = nn.Parameter(down)
+        self.nera_up = nn.Parameter(torch.zeros(self.geometry.out_channels, self.rank, **kw))
+        self.spline_coeff = nn.Parameter(torch.zeros(self.rank, self.options.grid_size, **kw))
+        self.silu_weight = nn.Parameter(torch.ones(self.rank, **kw))
+        self.register_buffer("grid", F_nera.spline_grid(self.options.grid_size, self.options.grid_range, **kw), persistent=False)
+
+    def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        base_out = self.base_layer(x, *args, **kwargs)
+        return base_out + self.adapter_path(self.dropout(x), **kwargs).to(base_out.dtype)
+
+    def adapter_path(self, x: Tensor, **kwargs) -> Tensor:
+        geometry, rank = self.geometry, self.rank
+        if geometry.kind == "linear":
+            hidden = F.linear(x, self.nera_down)
+        elif geometry.kind == "embedding":
+            hidden = layer_forward(self.root, x, self.nera_down.t())
+        else:
+            down = self.nera_down.reshape(rank, geometry.in_channels, *geometry.kernel_size)
+            if geometry.kind == "conv_transpose":
+                down = down.transpose(0, 1)
+            hidden = layer_forward(self.root, x, down, groups=1, **kwargs)
+        channel_dim = -1 if geometry.kind in ("linear", "embedding") else 1
+        hidden = F_nera.spline_activation(hidden, self.spline_coeff, self.silu_weight, self.grid.to(hidden.dtype), channel_dim=channel_dim)
+        if channel_dim == -1:
+            return F.linear(hidden, self.nera_up) * self.scale
+        up = self.nera_up.reshape(geometry.out_channels, rank, *([1] * geometry.ndim))
+        conv = (F.conv1d, F.conv2d, F.conv3d)[geometry.ndim - 1]
+        return conv(hidden, up) * self.scale

@@ -1,0 +1,82 @@
+"""NOLA adapter (``nola``): LoRA factors mixed from seeded random bases; only coefficients train."""
+
+from __future__ import annotations
+
+import zlib
+from dataclasses import dataclass
+from typing import Any, Optional
+
+import torch
+from torch import Tensor, nn
+
+from ..functional import lora as F_lora
+from ..functional import nola as F_nola
+from ..functional.layout import LayerGeometry
+from .base import DeltaAdapter, LowRankDelta
+from .registry import register_adapter
+
+__all__ = ["NOLAOptions", "NOLADelta", "NOLA"]
+
+
+@dataclass
+class NOLAOptions:
+    num_basis_a: int = 64
+    """Number of random bases mixed into ``A``."""
+    num_basis_b: int = 64
+    """Number of random bases mixed into ``B``."""
+    seed: int = 0
+    """Base seed; each layer's bases use ``seed`` combined with a CRC32 of its module name."""
+
+    def __post_init__(self) -> None:
+        for name in ("num_basis_a", "num_basis_b"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def layer_seed(seed: int, layer_name: str) -> int:
+    return (int(seed) * 1_000_003 + zlib.crc32(layer_name.encode())) % (2**31)
+
+
+class NOLADelta(LowRankDelta):
+    """``A = sum_i coeff_a[i] * bases_a[i]``, ``B = sum_j coeff_b[j] * bases_b[j]``; bases are non-persistent buffers."""
+
+    param_names = ("coeff_a", "coeff_b")
+
+    def __init__(self, geometry: LayerGeometry, rank: int, options: Optional[NOLAOptions] = None, *, layer_name: str = "", dtype=None, device=None):
+        super().__init__(geometry, rank)
+        options = options or NOLAOptions()
+        self.seed = layer_seed(options.seed, layer_name)
+        bases_a = F_nola.nola_bases(self.seed, options.num_basis_a, (rank, geometry.fan_in), dtype=dtype, device=device)
+        bases_b = F_nola.nola_bases(self.seed + 1, options.num_basis_b, (geometry.out_channels, rank), dtype=dtype, device=device)
+        self.register_buffer("bases_a", bases_a, persistent=False)
+        self.register_buffer("bases_b", bases_b, persistent=False)
+        bound = options.num_basis_a ** -0.5
+        self.coeff_a = nn.Parameter(torch.empty(options.num_basis_a, dtype=dtype, device=device).uniform_(-bound, bound))
+        self.coeff_b = nn.Parameter(torch.zeros(options.num_basis_b, dtype=dtype, device=device))
+
+    @classmethod
+    def param_count(cls, geometry: LayerGeometry, rank: int, options: Optional[NOLAOptions] = None) -> int:
+        options = options or NOLAOptions()
+        return options.num_basis_a + options.num_basis_b
+
+    def factors(self) -> tuple[Tensor, Tensor]:
+        return F_nola.nola_mix(self.coeff_a, self.bases_a), F_nola.nola_mix(self.coeff_b, self.bases_b)
+
+    def logical_delta(self, scale: float) -> Tensor:
+        lora_a, lora_b = self.factors()
+        return F_lora.lora_delta(lora_a, lora_b, self.geometry, scale)
+
+    def bypass(self, layer: nn.Module, x: Tensor, scale: float, **kwargs) -> Optional[Tensor]:
+        if not F_lora.lora_bypass_supported(self.geometry):
+            return None
+        lora_a, lora_b = self.factors()
+        return F_lora.lora_bypass(layer, x, lora_a, lora_b, self.geometry, scale, **kwargs)
+
+
+@register_adapter("nola")
+class NOLA(DeltaAdapter):
+    """NOLA (Koohpayegani et al., arXiv 2310.02556)."""
+
+    delta_cls = NOLADelta
+    options_cls = NOLAOptions

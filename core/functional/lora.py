@@ -1,0 +1,63 @@
+"""LoRA and LoRA-C: ``dW = scale * B @ A`` reshaped to the kernel.
+
+Hu et al., "LoRA: Low-Rank Adaptation of Large Language Models" (arXiv 2106.09685). On a
+convolution this is the layer-wise form that Ding et al. call LoRA-C (arXiv 2410.16954) and
+that the SAH hemorrhage paper (arXiv 2508.01772) compares against: ``B`` is ``[C_out, r]``,
+``A`` is ``[r, C_in * prod(k)]`` and the product is reshaped to the logical kernel. In
+activation space this is a convolution with the layer's own geometry down to ``r`` channels
+followed by a 1x1 convolution up to ``C_out`` (PEFT's Conv -> Conv1x1 form).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .layout import LayerGeometry, layer_forward
+
+__all__ = ["init_lora_factors", "lora_delta", "lora_bypass", "lora_param_count", "lora_bypass_supported"]
+
+
+def lora_param_count(geometry: LayerGeometry, rank: int) -> int:
+    """``r * (C_out + C_in * prod(k))``."""
+    return rank * (geometry.out_channels + geometry.fan_in)
+
+
+def init_lora_factors(
+    geometry: LayerGeometry, rank: int, *, dtype=None, device=None, generator: Optional[torch.Generator] = None
+) -> tuple[Tensor, Tensor]:
+    """``A`` Kaiming-uniform (a=sqrt(5), as ``nn.Linear``), ``B`` zero, so that ``dW = 0`` at start."""
+    bound = 1.0 / math.sqrt(geometry.fan_in)
+    lora_a = torch.empty(rank, geometry.fan_in, dtype=dtype, device=device).uniform_(-bound, bound, generator=generator)
+    lora_b = torch.zeros(geometry.out_channels, rank, dtype=dtype, device=device)
+    return lora_a, lora_b
+
+
+def lora_delta(lora_a: Tensor, lora_b: Tensor, geometry: LayerGeometry, scale: float) -> Tensor:
+    """Logical ``[C_out, C_in, *k]`` update ``scale * (B @ A)``."""
+    return (lora_b @ lora_a).mul(scale).reshape(geometry.logical_shape)
+
+
+def lora_bypass_supported(geometry: LayerGeometry) -> bool:
+    """The two-op activation path exists for every layer but grouped convolutions."""
+    return geometry.groups == 1
+
+
+def lora_bypass(layer: nn.Module, x: Tensor, lora_a: Tensor, lora_b: Tensor, geometry: LayerGeometry, scale: float, **kw) -> Tensor:
+    """``scale * B(A(x))`` computed on activations: the layer's op down to ``r`` channels, then 1x1 up."""
+    rank = lora_a.shape[0]
+    if geometry.kind == "linear":
+        return F.linear(F.linear(x, lora_a), lora_b) * scale
+    if geometry.kind == "embedding":
+        return F.linear(layer_forward(layer, x, lora_a.t()), lora_b) * scale
+    down = lora_a.reshape(rank, geometry.in_channels, *geometry.kernel_size)
+    if geometry.kind == "conv_transpose":
+        down = down.transpose(0, 1)
+    hidden = layer_forward(layer, x, down, groups=1, **kw)
+    up = lora_b.reshape(geometry.out_channels, rank, *([1] * geometry.ndim))
+    conv = (F.conv1d, F.conv2d, F.conv3d)[geometry.ndim - 1]
+    return conv(hidden, up) * scale
