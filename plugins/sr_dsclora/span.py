@@ -184,8 +184,10 @@ class SPAN(nn.Module):
         sr = self.upsampler(tail) / self.config.img_range + self.mean
         return sr, taps
 
-    def forward(self, x: Tensor) -> Tensor:
-        return self.forward_features(x)[0]
+    def forward(self, x: Tensor, return_features: bool = False):
+        """``sr``, or ``(sr, taps)`` with ``return_features=True`` (goes through DDP's ``__call__``)."""
+        sr, taps = self.forward_features(x)
+        return (sr, taps) if return_features else sr
 
 
 def build_span(scale: int = 4, channels: int = 26, **kwargs) -> SPAN:
