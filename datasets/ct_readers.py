@@ -1,0 +1,237 @@
+"""Readers for head-CT segmentation data: NIfTI image/mask pairs and DICOM series, HU windowing.
+
+Layouts found automatically under a root folder (image and mask files matched by file name):
+
+* nnU-Net / MSD and this package's synthetic data: ``imagesTr/`` + ``labelsTr/``
+* INSTANCE 2022: ``data/`` + ``label/``
+* PhysioNet CT-ICH: ``ct_scans/`` + ``masks/``
+* BHSD: ``images/`` + ``ground truths/`` (also ``ground_truths/``, ``labels/``, ``masks/``)
+
+Loading for training goes through MONAI dictionary transforms (``LoadImaged``,
+``EnsureChannelFirstd``, optional ``Orientationd``/``Spacingd``) followed by HU windowing; ``predict``
+reads with nibabel and keeps the file's affine and header, so an output mask lies exactly on its
+input. Multi-class masks (BHSD, INSTANCE) are binarised (any hemorrhage class > 0).
+
+HU windows (centre, width): brain 40/80, subdural 80/200, bone 600/2800. Each window maps
+``[centre - width/2, centre + width/2]`` to ``[0, 1]`` with clipping and becomes one input channel.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional, Sequence
+
+import numpy as np
+import torch
+
+__all__ = [
+    "HU_WINDOWS", "window_hu", "find_image_mask_pairs", "check_nifti", "load_nifti", "check_pair",
+    "CTSegmentationDataset", "monai_load_transforms", "load_dicom_series", "save_mask_like",
+]
+
+HU_WINDOWS: dict[str, tuple[float, float]] = {"brain": (40.0, 80.0), "subdural": (80.0, 200.0), "bone": (600.0, 2800.0)}
+
+_IMAGE_DIRS = ("imagesTr", "images", "image", "data", "ct_scans", "ct")
+_MASK_DIRS = ("labelsTr", "labels", "label", "masks", "mask", "ground truths", "ground_truths")
+_NIFTI_SUFFIXES = (".nii", ".nii.gz")
+
+
+def window_hu(hu: torch.Tensor | np.ndarray, windows: Sequence[str] = ("brain", "subdural")) -> torch.Tensor:
+    """Stack one [0, 1] channel per named window: ``(*spatial) -> (len(windows), *spatial)`` float32."""
+    unknown = [w for w in windows if w not in HU_WINDOWS]
+    if not windows or unknown:
+        raise ValueError(f"windows must be a non-empty list of {sorted(HU_WINDOWS)}, got {list(windows)!r}")
+    x = torch.as_tensor(np.asarray(hu) if not isinstance(hu, torch.Tensor) else hu, dtype=torch.float32)
+    chans = []
+    for name in windows:
+        centre, width = HU_WINDOWS[name]
+        chans.append(((x - (centre - width / 2)) / width).clamp(0.0, 1.0))
+    return torch.stack(chans)
+
+
+def _is_nifti_name(path: Path) -> bool:
+    return path.name.endswith(_NIFTI_SUFFIXES)
+
+
+def _stem(path: Path) -> str:
+    name = path.name
+    for suf in (".nii.gz", ".nii"):
+        if name.endswith(suf):
+            name = name[: -len(suf)]
+    # nnU-Net channel suffix (case_0000) and common mask suffixes
+    for tail in ("_0000", "_seg", "_mask", "_label"):
+        if name.endswith(tail):
+            name = name[: -len(tail)]
+    return name
+
+
+def check_nifti(path: str | os.PathLike):
+    """Open the header of a NIfTI file; a clear ``ValueError`` for anything else."""
+    import nibabel as nib
+
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"no such file: {p}")
+    if not _is_nifti_name(p):
+        raise ValueError(f"expected a NIfTI file (.nii or .nii.gz), got {p.name!r}")
+    try:
+        img = nib.load(str(p))
+        _ = img.shape
+    except Exception as exc:
+        raise ValueError(f"{p} is not a readable NIfTI file: {exc}") from exc
+    if len(img.shape) < 3:
+        raise ValueError(f"{p} must be a 3-D volume, got shape {img.shape}")
+    return img
+
+
+def load_nifti(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, object]:
+    """``(array float32 (x, y, z), affine 4x4, header)``; a trailing singleton 4th axis is dropped."""
+    img = check_nifti(path)
+    arr = np.asarray(img.dataobj, dtype=np.float32)
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim != 3:
+        raise ValueError(f"{path} must be a 3-D volume, got shape {arr.shape}")
+    return arr, img.affine, img.header
+
+
+def check_pair(image: str | os.PathLike, label: str | os.PathLike) -> None:
+    """Both files are NIfTI and their shapes agree, else ``ValueError`` naming both."""
+    ish, lsh = check_nifti(image).shape[:3], check_nifti(label).shape[:3]
+    if ish != lsh:
+        raise ValueError(f"mask {label} has shape {lsh} but its image {image} has shape {ish}")
+
+
+def find_image_mask_pairs(root: str | os.PathLike, image_dir: Optional[str] = None, mask_dir: Optional[str] = None,
+                          check: bool = True) -> list[dict]:
+    """``[{"image": path, "label": path, "name": stem}, ...]`` sorted by name, from a known layout."""
+    base = Path(root)
+    if not base.is_dir():
+        raise FileNotFoundError(f"data folder {base} does not exist")
+    idir = base / image_dir if image_dir else next((base / d for d in _IMAGE_DIRS if (base / d).is_dir()), None)
+    mdir = base / mask_dir if mask_dir else next((base / d for d in _MASK_DIRS if (base / d).is_dir()), None)
+    if idir is None or mdir is None or not idir.is_dir() or not mdir.is_dir():
+        raise FileNotFoundError(
+            f"data folder {base} must contain an image folder (one of {list(_IMAGE_DIRS)}) and a mask folder "
+            f"(one of {list(_MASK_DIRS)}); found {sorted(p.name for p in base.iterdir())}"
+        )
+    files = sorted(p for p in idir.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"image folder {idir} is empty")
+    bad = [p.name for p in files if not _is_nifti_name(p)]
+    if bad:
+        raise ValueError(f"image folder {idir} holds files that are not NIfTI (.nii/.nii.gz): {bad[:5]}")
+    masks = {_stem(p): p for p in mdir.iterdir() if p.is_file() and _is_nifti_name(p)}
+    pairs, missing = [], []
+    for p in files:
+        m = masks.get(_stem(p))
+        if m is None:
+            missing.append(p.name)
+            continue
+        if check:
+            check_pair(p, m)
+        pairs.append({"image": str(p), "label": str(m), "name": _stem(p)})
+    if missing:
+        raise ValueError(f"no mask in {mdir} for images {missing[:5]} (masks are matched by file name)")
+    return pairs
+
+
+class _HUWindowd:
+    """Dictionary transform: ``data["image"]`` (1, x, y, z) HU -> (len(windows), x, y, z) in [0, 1]."""
+
+    def __init__(self, windows: Sequence[str]):
+        self.windows = tuple(windows)
+
+    def __call__(self, data: dict) -> dict:
+        out = dict(data)
+        img = torch.as_tensor(np.asarray(data["image"]))[0]
+        out["image"] = window_hu(img, self.windows)
+        out["label"] = (torch.as_tensor(np.asarray(data["label"])) > 0).to(torch.float32)
+        return out
+
+
+def monai_load_transforms(windows: Sequence[str] = ("brain", "subdural"), orientation: Optional[str] = None,
+                          spacing: Optional[Sequence[float]] = None):
+    """MONAI ``Compose`` from ``{"image": path, "label": path}`` to windowed tensors."""
+    from monai.transforms import Compose, EnsureChannelFirstd, LoadImaged, Orientationd, Spacingd
+
+    ts = [LoadImaged(keys=["image", "label"], image_only=True), EnsureChannelFirstd(keys=["image", "label"])]
+    if orientation:
+        ts.append(Orientationd(keys=["image", "label"], axcodes=orientation))
+    if spacing:
+        ts.append(Spacingd(keys=["image", "label"], pixdim=tuple(spacing), mode=("bilinear", "nearest")))
+    ts.append(_HUWindowd(windows))
+    return Compose(ts)
+
+
+class CTSegmentationDataset(torch.utils.data.Dataset):
+    """Image/mask pairs loaded once through MONAI transforms and kept in memory.
+
+    Items are ``{"image": (C, x, y, z), "label": (1, x, y, z), "spacing": (3,)}``; an item depends only
+    on its index (no random augmentation), so the shared trainer resumes it exactly.
+    """
+
+    def __init__(self, pairs: Sequence[dict], windows: Sequence[str] = ("brain", "subdural"),
+                 orientation: Optional[str] = None, spacing: Optional[Sequence[float]] = None, progress: bool = False):
+        from tqdm.auto import tqdm
+
+        if not pairs:
+            raise ValueError("pairs is empty: no image/mask pairs to load")
+        load = monai_load_transforms(windows, orientation, spacing)
+        self.items, self.names = [], []
+        for pair in tqdm(pairs, desc="load CT", disable=not progress):
+            check_pair(pair["image"], pair["label"])
+            d = load({"image": pair["image"], "label": pair["label"]})
+            img, lab = torch.as_tensor(d["image"]).float(), torch.as_tensor(d["label"]).float()
+            sp = _spacing_of(d["image"], pair["image"])
+            self.items.append({"image": img.as_subclass(torch.Tensor), "label": lab.as_subclass(torch.Tensor), "spacing": sp})
+            self.names.append(pair.get("name", Path(pair["image"]).name))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.items[i]
+
+
+def _spacing_of(meta_tensor, path) -> torch.Tensor:
+    aff = getattr(meta_tensor, "affine", None)
+    if aff is None:
+        aff = check_nifti(path).affine
+    aff = torch.as_tensor(np.asarray(aff), dtype=torch.float64)
+    return torch.linalg.norm(aff[:3, :3], dim=0).float()
+
+
+def load_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """One DICOM series (a folder of slices) -> ``(HU array float32 (x, y, z), RAS affine)`` via MONAI's PydicomReader."""
+    from monai.transforms import LoadImage
+
+    p = Path(folder)
+    if not p.is_dir():
+        raise FileNotFoundError(f"DICOM folder {p} does not exist")
+    if not any(f.is_file() for f in p.iterdir()):
+        raise ValueError(f"DICOM folder {p} is empty")
+    try:
+        img = LoadImage(reader="PydicomReader", image_only=True)(str(p))
+    except Exception as exc:
+        raise ValueError(f"cannot read a DICOM series from {p}: {exc}") from exc
+    return np.asarray(img, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
+
+
+def save_mask_like(mask: np.ndarray, reference_header, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write a uint8 mask as NIfTI with the reference's affine and header geometry (temp file + rename)."""
+    import nibabel as nib
+
+    out = Path(path)
+    if not _is_nifti_name(out):
+        raise ValueError(f"output path must be a NIfTI file name (.nii or .nii.gz), got {out.name!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = reference_header.copy() if reference_header is not None else None
+    img = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), affine, header=header)
+    img.set_data_dtype(np.uint8)
+    img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
+    tmp = out.with_name(".tmp_" + out.name)
+    nib.save(img, str(tmp))
+    os.replace(tmp, out)
+    return out
