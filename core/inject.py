@@ -167,8 +167,6 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
 
 
 def _mark_trainable(model: nn.Module, adapter_name: str, trainable: Iterable[str]) -> None:
-    if not hasattr(model, "_lowrank_requires_grad"):
-        model._lowrank_requires_grad = {n: p.requires_grad for n, p in model.named_parameters()}
     for p in model.parameters():
         p.requires_grad_(False)
     for adapter in adapter_layers(model, adapter_name).values():
@@ -252,6 +250,8 @@ def apply(
             raise ValueError(f"targets={targets!r} matched only layers {cls.method} cannot adapt: {skipped}")
         raise _no_match_error(targets if targets is not None else "*", adaptable_names)
 
+    if not hasattr(model, "_lowrank_requires_grad"):  # restored by remove()
+        model._lowrank_requires_grad = [(p, p.requires_grad) for p in model.parameters()]
     overparameterised = []
     for slot in selected:
         adapter = cls(slot.module, config, options=opts, adapter_name=adapter_name, layer_name=slot.name)
@@ -329,10 +329,8 @@ def remove(model: nn.Module, adapter_name: Optional[str] = None) -> int:
             module = adapter
         setattr(slot.parent, slot.attr, module)
     if not adapter_layers(model) and hasattr(model, "_lowrank_requires_grad"):
-        flags = model._lowrank_requires_grad
-        for n, p in model.named_parameters():
-            if n in flags:
-                p.requires_grad_(flags[n])
+        for p, flag in model._lowrank_requires_grad:
+            p.requires_grad_(flag)
         del model._lowrank_requires_grad
     return removed
 

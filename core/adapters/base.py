@@ -126,6 +126,10 @@ class AdapterLayer(nn.Module):
         """Weight (stored layout) that would give this layer's output in one op."""
         raise TypeError(f"{type(self).__name__} ({self.method}) is nonlinear in the input and has no effective weight")
 
+    def delta_weight(self) -> Tensor:
+        """Dense update ``W_adapted - W`` in the stored weight layout (what :meth:`merge` adds)."""
+        raise TypeError(f"{type(self).__name__} ({self.method}) is nonlinear in the input and has no dense weight update")
+
     def extra_repr(self) -> str:
         return f"method={self.method}, rank={self.rank}, alpha={self.alpha:g}, adapter={self.adapter_name!r}, strategy={self.strategy}"
 
@@ -218,15 +222,19 @@ class DeltaAdapter(AdapterLayer):
     def logical_delta(self) -> Tensor:
         return self.delta.logical_delta(self.scale)
 
+    def low_rank_weight(self) -> Tensor:
+        """``scale * dW`` of the low-rank factors, in the stored weight layout."""
+        return logical_to_weight(self.logical_delta(), self.geometry)
+
     def delta_weight(self) -> Tensor:
         """Dense scaled update in the base layer's stored weight layout."""
-        return logical_to_weight(self.logical_delta(), self.geometry)
+        return self.low_rank_weight()
 
     def effective_weight(self) -> Tensor:
         base = self.base_weight()
         if self.merged or not self.active:
             return base
-        return base + self.delta_weight().to(base.dtype)
+        return base + self.low_rank_weight().to(base.dtype)
 
     def _pick_strategy(self, x: Tensor) -> str:
         if self.training and not isinstance(self.dropout, nn.Identity):
@@ -246,5 +254,5 @@ class DeltaAdapter(AdapterLayer):
         """``op(x, dW)`` without bias: the low-rank path when the delta has one, else one op with ``dW``."""
         out = self.delta.bypass(self.root, x, self.scale, **kwargs)
         if out is None:
-            out = layer_forward(self.root, x, self.delta_weight(), None, **kwargs)
+            out = layer_forward(self.root, x, self.low_rank_weight(), None, **kwargs)
         return out

@@ -56,6 +56,10 @@ class DoRAAdapter(DeltaAdapter):
         adapted = F_dora.dora_weight(base, delta, self.magnitude.to(base.dtype), detach_norm=self.options.detach_norm)
         return logical_to_weight(adapted, self.geometry)
 
+    def delta_weight(self) -> Tensor:
+        """``W' - W``: DoRA rescales the whole kernel, so the dense update is not ``scale * B @ A``."""
+        return self.effective_weight() - self.base_weight()
+
     def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         root = self.root
         if self._pick_strategy(x) == "weight":

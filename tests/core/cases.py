@@ -1,0 +1,68 @@
+"""Shared test tables: layer types and adapter families with their closed-form parameter counts."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+# name -> (layer factory, input factory, (C_out, C_in_per_group, kernel tuple))
+LAYERS = {
+    "linear": (lambda: nn.Linear(6, 5), lambda: torch.randn(3, 6), (5, 6, ())),
+    "embedding": (lambda: nn.Embedding(10, 6), lambda: torch.randint(0, 10, (3, 4)), (6, 10, ())),
+    "conv1d": (lambda: nn.Conv1d(4, 5, 3, padding=1), lambda: torch.randn(2, 4, 9), (5, 4, (3,))),
+    "conv2d": (lambda: nn.Conv2d(4, 5, 3, stride=2), lambda: torch.randn(2, 4, 9, 9), (5, 4, (3, 3))),
+    "conv2d_rect": (lambda: nn.Conv2d(4, 5, (1, 3), padding=(0, 1)), lambda: torch.randn(2, 4, 6, 6), (5, 4, (1, 3))),
+    "conv3d": (lambda: nn.Conv3d(4, 5, 3, padding=1), lambda: torch.randn(2, 4, 5, 5, 5), (5, 4, (3, 3, 3))),
+    "conv2d_grouped": (lambda: nn.Conv2d(4, 6, 3, groups=2), lambda: torch.randn(2, 4, 7, 7), (6, 2, (3, 3))),
+    "conv_transpose1d": (lambda: nn.ConvTranspose1d(4, 5, 3, stride=2), lambda: torch.randn(2, 4, 6), (5, 4, (3,))),
+    "conv_transpose2d": (lambda: nn.ConvTranspose2d(4, 5, 3, stride=2, padding=1), lambda: torch.randn(2, 4, 5, 5), (5, 4, (3, 3))),
+    "conv_transpose3d": (lambda: nn.ConvTranspose3d(4, 5, 2, stride=2), lambda: torch.randn(2, 4, 3, 3, 3), (5, 4, (2, 2, 2))),
+}
+
+RANK = 3
+NOLA_OPTIONS = {"num_basis_a": 7, "num_basis_b": 5}
+NERA_GRID = 8
+
+
+def _lora(out, fan_in, k, r):
+    return r * (out + fan_in)
+
+
+def _conv_lora(out, c_in, k, r):
+    edge, d = (k[0] if k else 1), len(k)
+    return (r * edge) * (c_in * edge) + (out * edge ** max(d - 1, 0)) * (r * edge)
+
+
+def _cp(out, c_in, k, r):
+    return r * (out + c_in + sum(k))
+
+
+# method -> (options, closed-form trainable count(out, c_in, kernel, rank), unsupported layer names)
+METHODS = {
+    "lora": ({}, lambda o, i, k, r: _lora(o, i * math.prod(k), k, r), set()),
+    "lora_c": ({}, lambda o, i, k, r: _lora(o, i * math.prod(k), k, r), set()),
+    "conv_lora": ({}, _conv_lora, {"conv2d_rect"}),
+    "cp_lora": ({}, _cp, set()),
+    "dora": ({}, lambda o, i, k, r: _lora(o, i * math.prod(k), k, r) + o, set()),
+    "conv_dora": ({}, lambda o, i, k, r: _conv_lora(o, i, k, r) + o, {"conv2d_rect"}),
+    "cp_dora": ({}, lambda o, i, k, r: _cp(o, i, k, r) + o, set()),
+    "nola": (NOLA_OPTIONS, lambda o, i, k, r: NOLA_OPTIONS["num_basis_a"] + NOLA_OPTIONS["num_basis_b"], set()),
+    "nera": ({}, lambda o, i, k, r: r * (i * math.prod(k) + o + NERA_GRID + 1), {"conv2d_grouped"}),
+}
+
+NONLINEAR = {"nera"}
+
+CASES = [(m, l) for m, (_, _, unsupported) in METHODS.items() for l in LAYERS if l not in unsupported]
+UNSUPPORTED_CASES = [(m, l) for m, (_, _, unsupported) in METHODS.items() for l in unsupported]
+
+
+def randomize_adapter(model: nn.Module, std: float = 0.3, seed: int = 1) -> None:
+    from lowrank_vision.core import adapter_layers
+
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for adapter in adapter_layers(model).values():
+            for _, p in adapter.adapter_parameters():
+                p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
