@@ -47,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train SPAN")
     _common_train(p, steps=300, lr=1e-3)
     p.add_argument("--channels", type=int, default=26)
+    p.add_argument("--train-form", default="branches", choices=("branches", "deployed"),
+                   help="branches: SPAN's re-parameterisable form (paper); deployed: plain 3x3 convs, ~4x cheaper")
     p.add_argument("--out", default="runs/sr/train")
 
     p = sub.add_parser("finetune", help="DSCLoRA (--dsclora) or full fine-tuning of a SPAN")
@@ -79,12 +81,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _train_config(args: argparse.Namespace, channels: int = 26):
+    extra = {"train_form": args.train_form} if hasattr(args, "train_form") else {}
     from lowrank_vision.plugins.sr_dsclora.recipes import SRTrainConfig
 
     return SRTrainConfig(
         scale=args.scale, channels=channels, steps=args.steps, batch_size=args.batch_size, lr_patch=args.patch,
         lr=args.lr, warmup_steps=args.warmup, data=args.data, lr_dir=args.lr_dir, seed=args.seed, output_dir=None, cpu=args.cpu,
-        mixed_precision=args.mixed_precision,
+        mixed_precision=args.mixed_precision, **extra,
     )
 
 
