@@ -32,6 +32,7 @@ def _common_train(p: argparse.ArgumentParser, steps: int, lr: float) -> None:
     p.add_argument("--mixed-precision", default="no", choices=("no", "bf16", "fp16"))
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch default)")
     p.add_argument("--save", default=None, help="also write the weights to this path")
+    p.add_argument("--eval-dir", default=None, help="evaluation folder (default: the bundled eval photos)")
 
 
 def _weights_args(p: argparse.ArgumentParser) -> None:
@@ -103,14 +104,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lowrank_vision.plugins.sr_dsclora import pipeline
 
     if args.command == "train":
-        out = pipeline.run_train(_train_config(args, args.channels), args.out, save=args.save)
+        out = pipeline.run_train(_train_config(args, args.channels), args.out, save=args.save, eval_dir=args.eval_dir)
         keys = ("eval_psnr", "eval_ssim", "bicubic_psnr", "params", "weights")
     elif args.command == "finetune":
         from lowrank_vision.plugins.sr_dsclora.distill import DSCLoRAConfig
 
         dcfg = DSCLoRAConfig(block_rank=args.block_rank, block_alpha=2.0 * args.block_rank, tail_rank=args.tail_rank,
                              tail_alpha=2.0 * args.tail_rank, lambda_ts=args.lambda_ts, lambda_ad=args.lambda_ad)
-        out = pipeline.run_finetune(_train_config(args), args.out, teacher=args.teacher, dsclora=args.dsclora, dsclora_cfg=dcfg, save=args.save)
+        out = pipeline.run_finetune(_train_config(args), args.out, teacher=args.teacher, dsclora=args.dsclora, dsclora_cfg=dcfg, save=args.save,
+                                   eval_dir=args.eval_dir)
         keys = ("method", "teacher_psnr", "eval_psnr", "delta_psnr", "eval_ssim", "params_teacher", "params_student", "trainable_params", "weights")
     elif args.command == "eval":
         out = pipeline.run_eval(args.dir, args.weights, args.kind, args.scale, args.out, tile=args.tile)
