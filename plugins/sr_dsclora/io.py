@@ -138,6 +138,7 @@ def export_onnx(model: nn.Module, path: Union[str, Path], example_size: int = 64
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
             torch.onnx.export(
                 model, (x,), str(tmp), dynamo=False, opset_version=opset, input_names=["lr"], output_names=["sr"],
                 dynamic_axes={"lr": {0: "batch", 2: "height", 3: "width"}, "sr": {0: "batch", 2: "height", 3: "width"}},

@@ -47,17 +47,18 @@ def resolve_weights(weights: Union[str, Path, None], kind: str, scale: int) -> P
     return Path(weights) if weights else default_weights(kind, scale)
 
 
-def run_train(cfg: SRTrainConfig, out_dir: Union[str, Path], save: Optional[Union[str, Path]] = None) -> dict:
-    """Train SPAN, evaluate on the bundled eval photos, save weights + metrics + loss curve."""
+def run_train(cfg: SRTrainConfig, out_dir: Union[str, Path], save: Optional[Union[str, Path]] = None, eval_dir: Optional[str] = None) -> dict:
+    """Train SPAN, evaluate (default: the bundled eval photos), save weights + metrics + loss curve."""
     out_dir = Path(out_dir)
     model, result = train_span(cfg)
-    scores = evaluate(model, load_eval_set(None, cfg.scale), cfg.scale, progress=cfg.progress)
-    bicubic = evaluate(None, load_eval_set(None, cfg.scale), cfg.scale)
+    images = load_eval_set(eval_dir, cfg.scale)
+    scores = evaluate(model, images, cfg.scale, progress=cfg.progress)
+    bicubic = evaluate(None, images, cfg.scale)
     summary = {
         "model": "SPAN", "scale": cfg.scale, "params": count_params(model), "steps": result.steps,
         "final_loss": result.final_loss, "eval_psnr": scores["psnr"], "eval_ssim": scores["ssim"],
         "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"], "per_image": scores["per_image"],
-        "train": cfg.to_dict(), "data": _data_description(cfg), "command": command_line(),
+        "eval_data": eval_dir or "bundled eval photos", "train": cfg.to_dict(), "data": _data_description(cfg), "command": command_line(),
     }
     extra = {k: summary[k] for k in ("command", "data", "steps", "eval_psnr", "eval_ssim", "bicubic_psnr")}
     weights = save_span(model, save or out_dir / f"span_x{cfg.scale}.safetensors", extra=extra)
@@ -74,6 +75,7 @@ def run_finetune(
     dsclora: bool = True,
     dsclora_cfg: Optional[DSCLoRAConfig] = None,
     save: Optional[Union[str, Path]] = None,
+    eval_dir: Optional[str] = None,
 ) -> dict:
     """Fine-tune a SPAN with DSCLoRA (or, with ``dsclora=False``, every parameter: the control)."""
     out_dir = Path(out_dir)
@@ -84,13 +86,13 @@ def run_finetune(
     cfg.channels = base.config.channels
     if dsclora:
         student, result, reports = finetune_dsclora(base, cfg, dsclora_cfg)
-        adapter = {"trainable_params": sum(r.trainable_params for r in reports), "wrapped": sum((list(r.wrapped) for r in reports), [])}
+        adapter = {"trainable_params": reports[-1].trainable_params, "wrapped": list(reports[-1].wrapped)}  # the last report covers both groups
         keys = ("loss", "l_rec", "l_ts", "l_ad")
     else:
         student, result = finetune_full(base, cfg)
         adapter = {"trainable_params": count_params(student), "wrapped": []}
         keys = ("loss",)
-    images = load_eval_set(None, cfg.scale)
+    images = load_eval_set(eval_dir, cfg.scale)
     before, after = evaluate(base, images, cfg.scale), evaluate(student, images, cfg.scale, progress=cfg.progress)
     method = "DSCLoRA" if dsclora else "full fine-tune"
     summary = {
@@ -98,7 +100,7 @@ def run_finetune(
         "teacher_psnr": before["psnr"], "teacher_ssim": before["ssim"], "eval_psnr": after["psnr"], "eval_ssim": after["ssim"],
         "delta_psnr": after["psnr"] - before["psnr"], "params_teacher": count_params(base), "params_student": count_params(student),
         "trainable_params": adapter["trainable_params"], "wrapped": adapter["wrapped"], "per_image": after["per_image"],
-        "dsclora": (dsclora_cfg or DSCLoRAConfig()).to_dict() if dsclora else None,
+        "dsclora": (dsclora_cfg or DSCLoRAConfig()).to_dict() if dsclora else None, "eval_data": eval_dir or "bundled eval photos",
         "train": cfg.to_dict(), "data": _data_description(cfg), "command": command_line(),
     }
     name = "dsclora" if dsclora else "fullft"

@@ -1,0 +1,119 @@
+"""SPAN -> DSCLoRA benchmark in the NTIRE ESR style (PSNR/SSIM on Y, params, FLOPs, runtime).
+
+Runs the same recipes as ``lowrank-sr``: train SPAN (teacher), fine-tune it with DSCLoRA, and, as a
+control, fine-tune every SPAN parameter for the same number of steps; then scores the three on
+the bundled evaluation photos (or ``--eval-dir``) and measures cost on the device.
+
+GPU run (one H200; a budget of roughly 10-20 min, not yet measured):
+
+    python -m lowrank_vision.plugins.sr_dsclora.scripts.benchmark --preset gpu --out runs/sr/bench_gpu
+
+CPU smoke run (a few minutes):
+
+    python -m lowrank_vision.plugins.sr_dsclora.scripts.benchmark --preset cpu --out runs/sr/bench_cpu
+
+``--data DIR`` trains on a folder of HR images (e.g. DIV2K_train_HR) instead of the bundled
+train photos. Writes ``bench.json`` and ``bench.md`` (a table for docs/results/sr.md).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from lowrank_vision.datasets.sr_data import BUNDLED_SPLIT, load_eval_set
+from lowrank_vision.plugins.sr_dsclora.distill import DSCLoRAConfig
+from lowrank_vision.plugins.sr_dsclora.io import save_span
+from lowrank_vision.plugins.sr_dsclora.recipes import (
+    SRTrainConfig,
+    cost_report,
+    evaluate,
+    finetune_dsclora,
+    finetune_full,
+    train_span,
+)
+from lowrank_vision.plugins.sr_dsclora.report import write_json
+
+PRESETS = {
+    # teacher steps, fine-tune steps, batch, LR patch, teacher lr, fine-tune lr, train form, runtime input, repeats
+    "gpu": dict(teacher_steps=20_000, ft_steps=5_000, batch=32, patch=64, lr=1e-3, ft_lr=2e-4, form="branches", rt=(256, 256), repeats=100),
+    "cpu": dict(teacher_steps=300, ft_steps=150, batch=16, patch=32, lr=2e-3, ft_lr=1e-3, form="deployed", rt=(128, 128), repeats=10),
+}
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
+    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
+    p.add_argument("--channels", type=int, default=26)
+    p.add_argument("--data", default=None, help="HR training folder (default: bundled train photos)")
+    p.add_argument("--eval-dir", default=None, help="evaluation folder (default: bundled eval photos)")
+    p.add_argument("--teacher-steps", type=int, default=None)
+    p.add_argument("--ft-steps", type=int, default=None)
+    p.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    p.add_argument("--out", default="runs/sr/bench")
+    args = p.parse_args(argv)
+    pre = dict(PRESETS[args.preset])
+    if args.preset == "cpu":
+        torch.set_num_threads(min(2, torch.get_num_threads()))
+    out = Path(args.out)
+    device = "cuda" if torch.cuda.is_available() and args.preset == "gpu" else "cpu"
+
+    def cfg(steps: int, lr: float, form: str = "branches") -> SRTrainConfig:
+        return SRTrainConfig(scale=args.scale, channels=args.channels, steps=steps, batch_size=pre["batch"], lr_patch=pre["patch"],
+                             lr=lr, warmup_steps=min(1000, steps // 20), data=args.data, cpu=device == "cpu",
+                             mixed_precision=args.mixed_precision, train_form=form, num_workers=4 if device == "cuda" else 0)
+
+    t0 = time.time()
+    teacher, _ = train_span(cfg(args.teacher_steps or pre["teacher_steps"], pre["lr"], pre["form"]))
+    t_teacher = time.time() - t0
+    ft_steps = args.ft_steps or pre["ft_steps"]
+    t0 = time.time()
+    student, _, reports = finetune_dsclora(teacher, cfg(ft_steps, pre["ft_lr"]), DSCLoRAConfig())
+    t_dsclora = time.time() - t0
+    control, _ = finetune_full(teacher, cfg(ft_steps, pre["ft_lr"]))
+
+    images = load_eval_set(args.eval_dir, args.scale)
+    rows = {}
+    for name, model in [("SPAN (teacher)", teacher), ("SPAN + DSCLoRA", student), ("SPAN + full fine-tune (control)", control), ("bicubic", None)]:
+        scores = evaluate(model.to(device) if model is not None else None, images, args.scale)
+        row = {"psnr": scores["psnr"], "ssim": scores["ssim"], "per_image": scores["per_image"]}
+        if model is not None:
+            row.update(cost_report(model.to(device), runtime_size=pre["rt"], repeats=pre["repeats"]))
+            model.cpu()
+        rows[name] = row
+    for name, model in [("span", teacher), ("dsclora", student)]:
+        save_span(model, out / f"{name}_x{args.scale}.safetensors", extra={"bench": args.preset})
+    result = {
+        "preset": args.preset, "settings": pre, "scale": args.scale, "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
+        "train_data": args.data or "bundled train photos: " + ", ".join(BUNDLED_SPLIT["train"]),
+        "eval_data": args.eval_dir or "bundled eval photos: " + ", ".join(BUNDLED_SPLIT["eval"]),
+        "dsclora_trainable_params": reports[-1].trainable_params, "seconds": {"teacher": t_teacher, "dsclora": t_dsclora}, "rows": rows,
+    }
+    write_json(result, out / "bench.json")
+    lines = [
+        f"x{args.scale}, {result['device']}, eval: {result['eval_data']}",
+        "",
+        "| model | PSNR (Y) | SSIM (Y) | params | FLOPs (G, 256x256 LR) | convs | runtime (ms, %dx%d LR) |" % tuple(pre["rt"]),
+        "|---|---|---|---|---|---|---|",
+    ]
+    for name, r in rows.items():
+        if "params" in r:
+            lines.append(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r['params']:,} | {r['flops_g']:.2f} | {r['convs']} | {r['runtime_ms']:.2f} |")
+        else:
+            lines.append(f"| {name} | {r['psnr']:.2f} | {r['ssim']:.4f} | - | - | - | - |")
+    tmp = out / ".bench.md.tmp"
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(out / "bench.md")
+    print("\n".join(lines))
+    print(json.dumps(result["seconds"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
