@@ -141,10 +141,13 @@ def save(model: nn.Module, directory: PathLike, adapter_name: str = "default") -
 
 def _check_model_matches(model: nn.Module, records: dict[str, dict]) -> None:
     roots = {slot.name: slot.root for slot in _slots(model)}
-    for name, record in records.items():
-        root = roots.get(name)
-        if root is None:
-            raise AdapterFileError(f"checkpoint layer {name!r} does not exist in this model (the adapter was made for another architecture)")
+    absent = [name for name in records if name not in roots]
+    if absent:
+        raise AdapterFileError(f"checkpoint layer {absent[0]!r} does not exist in this model (the adapter was made for another architecture)")
+    for name, root in roots.items():  # model order, so "first" means first in the network
+        record = records.get(name)
+        if record is None:
+            continue
         shape = list(getattr(root, "weight", torch.empty(0)).shape)
         if type(root).__name__ != record["type"] or shape != record["weight_shape"]:
             raise AdapterFileError(
@@ -255,10 +258,9 @@ def export_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defa
         "init_lora_weights": True,
         "inference_mode": True,
         "modules_to_save": None,
-        "exported_by": f"lowrank-vision {__version__}",
     }
     directory = Path(directory)
-    _write_tensors(directory / WEIGHTS_NAME, tensors, metadata={"format": "pt"})
+    _write_tensors(directory / WEIGHTS_NAME, tensors, metadata={"format": "pt", "exported_by": f"lowrank-vision {__version__}"})
     _write_json(directory / CONFIG_NAME, config)
     return directory
 

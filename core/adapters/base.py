@@ -201,6 +201,18 @@ class LowRankDelta(nn.Module):
         """Low-rank path on activations, or ``None`` when this delta has none for ``layer``."""
         return None
 
+    def fused_forward(self, layer: nn.Module, x: Tensor, scale: float, bias: Optional[Tensor], **kwargs) -> Optional[Tensor]:
+        """``op(x, W) + bias + scale * dW(x)`` in fused kernels, or ``None`` where there are none."""
+        return None
+
+    def has_thin_path(self) -> bool:
+        """Whether the activation path is cheaper than a dense op with ``dW`` (a true low-rank bypass)."""
+        return False
+
+    def add_to_weight(self, weight: Tensor, scale: float) -> Tensor:
+        """``weight + scale * dW`` in the stored layout."""
+        return weight + logical_to_weight(self.logical_delta(scale), self.geometry).to(weight.dtype)
+
 
 class DeltaAdapter(AdapterLayer):
     """Adapter whose update ``dW`` is linear: ``y = op(x, W + scale * dW)``."""
@@ -234,19 +246,28 @@ class DeltaAdapter(AdapterLayer):
         base = self.base_weight()
         if self.merged or not self.active:
             return base
-        return base + self.low_rank_weight().to(base.dtype)
+        return self.delta.add_to_weight(base, self.scale)
 
     def _pick_strategy(self, x: Tensor) -> str:
         if self.training and not isinstance(self.dropout, nn.Identity):
             return "activation"  # dropout acts on the adapter's input only
         if self.strategy != "auto":
             return self.strategy
-        return choose_strategy(self.geometry, tuple(x.shape), self.rank, type(self.delta).__name__)
+        return choose_strategy(self.geometry, tuple(x.shape), self.rank, self.delta.has_thin_path())
+
+    def _fusable(self) -> bool:
+        """The fused kernels need the root layer directly below and no dropout on the adapter path."""
+        return not isinstance(self.base_layer, AdapterLayer) and (isinstance(self.dropout, nn.Identity) or not self.training)
 
     def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
+        root = self.root
+        bias = getattr(root, "bias", None)
         if self._pick_strategy(x) == "weight":
-            root = self.root
-            return layer_forward(root, x, self.effective_weight(), getattr(root, "bias", None), **kwargs)
+            return layer_forward(root, x, self.effective_weight(), bias, **kwargs)
+        if self._fusable():
+            out = self.delta.fused_forward(root, x, self.scale, bias, **kwargs)
+            if out is not None:
+                return out
         base_out = self.base_layer(x, *args, **kwargs)
         return base_out + self.activation_delta(self.dropout(x), **kwargs).to(base_out.dtype)
 

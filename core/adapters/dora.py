@@ -60,22 +60,34 @@ class DoRAAdapter(DeltaAdapter):
         """``W' - W``: DoRA rescales the whole kernel, so the dense update is not ``scale * B @ A``."""
         return self.effective_weight() - self.base_weight()
 
+    def output_scale(self) -> Tensor:
+        """``m / ||W + dW||`` per output channel; for LoRA-shaped deltas without forming ``dW``."""
+        base = weight_to_logical(self.base_weight(), self.geometry)
+        factors = getattr(self.delta, "factors", None)
+        if isinstance(self.delta, LoRADelta) and factors is not None:
+            lora_a, lora_b = factors()
+            norm = F_dora.lowrank_row_norm(base.reshape(base.shape[0], -1), lora_a, lora_b, self.scale)
+            if self.options.detach_norm:
+                norm = norm.detach()
+            return self.magnitude.float() / norm
+        return F_dora.dora_output_scale(base, self.logical_delta().to(base.dtype), self.magnitude.to(base.dtype), detach_norm=self.options.detach_norm)
+
     def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         root = self.root
-        if self._pick_strategy(x) == "weight":
-            return layer_forward(root, x, self.effective_weight(), getattr(root, "bias", None), **kwargs)
-        base, delta = self._logical_parts()
-        factor = F_dora.dora_output_scale(base, delta, self.magnitude.to(base.dtype), detach_norm=self.options.detach_norm)
-        base_out = self.base_layer(x, *args, **kwargs)
         bias = getattr(root, "bias", None)
-        if bias is not None:
-            base_out = base_out - channel_view(bias, self.geometry, base_out)
-        adapted = (base_out + self.activation_delta(self.dropout(x), **kwargs).to(base_out.dtype)) * channel_view(
-            factor.to(base_out.dtype), self.geometry, base_out
-        )
-        if bias is not None:
-            adapted = adapted + channel_view(bias, self.geometry, adapted)
-        return adapted
+        if self._pick_strategy(x) == "weight":
+            return layer_forward(root, x, self.effective_weight(), bias, **kwargs)
+        factor = self.output_scale()
+        out = self.delta.fused_forward(root, x, self.scale, None, **kwargs) if self._fusable() else None
+        if out is None:
+            out = self.base_layer(x, *args, **kwargs)
+            if bias is not None:
+                out = out - channel_view(bias, self.geometry, out)
+            out = out + self.activation_delta(self.dropout(x), **kwargs).to(out.dtype)
+        factor = channel_view(factor.to(out.dtype), self.geometry, out)
+        if bias is None:
+            return out * factor
+        return torch.addcmul(channel_view(bias.to(out.dtype), self.geometry, out), out, factor)
 
 
 @register_adapter("dora", aliases=("dora_c",))

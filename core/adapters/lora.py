@@ -6,7 +6,10 @@ from typing import Any, Optional
 
 from torch import Tensor, nn
 
+import torch
+
 from ..functional import lora as F_lora
+from ..functional.fused import lora_fused_forward
 from ..functional.layout import LayerGeometry
 from .base import DeltaAdapter, LowRankDelta
 from .registry import register_adapter
@@ -41,6 +44,20 @@ class LoRADelta(LowRankDelta):
             return None
         lora_a, lora_b = self.factors()
         return F_lora.lora_bypass(layer, x, lora_a, lora_b, self.geometry, scale, **kwargs)
+
+    def has_thin_path(self) -> bool:
+        return F_lora.lora_bypass_supported(self.geometry)
+
+    def fused_forward(self, layer: nn.Module, x: Tensor, scale: float, bias: Optional[Tensor], **kwargs) -> Optional[Tensor]:
+        lora_a, lora_b = self.factors()
+        return lora_fused_forward(layer, x, lora_a, lora_b, self.geometry, scale, bias, kwargs.get("output_size"))
+
+    def add_to_weight(self, weight: Tensor, scale: float) -> Tensor:
+        """One addmm on ``W`` viewed as ``[C_out, C_in*prod(k)]`` (Linear and convolutions)."""
+        if self.geometry.kind not in ("linear", "conv"):
+            return super().add_to_weight(weight, scale)
+        lora_a, lora_b = self.factors()
+        return torch.addmm(weight.reshape(weight.shape[0], -1), lora_b, lora_a, alpha=scale).view(weight.shape)
 
 
 @register_adapter("lora", aliases=("lora_c",))

@@ -13,6 +13,7 @@ from ..functional import lora as F_lora
 from ..functional import nola as F_nola
 from ..functional.layout import LayerGeometry
 from .base import DeltaAdapter, LowRankDelta
+from .lora import LoRADelta
 from .registry import register_adapter
 
 __all__ = ["NOLAOptions", "NOLADelta", "NOLA"]
@@ -38,13 +39,13 @@ def layer_seed(seed: int, layer_name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(layer_name.encode())) % (2**31)
 
 
-class NOLADelta(LowRankDelta):
+class NOLADelta(LoRADelta):
     """``A = sum_i coeff_a[i] * bases_a[i]``, ``B = sum_j coeff_b[j] * bases_b[j]``; bases are non-persistent buffers."""
 
     param_names = ("coeff_a", "coeff_b")
 
     def __init__(self, geometry: LayerGeometry, rank: int, options: Optional[NOLAOptions] = None, *, layer_name: str = "", dtype=None, device=None):
-        super().__init__(geometry, rank)
+        LowRankDelta.__init__(self, geometry, rank)  # no lora_A / lora_B parameters: they are mixtures
         options = options or NOLAOptions()
         self.seed = layer_seed(options.seed, layer_name)
         bases_a = F_nola.nola_bases(self.seed, options.num_basis_a, (rank, geometry.fan_in), dtype=dtype, device=device)
@@ -63,15 +64,6 @@ class NOLADelta(LowRankDelta):
     def factors(self) -> tuple[Tensor, Tensor]:
         return F_nola.nola_mix(self.coeff_a, self.bases_a), F_nola.nola_mix(self.coeff_b, self.bases_b)
 
-    def logical_delta(self, scale: float) -> Tensor:
-        lora_a, lora_b = self.factors()
-        return F_lora.lora_delta(lora_a, lora_b, self.geometry, scale)
-
-    def bypass(self, layer: nn.Module, x: Tensor, scale: float, **kwargs) -> Optional[Tensor]:
-        if not F_lora.lora_bypass_supported(self.geometry):
-            return None
-        lora_a, lora_b = self.factors()
-        return F_lora.lora_bypass(layer, x, lora_a, lora_b, self.geometry, scale, **kwargs)
 
 
 @register_adapter("nola")

@@ -37,10 +37,11 @@ def strategy_costs(geometry: LayerGeometry, input_shape: tuple[int, ...], rank: 
     return {"weight": weight, "activation": activation}
 
 
-def choose_strategy(geometry: LayerGeometry, input_shape: tuple[int, ...], rank: int, delta_kind: str = "") -> str:
+def choose_strategy(geometry: LayerGeometry, input_shape: tuple[int, ...], rank: int, has_thin_path: bool = True) -> str:
+    """``auto``: the cheaper strategy by :func:`strategy_costs`; deltas without a thin path always use the weight space."""
     if geometry.kind == "embedding":
         return "activation"
-    if geometry.groups != 1:
+    if geometry.groups != 1 or not has_thin_path:
         return "weight"
     costs = strategy_costs(geometry, input_shape, rank)
     return "weight" if costs["weight"] <= costs["activation"] else "activation"

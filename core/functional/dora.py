@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-__all__ = ["row_norm", "dora_weight", "dora_output_scale"]
+__all__ = ["row_norm", "dora_weight", "dora_output_scale", "lowrank_row_norm"]
 
 
 def row_norm(weight: Tensor) -> Tensor:
@@ -34,3 +34,16 @@ def dora_weight(weight: Tensor, delta: Tensor, magnitude: Tensor, *, detach_norm
     """Logical adapted kernel ``m * (W + dW) / ||W + dW||``."""
     factor = dora_output_scale(weight, delta, magnitude, detach_norm=detach_norm)
     return (weight + delta) * factor.view(-1, *([1] * (weight.dim() - 1)))
+
+
+def lowrank_row_norm(weight_2d: Tensor, lora_a: Tensor, lora_b: Tensor, scale: float) -> Tensor:
+    """``||W + scale * B @ A||`` per row without forming ``B @ A`` (O(out*in*r) work, O(out*r) memory).
+
+    ``||W + sBA||^2 = ||W||^2 + 2s <W, BA> + s^2 ||BA||^2`` with ``<W, BA>_o = sum_r B[o, r] (W A^T)[o, r]``
+    and ``||BA||^2_o = sum_r B[o, r] (B A A^T)[o, r]``.
+    """
+    weight_2d, lora_a, lora_b = weight_2d.float(), lora_a.float(), lora_b.float()
+    cross = ((weight_2d @ lora_a.t()) * lora_b).sum(1)
+    low = ((lora_b @ (lora_a @ lora_a.t())) * lora_b).sum(1)
+    squared = weight_2d.square().sum(1) + 2.0 * scale * cross + scale * scale * low
+    return squared.clamp_min(0).sqrt()

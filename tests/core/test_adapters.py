@@ -164,3 +164,23 @@ def test_overparameterised_rank_warns_once_and_works():
         report = apply(model, "cp_lora", rank=16)
     assert len([w for w in record if "over-parameterised" in str(w.message)]) == 1
     assert len(report.wrapped) == 2
+
+
+@pytest.mark.parametrize("method,layer_name", CASES)
+def test_strategies_give_same_gradients(method, layer_name):
+    """The fused activation-space kernels have a hand-written backward: check it against the weight space."""
+    grads = {}
+    for strategy in STRATEGIES:
+        model, x, _, _, _ = build(method, layer_name, strategy)
+        randomize_adapter(model)
+        if x.is_floating_point():
+            x = x.clone().requires_grad_(True)
+        out = model(x)
+        probe = torch.linspace(-1, 1, out.numel()).view_as(out)
+        (out * probe).sum().backward()
+        grads[strategy] = {n: p.grad.clone() for n, p in model[0].adapter_parameters()}
+        if x.is_floating_point():
+            grads[strategy]["input"] = x.grad.clone()
+    assert grads["weight"].keys() == grads["activation"].keys()
+    for name in grads["weight"]:
+        torch.testing.assert_close(grads["activation"][name], grads["weight"][name], rtol=1e-4, atol=1e-5, msg=name)
