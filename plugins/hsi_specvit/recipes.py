@@ -1,0 +1,297 @@
+"""Training, fine-tuning, evaluation and prediction recipes for HSI classification.
+
+One harness for every model: the LoLA-SpecViT trained with LoRA (``method="lora"``,
+adapters inserted by ``lowrank_vision.core.apply`` in the attention and projection layers,
+LoRA scale modulated by :class:`~.schedule.CyclicalLoRAScale`), the same ViT trained or
+fine-tuned in full (``"full"``), and the HybridSN-like CNN (``"hybridsn"``). Data go
+through :func:`prepare` (block split, train-only PCA, guarded patches); training through
+the shared trainer ``lowrank_vision.core.train.fit``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowrank_vision.datasets.hsi_cube import HSICube
+from lowrank_vision.datasets.hsi_split import PCA, BlockSplit, block_split, extract_patches, fit_pca, pad_cube
+
+from .metrics import classification_metrics
+
+__all__ = ["DataConfig", "PreparedData", "prepare", "RecipeConfig", "build_model", "train", "evaluate",
+           "predict_logits", "predict_map", "parameter_counts", "summary_row", "write_json"]
+
+METHODS = ("lora", "full", "hybridsn")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How samples are drawn from a labelled cube."""
+
+    pca_components: int = 15
+    """Bands after PCA (the paper's code uses 15, whitened)."""
+    patch: int = 9
+    """Side of the square window around each pixel (odd)."""
+    block: int = 16
+    """Side of the square blocks that go whole to train / val / test."""
+    fractions: tuple = (0.3, 0.1, 0.6)
+    """Fractions of blocks for train, val, test."""
+    split_seed: int = 0
+    whiten: bool = True
+
+    def __post_init__(self) -> None:
+        if self.pca_components < 1:
+            raise ValueError(f"pca_components: expected >= 1, got {self.pca_components}")
+        if self.patch < 1 or self.patch % 2 == 0:
+            raise ValueError(f"patch: expected an odd size >= 1, got {self.patch}")
+
+
+@dataclass
+class PreparedData:
+    """A cube ready for training: split, PCA, padded reduced cube."""
+
+    cube: HSICube
+    split: BlockSplit
+    pca: PCA
+    padded: torch.Tensor  # [k, H + 2r, W + 2r]
+    patch: int
+    num_classes: int
+
+    def samples(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+        rc = self.split.coords[name]
+        x = extract_patches(self.padded, rc, self.patch)
+        y = torch.from_numpy(self.split.labels(self.cube.labels, name))
+        return x, y
+
+
+def prepare(cube: HSICube, cfg: DataConfig = DataConfig(), pca: Optional[PCA] = None) -> PreparedData:
+    """Split ``cube`` into spatially disjoint blocks and reduce it with PCA fitted on the train blocks.
+
+    ``pca`` reuses a given projection (fine-tuning keeps the pre-trained model's input space).
+    """
+    if cube.labels is None or cube.num_classes == 0:
+        raise ValueError(f"cube: {cube.source or 'the cube'} has no ground truth; training and eval need a label map")
+    split = block_split(cube.labels, cfg.fractions, cfg.block, cfg.patch, cfg.split_seed)
+    if pca is None:
+        pca = fit_pca(cube.data, split.assignment == 0, min(cfg.pca_components, cube.bands), cfg.whiten, seed=cfg.split_seed)
+    reduced = pca.transform(cube.data)
+    return PreparedData(cube=cube, split=split, pca=pca, padded=pad_cube(reduced, cfg.patch), patch=cfg.patch,
+                        num_classes=cube.num_classes)
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Model, adapter and optimisation settings of one run."""
+
+    model: str = "lola_specvit_tiny"
+    """A LoLA-SpecViT variant (``lola_specvit_tiny|small|base``); ignored by ``hybridsn``."""
+    method: Literal["lora", "full", "hybridsn"] = "lora"
+    """``lora``: LoRA via core.apply, everything else frozen; ``full``: every weight trains; ``hybridsn``: CNN baseline."""
+    rank: int = 8
+    alpha: float = 16.0
+    targets: tuple = ("*.attn.qkv", "*.attn.proj", "*.mlp.fc1", "*.mlp.fc2", "frontend.spectral_proj")
+    """Layers that get LoRA: attention (qkv, proj) and projection layers (SwiGLU fc1/fc2, spectral projection)."""
+    trainable: tuple = ("head", "norm")
+    """Non-adapter parameters that stay trainable with LoRA (new classifier and its norm)."""
+    cyclical: bool = True
+    """Modulate the LoRA scale with the cyclical schedule (LoRA only)."""
+    cycle_steps: int = 40
+    cycle_mult: float = 2.0
+    f_min: float = 0.25
+    steps: int = 300
+    batch_size: int = 64
+    lr: float = 2e-3
+    weight_decay: float = 0.01
+    label_smoothing: float = 0.1
+    warmup_steps: int = 15
+    augment: bool = True
+    """Random flips / 90-degree rotations of each batch."""
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
+        if self.rank < 1:
+            raise ValueError(f"rank: expected >= 1, got {self.rank}")
+        if self.steps < 1:
+            raise ValueError(f"steps: expected >= 1, got {self.steps}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"label_smoothing: expected 0 <= x < 1, got {self.label_smoothing}")
+
+
+def parameter_counts(model: nn.Module) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total_params": int(total), "trainable_params": int(trainable)}
+
+
+def build_model(recipe: RecipeConfig, in_chans: int, num_classes: int, patch: int,
+                init_state: Optional[dict] = None) -> tuple[nn.Module, dict]:
+    """Build the recipe's model (optionally from ``init_state``: a plain state dict, e.g. a pre-trained bundle).
+
+    When ``init_state`` has another number of classes, the head is re-initialised. Returns the model
+    and a dict of parameter counts (and the adapter report for LoRA).
+    """
+    if recipe.method == "hybridsn":
+        from .baselines import HybridSN
+
+        model = HybridSN(in_chans=in_chans, num_classes=num_classes, img_size=patch)
+        meta = {"arch": "hybridsn", "model_cfg": model.config}
+    else:
+        from .model import create_lola_specvit
+
+        model = create_lola_specvit(recipe.model, in_chans=in_chans, num_classes=num_classes, img_size=patch)
+        meta = {"arch": "lola_specvit", "model_cfg": {k: list(v) if isinstance(v, tuple) else v
+                                                      for k, v in dataclasses.asdict(model.cfg).items()}}
+    if init_state is not None:
+        head_keys = [k for k in init_state if k.startswith("head.")]
+        same_head = all(k in model.state_dict() and model.state_dict()[k].shape == init_state[k].shape for k in head_keys)
+        state = init_state if same_head else {k: v for k, v in init_state.items() if not k.startswith("head.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        bad = [k for k in missing if not k.startswith("head.")] + list(unexpected)
+        if bad:
+            raise ValueError(f"init_state: does not fit {recipe.model} ({len(bad)} mismatched keys, e.g. {bad[:3]})")
+    info = {"full_model_params": parameter_counts(model)["total_params"]}
+    if recipe.method == "lora":
+        from lowrank_vision.core import apply
+
+        report = apply(model, "lora", rank=recipe.rank, alpha=recipe.alpha, targets=list(recipe.targets),
+                       trainable=recipe.trainable)
+        info["adapter"] = {"wrapped": len(report.wrapped), "adapter_params": report.adapter_params}
+    info.update(parameter_counts(model))
+    return model, {**meta, **info}
+
+
+def _augment(x: torch.Tensor) -> torch.Tensor:
+    k = int(torch.randint(0, 4, (1,)))
+    x = torch.rot90(x, k, dims=(2, 3))
+    return torch.flip(x, dims=(3,)) if bool(torch.randint(0, 2, (1,))) else x
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, padded: torch.Tensor, coords: np.ndarray, patch: int, batch_size: int = 512,
+                   progress: bool = False, desc: str = "predict") -> torch.Tensor:
+    """Logits ``[N, K]`` for the pixels ``coords[N, 2]`` of a padded reduced cube."""
+    from tqdm.auto import tqdm
+
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    starts = range(0, len(coords), batch_size)
+    for s in tqdm(starts, desc=desc, disable=not progress, leave=False):
+        out.append(model(extract_patches(padded, coords[s : s + batch_size], patch).to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, 0)
+
+
+def evaluate(model: nn.Module, data: PreparedData, split: str = "test", progress: bool = False) -> dict:
+    """OA / AA / kappa / per-class / confusion of ``model`` on one split."""
+    coords = data.split.coords[split]
+    if len(coords) == 0:
+        raise ValueError(f"split: {split!r} has no samples")
+    logits = predict_logits(model, data.padded, coords, data.patch, progress=progress, desc=f"eval {split}")
+    y = data.split.labels(data.cube.labels, split)
+    return classification_metrics(y, logits.argmax(1).numpy(), data.num_classes)
+
+
+def predict_map(model: nn.Module, pca: PCA, cube: HSICube, patch: int, progress: bool = True,
+                mask: Optional[np.ndarray] = None) -> np.ndarray:
+    """Class map ``[H, W]`` (1..K; 0 where ``mask`` is false) of a whole cube."""
+    in_chans = getattr(model, "in_chans", pca.n_components)
+    if cube.bands != pca.in_bands:
+        raise ValueError(f"cube: {cube.source or 'input'} has {cube.bands} bands, the model expects {pca.in_bands} "
+                         f"(its PCA was fitted on {pca.in_bands}-band data)")
+    if pca.n_components != in_chans:
+        raise ValueError(f"pca: {pca.n_components} components but the model takes in_chans={in_chans}")
+    h, w = cube.data.shape[:2]
+    padded = pad_cube(pca.transform(cube.data), patch)
+    keep = np.ones((h, w), bool) if mask is None else np.asarray(mask, bool)
+    coords = np.argwhere(keep)
+    logits = predict_logits(model, padded, coords, patch, progress=progress, desc="class map")
+    out = np.zeros((h, w), np.int64)
+    out[coords[:, 0], coords[:, 1]] = logits.argmax(1).numpy() + 1
+    return out
+
+
+def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] = None,
+          output_dir: Optional[Path] = None, device: str = "cpu") -> tuple[nn.Module, dict]:
+    """Train one model on ``data``; returns the trained model (adapters still attached) and a record.
+
+    The record holds parameter counts, train time, loss history, and val/test OA/AA/kappa.
+    """
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from lowrank_vision.core.train import TrainConfig, fit
+
+    torch.manual_seed(recipe.seed)
+    x, y = data.samples("train")
+    if len(y) < recipe.batch_size:
+        raise ValueError(f"batch_size: {recipe.batch_size} exceeds the {len(y)} training samples")
+    model, info = build_model(recipe, x.shape[1], data.num_classes, data.patch, init_state)
+    loader = DataLoader(TensorDataset(x, y), batch_size=recipe.batch_size, shuffle=True, drop_last=True)
+
+    def loss_fn(m: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        xb, yb = batch
+        if recipe.augment:
+            xb = _augment(xb)
+        logits = m(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+        return loss, {"acc": float((logits.argmax(1) == yb).float().mean())}
+
+    callbacks, schedule = [], None
+    if recipe.method == "lora" and recipe.cyclical:
+        from .schedule import CyclicalLoRAScale
+
+        schedule = CyclicalLoRAScale(recipe.cycle_steps, recipe.cycle_mult, recipe.f_min).attach(model)
+        callbacks.append(schedule)
+    config = TrainConfig(max_steps=recipe.steps, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                         warmup_steps=min(recipe.warmup_steps, recipe.steps - 1), scheduler="cosine",
+                         max_grad_norm=1.0, log_every=max(recipe.steps // 10, 1), seed=recipe.seed,
+                         progress=recipe.progress, cpu=device == "cpu",
+                         output_dir=None if output_dir is None else str(output_dir))
+    t0 = time.time()
+    result = fit(model, loader, loss_fn, config, callbacks=callbacks)
+    model = result.model
+    if schedule is not None:
+        schedule.finish(model)
+    record = {
+        "recipe": dataclasses.asdict(recipe),
+        **info,
+        "train_seconds": round(time.time() - t0, 1),
+        "final_loss": result.final_loss,
+        "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history],
+        "samples": {k: int(len(v)) for k, v in data.split.coords.items()},
+    }
+    model = model.cpu()
+    for split in ("val", "test"):
+        if len(data.split.coords[split]):
+            m = evaluate(model, data, split, progress=recipe.progress)
+            record[split] = m
+    return model, record
+
+
+def summary_row(name: str, record: dict) -> dict:
+    """A compact row for tables: OA/AA/kappa on test and parameter counts."""
+    t = record.get("test", {})
+    return {"run": name, "OA": round(float(t.get("OA", "nan")), 2), "AA": round(float(t.get("AA", "nan")), 2),
+            "kappa": round(float(t.get("kappa", "nan")), 2), "trainable_params": record["trainable_params"],
+            "total_params": record["total_params"], "train_seconds": record["train_seconds"]}
+
+
+def write_json(path: Path, obj) -> Path:
+    from lowrank_vision.datasets.hsi_io import atomic_path
+
+    with atomic_path(Path(path), suffix=".json") as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, default=float))
+    return Path(path)

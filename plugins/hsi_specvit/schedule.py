@@ -1,0 +1,84 @@
+"""The cyclical LoRA-strength schedule of LoLA-SpecViT, as a trainer callback.
+
+The paper's abstract: "a novel cyclical learning rate scheduler modulates LoRA adaptation
+strength during training". Its public code only steps a CosineAnnealingWarmRestarts LR
+schedule and calls a ``set_cycle_factor`` that no layer implements, so nothing modulates
+the LoRA scale there. This module defines the modulation (our choice):
+
+    scale_t = scale_0 * (f_min + (1 - f_min) * (1 - cos(pi * p_t)) / 2)
+
+where ``p_t`` in [0, 1) is the position of step t inside its cycle, cycles last
+``cycle_steps * cycle_mult**i`` steps (SGDR-style warm restarts, T_0 = cycle_steps,
+T_mult = cycle_mult). Each cycle ramps the adapter from ``f_min`` of its nominal strength
+back to full strength, so the adapter is re-learnt from a weakened state at every restart
+(the cyclical "exploration" the paper credits for generalisation), and training always
+ends at the nominal scale ``alpha / rank`` that inference uses (``finish`` restores it).
+"""
+
+from __future__ import annotations
+
+import math
+
+from torch import nn
+
+__all__ = ["cycle_factor", "CyclicalLoRAScale"]
+
+
+def cycle_factor(step: int, cycle_steps: int, cycle_mult: float = 2.0, f_min: float = 0.25) -> float:
+    """Multiplier of the nominal LoRA scale at optimizer step ``step`` (0-based)."""
+    if cycle_steps < 1:
+        raise ValueError(f"cycle_steps: expected >= 1, got {cycle_steps}")
+    if cycle_mult < 1:
+        raise ValueError(f"cycle_mult: expected >= 1, got {cycle_mult}")
+    if not 0.0 <= f_min <= 1.0:
+        raise ValueError(f"f_min: expected 0..1, got {f_min}")
+    start, length = 0, float(cycle_steps)
+    while step >= start + length:
+        start += int(round(length))
+        length *= cycle_mult
+    phase = (step - start) / length
+    return f_min + (1.0 - f_min) * 0.5 * (1.0 - math.cos(math.pi * phase))
+
+
+class CyclicalLoRAScale:
+    """Callback ``cb(step, model, metrics)`` setting ``scale`` on every adapter layer of ``model``.
+
+    Call :meth:`attach` before training (records each layer's nominal scale and sets the step-0
+    factor) and :meth:`finish` after it (restores the nominal scales). The current factor is
+    added to the trainer's metrics as ``lora_scale_factor``.
+    """
+
+    def __init__(self, cycle_steps: int = 50, cycle_mult: float = 2.0, f_min: float = 0.25):
+        cycle_factor(0, cycle_steps, cycle_mult, f_min)  # validates
+        self.cycle_steps, self.cycle_mult, self.f_min = cycle_steps, cycle_mult, f_min
+        self.nominal: dict[str, float] = {}
+        self.factors: list[float] = []
+
+    @staticmethod
+    def _layers(model: nn.Module):
+        from lowrank_vision.core.adapters import AdapterLayer
+
+        return [(n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
+
+    def attach(self, model: nn.Module) -> "CyclicalLoRAScale":
+        layers = self._layers(model)
+        if not layers:
+            raise ValueError("model: no adapter layer found; apply(model, 'lora', ...) before attaching the LoRA schedule")
+        self.nominal = {n: float(m.scale) for n, m in layers}
+        self._set(model, cycle_factor(0, self.cycle_steps, self.cycle_mult, self.f_min))
+        return self
+
+    def _set(self, model: nn.Module, factor: float) -> None:
+        for n, m in self._layers(model):
+            if n in self.nominal:
+                m.scale = self.nominal[n] * factor
+        self.factors.append(factor)
+
+    def __call__(self, step: int, model: nn.Module, metrics: dict) -> None:
+        # `step` optimizer steps are done; set the factor used by the next one
+        factor = cycle_factor(step, self.cycle_steps, self.cycle_mult, self.f_min)
+        self._set(model, factor)
+        metrics["lora_scale_factor"] = factor
+
+    def finish(self, model: nn.Module) -> None:
+        self._set(model, 1.0)
