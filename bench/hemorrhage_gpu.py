@@ -1,0 +1,104 @@
+"""Full-size TBI -> SAH comparison for docs/results/hemorrhage.md (preset ``gpu``), in stages that each
+fit in a 10-minute job.
+
+    python bench/hemorrhage_gpu.py pretrain --out runs/hseg_gpu                       # TBI UNet
+    python bench/hemorrhage_gpu.py compare  --out runs/hseg_gpu --strategies none full decoder cp_lora cp_dora
+    python bench/hemorrhage_gpu.py compare  --out runs/hseg_gpu --strategies lora_c dora_c
+    python bench/hemorrhage_gpu.py compare  --out runs/hseg_gpu --strategies conv_lora conv_dora
+    python bench/hemorrhage_gpu.py report   --out runs/hseg_gpu                       # merged table + PNG + acceptance
+
+On a machine with several GPUs the compare stages can run side by side (CUDA_VISIBLE_DEVICES=i).
+``--preset cpu`` runs the same stages at CPU size. ``report`` checks the acceptance of issue 4
+(CP-LoRA Dice >= pre-trained-only + 0.15, within 0.03 of full fine-tuning, <= 5 % of its trainable
+parameters) for the best CP-LoRA rank and writes OUT/report.md, OUT/report.json, OUT/dice_vs_params.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+
+
+def main(argv=None) -> int:
+    from lowrank_vision.plugins.hemorrhage_seg.recipe import PRESETS, compare, plot_dice_vs_params, pretrain, results_table
+    from lowrank_vision.plugins.hemorrhage_seg.strategies import STRATEGIES
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("stage", choices=["pretrain", "compare", "report"])
+    ap.add_argument("--out", default="runs/hseg_gpu")
+    ap.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
+    ap.add_argument("--arch", default="3d", choices=["3d", "multiview"])
+    ap.add_argument("--strategies", nargs="+", choices=STRATEGIES)
+    ap.add_argument("--ranks", nargs="+", type=int)
+    ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    ap.add_argument("--threads", type=int, default=4)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    cfg = PRESETS[args.preset]
+    cfg = replace(cfg, net=replace(cfg.net, kind=args.arch), mixed_precision=args.mixed_precision,
+                  cpu=cfg.cpu or not torch.cuda.is_available())
+    if args.strategies:
+        cfg = replace(cfg, strategies=tuple(args.strategies))
+    if args.ranks:
+        cfg = replace(cfg, ranks=tuple(args.ranks))
+    out = Path(args.out) / args.arch
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    if args.stage == "pretrain":
+        m = pretrain(cfg, Path(args.out) / "data", out / "tbi_unet.pt", run_dir=out / "pretrain_run", checkpoint_every=500, resume=True)
+        m["seconds"] = time.time() - t0
+        (out / "pretrain.json").write_text(json.dumps(m, indent=1))
+        print(json.dumps(m, indent=1))
+    elif args.stage == "compare":
+        tag = "_".join(cfg.strategies)
+        rows = compare(cfg, out / "tbi_unet.pt", Path(args.out) / "data", out / f"compare_{tag}")
+        print(f"{len(rows)} rows in {time.time() - t0:.0f} s -> {out / f'compare_{tag}'}")
+    else:
+        rows, seen = [], set()
+        for f in sorted(out.glob("compare_*/results.json")):
+            for r in json.loads(f.read_text())["rows"]:
+                key = (r["strategy"], r["rank"])
+                if key not in seen:
+                    seen.add(key)
+                    rows.append({k: v for k, v in r.items() if k != "cases"})
+        if not rows:
+            print(f"no compare_*/results.json under {out}", file=sys.stderr)
+            return 1
+        order = {s: i for i, s in enumerate(STRATEGIES)}
+        rows.sort(key=lambda r: (order[r["strategy"]], r["rank"] or 0))
+        verdict = acceptance(rows)
+        pre = json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").is_file() else {}
+        text = f"# TBI -> SAH, preset {args.preset}, arch {args.arch}\n\npretrain: {json.dumps(pre)}\n\n" + results_table(rows)
+        text += "\n\nacceptance: " + json.dumps(verdict) + "\n"
+        (out / "report.md").write_text(text)
+        (out / "report.json").write_text(json.dumps({"rows": rows, "acceptance": verdict, "pretrain": pre}, indent=1))
+        plot_dice_vs_params(rows, out / "dice_vs_params.png")
+        print(text)
+    return 0
+
+
+def acceptance(rows: list[dict]) -> dict:
+    """Issue-4 acceptance for the best CP-LoRA rank."""
+    by = {(r["strategy"], r["rank"]): r for r in rows}
+    none, full = by.get(("none", None)), by.get(("full", None))
+    cps = [r for r in rows if r["strategy"] == "cp_lora"]
+    if not (none and full and cps):
+        return {"checked": False, "why": "needs rows for none, full and cp_lora"}
+    cp = max(cps, key=lambda r: r["dice_mean"])
+    res = {"checked": True, "cp_lora_rank": cp["rank"], "cp_dice": cp["dice_mean"], "none_dice": none["dice_mean"],
+           "full_dice": full["dice_mean"], "cp_params_pct_of_full": 100.0 * cp["trainable_params"] / full["trainable_params"]}
+    res["gain_over_none_ge_0.15"] = cp["dice_mean"] >= none["dice_mean"] + 0.15
+    res["within_0.03_of_full"] = cp["dice_mean"] >= full["dice_mean"] - 0.03
+    res["params_le_5pct"] = res["cp_params_pct_of_full"] <= 5.0
+    res["pass"] = res["gain_over_none_ge_0.15"] and res["within_0.03_of_full"] and res["params_le_5pct"]
+    return res
+
+
+if __name__ == "__main__":
+    sys.exit(main())
