@@ -1,0 +1,204 @@
+"""hemorrhage_seg plugin: metrics, networks, strategies, checkpoints, shipped weights, MONAI bundle."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+torch.set_num_threads(1)
+
+from lowrank_vision.plugins.hemorrhage_seg.metrics import dice, summarize_cases, volume_ml  # noqa: E402
+from lowrank_vision.plugins.hemorrhage_seg.models import (  # noqa: E402
+    MultiViewUNet, UNetConfig, build_network, load_checkpoint, pad_to_multiple, save_checkpoint,
+)
+
+
+def test_importing_the_plugin_does_not_import_monai():
+    code = "import sys, lowrank_vision.plugins.hemorrhage_seg as h; print(h.PLUGIN.app, 'monai' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["lowrank-seg", "False"]
+
+
+@pytest.mark.parametrize(
+    "pred, true, expected",
+    [([1, 1, 0, 0], [1, 0, 0, 0], 2 / 3), ([0, 0], [0, 0], 1.0), ([1, 0], [0, 1], 0.0), ([1, 1], [1, 1], 1.0)],
+)
+def test_dice_table(pred, true, expected):
+    assert dice(np.array(pred), np.array(true)) == pytest.approx(expected)
+
+
+def test_summary_tertiles_and_volume_stats():
+    cases = [{"dice": d, "true_ml": t, "pred_ml": p} for d, t, p in
+             [(0.1, 1, 2), (0.2, 2, 2), (0.5, 5, 4), (0.6, 6, 6), (0.8, 9, 10), (0.9, 10, 11)]]
+    s = summarize_cases(cases)
+    assert s["dice_small"] == pytest.approx(0.15) and s["dice_medium"] == pytest.approx(0.55) and s["dice_large"] == pytest.approx(0.85)
+    assert s["volume_mae_ml"] == pytest.approx(4 / 6)
+    assert s["volume_pearson_r"] > 0.97
+    assert volume_ml(np.ones((10, 10, 10)), (1.0, 1.0, 2.0)) == pytest.approx(2.0)
+
+
+def test_multiview_shapes_and_fusion():
+    net = build_network(UNetConfig(kind="multiview"))
+    x = torch.randn(2, 2, 16, 24, 8)
+    fused, views = net(x, return_views=True)
+    assert fused.shape == (2, 1, 16, 24, 8) and set(views) == {"axial", "coronal", "sagittal"}
+    assert all(v.shape == fused.shape for v in views.values())
+    same = torch.full((1, 1, 2, 2, 2), 0.7)
+    assert torch.allclose(MultiViewUNet.fuse({"a": same, "b": same, "c": same}), same, atol=1e-5)
+
+
+def test_pad_to_multiple_roundtrip():
+    x = torch.randn(1, 2, 13, 16, 5)
+    padded, crop = pad_to_multiple(x, 8)
+    assert padded.shape == (1, 2, 16, 16, 8)
+    assert torch.equal(padded[crop], x)
+
+
+# trainable parameter counts of the default (8-16-32-64) 3-D UNet, rank 4
+STRATEGY_TABLE = [
+    ("none", 0), ("full", 150_550), ("decoder", 57_538), ("lora_c", 28_612), ("conv_lora", 33_900),
+    ("cp_lora", 2_780), ("dora_c", 28_902), ("conv_dora", 34_190), ("cp_dora", 3_070),
+]
+
+
+@pytest.mark.parametrize("strategy, n_trainable", STRATEGY_TABLE)
+def test_strategy_trainable_counts_and_identity_at_init(strategy, n_trainable):
+    from lowrank_vision.plugins.hemorrhage_seg.strategies import apply_strategy
+
+    torch.manual_seed(0)
+    net = build_network(UNetConfig())
+    x = torch.randn(1, 2, 16, 16, 8)
+    with torch.no_grad():
+        before = net(x)
+    n = apply_strategy(net, strategy, rank=4)
+    assert n == n_trainable == sum(p.numel() for p in net.parameters() if p.requires_grad)
+    with torch.no_grad():
+        assert torch.allclose(net(x), before, atol=1e-5)  # adapters start as the identity update
+
+
+def test_cp_lora_is_far_smaller_than_lora_c():
+    counts = dict(STRATEGY_TABLE)
+    assert counts["cp_lora"] < 0.1 * counts["lora_c"] and counts["cp_lora"] < 0.02 * counts["full"]
+
+
+def test_strategy_errors():
+    from lowrank_vision.plugins.hemorrhage_seg.strategies import apply_strategy
+
+    with pytest.raises(ValueError, match="strategy"):
+        apply_strategy(build_network(), "bitfit")
+    with pytest.raises(ValueError, match="rank"):
+        apply_strategy(build_network(), "cp_lora", rank=0)
+
+
+def test_checkpoint_roundtrip_and_foreign_checkpoints(tmp_path):
+    cfg = UNetConfig()
+    net = build_network(cfg)
+    p = save_checkpoint(net, cfg, tmp_path / "a.pt", ["brain", "subdural"])
+    back, arch, ckpt = load_checkpoint(p)
+    assert arch == cfg and ckpt["windows"] == ["brain", "subdural"]
+    assert all(torch.equal(a, b) for a, b in zip(net.state_dict().values(), back.state_dict().values()))
+    with pytest.raises(ValueError, match="architecture"):
+        load_checkpoint(p, expect=UNetConfig(kind="multiview"))
+    torch.save({"weight": torch.zeros(3)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="not a hemorrhage_seg UNet checkpoint"):
+        load_checkpoint(tmp_path / "other.pt")
+    # a checkpoint whose recorded arch does not match its weights (another architecture's state dict)
+    bad = torch.load(p, weights_only=True)
+    bad["arch"]["channels"] = [16, 32, 64, 128]
+    torch.save(bad, tmp_path / "bad.pt")
+    with pytest.raises(ValueError, match="does not fit architecture"):
+        load_checkpoint(tmp_path / "bad.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not torch")
+    with pytest.raises(ValueError, match="not a readable torch checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_experiment_config_errors():
+    from dataclasses import replace
+
+    from lowrank_vision.plugins.hemorrhage_seg.recipe import PRESETS
+
+    with pytest.raises(ValueError, match="strategies"):
+        replace(PRESETS["tiny"], strategies=("none", "bitfit"))
+    with pytest.raises(ValueError, match="folds"):
+        replace(PRESETS["tiny"], folds=10)
+    with pytest.raises(ValueError, match="in_channels"):
+        replace(PRESETS["tiny"], windows=("brain",))
+
+
+def test_shipped_weights_are_small_and_help_on_unseen_sah(tmp_path):
+    from lowrank_vision.datasets.ct_synthetic import _save_nifti_atomic, synthesize_case
+    from lowrank_vision.plugins.hemorrhage_seg.inference import DEFAULT_ADAPTER, DEFAULT_BASE, load_model, segment_file
+    from lowrank_vision.plugins.hemorrhage_seg.recipe import PRESETS
+
+    size = DEFAULT_BASE.stat().st_size + sum(f.stat().st_size for f in DEFAULT_ADAPTER.iterdir())
+    assert size < 2_000_000
+    cfg = PRESETS["cpu"].data
+    scores = {"base": [], "adapted": []}
+    base, arch, windows = load_model(adapter=None)
+    adapted, _, _ = load_model(adapter=DEFAULT_ADAPTER)
+    for i in range(4):  # cases never used for training (seed 7)
+        image, mask, info = synthesize_case("sah", i, 7, cfg)
+        _save_nifti_atomic(image, cfg.affine, tmp_path / "in.nii.gz")
+        for key, model in (("base", base), ("adapted", adapted)):
+            m = segment_file(tmp_path / "in.nii.gz", tmp_path / "out.nii.gz", model, arch, windows)
+            import nibabel as nib
+
+            out = nib.load(str(tmp_path / "out.nii.gz"))
+            assert np.allclose(out.affine, cfg.affine)
+            scores[key].append(dice(np.asarray(out.dataobj) > 0, mask > 0))
+            assert m["blood_ml"] == pytest.approx(volume_ml(np.asarray(out.dataobj) > 0, cfg.spacing))
+    assert np.mean(scores["adapted"]) > np.mean(scores["base"]) + 0.03
+    assert np.mean(scores["adapted"]) > 0.15
+
+
+def test_bundle_metadata_has_the_mandatory_keys():
+    from lowrank_vision.plugins.hemorrhage_seg import BUNDLE_DIR
+
+    meta = json.loads((BUNDLE_DIR / "configs" / "metadata.json").read_text())
+    for key in ("version", "monai_version", "pytorch_version", "numpy_version", "required_packages_version", "task",
+                "description", "authors", "copyright", "network_data_format"):
+        assert key in meta, key
+    fmt = meta["network_data_format"]
+    for side, key in (("inputs", "image"), ("outputs", "pred")):
+        entry = fmt[side][key]
+        for k in ("type", "format", "num_channels", "spatial_shape", "dtype", "value_range", "is_patch_data", "channel_def"):
+            assert k in entry, (side, k)
+    assert fmt["inputs"]["image"]["modality"] == "CT"
+    for f in ("LICENSE", "docs/README.md", "configs/inference.json", "configs/train.json", "models/model.pt"):
+        assert (BUNDLE_DIR / f).is_file(), f
+
+
+def test_monai_bundle_run_segments_a_nifti(tmp_path):
+    pytest.importorskip("fire")
+    import nibabel as nib
+
+    from lowrank_vision.datasets.ct_synthetic import _save_nifti_atomic, synthesize_case
+    from lowrank_vision.plugins.hemorrhage_seg import BUNDLE_DIR
+    from lowrank_vision.plugins.hemorrhage_seg.inference import load_model, segment_file
+    from lowrank_vision.plugins.hemorrhage_seg.recipe import PRESETS
+
+    cfg = PRESETS["cpu"].data
+    image, _, _ = synthesize_case("sah", 3, 7, cfg)
+    affine = cfg.affine.copy()
+    affine[:3, 3] += [5.0, -3.0, 11.0]  # non-trivial origin must survive
+    _save_nifti_atomic(image[:44, :, :13], affine, tmp_path / "ct.nii.gz")  # odd sizes exercise padding/inversion
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE_DIR / "configs" / "inference.json"),
+           "--bundle_root", str(BUNDLE_DIR), "--input_file", str(tmp_path / "ct.nii.gz"), "--output_dir", str(tmp_path / "out")]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = nib.load(str(tmp_path / "out" / "ct_seg.nii.gz"))
+    mask = np.asarray(out.dataobj).squeeze()
+    assert mask.shape == (44, 48, 13) and np.allclose(out.affine, affine)
+    # same answer as the plugin's own predict path (merged adapter)
+    model, arch, windows = load_model(adapter=Path(BUNDLE_DIR).parent / "weights" / "sah_cp_lora_r8")
+    segment_file(tmp_path / "ct.nii.gz", tmp_path / "mine.nii.gz", model, arch, windows)
+    mine = np.asarray(nib.load(str(tmp_path / "mine.nii.gz")).dataobj)
+    assert mine.sum() > 0 and (mine != mask).mean() < 1e-3
