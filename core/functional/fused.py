@@ -17,15 +17,29 @@ from torch import Tensor
 
 __all__ = ["fused_lora_linear", "fused_lora_conv", "lora_fused_forward"]
 
-_custom_fwd = torch.amp.custom_fwd(device_type="cuda")
-_custom_bwd = torch.amp.custom_bwd(device_type="cuda")
+
+
+def _compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype autocast would run a matmul in on ``x``'s device (``x.dtype`` without autocast)."""
+    device_type = x.device.type
+    if torch.is_autocast_enabled(device_type):
+        return torch.get_autocast_dtype(device_type)
+    return x.dtype
+
+
+def _no_autocast(x: Tensor):
+    return torch.autocast(x.device.type, enabled=False)
 
 
 class _FusedLoRALinear(torch.autograd.Function):
     @staticmethod
-    @_custom_fwd
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor, scale: float) -> Tensor:
-        dtype = torch.get_autocast_dtype("cuda") if (x.is_cuda and torch.is_autocast_enabled("cuda")) else x.dtype
+        dtype = _compute_dtype(x)
+        with _no_autocast(x):
+            return _FusedLoRALinear._forward(ctx, x, weight, bias, lora_a, lora_b, scale, dtype)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, lora_a, lora_b, scale, dtype):
         out_features, rank = weight.shape[0], lora_a.shape[0]
         x2d = x.reshape(-1, x.shape[-1]).to(dtype)
         w_cat = torch.cat([weight.to(dtype), lora_a.to(dtype)], 0)
@@ -44,8 +58,12 @@ class _FusedLoRALinear(torch.autograd.Function):
         return out.view(*x.shape[:-1], out_features)
 
     @staticmethod
-    @_custom_bwd
     def backward(ctx, grad_out: Tensor):
+        with _no_autocast(grad_out):
+            return _FusedLoRALinear._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out: Tensor):
         x2d, w_cat, h, b = ctx.saved_tensors
         x_shape, a_dtype, b_dtype, x_dtype = ctx.shapes
         n = ctx.out_features
@@ -68,10 +86,13 @@ def fused_lora_linear(x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a:
 
 class _FusedLoRAConv(torch.autograd.Function):
     @staticmethod
-    @_custom_fwd
     def forward(ctx, x, weight, bias, down, lora_b, scale, stride, padding, dilation, transposed, output_padding):
-        dtype = torch.get_autocast_dtype("cuda") if (x.is_cuda and torch.is_autocast_enabled("cuda")) else x.dtype
-        x = x.to(dtype)
+        dtype = _compute_dtype(x)
+        with _no_autocast(x):
+            return _FusedLoRAConv._forward(ctx, x.to(dtype), weight, bias, down, lora_b, scale, stride, padding, dilation, transposed, output_padding, dtype)
+
+    @staticmethod
+    def _forward(ctx, x, weight, bias, down, lora_b, scale, stride, padding, dilation, transposed, output_padding, dtype):
         cat_dim = 1 if transposed else 0
         out_channels, rank = weight.shape[cat_dim], down.shape[cat_dim]
         w_cat = torch.cat([weight.to(dtype), down.to(dtype)], cat_dim)
@@ -88,8 +109,12 @@ class _FusedLoRAConv(torch.autograd.Function):
         return out
 
     @staticmethod
-    @_custom_bwd
     def backward(ctx, grad_out):
+        with _no_autocast(grad_out):
+            return _FusedLoRAConv._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         x, w_cat, h, up = ctx.saved_tensors
         stride, padding, dilation, transposed, output_padding, out_channels, cat_dim = ctx.conf
         a_dtype, b_dtype, a_shape, b_shape = ctx.dtypes

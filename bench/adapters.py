@@ -1,0 +1,403 @@
+"""Training-step speed and peak memory of adapters vs full fine-tuning, the frozen floor, and PEFT.
+
+One process per model: every variant is built from the same base weights and timed with the
+same loop (forward, backward, AdamW step), median over the timed steps. Results are appended
+to ``docs/bench_results.json`` (keyed by device) and ``docs/benchmarks.md`` is rewritten from
+all stored results, with ratios to full fine-tuning and to PEFT LoRA.
+
+    python bench/adapters.py --device cpu                          # CPU sizes
+    python bench/adapters.py --device cuda --models unet3d_large,vit_b   # H200 sizes, bf16 autocast
+    python bench/adapters.py --device cuda --compile --models unet3d_large,vit_l
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import gc
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import nn
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "bench_results.json"
+REPORT = ROOT / "docs" / "benchmarks.md"
+CHART = ROOT / "docs" / "benchmarks.png"
+RANK = 8
+
+
+@dataclass
+class ModelCase:
+    name: str
+    build: Callable[[], nn.Module]
+    make_input: Callable[[torch.device], tuple]
+    """Returns positional args for the model."""
+    peft_targets: Callable[[nn.Module], list[str]]
+    """Module names every adapter (ours and PEFT) wraps."""
+    description: str
+    output: Callable = field(default=lambda out: out)
+
+
+def _unet3d(channels, size, batch):
+    def build():
+        from monai.networks.nets import UNet
+
+        return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=channels, strides=(2, 2, 2), num_res_units=2)
+
+    return build, (lambda dev: (torch.randn(batch, 1, size, size, size, device=dev),))
+
+
+def _names_of(model: nn.Module, types: tuple, suffixes: tuple = ()) -> list[str]:
+    return [n for n, m in model.named_modules() if isinstance(m, types) and (not suffixes or n.split(".")[-1] in suffixes)]
+
+
+def _vit(arch, batch, size=224):
+    def build():
+        import timm
+
+        return timm.create_model(arch, pretrained=False, img_size=size, num_classes=1000)
+
+    return build, (lambda dev: (torch.randn(batch, 3, size, size, device=dev),))
+
+
+def _diffusers_unet(batch, size):
+    def build():
+        from diffusers import UNet2DConditionModel
+
+        return UNet2DConditionModel(
+            sample_size=size, in_channels=4, out_channels=4, block_out_channels=(128, 256, 512), layers_per_block=2,
+            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"),
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"), cross_attention_dim=512,
+            attention_head_dim=8,
+        )
+
+    def make_input(dev):
+        return (torch.randn(batch, 4, size, size, device=dev), torch.randint(0, 1000, (batch,), device=dev),
+                torch.randn(batch, 77, 512, device=dev))
+
+    return build, make_input
+
+
+def _resnet50(batch, size):
+    def build():
+        import torchvision
+
+        return torchvision.models.resnet50(weights=None)
+
+    return build, (lambda dev: (torch.randn(batch, 3, size, size, device=dev),))
+
+
+def cases(device: str) -> dict[str, ModelCase]:
+    vit_targets = lambda m: _names_of(m, (nn.Linear,), ("qkv", "proj", "fc1", "fc2"))
+    conv3d = lambda m: _names_of(m, (nn.Conv3d,))
+    conv2d = lambda m: _names_of(m, (nn.Conv2d,))
+    diff_targets = lambda m: _names_of(m, (nn.Linear, nn.Conv2d), ("to_q", "to_k", "to_v", "0", "conv1", "conv2", "proj_in", "proj_out"))
+    out = {}
+    if device == "cuda":
+        table = {
+            "unet3d_large": (_unet3d((32, 64, 128, 256), 128, 4), conv3d, "MONAI UNet 3D, channels (32,64,128,256), 128^3, batch 4"),
+            "unet3d_small": (_unet3d((16, 32, 64, 128), 96, 2), conv3d, "MONAI UNet 3D, channels (16,32,64,128), 96^3, batch 2"),
+            "vit_b": (_vit("vit_base_patch16_224", 16), vit_targets, "timm vit_base_patch16_224, batch 16"),
+            "vit_l": (_vit("vit_large_patch16_224", 32), vit_targets, "timm vit_large_patch16_224, batch 32"),
+            "diffusers_unet": (_diffusers_unet(8, 64), diff_targets, "diffusers UNet2DConditionModel (128,256,512), 64x64 latents, batch 8"),
+            "resnet50": (_resnet50(64, 224), conv2d, "torchvision ResNet-50, 224^2, batch 64"),
+        }
+    else:
+        table = {
+            "unet3d_cpu": (_unet3d((16, 32, 64, 128), 32, 2), conv3d, "MONAI UNet 3D, channels (16,32,64,128), 32^3, batch 2"),
+            "vit_s_cpu": (_vit("vit_small_patch16_224", 2, 112), vit_targets, "timm vit_small_patch16 at 112^2, batch 2"),
+            "resnet50_cpu": (_resnet50(2, 112), conv2d, "torchvision ResNet-50, 112^2, batch 2"),
+        }
+    for name, ((build, make_input), targets, desc) in table.items():
+        out[name] = ModelCase(name, build, make_input, targets, desc)
+    return out
+
+
+# -- variants -----------------------------------------------------------------------------------
+OUR_METHODS = ["lora", "cp_lora", "conv_lora", "dora", "cp_dora", "nera"]
+
+
+def variant_names(compile_mode: bool) -> list[str]:
+    if compile_mode:
+        return ["full", "floor", "peft_lora", "ours:lora:auto", "ours:lora:weight", "ours:lora:activation"]
+    names = ["full", "floor", "peft_lora", "peft_dora"]
+    names += [f"ours:lora:{s}" for s in ("weight", "activation", "auto", "tuned")]
+    names += [f"ours:{m}:auto" for m in OUR_METHODS if m != "lora"]
+    names += ["ours:dora:weight", "ours:dora:activation"]
+    return names
+
+
+def build_variant(variant: str, base: nn.Module, targets: list[str], inputs: tuple, device, amp_dtype):
+    import lowrank_vision.core as lr
+
+    model = copy.deepcopy(base).to(device)
+    if variant == "full":
+        return model, [p for p in model.parameters()]
+    if variant == "floor":
+        for p in model.parameters():
+            p.requires_grad_(False)
+        return model, []
+    if variant.startswith("peft_"):
+        import peft
+
+        config = peft.LoraConfig(r=RANK, lora_alpha=2 * RANK, target_modules=targets, use_dora=variant == "peft_dora")
+        model = peft.get_peft_model(model, config)
+        return model, [p for p in model.parameters() if p.requires_grad]
+    _, method, strategy = variant.split(":")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        lr.apply(model, method, rank=RANK, alpha=2 * RANK, targets=targets, strategy="auto" if strategy == "tuned" else strategy)
+    if strategy == "tuned":
+        from lowrank_vision.core.tune import tune_strategies
+
+        tune_strategies(model, inputs, autocast_dtype=amp_dtype, repeats=3)
+    return model, [p for p in model.parameters() if p.requires_grad]
+
+
+def _first_tensor(out):
+    if isinstance(out, torch.Tensor):
+        return out
+    if hasattr(out, "sample"):
+        return out.sample
+    if isinstance(out, (tuple, list)):
+        return out[0]
+    raise TypeError(type(out))
+
+
+def time_training(model, params, inputs, device, amp_dtype, steps: int, warmup: int, floor: bool, compile_mode: bool) -> dict:
+    model.train()
+    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda") if params else None
+    runner = torch.compile(model) if compile_mode else model
+    inputs = tuple(t.clone().requires_grad_(floor and t.is_floating_point() and i == 0) for i, t in enumerate(inputs))
+
+    def step():
+        with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+            out = _first_tensor(runner(*inputs))
+        loss = out.float().square().mean()
+        loss.backward()
+        if optimizer is not None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        if floor:
+            inputs[0].grad = None
+
+    compile_start = time.perf_counter()
+    for _ in range(warmup):
+        step()
+    sync(device)
+    warm_s = time.perf_counter() - compile_start
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for _ in range(steps):
+        sync(device)
+        t0 = time.perf_counter()
+        step()
+        sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
+    return {"ms": statistics.median(times), "peak_mib": peak, "warmup_s": warm_s}
+
+
+def time_inference(model, inputs, device, amp_dtype, steps: int) -> float:
+    model.eval()
+    times = []
+    with torch.no_grad(), torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        for i in range(steps + 3):
+            sync(device)
+            t0 = time.perf_counter()
+            model(*inputs)
+            sync(device)
+            if i >= 3:
+                times.append((time.perf_counter() - t0) * 1e3)
+    return statistics.median(times)
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def run_case(case: ModelCase, device, amp_dtype, steps, warmup, compile_mode, variants, inference: bool) -> dict:
+    torch.manual_seed(0)
+    base = case.build().eval()
+    inputs = case.make_input(device)
+    targets = case.peft_targets(base)
+    rows = {}
+    from tqdm import tqdm
+
+    for variant in tqdm(variants, desc=case.name, leave=False):
+        try:
+            model, params = build_variant(variant, base, targets, inputs, device, amp_dtype)
+            rows[variant] = time_training(model, params, inputs, device, amp_dtype, steps, warmup, variant == "floor", compile_mode)
+            rows[variant]["trainable"] = sum(p.numel() for p in params)
+        except Exception as exc:  # a variant that cannot run (e.g. PEFT DoRA on an unsupported layer) is reported
+            rows[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
+        finally:
+            model = params = None
+            gc.collect()
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    result = {"description": case.description, "targets": len(targets), "rows": rows}
+    if inference and not compile_mode:
+        import lowrank_vision.core as lr
+
+        infer = {"base": time_inference(copy.deepcopy(base).to(device), inputs, device, amp_dtype, steps)}
+        ours, _ = build_variant("ours:lora:auto", base, targets, inputs, device, amp_dtype)
+        with torch.no_grad():
+            for a in lr.adapter_layers(ours).values():
+                for _, p in a.adapter_parameters():
+                    p.add_(torch.randn_like(p) * 1e-3)
+        infer["ours_unmerged"] = time_inference(ours, inputs, device, amp_dtype, steps)
+        lr.merge(ours)
+        infer["ours_merged"] = time_inference(ours, inputs, device, amp_dtype, steps)
+        peft_model, _ = build_variant("peft_lora", base, targets, inputs, device, amp_dtype)
+        infer["peft_unmerged"] = time_inference(peft_model, inputs, device, amp_dtype, steps)
+        result["inference_ms"] = infer
+    return result
+
+
+# -- report --------------------------------------------------------------------------------------
+def _fmt_ratio(value: Optional[float]) -> str:
+    return "–" if value is None else f"{value:.2f}"
+
+
+def render_report(store: dict) -> str:
+    lines = [
+        "# Benchmarks: adapter training step vs full fine-tuning, the frozen floor and PEFT",
+        "",
+        "Median training step (forward, backward, AdamW step) after warm-up, same base weights and inputs",
+        f"for every variant; rank {RANK}, alpha {2 * RANK}, the same target layers for ours and PEFT. `floor` = every",
+        "weight frozen, the input requires grad (the least any adapter can cost). `ours:<method>:<strategy>`:",
+        "`weight` = one op with W + dW built on the fly, `activation` = fused frozen op + low-rank path,",
+        "`auto` = cost model, `tuned` = measured per layer (`lowrank_vision.core.tune.tune_strategies`).",
+        "Regenerate with the commands in each section; raw numbers are in `docs/bench_results.json`.",
+        "",
+    ]
+    for key, run in store.items():
+        env = run["env"]
+        lines += [f"## {key}", "", f"- machine: {env['machine']}", f"- versions: {env['versions']}", f"- command: `{env['command']}`",
+                  f"- precision: {env['precision']}; {env['steps']} timed steps after {env['warmup']} warm-up steps", ""]
+        for case_name, case in run["cases"].items():
+            rows = case["rows"]
+            full = rows.get("full", {}).get("ms")
+            peft = rows.get("peft_lora", {}).get("ms")
+            peft_mem = rows.get("peft_lora", {}).get("peak_mib")
+            lines += [f"### {case_name}: {case['description']} ({case['targets']} target layers)", "",
+                      "| variant | step ms | / full FT | / PEFT LoRA | peak MiB | mem / PEFT LoRA | trainable |", "|---|---|---|---|---|---|---|"]
+            for variant, row in rows.items():
+                if "error" in row:
+                    lines.append(f"| {variant} | failed: {row['error']} | | | | | |")
+                    continue
+                ms = row["ms"]
+                mem = row.get("peak_mib")
+                lines.append(
+                    f"| {variant} | {ms:.1f} | {_fmt_ratio(ms / full if full else None)} | {_fmt_ratio(ms / peft if peft else None)} | "
+                    f"{'–' if mem is None else f'{mem:,.0f}'} | {_fmt_ratio(mem / peft_mem if mem and peft_mem else None)} | {row['trainable']:,} |"
+                )
+            if "inference_ms" in case:
+                inf = case["inference_ms"]
+                lines += ["", "Inference (no grad): " + ", ".join(f"{k} {v:.2f} ms" for k, v in inf.items())
+                          + f"; merged / base = {inf['ours_merged'] / inf['base']:.3f}, unmerged overhead ours {inf['ours_unmerged'] / inf['base'] - 1:+.1%}, PEFT {inf['peft_unmerged'] / inf['base'] - 1:+.1%}"]
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def plot(store: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [(k, c, n) for k, run in store.items() for n, c in run["cases"].items()]
+    if not panels:
+        return
+    fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), squeeze=False)
+    for ax, (key, case, name) in zip(axes[:, 0], panels):
+        rows = {k: v for k, v in case["rows"].items() if "ms" in v}
+        full = rows.get("full", {}).get("ms", 1.0)
+        names = list(rows)
+        values = [rows[n]["ms"] / full for n in names]
+        colors = ["#999" if n in ("full", "floor") else "#d62728" if n.startswith("peft") else "#1f77b4" for n in names]
+        ax.barh(names, values, color=colors)
+        ax.axvline(1.0, color="k", lw=0.8)
+        ax.set_title(f"{name} [{key}]", fontsize=9)
+        ax.tick_params(labelsize=7)
+        ax.set_xlabel("step time / full fine-tuning", fontsize=8)
+    fig.tight_layout()
+    tmp = CHART.with_suffix(".tmp.png")
+    fig.savefig(tmp, dpi=100)
+    plt.close(fig)
+    os.replace(tmp, CHART)
+
+
+def environment(device, args) -> dict:
+    import importlib.metadata as md
+
+    versions = []
+    for pkg in ("torch", "peft", "monai", "timm", "diffusers", "torchvision"):
+        try:
+            versions.append(f"{pkg} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            pass
+    machine = f"{platform.machine()}, {os.cpu_count()} CPU threads"
+    if device.type == "cuda":
+        machine = f"{torch.cuda.get_device_name(device)}, " + machine
+    return {"machine": machine, "versions": ", ".join(versions), "command": "python " + " ".join(sys.argv),
+            "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "steps": args.steps, "warmup": args.warmup}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--models", default=None, help="comma-separated subset of the model cases")
+    parser.add_argument("--variants", default=None, help="comma-separated subset of variants")
+    parser.add_argument("--steps", type=int, default=None)
+    parser.add_argument("--warmup", type=int, default=None)
+    parser.add_argument("--compile", action="store_true", help="torch.compile every variant")
+    parser.add_argument("--no-inference", action="store_true")
+    parser.add_argument("--results", default=str(RESULTS))
+    parser.add_argument("--report-only", action="store_true", help="re-render docs/benchmarks.md from stored results")
+    args = parser.parse_args(argv)
+    results_path = Path(args.results)
+    store = json.loads(results_path.read_text()) if results_path.is_file() else {}
+    if not args.report_only:
+        device = torch.device(args.device)
+        args.steps = args.steps or (10 if device.type == "cuda" else 3)
+        args.warmup = args.warmup or (3 if device.type == "cuda" else 1)
+        amp_dtype = torch.bfloat16 if device.type == "cuda" else None
+        all_cases = cases(device.type)
+        chosen = args.models.split(",") if args.models else list(all_cases)
+        unknown = [c for c in chosen if c not in all_cases]
+        if unknown:
+            parser.error(f"--models: unknown {unknown}; choose from {list(all_cases)}")
+        variants = args.variants.split(",") if args.variants else variant_names(args.compile)
+        key = f"{device.type}{' + torch.compile' if args.compile else ''}"
+        run = store.setdefault(key, {"cases": {}})
+        run["env"] = environment(device, args)
+        for name in chosen:
+            print(f"== {name}", flush=True)
+            run["cases"][name] = run_case(all_cases[name], device, amp_dtype, args.steps, args.warmup, args.compile, variants, not args.no_inference)
+            for variant, row in run["cases"][name]["rows"].items():
+                print(f"  {variant:24s} {row.get('ms', float('nan')):9.2f} ms  {row.get('peak_mib') or 0:9.0f} MiB  {row.get('error', '')}", flush=True)
+            tmp = results_path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(store, indent=1))
+            os.replace(tmp, results_path)
+    REPORT.write_text(render_report(store))
+    plot(store)
+    print(f"wrote {REPORT}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
