@@ -1,0 +1,141 @@
+"""LoLA-SpecViT: timm registration, parameter counts, masked window attention, LoRA via core.apply, cyclical scale."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+timm = pytest.importorskip("timm")
+
+import lowrank_vision.plugins.hsi_specvit.model as hsi_model  # noqa: E402  (registers the timm variants)
+from lowrank_vision.plugins.hsi_specvit.baselines import HybridSN  # noqa: E402
+from lowrank_vision.plugins.hsi_specvit.schedule import CyclicalLoRAScale, cycle_factor  # noqa: E402
+from lowrank_vision.plugins.hsi_specvit.specvit import WindowAttention  # noqa: E402
+from lowrank_vision.plugins.hsi_specvit.weights import baked_state_dict  # noqa: E402
+
+LORA_TARGETS = ["*.attn.qkv", "*.attn.proj", "*.mlp.fc1", "*.mlp.fc2", "frontend.spectral_proj"]
+
+# (variant, in_chans, num_classes, total parameters: counted once and frozen here as a regression check)
+VARIANT_CASES = [
+    ("lola_specvit_tiny", 15, 8, 321_396),
+    ("lola_specvit_small", 15, 8, 3_547_508),
+]
+
+
+@pytest.mark.parametrize("name, in_chans, num_classes, total", VARIANT_CASES)
+def test_timm_create_model(name, in_chans, num_classes, total):
+    torch.manual_seed(0)
+    m = timm.create_model(name, in_chans=in_chans, num_classes=num_classes)
+    assert name in timm.list_models("lola_specvit*")
+    p = m.cfg.img_size
+    y = m(torch.randn(2, in_chans, p, p))
+    assert y.shape == (2, num_classes)
+    assert sum(q.numel() for q in m.parameters()) == total
+    assert m.get_classifier() is m.head
+    m.reset_classifier(3)
+    assert m(torch.randn(1, in_chans, p, p)).shape == (1, 3)
+
+
+def test_head_parameter_formula():
+    a = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=8)
+    b = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=9)
+    assert sum(p.numel() for p in b.parameters()) - sum(p.numel() for p in a.parameters()) == a.num_features + 1
+
+
+def test_wrong_band_count_is_a_clear_error():
+    m = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=4)
+    with pytest.raises(ValueError, match="in_chans=15"):
+        m(torch.randn(1, 12, 9, 9))
+    with pytest.raises(KeyError, match="variant"):
+        hsi_model.create_lola_specvit("lola_specvit_huge")
+
+
+def test_window_attention_ignores_padding_tokens():
+    torch.manual_seed(0)
+    attn = WindowAttention(dim=8, num_heads=2, window_size=3).eval()
+    x = torch.randn(1, 9, 8)
+    mask = torch.zeros(1, 9, dtype=torch.bool)
+    mask[0, 5:] = True
+    y1 = attn(x, mask)
+    x2 = x.clone()
+    x2[0, 5:] = 100.0 * torch.randn(4, 8)
+    y2 = attn(x2, mask)
+    assert torch.allclose(y1[0, :5], y2[0, :5], atol=1e-5)
+    assert not torch.allclose(attn(x2)[0, :5], y1[0, :5], atol=1e-3)  # without the mask they would leak
+
+
+def test_odd_patch_sizes_run():
+    m = timm.create_model("lola_specvit_tiny", in_chans=6, num_classes=3, img_size=11)
+    assert m(torch.randn(2, 6, 11, 11)).shape == (2, 3)
+    assert m(torch.randn(2, 6, 7, 7)).shape == (2, 3)  # position embedding resampled
+
+
+def test_lora_via_core_apply_counts_and_merge():
+    core = pytest.importorskip("lowrank_vision.core")
+    torch.manual_seed(0)
+    m = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=8).eval()
+    full = sum(p.numel() for p in m.parameters())
+    report = core.apply(m, "lora", rank=8, alpha=16, targets=LORA_TARGETS, trainable=("head", "norm"))
+    assert len(report.wrapped) == 17  # 4 blocks x (qkv, proj, fc1, fc2) + spectral_proj
+    assert report.trainable_params <= 0.2 * full  # >= 80% fewer trainable parameters than full fine-tuning
+    layers = [mod for mod in m.modules() if isinstance(mod, core.AdapterLayer)]
+    assert all(mod.scale == pytest.approx(2.0) for mod in layers)
+    for n, p in m.named_parameters():  # give B non-zero values so the adapter changes the output
+        if p.requires_grad and "head" not in n and "norm" not in n:
+            torch.nn.init.normal_(p, std=0.05)
+    x = torch.randn(4, 15, 9, 9)
+    with torch.no_grad():
+        y = m(x)
+        core.merge(m)
+        y_merged = m(x)
+        core.unmerge(m)
+        plain = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=8).eval()
+        plain.load_state_dict(baked_state_dict(m))
+        y_baked = plain(x)
+    assert torch.allclose(y, y_merged, atol=1e-4) and torch.allclose(y, y_baked, atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    "step, expected",
+    [(0, 0.25), (20, 0.625), (39, 0.25 + 0.75 * 0.5 * (1 - torch.cos(torch.tensor(torch.pi * 39 / 40)).item())),
+     (40, 0.25), (80, 0.625), (120, 0.25)],
+)
+def test_cycle_factor_table(step, expected):
+    # cycles of 40, 80, 160 steps (T_0 = 40, T_mult = 2); each ramps 0.25 -> 1
+    assert cycle_factor(step, 40, 2.0, 0.25) == pytest.approx(expected, abs=1e-6)
+
+
+def test_cyclical_callback_sets_and_restores_scale():
+    core = pytest.importorskip("lowrank_vision.core")
+    m = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=8)
+    with pytest.raises(ValueError, match="no adapter layer"):
+        CyclicalLoRAScale().attach(m)
+    core.apply(m, "lora", rank=4, alpha=8, targets=LORA_TARGETS)
+    cb = CyclicalLoRAScale(cycle_steps=10, cycle_mult=1.0, f_min=0.0).attach(m)
+    layers = [mod for mod in m.modules() if isinstance(mod, core.AdapterLayer)]
+    assert all(mod.scale == 0.0 for mod in layers)
+    metrics = {}
+    cb(5, m, metrics)
+    assert metrics["lora_scale_factor"] == pytest.approx(0.5)
+    assert all(mod.scale == pytest.approx(1.0) for mod in layers)  # nominal 8/4 = 2, times 0.5
+    cb.finish(m)
+    assert all(mod.scale == pytest.approx(2.0) for mod in layers)
+    with pytest.raises(ValueError, match="f_min"):
+        CyclicalLoRAScale(f_min=1.5)
+
+
+def test_hybridsn_baseline_shapes():
+    m = HybridSN(in_chans=15, num_classes=8, img_size=9)
+    assert m(torch.randn(3, 15, 9, 9)).shape == (3, 8)
+    few = HybridSN(in_chans=3, num_classes=2, img_size=9)  # few-band rasters shrink the spectral kernels
+    assert few(torch.randn(1, 3, 9, 9)).shape == (1, 2)
+
+
+def test_plugin_import_is_lazy():
+    code = ("import sys; from lowrank_vision.plugins.hsi_specvit import PLUGIN; "
+            "print(PLUGIN.app, 'timm' in sys.modules, 'rasterio' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["lowrank-hsi", "False", "False"]
