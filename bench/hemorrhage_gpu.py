@@ -84,10 +84,12 @@ def main(argv=None) -> int:
 
 
 def acceptance(rows: list[dict]) -> dict:
-    """Issue-4 acceptance for the best CP-LoRA rank."""
+    """Issue-4 acceptance for the best CP-LoRA rank among those with <= 5 % of full fine-tuning's parameters."""
     by = {(r["strategy"], r["rank"]): r for r in rows}
     none, full = by.get(("none", None)), by.get(("full", None))
     cps = [r for r in rows if r["strategy"] == "cp_lora"]
+    if full and any(r["trainable_params"] <= 0.05 * full["trainable_params"] for r in cps):
+        cps = [r for r in cps if r["trainable_params"] <= 0.05 * full["trainable_params"]]
     if not (none and full and cps):
         return {"checked": False, "why": "needs rows for none, full and cp_lora"}
     cp = max(cps, key=lambda r: r["dice_mean"])

@@ -106,3 +106,12 @@ def test_demo_runs_and_reports_metrics(tmp_path):
     m = PLUGIN.demo(tmp_path, "cpu")
     assert m["cp_lora_trainable_params"] == 5_560 and m["unet_params"] == 150_550
     assert 0.0 <= m["sah_dice_cp_lora_r8"] <= 1.0
+
+
+def test_multiview_pretrain_and_finetune_run(tmp_path):
+    out = str(tmp_path)
+    assert main(["pretrain", "--preset", "tiny", "--arch", "multiview", "--steps", "4", "--out", out, "--checkpoint-every", "0"]) == 0
+    pre = json.loads((tmp_path / "pretrain.json").read_text())
+    assert pre["steps"] == 4 and pre["params"] == 155_244
+    assert main(["finetune", "--preset", "tiny", "--out", out, "--method", "cp_lora", "--rank", "4", "--steps", "2"]) == 0
+    assert json.loads((tmp_path / "finetune.json").read_text())["trainable_params"] == 7_860

@@ -202,3 +202,24 @@ def test_monai_bundle_run_segments_a_nifti(tmp_path):
     segment_file(tmp_path / "ct.nii.gz", tmp_path / "mine.nii.gz", model, arch, windows)
     mine = np.asarray(nib.load(str(tmp_path / "mine.nii.gz")).dataobj)
     assert mine.sum() > 0 and (mine != mask).mean() < 1e-3
+
+
+def test_monai_bundle_train_updates_only_the_adapter(tmp_path):
+    pytest.importorskip("fire")
+    from lowrank_vision.datasets.ct_synthetic import SyntheticCTConfig, write_synthetic_dataset
+    from lowrank_vision.plugins.hemorrhage_seg import BUNDLE_DIR
+
+    data = write_synthetic_dataset(tmp_path / "sah", "sah", 3, seed=3, config=SyntheticCTConfig(shape=(32, 32, 16), spacing=(5.6, 5.6, 10.5)),
+                                   progress=False)
+    cmd = [sys.executable, "-m", "monai.bundle", "run", "--config_file", str(BUNDLE_DIR / "configs" / "train.json"),
+           "--bundle_root", str(BUNDLE_DIR), "--dataset_dir", str(data), "--output_dir", str(tmp_path / "run"),
+           "--train_config#max_steps", "4", "--train_config#progress", "false"]
+    res = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    before = torch.load(BUNDLE_DIR / "models" / "model.pt", weights_only=True)
+    after = torch.load(tmp_path / "run" / "model_finetuned.pt", weights_only=True)
+    assert before.keys() == after.keys()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    assert changed and all("base_layer" not in k for k in changed)
+    assert any(".delta." in k or "cp_" in k for k in changed)
+    assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1

@@ -91,7 +91,7 @@ PRESETS: dict[str, SegExperimentConfig] = {
     # the acceptance run (GPU): paper-sized cohorts (124 TBI, 30 SAH), full grid
     "gpu": SegExperimentConfig(
         data=SyntheticCTConfig(shape=(64, 64, 24), spacing=(2.8, 2.8, 7.0)),
-        n_tbi=124, n_sah=30, pretrain_steps=3000, finetune_steps=600, batch_size=4, ranks=(4, 16, 64, 128),
+        n_tbi=124, n_sah=30, pretrain_steps=2000, finetune_steps=300, batch_size=4, ranks=(4, 16, 48),
         net=UNetConfig(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 1), num_res_units=2), cpu=False,
         lr_pretrain=2e-3, lr_finetune=2e-3),
 }
