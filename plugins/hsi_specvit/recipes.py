@@ -273,7 +273,6 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
         "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history],
         "samples": {k: int(len(v)) for k, v in data.split.coords.items()},
     }
-    model = model.cpu()
     for split in ("val", "test"):
         if len(data.split.coords[split]):
             m = evaluate(model, data, split, progress=recipe.progress)
