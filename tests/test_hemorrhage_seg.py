@@ -223,3 +223,20 @@ def test_monai_bundle_train_updates_only_the_adapter(tmp_path):
     assert changed and all("base_layer" not in k for k in changed)
     assert any(".delta." in k or "cp_" in k for k in changed)
     assert len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines()) == 1
+
+
+def test_sliding_window_agrees_with_whole_volume():
+    from lowrank_vision.datasets.ct_readers import window_hu
+    from lowrank_vision.datasets.ct_synthetic import synthesize_case
+    from lowrank_vision.plugins.hemorrhage_seg.inference import DEFAULT_ADAPTER, load_model, volume_probability
+    from lowrank_vision.plugins.hemorrhage_seg.recipe import PRESETS
+
+    model, arch, windows = load_model(adapter=DEFAULT_ADAPTER)
+    image, _, _ = synthesize_case("sah", 5, 7, PRESETS["cpu"].data)
+    x = window_hu(image, windows)
+    whole = volume_probability(model, x, arch) > 0.5
+    tiled = volume_probability(model, x, arch, max_whole_voxels=0, roi=(32, 32, 16)) > 0.5
+    assert whole.shape == tiled.shape == image.shape
+    assert dice(whole.numpy(), tiled.numpy()) > 0.7
+    with pytest.raises(ValueError, match="roi"):
+        volume_probability(model, x, arch, max_whole_voxels=0, roi=(30, 32, 16))

@@ -45,18 +45,38 @@ def load_model(base: str | os.PathLike | None = None, adapter: str | os.PathLike
 
 
 @torch.no_grad()
+def volume_probability(model: nn.Module, image: torch.Tensor, arch: UNetConfig, max_whole_voxels: int = 160 * 160 * 48,
+                       roi: tuple[int, int, int] = (128, 128, 32)) -> torch.Tensor:
+    """Hemorrhage probability (x, y, z) of one windowed image (C, x, y, z).
+
+    Volumes up to ``max_whole_voxels`` go through the network in one pass (zero-padded to a multiple
+    of the UNet's stride product); larger ones through MONAI's Gaussian-weighted sliding window of
+    ``roi`` voxels with 25 % overlap (instance normalisation then sees one window at a time).
+    """
+    model.eval()
+    dev = next(model.parameters()).device
+    if image[0].numel() <= max_whole_voxels:
+        x, crop = pad_to_multiple(image.unsqueeze(0), arch.divisor)
+        return torch.sigmoid(model(x.to(dev)).float())[crop][0, 0].cpu()
+    from monai.inferers import sliding_window_inference
+
+    if any(r % arch.divisor for r in roi):
+        raise ValueError(f"roi {roi} must be multiples of {arch.divisor}")
+    x, crop = pad_to_multiple(image.unsqueeze(0), arch.divisor)
+    logits = sliding_window_inference(x.to(dev), roi_size=roi, sw_batch_size=1, predictor=model, overlap=0.25, mode="gaussian")
+    return torch.sigmoid(logits.float())[crop][0, 0].cpu()
+
+
+@torch.no_grad()
 def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, model: nn.Module, arch: UNetConfig,
-                 windows, threshold: float = 0.5) -> dict:
+                 windows, threshold: float = 0.5, max_whole_voxels: int = 160 * 160 * 48) -> dict:
     """Segment one NIfTI CT volume (HU) and write the uint8 mask with the input's affine/header."""
     from lowrank_vision.datasets.ct_readers import load_nifti, save_mask_like, window_hu
 
     from .metrics import volume_ml
 
     hu, affine, header = load_nifti(in_path)
-    x, crop = pad_to_multiple(window_hu(hu, windows).unsqueeze(0), arch.divisor)
-    model.eval()
-    dev = next(model.parameters()).device
-    prob = torch.sigmoid(model(x.to(dev)).float())[crop][0, 0].cpu().numpy()
+    prob = volume_probability(model, window_hu(hu, windows), arch, max_whole_voxels).numpy()
     mask = (prob > threshold).astype(np.uint8)
     spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
     save_mask_like(mask, header, affine, out_path)
