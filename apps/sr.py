@@ -48,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train SPAN")
     _common_train(p, steps=300, lr=1e-3)
     p.add_argument("--channels", type=int, default=26)
+    p.add_argument("--init", default=None, help="continue from this deployed SPAN checkpoint (implies --train-form deployed)")
     p.add_argument("--train-form", default="branches", choices=("branches", "deployed"),
                    help="branches: SPAN's re-parameterisable form (paper); deployed: plain 3x3 convs, ~4x cheaper")
     p.add_argument("--out", default="runs/sr/train")
@@ -58,8 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher", default=None, help="SPAN checkpoint to start from (default: shipped span_x<scale>)")
     p.add_argument("--block-rank", type=int, default=2)
     p.add_argument("--tail-rank", type=int, default=8)
-    p.add_argument("--lambda-ts", type=float, default=0.5)
-    p.add_argument("--lambda-ad", type=float, default=1.0)
+    p.add_argument("--lambda-ts", type=float, default=0.0, help="weight of L1(student, teacher output) (default %(default)s)")
+    p.add_argument("--lambda-ad", type=float, default=1.0, help="weight of the spatial-affinity loss (default %(default)s)")
     p.add_argument("--out", default="runs/sr/finetune")
 
     p = sub.add_parser("eval", help="PSNR/SSIM on Y vs bicubic")
@@ -104,7 +105,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from lowrank_vision.plugins.sr_dsclora import pipeline
 
     if args.command == "train":
-        out = pipeline.run_train(_train_config(args, args.channels), args.out, save=args.save, eval_dir=args.eval_dir)
+        out = pipeline.run_train(_train_config(args, args.channels), args.out, save=args.save, eval_dir=args.eval_dir, init=args.init)
         keys = ("eval_psnr", "eval_ssim", "bicubic_psnr", "params", "weights")
     elif args.command == "finetune":
         from lowrank_vision.plugins.sr_dsclora.distill import DSCLoRAConfig

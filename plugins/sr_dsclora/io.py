@@ -41,6 +41,9 @@ def _atomic(path: Path, write) -> Path:
     tmp = _tmp_path(path)
     try:
         write(tmp)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # safetensors creates 0600 files; weights should be readable
         os.replace(tmp, path)
     finally:
         if tmp.exists():

@@ -47,10 +47,20 @@ def resolve_weights(weights: Union[str, Path, None], kind: str, scale: int) -> P
     return Path(weights) if weights else default_weights(kind, scale)
 
 
-def run_train(cfg: SRTrainConfig, out_dir: Union[str, Path], save: Optional[Union[str, Path]] = None, eval_dir: Optional[str] = None) -> dict:
-    """Train SPAN, evaluate (default: the bundled eval photos), save weights + metrics + loss curve."""
+def run_train(
+    cfg: SRTrainConfig, out_dir: Union[str, Path], save: Optional[Union[str, Path]] = None, eval_dir: Optional[str] = None,
+    init: Optional[Union[str, Path]] = None,
+) -> dict:
+    """Train SPAN (from scratch, or from ``init``), evaluate (default: the bundled eval photos),
+    save weights + metrics + loss curve."""
     out_dir = Path(out_dir)
-    model, result = train_span(cfg)
+    start = None
+    if init is not None:
+        start = load_span(init)
+        if start.scale != cfg.scale:
+            raise ValueError(f"--init {init} is x{start.scale}, but --scale is {cfg.scale}")
+        cfg.channels, cfg.train_form = start.config.channels, "deployed"
+    model, result = train_span(cfg, model=start)
     images = load_eval_set(eval_dir, cfg.scale)
     scores = evaluate(model, images, cfg.scale, progress=cfg.progress)
     bicubic = evaluate(None, images, cfg.scale)
@@ -58,7 +68,7 @@ def run_train(cfg: SRTrainConfig, out_dir: Union[str, Path], save: Optional[Unio
         "model": "SPAN", "scale": cfg.scale, "params": count_params(model), "steps": result.steps,
         "final_loss": result.final_loss, "eval_psnr": scores["psnr"], "eval_ssim": scores["ssim"],
         "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"], "per_image": scores["per_image"],
-        "eval_data": eval_dir or "bundled eval photos", "train": cfg.to_dict(), "data": _data_description(cfg), "command": command_line(),
+        "init": str(init) if init else None, "eval_data": eval_dir or "bundled eval photos", "train": cfg.to_dict(), "data": _data_description(cfg), "command": command_line(),
     }
     extra = {k: summary[k] for k in ("command", "data", "steps", "eval_psnr", "eval_ssim", "bicubic_psnr")}
     weights = save_span(model, save or out_dir / f"span_x{cfg.scale}.safetensors", extra=extra)

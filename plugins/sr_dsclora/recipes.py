@@ -121,7 +121,7 @@ def train_span(cfg: SRTrainConfig, model: Optional[SPAN] = None):
     from lowrank_vision.core.train import fit
 
     torch.manual_seed(cfg.seed)
-    model = model or SPAN(SPANConfig(scale=cfg.scale, channels=cfg.channels))
+    model = SPAN(SPANConfig(scale=cfg.scale, channels=cfg.channels)) if model is None else model
     if model.scale != cfg.scale:
         raise ValueError(f"model scale {model.scale} differs from SRTrainConfig.scale {cfg.scale}")
     if cfg.train_form == "deployed":
@@ -278,3 +278,17 @@ def cost_report(model: SPAN, lr_size: tuple[int, int] = (256, 256), runtime_size
 
 
 __all__.append("cost_report")
+
+
+@torch.no_grad()
+def compare_runtime(models: dict, lr_size: tuple[int, int] = (128, 128), rounds: int = 5, repeats: int = 5) -> dict:
+    """Median forward time (ms) per model, measured in interleaved rounds so that load drift on a
+    shared machine hits every model alike."""
+    times: dict = {name: [] for name in models}
+    for _ in range(rounds):
+        for name, model in models.items():
+            times[name].append(measure_runtime(model, lr_size, repeats=repeats, warmup=1))
+    return {name: statistics.median(t) for name, t in times.items()}
+
+
+__all__.append("compare_runtime")

@@ -31,6 +31,7 @@ from lowrank_vision.plugins.sr_dsclora.distill import DSCLoRAConfig
 from lowrank_vision.plugins.sr_dsclora.io import save_span
 from lowrank_vision.plugins.sr_dsclora.recipes import (
     SRTrainConfig,
+    compare_runtime,
     cost_report,
     evaluate,
     finetune_dsclora,
@@ -87,6 +88,11 @@ def main(argv=None) -> int:
             row.update(cost_report(model.to(device), runtime_size=pre["rt"], repeats=pre["repeats"]))
             model.cpu()
         rows[name] = row
+    # runtime again, interleaved, so that teacher and student see the same machine load
+    both = compare_runtime({"SPAN (teacher)": teacher.to(device), "SPAN + DSCLoRA": student.to(device)}, pre["rt"], rounds=5, repeats=pre["repeats"] // 5 or 1)
+    for name, ms in both.items():
+        rows[name]["runtime_ms"] = ms
+    teacher.cpu(), student.cpu()
     for name, model in [("span", teacher), ("dsclora", student)]:
         save_span(model, out / f"{name}_x{args.scale}.safetensors", extra={"bench": args.preset})
     result = {
