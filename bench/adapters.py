@@ -393,6 +393,7 @@ def main(argv=None) -> int:
             tmp = results_path.with_suffix(".tmp")
             tmp.write_text(json.dumps(store, indent=1))
             os.replace(tmp, results_path)
+    REPORT.parent.mkdir(parents=True, exist_ok=True)
     REPORT.write_text(render_report(store))
     plot(store)
     print(f"wrote {REPORT}")

@@ -119,8 +119,19 @@ def test_shipped_weights_and_demo(tmp_path):
     metrics = PLUGIN.demo(tmp_path, "cpu")
     assert metrics["test_OA"] >= 95.0  # the recorded number is reproduced on the synthetic default
     assert metrics["test_OA"] == pytest.approx(meta["test"]["OA"], abs=1e-6)
-    geo = read_geotiff(tmp_path / "classmap.tif")
-    assert geo.shape == (128, 128, 1) and geo.data.max() <= 8
+    assert (tmp_path / "eval_classmap.png").stat().st_size > 0 and (tmp_path / "eval_confusion.png").stat().st_size > 0
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not built")
+def test_predict_out_of_the_box(tmp_path):
+    cube = make_synthetic_scene(height=40, width=40, seed=9)  # a new small scene with the default's 64 bands
+    write_geotiff(tmp_path / "scene.tif", cube.data, crs="EPSG:32631", transform=(2.0, 0.0, 1000.0, 0.0, -2.0, 9000.0))
+    assert main(["predict", str(tmp_path / "scene.tif"), "--out", str(tmp_path / "map"), "--threads", "1"]) == 0
+    geo = read_geotiff(tmp_path / "map.tif")
+    assert geo.shape == (40, 40, 1) and geo.crs == "EPSG:32631" and geo.transform[2] == 1000.0
+    labelled = cube.labels > 0
+    acc = (geo.data[..., 0][labelled] == cube.labels[labelled]).mean()
+    assert acc >= 0.85  # unseen layout of the default classes
 
 
 @pytest.mark.slow

@@ -253,6 +253,10 @@ class DeltaAdapter(AdapterLayer):
             return "activation"  # dropout acts on the adapter's input only
         if self.strategy != "auto":
             return self.strategy
+        if x.is_cuda and self.geometry.kind != "embedding":
+            # Measured on an H200 in eager mode (docs/benchmarks.md): the weight space won on every model
+            # benchmarked; the thin activation path is launch- and bandwidth-bound on GPUs.
+            return "weight"
         return choose_strategy(self.geometry, tuple(x.shape), self.rank, self.delta.has_thin_path())
 
     def _fusable(self) -> bool:

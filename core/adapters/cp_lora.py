@@ -9,16 +9,21 @@ from torch import Tensor, nn
 from ..functional import cp as F_cp
 from ..functional.layout import LayerGeometry
 from .base import DeltaAdapter, LowRankDelta
+from .lora import LoRADelta
 from .registry import register_adapter
 
 __all__ = ["CPDelta", "CPLoRA"]
 
 
-class CPDelta(LowRankDelta):
-    """Factors ``cp_out [C_out, R]`` (zero at start), ``cp_in [C_in, R]``, ``cp_kernel_j [k_j, R]``."""
+class CPDelta(LoRADelta):
+    """Factors ``cp_out [C_out, R]`` (zero at start), ``cp_in [C_in, R]``, ``cp_kernel_j [k_j, R]``.
+
+    Seen through :meth:`factors` the update is LoRA with a CP-structured ``A``, so CP-LoRA reuses
+    LoRA's one-GEMM weight build and its fused activation path.
+    """
 
     def __init__(self, geometry: LayerGeometry, rank: int, options: Any = None, *, layer_name: str = "", dtype=None, device=None):
-        super().__init__(geometry, rank)
+        LowRankDelta.__init__(self, geometry, rank)  # no dense lora_A / lora_B parameters
         factors = F_cp.init_cp_factors(geometry, rank, dtype=dtype, device=device)
         names = ["cp_out", "cp_in"] + [f"cp_kernel_{j}" for j in range(geometry.ndim)]
         for name, factor in zip(names, factors):
@@ -29,11 +34,12 @@ class CPDelta(LowRankDelta):
     def param_count(cls, geometry: LayerGeometry, rank: int, options: Any = None) -> int:
         return F_cp.cp_param_count(geometry, rank)
 
-    def factors(self) -> list[Tensor]:
+    def cp_factors(self) -> list[Tensor]:
         return [getattr(self, name) for name in self.param_names]
 
-    def logical_delta(self, scale: float) -> Tensor:
-        return F_cp.cp_delta(self.factors(), self.geometry, scale)
+    def factors(self) -> tuple[Tensor, Tensor]:
+        """``(A, B)`` of the equivalent LoRA update."""
+        return F_cp.cp_as_lora_factors(self.cp_factors())
 
 
 @register_adapter("cp_lora")

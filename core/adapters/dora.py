@@ -49,12 +49,23 @@ class DoRAAdapter(DeltaAdapter):
         base = weight_to_logical(self.base_weight(), self.geometry)
         return base, self.logical_delta().to(base.dtype)
 
+    def _output_dim(self) -> int:
+        """Which stored-weight dimension indexes output channels."""
+        return 1 if self.geometry.kind in ("conv_transpose", "embedding") else 0
+
     def effective_weight(self) -> Tensor:
+        """``m * V / ||V||`` with ``V = W + dW`` built in one op; the norm is accumulated in fp32."""
         if self.merged or not self.active:
             return self.base_weight()
-        base, delta = self._logical_parts()
-        adapted = F_dora.dora_weight(base, delta, self.magnitude.to(base.dtype), detach_norm=self.options.detach_norm)
-        return logical_to_weight(adapted, self.geometry)
+        direction = self.delta.add_to_weight(self.base_weight(), self.scale)
+        out_dim = self._output_dim()
+        norm_dtype = torch.promote_types(direction.dtype, torch.float32)
+        norm = torch.linalg.vector_norm(direction, dim=[d for d in range(direction.dim()) if d != out_dim], dtype=norm_dtype)
+        if self.options.detach_norm:
+            norm = norm.detach()
+        shape = [1] * direction.dim()
+        shape[out_dim] = -1
+        return direction * (self.magnitude.to(norm_dtype) / norm).to(direction.dtype).view(shape)
 
     def delta_weight(self) -> Tensor:
         """``W' - W``: DoRA rescales the whole kernel, so the dense update is not ``scale * B @ A``."""

@@ -22,7 +22,7 @@ from torch import Tensor
 
 from .layout import LayerGeometry
 
-__all__ = ["init_cp_factors", "cp_delta", "cp_param_count", "cp_einsum_equation"]
+__all__ = ["init_cp_factors", "cp_delta", "cp_param_count", "cp_einsum_equation", "cp_as_lora_factors"]
 
 
 def cp_param_count(geometry: LayerGeometry, rank: int) -> int:
@@ -52,3 +52,16 @@ def cp_delta(factors: Sequence[Tensor], geometry: LayerGeometry, scale: float) -
     """Logical update built with one einsum over all factors."""
     delta = torch.einsum(cp_einsum_equation(len(factors)), *factors)
     return delta.mul(scale).reshape(geometry.logical_shape)
+
+
+def cp_as_lora_factors(factors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
+    """The CP update as LoRA factors: ``B = U`` and ``A[r] = V[:, r] (x) K_1[:, r] (x) ... (x) K_d[:, r]``.
+
+    ``A`` (``[R, C_in * prod(k)]``) is built with ``d`` broadcasted products, so the dense update is one
+    GEMM ``U @ A`` and the activation path is LoRA's; the factors stay CP-structured (and CP-sized).
+    """
+    out_factor, in_factor, *kernel_factors = factors
+    rows = in_factor.t()  # [R, C_in]
+    for kernel_factor in kernel_factors:
+        rows = (rows.unsqueeze(-1) * kernel_factor.t().unsqueeze(1)).flatten(1)
+    return rows, out_factor

@@ -87,3 +87,16 @@ def test_bf16_autocast_runs_both_strategies():
         out.float().sum().backward()
         assert torch.allclose(out.float(), reference, rtol=0.05, atol=0.05)
         assert all(p.dtype == torch.float32 for layer in adapter_layers(model).values() for _, p in layer.adapter_parameters())
+
+
+@pytest.mark.parametrize("kernel", [(), (3,), (3, 2), (3, 1, 2)])
+def test_cp_as_lora_factors_equals_cp_einsum(kernel):
+    from lowrank_vision.core.functional.cp import cp_as_lora_factors, cp_delta, init_cp_factors
+    from lowrank_vision.core.functional.lora import lora_delta
+
+    geometry = LayerGeometry("conv" if kernel else "linear", 5, 4, kernel)
+    factors = init_cp_factors(geometry, 3)
+    factors = [f + torch.randn_like(f) for f in factors]
+    lora_a, lora_b = cp_as_lora_factors(factors)
+    assert lora_a.shape == (3, geometry.fan_in) and lora_b.shape == (5, 3)
+    torch.testing.assert_close(lora_delta(lora_a, lora_b, geometry, 0.5), cp_delta(factors, geometry, 0.5), rtol=1e-5, atol=1e-5)
