@@ -37,7 +37,7 @@ def build_parser() -> argparse.ArgumentParser:
         sp.add_argument("--alpha", type=float, default=16.0)
         sp.add_argument("--steps", type=int, default=steps)
         sp.add_argument("--batch-size", type=int, default=64)
-        sp.add_argument("--lr", type=float, default=2e-3)
+        sp.add_argument("--lr", type=float, default=None, help="default 5e-3 for LoRA, 2e-3 otherwise")
         sp.add_argument("--no-cyclical", action="store_true", help="keep the LoRA scale fixed (no cyclical schedule)")
         sp.add_argument("--cycle-steps", type=int, default=40)
         sp.add_argument("--seed", type=int, default=0)

@@ -124,14 +124,14 @@ def test_shipped_weights_and_demo(tmp_path):
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not built")
 def test_predict_out_of_the_box(tmp_path):
-    cube = make_synthetic_scene(height=40, width=40, seed=9)  # a new small scene with the default's 64 bands
+    cube = make_synthetic_scene(height=64, width=64, cells=16, seed=9)  # new layout, same field size and 64 bands
     write_geotiff(tmp_path / "scene.tif", cube.data, crs="EPSG:32631", transform=(2.0, 0.0, 1000.0, 0.0, -2.0, 9000.0))
     assert main(["predict", str(tmp_path / "scene.tif"), "--out", str(tmp_path / "map"), "--threads", "1"]) == 0
     geo = read_geotiff(tmp_path / "map.tif")
-    assert geo.shape == (40, 40, 1) and geo.crs == "EPSG:32631" and geo.transform[2] == 1000.0
+    assert geo.shape == (64, 64, 1) and geo.crs == "EPSG:32631" and geo.transform[2] == 1000.0
     labelled = cube.labels > 0
     acc = (geo.data[..., 0][labelled] == cube.labels[labelled]).mean()
-    assert acc >= 0.85  # unseen layout of the default classes
+    assert acc >= 0.93  # unseen layout of the default classes (measured 0.965)
 
 
 @pytest.mark.slow

@@ -16,7 +16,9 @@ from lowrank_vision.plugins.hsi_specvit.schedule import CyclicalLoRAScale, cycle
 from lowrank_vision.plugins.hsi_specvit.specvit import WindowAttention  # noqa: E402
 from lowrank_vision.plugins.hsi_specvit.weights import baked_state_dict  # noqa: E402
 
-LORA_TARGETS = ["*.attn.qkv", "*.attn.proj", "*.mlp.fc1", "*.mlp.fc2", "frontend.spectral_proj"]
+from lowrank_vision.plugins.hsi_specvit.recipes import RecipeConfig  # noqa: E402
+
+LORA_TARGETS = list(RecipeConfig().targets)
 
 # (variant, in_chans, num_classes, total parameters: counted once and frozen here as a regression check)
 VARIANT_CASES = [
@@ -79,7 +81,7 @@ def test_lora_via_core_apply_counts_and_merge():
     m = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=8).eval()
     full = sum(p.numel() for p in m.parameters())
     report = core.apply(m, "lora", rank=8, alpha=16, targets=LORA_TARGETS, trainable=("head", "norm"))
-    assert len(report.wrapped) == 17  # 4 blocks x (qkv, proj, fc1, fc2) + spectral_proj
+    assert len(report.wrapped) == 20  # 4 blocks x (qkv, proj, fc1, fc2) + spectral_proj + 3 front-end Conv3d
     assert report.trainable_params <= 0.2 * full  # >= 80% fewer trainable parameters than full fine-tuning
     layers = [mod for mod in m.modules() if isinstance(mod, core.AdapterLayer)]
     assert all(mod.scale == pytest.approx(2.0) for mod in layers)
@@ -106,6 +108,13 @@ def test_lora_via_core_apply_counts_and_merge():
 def test_cycle_factor_table(step, expected):
     # cycles of 40, 80, 160 steps (T_0 = 40, T_mult = 2); each ramps 0.25 -> 1
     assert cycle_factor(step, 40, 2.0, 0.25) == pytest.approx(expected, abs=1e-6)
+
+
+def test_last_cycle_is_cut_to_end_at_full_strength():
+    # T_0 = 40, T_mult = 2: cycles [0, 40), [40, 120), [120, 280) -> cut to [120, 200) for a 200-step run
+    assert cycle_factor(160, 40, 2.0, 0.5, total_steps=200) == pytest.approx(0.75)
+    assert cycle_factor(200, 40, 2.0, 0.5, total_steps=200) == pytest.approx(1.0)
+    assert cycle_factor(200, 40, 2.0, 0.5) < 0.9  # without the cut the run would end mid-cycle
 
 
 def test_cyclical_callback_sets_and_restores_scale():

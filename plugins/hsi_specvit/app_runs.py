@@ -78,7 +78,7 @@ def run_train(out: Path, cube: HSICube, methods: Sequence[str] = ("lora",), reci
 
 
 def run_finetune(out: Path, target: HSICube, source_weights: Path = DEFAULT_WEIGHTS,
-                 methods: Sequence[str] = ("lora", "full"), recipe: RecipeConfig = RecipeConfig(steps=200, lr=2e-3),
+                 methods: Sequence[str] = ("lora", "full"), recipe: RecipeConfig = RecipeConfig(steps=200),
                  data_cfg: Optional[DataConfig] = None, refit_pca: bool = False, device: str = "cpu") -> dict:
     """Adapt a pre-trained bundle to another scene with LoRA and/or full fine-tuning (same split, same PCA).
 

@@ -11,8 +11,9 @@ where ``p_t`` in [0, 1) is the position of step t inside its cycle, cycles last
 ``cycle_steps * cycle_mult**i`` steps (SGDR-style warm restarts, T_0 = cycle_steps,
 T_mult = cycle_mult). Each cycle ramps the adapter from ``f_min`` of its nominal strength
 back to full strength, so the adapter is re-learnt from a weakened state at every restart
-(the cyclical "exploration" the paper credits for generalisation), and training always
-ends at the nominal scale ``alpha / rank`` that inference uses (``finish`` restores it).
+(the cyclical "exploration" the paper credits for generalisation). Given the run length,
+the last cycle is shortened to end at the last step, so training ends at the nominal scale
+``alpha / rank`` that inference uses (``finish`` restores it exactly).
 """
 
 from __future__ import annotations
@@ -24,8 +25,14 @@ from torch import nn
 __all__ = ["cycle_factor", "CyclicalLoRAScale"]
 
 
-def cycle_factor(step: int, cycle_steps: int, cycle_mult: float = 2.0, f_min: float = 0.25) -> float:
-    """Multiplier of the nominal LoRA scale at optimizer step ``step`` (0-based)."""
+def cycle_factor(step: int, cycle_steps: int, cycle_mult: float = 2.0, f_min: float = 0.25,
+                 total_steps: int | None = None) -> float:
+    """Multiplier of the nominal LoRA scale at optimizer step ``step`` (0-based).
+
+    With ``total_steps`` the cycle that would run past the end is shortened to end exactly
+    at ``total_steps``, so training finishes at full strength (factor 1), the scale used at
+    inference.
+    """
     if cycle_steps < 1:
         raise ValueError(f"cycle_steps: expected >= 1, got {cycle_steps}")
     if cycle_mult < 1:
@@ -36,7 +43,9 @@ def cycle_factor(step: int, cycle_steps: int, cycle_mult: float = 2.0, f_min: fl
     while step >= start + length:
         start += int(round(length))
         length *= cycle_mult
-    phase = (step - start) / length
+    if total_steps is not None and start + length > total_steps:
+        length = max(float(total_steps - start), 1.0)
+    phase = min((step - start) / length, 1.0)
     return f_min + (1.0 - f_min) * 0.5 * (1.0 - math.cos(math.pi * phase))
 
 
@@ -48,9 +57,10 @@ class CyclicalLoRAScale:
     added to the trainer's metrics as ``lora_scale_factor``.
     """
 
-    def __init__(self, cycle_steps: int = 50, cycle_mult: float = 2.0, f_min: float = 0.25):
+    def __init__(self, cycle_steps: int = 50, cycle_mult: float = 2.0, f_min: float = 0.25,
+                 total_steps: int | None = None):
         cycle_factor(0, cycle_steps, cycle_mult, f_min)  # validates
-        self.cycle_steps, self.cycle_mult, self.f_min = cycle_steps, cycle_mult, f_min
+        self.cycle_steps, self.cycle_mult, self.f_min, self.total_steps = cycle_steps, cycle_mult, f_min, total_steps
         self.nominal: dict[str, float] = {}
         self.factors: list[float] = []
 
@@ -65,7 +75,7 @@ class CyclicalLoRAScale:
         if not layers:
             raise ValueError("model: no adapter layer found; apply(model, 'lora', ...) before attaching the LoRA schedule")
         self.nominal = {n: float(m.scale) for n, m in layers}
-        self._set(model, cycle_factor(0, self.cycle_steps, self.cycle_mult, self.f_min))
+        self._set(model, self._factor(0))
         return self
 
     def _set(self, model: nn.Module, factor: float) -> None:
@@ -76,9 +86,12 @@ class CyclicalLoRAScale:
 
     def __call__(self, step: int, model: nn.Module, metrics: dict) -> None:
         # `step` optimizer steps are done; set the factor used by the next one
-        factor = cycle_factor(step, self.cycle_steps, self.cycle_mult, self.f_min)
+        factor = self._factor(step)
         self._set(model, factor)
         metrics["lora_scale_factor"] = factor
+
+    def _factor(self, step: int) -> float:
+        return cycle_factor(step, self.cycle_steps, self.cycle_mult, self.f_min, self.total_steps)
 
     def finish(self, model: nn.Module) -> None:
         self._set(model, 1.0)
