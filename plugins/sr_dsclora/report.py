@@ -7,7 +7,6 @@ import os
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
-import torch
 from torch import Tensor
 
 __all__ = ["write_json", "plot_history", "plot_comparison"]
