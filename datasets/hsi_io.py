@@ -348,7 +348,11 @@ def write_geotiff(path: PathLike, array: np.ndarray, crs: Optional[str] = None, 
     if nodata is not None:
         profile["nodata"] = nodata
     path = Path(path)
-    with atomic_path(path, suffix=".tif") as tmp:
+    import warnings
+
+    with atomic_path(path, suffix=".tif") as tmp, warnings.catch_warnings():
+        if crs is None and transform is None:  # a plain (non-georeferenced) raster is what was asked for
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(tmp, "w", **profile) as ds:
             ds.write(arr.transpose(2, 0, 1))
             if wavelengths is not None:

@@ -139,4 +139,4 @@ def test_default_cli_runs_end_to_end(tmp_path):
     """``lowrank-hsi train`` with no arguments on the synthetic default (a few minutes on a CPU)."""
     assert main(["train", "--out", str(tmp_path / "t"), "--steps", "300"]) == 0
     rows = json.loads((tmp_path / "t" / "train_metrics.json").read_text())["rows"]
-    assert rows[0]["OA"] >= 85.0
+    assert rows[0]["OA"] >= 95.0  # measured 96.38 (LoRA on a frozen random base)
