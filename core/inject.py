@@ -308,19 +308,27 @@ def unmerge(model: nn.Module, adapter_name: Optional[str] = None) -> int:
     return count
 
 
-def remove(model: nn.Module, adapter_name: Optional[str] = None) -> int:
+def remove(model: nn.Module, adapter_name: Optional[str] = None, *, keep_merged: bool = False) -> int:
     """Take adapters out (all, or those named ``adapter_name``), restoring the original layer objects.
 
-    Merged adapters are unmerged first, so the base state dict comes back bit-exactly. Returns the
-    number of adapter layers removed.
+    By default merged adapters are unmerged first, so the base state dict comes back bit-exactly.
+    With ``keep_merged=True`` the active adapters are merged and their update stays in the weights
+    (a plain model with the adapted weights, for deployment). Returns the number of adapter layers removed.
     """
     removed = 0
+    if keep_merged:
+        if adapter_name is not None and len({a.adapter_name for a in adapter_layers(model).values()}) > 1:
+            raise ValueError("keep_merged=True needs a model with one adapter name (merge order of stacked adapters)")
+        merge(model, adapter_name)
     for slot in _slots(model):
         chain = slot.chain()
         if not any(adapter_name is None or a.adapter_name == adapter_name for a in chain):
             continue
         for adapter in chain:
-            adapter.unmerge()
+            if keep_merged:
+                adapter._merge_backup, adapter.merged = None, False
+            else:
+                adapter.unmerge()
         kept = [a for a in chain if not (adapter_name is None or a.adapter_name == adapter_name)]
         removed += len(chain) - len(kept)
         module: nn.Module = slot.root

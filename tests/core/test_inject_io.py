@@ -212,3 +212,19 @@ def test_export_peft_refuses_non_lora(tmp_path):
     apply(model, "cp_lora", rank=2, targets=["conv"])
     with pytest.raises(ValueError, match="only lora/lora_c/dora"):
         export_peft(model, tmp_path)
+
+
+def test_remove_keep_merged_leaves_plain_adapted_model():
+    torch.manual_seed(0)
+    model = SmallConvNet()
+    apply(model, "cp_dora", rank=2)
+    randomize_adapter(model)
+    x = torch.randn(2, 3, 8, 8)
+    expected = model(x).detach()
+    assert remove(model, keep_merged=True) == 5
+    assert not adapter_layers(model) and type(model.stem) is nn.Conv2d
+    torch.testing.assert_close(model(x), expected, rtol=1e-5, atol=1e-5)
+    nera = SmallConvNet()
+    apply(nera, "nera", rank=2)
+    with pytest.raises(TypeError, match="cannot be merged"):
+        remove(nera, keep_merged=True)
