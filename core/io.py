@@ -19,6 +19,7 @@ import json
 import math
 import os
 import tempfile
+import warnings
 from pathlib import Path
 from typing import Any, Optional, Union
 
@@ -166,7 +167,9 @@ def _ensure_adapters(model: nn.Module, records: dict[str, dict], adapter_name: s
         groups.setdefault(key, []).append(name)
     for key, names in groups.items():
         spec = json.loads(key)
-        apply(model, spec["method"], rank=spec["rank"], alpha=spec["alpha"], dropout=spec["dropout"],
+        with warnings.catch_warnings():  # an over-parameterised rank was already reported when it was trained
+            warnings.filterwarnings("ignore", message="rank .* exceeds")
+            apply(model, spec["method"], rank=spec["rank"], alpha=spec["alpha"], dropout=spec["dropout"],
               strategy=spec["strategy"], targets=names, adapter_name=adapter_name, **spec["options"])
 
 
