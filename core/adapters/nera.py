@@ -11,12 +11,11 @@ from dataclasses import dataclass
 from typing import Any, Optional
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..functional import lora as F_lora
 from ..functional import nera as F_nera
-from ..functional.layout import LayerGeometry, layer_forward
+from ..functional.layout import LayerGeometry
 from .base import AdapterLayer
 from .registry import register_adapter
 
@@ -70,20 +69,8 @@ class NeRA(AdapterLayer):
         return base_out + self.adapter_path(self.dropout(x), **kwargs).to(base_out.dtype)
 
     def adapter_path(self, x: Tensor, **kwargs) -> Tensor:
-        geometry, rank = self.geometry, self.rank
-        if geometry.kind == "linear":
-            hidden = F.linear(x, self.nera_down)
-        elif geometry.kind == "embedding":
-            hidden = layer_forward(self.root, x, self.nera_down.t())
-        else:
-            down = self.nera_down.reshape(rank, geometry.in_channels, *geometry.kernel_size)
-            if geometry.kind == "conv_transpose":
-                down = down.transpose(0, 1)
-            hidden = layer_forward(self.root, x, down, groups=1, **kwargs)
-        channel_dim = -1 if geometry.kind in ("linear", "embedding") else 1
+        """``scale * U(phi(D(x)))``; ``D`` and ``U`` are LoRA's down- and up-projections."""
+        hidden = F_lora.low_rank_down(self.root, x, self.nera_down, self.geometry, **kwargs)
+        channel_dim = -1 if self.geometry.kind in ("linear", "embedding") else 1
         hidden = F_nera.spline_activation(hidden, self.spline_coeff, self.silu_weight, self.grid.to(hidden.dtype), channel_dim=channel_dim)
-        if channel_dim == -1:
-            return F.linear(hidden, self.nera_up) * self.scale
-        up = self.nera_up.reshape(geometry.out_channels, rank, *([1] * geometry.ndim))
-        conv = (F.conv1d, F.conv2d, F.conv3d)[geometry.ndim - 1]
-        return conv(hidden, up) * self.scale
+        return F_lora.low_rank_up(hidden, self.nera_up, self.geometry) * self.scale

@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from .layout import LayerGeometry, layer_forward
 
-__all__ = ["init_lora_factors", "lora_delta", "lora_bypass", "lora_param_count", "lora_bypass_supported"]
+__all__ = ["init_lora_factors", "lora_delta", "lora_bypass", "low_rank_down", "low_rank_up", "lora_param_count", "lora_bypass_supported"]
 
 
 def lora_param_count(geometry: LayerGeometry, rank: int) -> int:
@@ -47,17 +47,26 @@ def lora_bypass_supported(geometry: LayerGeometry) -> bool:
     return geometry.groups == 1
 
 
-def lora_bypass(layer: nn.Module, x: Tensor, lora_a: Tensor, lora_b: Tensor, geometry: LayerGeometry, scale: float, **kw) -> Tensor:
-    """``scale * B(A(x))`` computed on activations: the layer's op down to ``r`` channels, then 1x1 up."""
-    rank = lora_a.shape[0]
+def low_rank_down(layer: nn.Module, x: Tensor, lora_a: Tensor, geometry: LayerGeometry, **kw) -> Tensor:
+    """``A(x)``: the layer's own op (stride, padding, ...) down to ``r`` channels; channels last for Linear/Embedding."""
     if geometry.kind == "linear":
-        return F.linear(F.linear(x, lora_a), lora_b) * scale
+        return F.linear(x, lora_a)
     if geometry.kind == "embedding":
-        return F.linear(layer_forward(layer, x, lora_a.t()), lora_b) * scale
-    down = lora_a.reshape(rank, geometry.in_channels, *geometry.kernel_size)
+        return layer_forward(layer, x, lora_a.t())
+    down = lora_a.reshape(lora_a.shape[0], geometry.in_channels, *geometry.kernel_size)
     if geometry.kind == "conv_transpose":
         down = down.transpose(0, 1)
-    hidden = layer_forward(layer, x, down, groups=1, **kw)
-    up = lora_b.reshape(geometry.out_channels, rank, *([1] * geometry.ndim))
-    conv = (F.conv1d, F.conv2d, F.conv3d)[geometry.ndim - 1]
-    return conv(hidden, up) * scale
+    return layer_forward(layer, x, down, groups=1, **kw)
+
+
+def low_rank_up(hidden: Tensor, lora_b: Tensor, geometry: LayerGeometry) -> Tensor:
+    """``B h``: a Linear on the last axis, or a 1x1 convolution on channel axis 1."""
+    if geometry.kind in ("linear", "embedding"):
+        return F.linear(hidden, lora_b)
+    up = lora_b.reshape(geometry.out_channels, lora_b.shape[1], *([1] * geometry.ndim))
+    return (F.conv1d, F.conv2d, F.conv3d)[geometry.ndim - 1](hidden, up)
+
+
+def lora_bypass(layer: nn.Module, x: Tensor, lora_a: Tensor, lora_b: Tensor, geometry: LayerGeometry, scale: float, **kw) -> Tensor:
+    """``scale * B(A(x))`` computed on activations: the layer's op down to ``r`` channels, then 1x1 up."""
+    return low_rank_up(low_rank_down(layer, x, lora_a, geometry, **kw), lora_b, geometry) * scale
