@@ -45,10 +45,6 @@ class DoRAAdapter(DeltaAdapter):
             norm = F_dora.row_norm(weight_to_logical(self.base_weight(), self.geometry).float())
         self.magnitude = nn.Parameter(norm.to(**self._factory_kwargs()))
 
-    def _logical_parts(self) -> tuple[Tensor, Tensor]:
-        base = weight_to_logical(self.base_weight(), self.geometry)
-        return base, self.logical_delta().to(base.dtype)
-
     def _output_dim(self) -> int:
         """Which stored-weight dimension indexes output channels."""
         return 1 if self.geometry.kind in ("conv_transpose", "embedding") else 0
@@ -74,9 +70,8 @@ class DoRAAdapter(DeltaAdapter):
     def output_scale(self) -> Tensor:
         """``m / ||W + dW||`` per output channel; for LoRA-shaped deltas without forming ``dW``."""
         base = weight_to_logical(self.base_weight(), self.geometry)
-        factors = getattr(self.delta, "factors", None)
-        if isinstance(self.delta, LoRADelta) and factors is not None:
-            lora_a, lora_b = factors()
+        if isinstance(self.delta, LoRADelta):  # LoRA and CP-LoRA: ||W + sBA|| from the factors
+            lora_a, lora_b = self.delta.factors()
             norm = F_dora.lowrank_row_norm(base.reshape(base.shape[0], -1), lora_a, lora_b, self.scale)
             if self.options.detach_norm:
                 norm = norm.detach()
