@@ -26,7 +26,8 @@ def _config(args):
     changes = {}
     if getattr(args, "arch", None):
         changes["net"] = replace(cfg.net, kind=args.arch)
-    for name in ("pretrain_steps", "finetune_steps", "seed", "folds", "n_sah", "n_tbi", "modules"):
+    for name in ("pretrain_steps", "finetune_steps", "seed", "folds", "n_sah", "n_tbi", "modules", "adapter_lr",
+                 "alpha_over_rank"):
         v = getattr(args, name, None)
         if v is not None:
             changes[name] = v
@@ -34,6 +35,20 @@ def _config(args):
         changes["strategies"] = tuple(args.strategies)
     if getattr(args, "ranks", None):
         changes["ranks"] = tuple(args.ranks)
+    if getattr(args, "method_lr", None):
+        pairs = []
+        for item in args.method_lr:
+            method, sep, lr = item.partition("=")
+            try:
+                value = float(lr) if sep else None
+            except ValueError:
+                value = None
+            if value is None:
+                raise ValueError(f"--method-lr expects METHOD=LR (e.g. cp_lora=0.1), got {item!r}")
+            pairs.append((method, value))
+        changes["adapter_lr_by_method"] = tuple(pairs)
+    elif getattr(args, "adapter_lr", None) is not None:
+        changes["adapter_lr_by_method"] = ()  # --adapter-lr alone sets every adapter method's rate
     if getattr(args, "gpu", False):
         changes["cpu"] = False
     if getattr(args, "mixed_precision", None):
@@ -180,6 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rank", type=int, default=8)
     p.add_argument("--steps", dest="finetune_steps", type=int)
     p.add_argument("--modules", choices=["all", "encoder", "decoder"])
+    p.add_argument("--adapter-lr", dest="adapter_lr", type=float, help="learning rate of every adapter strategy, replacing the preset's per-method rates unless --method-lr is given")
+    p.add_argument("--alpha-over-rank", dest="alpha_over_rank", type=float, help="adapter alpha / rank (default: the preset's)")
+    p.add_argument("--method-lr", dest="method_lr", nargs="+", metavar="METHOD=LR",
+                   help="per-method adapter learning rates, replacing the preset's (e.g. cp_lora=0.1)")
     p.add_argument("--base", help="pre-trained checkpoint (default OUT/tbi_unet.pt, else the shipped one)")
     p.set_defaults(func=cmd_finetune)
 
@@ -189,6 +208,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ranks", nargs="+", type=int)
     p.add_argument("--folds", type=int)
     p.add_argument("--steps", dest="finetune_steps", type=int)
+    p.add_argument("--adapter-lr", dest="adapter_lr", type=float, help="learning rate of every adapter strategy, replacing the preset's per-method rates unless --method-lr is given")
+    p.add_argument("--alpha-over-rank", dest="alpha_over_rank", type=float, help="adapter alpha / rank (default: the preset's)")
+    p.add_argument("--method-lr", dest="method_lr", nargs="+", metavar="METHOD=LR",
+                   help="per-method adapter learning rates, replacing the preset's (e.g. cp_lora=0.1)")
     p.add_argument("--base", help="pre-trained checkpoint (default OUT/tbi_unet.pt; made if missing)")
     p.set_defaults(func=cmd_compare)
 

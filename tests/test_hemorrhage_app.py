@@ -71,7 +71,8 @@ def test_predict_defaults_use_shipped_weights(tmp_path, capsys):
     assert "blood volume:" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("case", ["not_nifti", "empty_folder", "shape_mismatch", "other_architecture"])
+@pytest.mark.parametrize("case", ["not_nifti", "empty_folder", "shape_mismatch", "other_architecture", "method_lr_format",
+                                  "method_lr_not_adapter"])
 def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, case):
     import nibabel as nib
 
@@ -90,6 +91,10 @@ def test_bad_inputs_exit_2_with_a_message(tmp_path, capsys, case):
         nib.save(nib.Nifti1Image(np.zeros((16, 16, 8), np.int16), np.eye(4)), str(tmp_path / "d" / "imagesTr" / "a.nii.gz"))
         nib.save(nib.Nifti1Image(np.zeros((16, 16, 9), np.uint8), np.eye(4)), str(tmp_path / "d" / "labelsTr" / "a.nii.gz"))
         argv, expect = ["eval", "--data", str(tmp_path / "d"), "--out", str(tmp_path)], "shape"
+    elif case == "method_lr_format":
+        argv, expect = ["compare", "--preset", "tiny", "--out", str(tmp_path), "--method-lr", "cp_lora:0.1"], "METHOD=LR"
+    elif case == "method_lr_not_adapter":
+        argv, expect = ["compare", "--preset", "tiny", "--out", str(tmp_path), "--method-lr", "full=0.1"], "adapter_lr_by_method"
     else:
         cfg = UNetConfig(kind="multiview")
         save_checkpoint(build_network(cfg), cfg, tmp_path / "mv.pt", ["brain", "subdural"])
@@ -116,3 +121,15 @@ def test_multiview_pretrain_and_finetune_run(tmp_path):
     assert pre["steps"] == 4 and pre["params"] == 155_244
     assert main(["finetune", "--preset", "tiny", "--out", out, "--method", "cp_lora", "--rank", "4", "--steps", "2"]) == 0
     assert json.loads((tmp_path / "finetune.json").read_text())["trainable_params"] == 7_860
+
+
+def test_adapter_lr_flags_set_the_config():
+    from lowrank_vision.apps.seg import _config, build_parser
+
+    ap = build_parser()
+    cfg = _config(ap.parse_args(["compare"]))
+    assert cfg.lr_for("cp_lora") == cfg.lr_for("cp_dora") == 0.1 and cfg.lr_for("lora_c") == cfg.lr_for("full") == 0.01
+    cfg = _config(ap.parse_args(["compare", "--adapter-lr", "0.03"]))
+    assert cfg.lr_for("cp_lora") == cfg.lr_for("lora_c") == 0.03 and cfg.lr_for("full") == 0.01
+    cfg = _config(ap.parse_args(["compare", "--adapter-lr", "0.03", "--method-lr", "cp_lora=0.2", "--alpha-over-rank", "2"]))
+    assert (cfg.lr_for("cp_lora"), cfg.lr_for("cp_dora"), cfg.alpha_over_rank) == (0.2, 0.03, 2.0)

@@ -131,6 +131,39 @@ def test_experiment_config_errors():
         replace(PRESETS["tiny"], folds=10)
     with pytest.raises(ValueError, match="in_channels"):
         replace(PRESETS["tiny"], windows=("brain",))
+    with pytest.raises(ValueError, match="adapter_lr"):
+        replace(PRESETS["tiny"], adapter_lr=0.0)
+    with pytest.raises(ValueError, match="alpha_over_rank"):
+        replace(PRESETS["tiny"], alpha_over_rank=-1.0)
+    with pytest.raises(ValueError, match="adapter_lr_by_method"):
+        replace(PRESETS["tiny"], adapter_lr_by_method=(("full", 0.1),))
+    with pytest.raises(ValueError, match="adapter_lr_by_method"):
+        replace(PRESETS["tiny"], adapter_lr_by_method=(("cp_lora", 0.0),))
+
+
+@pytest.mark.parametrize("strategy, rank, expect_lr, expect_alpha", [
+    ("full", None, 0.01, None), ("decoder", None, 0.01, None), ("cp_lora", 4, 0.2, 12.0), ("lora_c", 2, 0.05, 6.0)])
+def test_finetune_uses_adapter_lr_and_alpha_only_for_adapters(monkeypatch, strategy, rank, expect_lr, expect_alpha):
+    from dataclasses import replace
+    from types import SimpleNamespace
+
+    from lowrank_vision.plugins.hemorrhage_seg import recipe
+
+    seen = {}
+
+    def fake_fit(model, dataset, indices, steps, lr, cfg, *args, **kwargs):
+        seen["lr"] = lr
+        return SimpleNamespace(model=model)
+
+    monkeypatch.setattr(recipe, "_fit", fake_fit)
+    cfg = replace(recipe.PRESETS["tiny"], lr_finetune=0.01, adapter_lr=0.05, adapter_lr_by_method=(("cp_lora", 0.2),),
+                  alpha_over_rank=3.0)
+    model, _ = recipe.finetune(build_network(cfg.net), None, [0, 1], strategy, rank, cfg, progress=False)
+    assert seen["lr"] == expect_lr
+    alphas = {m.alpha for m in model.modules() if hasattr(m, "adapter_name") and hasattr(m, "alpha")}
+    assert alphas == ({expect_alpha} if expect_alpha is not None else set())
+    # without adapter settings every strategy falls back to lr_finetune
+    assert replace(cfg, adapter_lr=None, adapter_lr_by_method=()).lr_for(strategy) == 0.01
 
 
 def test_shipped_weights_are_small_and_help_on_unseen_sah(tmp_path):

@@ -8,6 +8,14 @@ Choices the paper leaves open: loss = soft Dice (over the batch) + binary cross-
 positive-class weight of 10 (blood is ~1 % of the voxels; unweighted BCE stalled at p < 0.5); AdamW with
 cosine decay; whole volumes as batches (no patches); folds from a seeded permutation of the cases;
 probability threshold 0.5.
+
+Learning rates: ``lr_finetune`` for ``full`` and ``decoder``; adapters use ``adapter_lr_by_method``, else
+``adapter_lr``, else ``lr_finetune`` (see :meth:`SegExperimentConfig.lr_for`). In the ``cpu`` preset the CP
+adapters (``cp_lora``, ``cp_dora``) train at 1e-1 and everything else at 1e-2. That choice was made on SAH
+data seeds 1 and 2, never on seed 0, which the results table reports. Larger rates help the CP factors
+(a zero output factor at the start, and an update that is a product of several factors). LoRA-C diverged
+at 1e-1, and convLoRA/convDoRA were worse at 3e-2. The ``tiny`` and ``gpu`` presets keep one rate for all
+strategies.
 """
 
 from __future__ import annotations
@@ -52,6 +60,13 @@ class SegExperimentConfig:
     finetune_steps: int = 150
     lr_pretrain: float = 3e-3
     lr_finetune: float = 3e-3
+    """Learning rate of ``full`` and ``decoder`` fine-tuning (and of adapters when ``adapter_lr`` is None)."""
+    adapter_lr: Optional[float] = None
+    """Learning rate of the adapter strategies; None = ``lr_finetune``."""
+    adapter_lr_by_method: tuple[tuple[str, float], ...] = ()
+    """Per-method overrides of ``adapter_lr``, e.g. ``(("cp_lora", 0.1),)``."""
+    alpha_over_rank: float = 1.0
+    """Adapter scale: alpha = ``alpha_over_rank`` * rank."""
     folds: int = 3
     strategies: tuple[str, ...] = STRATEGIES
     ranks: tuple[int, ...] = (4, 16, 64)
@@ -70,12 +85,30 @@ class SegExperimentConfig:
         bad = [s for s in self.strategies if s not in STRATEGIES]
         if bad:
             raise ValueError(f"SegExperimentConfig.strategies has unknown entries {bad}; expected some of {STRATEGIES}")
+        if self.adapter_lr is not None and not self.adapter_lr > 0:
+            raise ValueError(f"SegExperimentConfig.adapter_lr must be > 0 or None, got {self.adapter_lr!r}")
+        for item in self.adapter_lr_by_method:
+            if len(item) != 2 or item[0] not in ADAPTER_METHODS or not float(item[1]) > 0:
+                raise ValueError(f"SegExperimentConfig.adapter_lr_by_method entries must be (method, lr > 0) with method one of "
+                                 f"{ADAPTER_METHODS}, got {item!r}")
+        if not self.alpha_over_rank > 0:
+            raise ValueError(f"SegExperimentConfig.alpha_over_rank must be > 0, got {self.alpha_over_rank!r}")
         if not self.ranks or any(int(r) < 1 for r in self.ranks):
             raise ValueError(f"SegExperimentConfig.ranks must be ints >= 1, got {self.ranks!r}")
         if self.net.in_channels != len(self.windows):
             raise ValueError(f"SegExperimentConfig.net.in_channels ({self.net.in_channels}) must equal len(windows) ({len(self.windows)})")
         if any(s % self.net.divisor for s in self.data.shape):
             raise ValueError(f"SegExperimentConfig.data.shape {self.data.shape} must be multiples of {self.net.divisor}")
+
+    def lr_for(self, strategy: str) -> float:
+        """Fine-tuning learning rate of ``strategy``: per-method override, else ``adapter_lr`` (adapters), else ``lr_finetune``."""
+        if strategy in ADAPTER_METHODS:
+            by_method = dict(self.adapter_lr_by_method)
+            if strategy in by_method:
+                return float(by_method[strategy])
+            if self.adapter_lr is not None:
+                return float(self.adapter_lr)
+        return float(self.lr_finetune)
 
 
 PRESETS: dict[str, SegExperimentConfig] = {
@@ -84,10 +117,12 @@ PRESETS: dict[str, SegExperimentConfig] = {
         data=SyntheticCTConfig(shape=(32, 32, 16), spacing=(5.6, 5.6, 10.5), blur_mm=(1.5, 1.5, 3.0)),
         n_tbi=8, n_sah=6, pretrain_steps=60, finetune_steps=20, ranks=(4,), lr_pretrain=1e-2, lr_finetune=1e-2,
         strategies=("none", "full", "cp_lora")),
-    # the app's default: a few minutes on a CPU
+    # the app's default: a few minutes on a CPU. The CP adapters' lr 1e-1 was chosen on SAH data seeds 1 and 2
+    # (never the reported seed 0) among 1e-2 / 3e-2 / 1e-1 / 3e-1; see docs/results/hemorrhage.md
     "cpu": SegExperimentConfig(
         data=SyntheticCTConfig(shape=(48, 48, 16), spacing=(3.75, 3.75, 10.5), blur_mm=(1.0, 1.0, 3.0)),
-        n_tbi=24, n_sah=12, pretrain_steps=300, finetune_steps=60, ranks=(4, 32), lr_pretrain=1e-2, lr_finetune=1e-2),
+        n_tbi=24, n_sah=12, pretrain_steps=300, finetune_steps=60, ranks=(4, 32), lr_pretrain=1e-2, lr_finetune=1e-2,
+        adapter_lr_by_method=(("cp_lora", 1e-1), ("cp_dora", 1e-1))),
     # the acceptance run (GPU): paper-sized cohorts (124 TBI, 30 SAH), full grid
     "gpu": SegExperimentConfig(
         data=SyntheticCTConfig(shape=(64, 64, 24), spacing=(2.8, 2.8, 7.0)),
@@ -204,9 +239,11 @@ def finetune(base: nn.Module, dataset, indices, strategy: str, rank: Optional[in
              progress: bool = True, run_dir=None) -> tuple[nn.Module, int]:
     """Copy of ``base`` fine-tuned on ``indices`` with ``strategy``; returns (model, trainable params)."""
     model = copy.deepcopy(base)
-    n_train = apply_strategy(model, strategy, rank, modules=cfg.modules)
+    adapter = strategy in ADAPTER_METHODS
+    alpha = cfg.alpha_over_rank * int(rank) if adapter and rank is not None else None
+    n_train = apply_strategy(model, strategy, rank, modules=cfg.modules, alpha=alpha)
     if strategy != "none":
-        model = _fit(model, dataset, indices, cfg.finetune_steps, cfg.lr_finetune, cfg, run_dir, progress).model
+        model = _fit(model, dataset, indices, cfg.finetune_steps, cfg.lr_for(strategy), cfg, run_dir, progress).model
     return model.cpu(), n_train
 
 

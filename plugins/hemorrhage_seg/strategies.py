@@ -5,7 +5,9 @@ adapter families of :mod:`lowrank_vision.core`: ``lora_c``, ``conv_lora``, ``cp_
 ``conv_dora``, ``cp_dora``. Adapters go on every convolution and transposed convolution of the
 chosen ``modules`` (``all``, ``encoder`` or ``decoder``; the paper compares "different modules"
 without saying which, so all three are offered and ``all`` is the default). Choice: alpha = rank
-(scale 1), so that higher, over-parameterised ranks are not damped.
+(scale 1), so that higher, over-parameterised ranks are not damped; ``apply_strategy(alpha=...)`` (the recipe's
+``alpha_over_rank``) overrides it. alpha = 2 * rank gave no consistent gain over alpha = rank at the CPU
+preset (docs/results/hemorrhage.md). The learning rates per strategy are set in the recipe.
 """
 
 from __future__ import annotations
