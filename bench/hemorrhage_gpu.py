@@ -7,7 +7,8 @@ fit in a 10-minute job.
     python bench/hemorrhage_gpu.py compare  --out runs/hseg_gpu --strategies conv_lora conv_dora
     python bench/hemorrhage_gpu.py report   --out runs/hseg_gpu                       # merged table + PNG + acceptance
 
-On a machine with several GPUs the compare stages can run side by side (CUDA_VISIBLE_DEVICES=i).
+On a machine with several GPUs the compare stages can run side by side (CUDA_VISIBLE_DEVICES=i). Each
+strategy writes OUT/<arch>/compare_<strategy>/ and is skipped when that folder holds results.json.
 ``--preset cpu`` runs the same stages at CPU size. ``report`` checks the acceptance of issue 4
 (CP-LoRA Dice >= pre-trained-only + 0.15, within 0.03 of full fine-tuning, <= 5 % of its trainable
 parameters) for the best CP-LoRA rank and writes OUT/report.md, OUT/report.json, OUT/dice_vs_params.png.
@@ -56,9 +57,16 @@ def main(argv=None) -> int:
         (out / "pretrain.json").write_text(json.dumps(m, indent=1))
         print(json.dumps(m, indent=1))
     elif args.stage == "compare":
-        tag = "_".join(cfg.strategies)
-        rows = compare(cfg, out / "tbi_unet.pt", Path(args.out) / "data", out / f"compare_{tag}")
-        print(f"{len(rows)} rows in {time.time() - t0:.0f} s -> {out / f'compare_{tag}'}")
+        # one folder per strategy, skipped when already done, so a stopped job loses at most one strategy
+        for strategy in cfg.strategies:
+            dest = out / f"compare_{strategy}"
+            if (dest / "results.json").is_file():
+                print(f"{strategy}: done already ({dest})")
+                continue
+            t1 = time.time()
+            rows = compare(replace(cfg, strategies=(strategy,)), out / "tbi_unet.pt", Path(args.out) / "data", dest)
+            print(f"{strategy}: {len(rows)} rows in {time.time() - t1:.0f} s -> {dest}", flush=True)
+        print(f"compare: {time.time() - t0:.0f} s")
     else:
         rows, seen = [], set()
         for f in sorted(out.glob("compare_*/results.json")):

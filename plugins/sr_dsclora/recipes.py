@@ -61,6 +61,10 @@ class SRTrainConfig:
     """Folder of matching LR images (paired data); ``None``: bicubic LR from ``data``."""
     seed: int = 0
     output_dir: Optional[str] = None
+    checkpoint_every: int = 0
+    """Save a resumable checkpoint under ``output_dir`` every N steps (0: never)."""
+    resume: bool = False
+    """Continue from the newest checkpoint in ``output_dir`` if there is one."""
     cpu: bool = False
     mixed_precision: str = "no"
     progress: bool = True
@@ -104,7 +108,7 @@ def _fit_config(cfg: SRTrainConfig, **overrides):
 
     values = dict(
         max_steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, scheduler="cosine", max_grad_norm=None,
-        output_dir=cfg.output_dir, seed=cfg.seed, cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
+        output_dir=cfg.output_dir, checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, seed=cfg.seed, cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
         progress=cfg.progress, log_every=cfg.log_every,
     )
     values.update(overrides)

@@ -12,6 +12,10 @@ CPU smoke run (a few minutes):
 
     python -m lowrank_vision.plugins.sr_dsclora.scripts.benchmark --preset cpu --out runs/sr/bench_cpu
 
+With ``--checkpoint-every N`` (default 1000 for ``gpu``) each of the three training runs checkpoints
+under OUT/{teacher,dsclora,control}_run and a second call with the same arguments continues where the
+first stopped (finished runs are only reloaded), so the benchmark can be split across time-limited jobs.
+
 ``--data DIR`` trains on a folder of HR images (e.g. DIV2K_train_HR) instead of the bundled
 train photos. Writes ``bench.json`` and ``bench.md`` (a table for docs/results/sr.md).
 """
@@ -57,6 +61,8 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-steps", type=int, default=None)
     p.add_argument("--ft-steps", type=int, default=None)
     p.add_argument("--mixed-precision", default="no", choices=("no", "bf16"))
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="checkpoint every N steps and resume from OUT/*_run (default: 1000 for gpu, off for cpu)")
     p.add_argument("--out", default="runs/sr/bench")
     args = p.parse_args(argv)
     pre = dict(PRESETS[args.preset])
@@ -65,19 +71,22 @@ def main(argv=None) -> int:
     out = Path(args.out)
     device = "cuda" if torch.cuda.is_available() and args.preset == "gpu" else "cpu"
 
-    def cfg(steps: int, lr: float, form: str = "branches") -> SRTrainConfig:
-        return SRTrainConfig(scale=args.scale, channels=args.channels, steps=steps, batch_size=pre["batch"], lr_patch=pre["patch"],
+    every = args.checkpoint_every if args.checkpoint_every is not None else (1000 if args.preset == "gpu" else 0)
+
+    def cfg(steps: int, lr: float, form: str = "branches", run: str = "") -> SRTrainConfig:
+        ckpt = dict(output_dir=str(out / f"{run}_run"), checkpoint_every=every, resume=True) if every else {}
+        return SRTrainConfig(**ckpt, scale=args.scale, channels=args.channels, steps=steps, batch_size=pre["batch"], lr_patch=pre["patch"],
                              lr=lr, warmup_steps=min(1000, steps // 20), data=args.data, cpu=device == "cpu",
                              mixed_precision=args.mixed_precision, train_form=form, num_workers=4 if device == "cuda" else 0)
 
     t0 = time.time()
-    teacher, _ = train_span(cfg(args.teacher_steps or pre["teacher_steps"], pre["lr"], pre["form"]))
+    teacher, _ = train_span(cfg(args.teacher_steps or pre["teacher_steps"], pre["lr"], pre["form"], "teacher"))
     t_teacher = time.time() - t0
     ft_steps = args.ft_steps or pre["ft_steps"]
     t0 = time.time()
-    student, _, reports = finetune_dsclora(teacher, cfg(ft_steps, pre["ft_lr"]), DSCLoRAConfig())
+    student, _, reports = finetune_dsclora(teacher, cfg(ft_steps, pre["ft_lr"], run="dsclora"), DSCLoRAConfig())
     t_dsclora = time.time() - t0
-    control, _ = finetune_full(teacher, cfg(ft_steps, pre["ft_lr"]))
+    control, _ = finetune_full(teacher, cfg(ft_steps, pre["ft_lr"], run="control"))
 
     images = load_eval_set(args.eval_dir, args.scale)
     rows = {}
