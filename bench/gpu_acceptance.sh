@@ -13,14 +13,14 @@ GRID="none full cp_lora cp_dora decoder lora_c dora_c conv_lora conv_dora"
 REVERSED=$(echo $GRID | tr ' ' '\n' | tac | tr '\n' ' ')
 (
   export CUDA_VISIBLE_DEVICES=0
-  timeout "$LIMIT" bash -c "python3 bench/hemorrhage_gpu.py pretrain --out $HS --threads 8 && \
+  timeout "$LIMIT" bash -c "{ [ -f $HS/3d/pretrain.json ] || python3 bench/hemorrhage_gpu.py pretrain --out $HS --threads 8; } && \
     python3 bench/hemorrhage_gpu.py compare --out $HS --threads 8 --strategies $GRID"
   echo "gpu0 rc $?"
 ) >>"$OUT/gpu0.log" 2>&1 &
 (
   export CUDA_VISIBLE_DEVICES=1
   timeout "$LIMIT" bash -c "python3 -m lowrank_vision.plugins.sr_dsclora.scripts.benchmark --preset gpu --out $SR && \
-    while [ ! -f $HS/3d/tbi_unet.pt ] || pgrep -f 'hemorrhage_gpu.py pretrain' >/dev/null; do sleep 5; done && \
+    while [ ! -f $HS/3d/pretrain.json ]; do sleep 5; done && \
     python3 bench/hemorrhage_gpu.py compare --out $HS --threads 8 --strategies $REVERSED"
   echo "gpu1 rc $?"
 ) >>"$OUT/gpu1.log" 2>&1 &
