@@ -271,6 +271,7 @@ def fit(
         param_groups = [{"params": params}]
     optimizer = torch.optim.AdamW(list(param_groups), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _StepScheduler(optimizer, config)
+    model.__dict__.pop("_is_accelerate_prepared", None)  # left by an earlier accelerator (e.g. a copied model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
     accelerator.register_for_checkpointing(scheduler)
 
@@ -381,7 +382,13 @@ def fit(
     accelerator.wait_for_everyone()
     if math.isnan(last_loss) and history:
         last_loss = history[-1]["loss"]
-    return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=accelerator.unwrap_model(model))
+    # a plain module again: no autocast wrapper on forward, and no "prepared" mark, which accelerate reads
+    # to skip device placement (a deepcopy of a returned model would otherwise stay on the CPU in the next fit)
+    trained = accelerator.unwrap_model(model, keep_fp32_wrapper=False)
+    trained.__dict__.pop("_is_accelerate_prepared", None)
+    if getattr(trained.__dict__.get("forward"), "__func__", None) is type(trained).forward:
+        del trained.__dict__["forward"]
+    return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=trained)
 
 
 class _nullcontext:

@@ -155,6 +155,20 @@ def test_bf16_autocast_runs_on_cpu():
     assert res.steps == 3 and res.final_loss == res.final_loss  # finite, not NaN
 
 
+def test_returned_model_is_plain_and_a_copy_trains_again():
+    """A trained model comes back without accelerate's marks, so a deepcopy of it is placed on the device
+    and trained again (a copy that kept the "prepared" mark was left on the CPU on CUDA machines)."""
+    import copy
+
+    first = fit(make_model(), loader(), mse, TrainConfig(max_steps=3, mixed_precision="bf16", cpu=True, progress=False)).model
+    assert "_is_accelerate_prepared" not in first.__dict__ and "forward" not in first.__dict__
+    x = torch.randn(4, 8)
+    assert first(x).dtype == torch.float32
+    before = flat(first).clone()
+    second = fit(copy.deepcopy(first), loader(), mse, TrainConfig(max_steps=3, cpu=True, progress=False)).model
+    assert not torch.equal(flat(second), before) and torch.equal(flat(first), before)
+
+
 def test_eval_fn_and_callbacks():
     seen = []
     res = fit(make_model(), loader(), mse, TrainConfig(max_steps=4, eval_every=2, log_every=2, progress=False),
