@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -66,6 +67,9 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/sr/bench")
     args = p.parse_args(argv)
     pre = dict(PRESETS[args.preset])
+    pre["teacher_steps"] = args.teacher_steps or pre["teacher_steps"]  # record the steps actually run
+    pre["ft_steps"] = args.ft_steps or pre["ft_steps"]
+    command = "python -m lowrank_vision.plugins.sr_dsclora.scripts.benchmark " + " ".join(sys.argv[1:] if argv is None else argv)
     if args.preset == "cpu":
         torch.set_num_threads(min(2, torch.get_num_threads()))
     out = Path(args.out)
@@ -80,9 +84,9 @@ def main(argv=None) -> int:
                              mixed_precision=args.mixed_precision, train_form=form, num_workers=4 if device == "cuda" else 0)
 
     t0 = time.time()
-    teacher, _ = train_span(cfg(args.teacher_steps or pre["teacher_steps"], pre["lr"], pre["form"], "teacher"))
+    teacher, _ = train_span(cfg(pre["teacher_steps"], pre["lr"], pre["form"], "teacher"))
     t_teacher = time.time() - t0
-    ft_steps = args.ft_steps or pre["ft_steps"]
+    ft_steps = pre["ft_steps"]
     t0 = time.time()
     student, _, reports = finetune_dsclora(teacher, cfg(ft_steps, pre["ft_lr"], run="dsclora"), DSCLoRAConfig())
     t_dsclora = time.time() - t0
@@ -102,11 +106,17 @@ def main(argv=None) -> int:
     for name, ms in both.items():
         rows[name]["runtime_ms"] = ms
     teacher.cpu(), student.cpu()
-    for name, model in [("span", teacher), ("dsclora", student)]:
-        save_span(model, out / f"{name}_x{args.scale}.safetensors", extra={"bench": args.preset})
+    train_data = args.data or "bundled train photos: " + ", ".join(BUNDLED_SPLIT["train"])
+    span_row, dsc_row = rows["SPAN (teacher)"], rows["SPAN + DSCLoRA"]
+    save_span(teacher, out / f"span_x{args.scale}.safetensors", extra={
+        "bench": args.preset, "command": command, "data": train_data, "steps": pre["teacher_steps"],
+        "eval_psnr": span_row["psnr"], "eval_ssim": span_row["ssim"]})
+    save_span(student, out / f"dsclora_x{args.scale}.safetensors", extra={
+        "bench": args.preset, "command": command + "  (the DSCLoRA stage; teacher: span_x%d.safetensors)" % args.scale,
+        "data": train_data, "steps": ft_steps, "teacher_psnr": span_row["psnr"], "eval_psnr": dsc_row["psnr"], "eval_ssim": dsc_row["ssim"]})
     result = {
         "preset": args.preset, "settings": pre, "scale": args.scale, "device": torch.cuda.get_device_name() if device == "cuda" else platform.processor() or "cpu",
-        "train_data": args.data or "bundled train photos: " + ", ".join(BUNDLED_SPLIT["train"]),
+        "command": command, "train_data": train_data,
         "eval_data": args.eval_dir or "bundled eval photos: " + ", ".join(BUNDLED_SPLIT["eval"]),
         "dsclora_trainable_params": reports[-1].trainable_params, "seconds": {"teacher": t_teacher, "dsclora": t_dsclora}, "rows": rows,
     }
