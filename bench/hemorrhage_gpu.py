@@ -7,7 +7,8 @@ fit in a 10-minute job.
     python bench/hemorrhage_gpu.py compare  --out runs/hseg_gpu --strategies conv_lora conv_dora
     python bench/hemorrhage_gpu.py report   --out runs/hseg_gpu                       # merged table + PNG + acceptance
 
-On a machine with several GPUs the compare stages can run side by side (CUDA_VISIBLE_DEVICES=i). Each
+On a machine with several GPUs the compare stages can run side by side (CUDA_VISIBLE_DEVICES=i;
+``bench/gpu_acceptance.sh`` does this on 2 GPUs, the run in docs/results/hemorrhage.md). Each
 strategy writes OUT/<arch>/compare_<strategy>/ and is skipped when that folder holds results.json.
 ``--preset cpu`` runs the same stages at CPU size. ``report`` checks the acceptance of issue 4
 (CP-LoRA Dice >= pre-trained-only + 0.15, within 0.03 of full fine-tuning, <= 5 % of its trainable
