@@ -110,7 +110,7 @@ def test_demo_runs_and_reports_metrics(tmp_path):
 
     m = PLUGIN.demo(tmp_path, "cpu")
     assert m["cp_lora_trainable_params"] == 5_560 and m["unet_params"] == 150_550 and m["sah_cases"] == 12
-    # the shipped CP-LoRA adapter must help on SAH volumes of a seed it never saw (measured 0.163 -> 0.335)
+    # the shipped CP-LoRA adapter must help on SAH volumes of a seed it never saw (measured 0.163 -> 0.389)
     assert m["sah_dice_cp_lora_r8"] >= m["sah_dice_pretrained_only"] + 0.1
 
 
