@@ -1,0 +1,124 @@
+"""One way to write a file: a temporary file in the target's folder, renamed onto the target.
+
+A reader never sees a half-written file, and a failure (an exception inside the block, a
+full disk, Ctrl-C) removes the temporary file and leaves any earlier target untouched.
+Every file this package writes goes through :func:`atomic_path` or one of its helpers.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any, Iterator, Union
+
+__all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "write_bytes", "save_figure", "PathLike"]
+
+PathLike = Union[str, os.PathLike]
+
+
+def _normal_mode(path: Path, directory: bool = False) -> None:
+    """mkstemp/mkdtemp create 0600/0700; give the final file the permissions a plain ``open`` would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(path, (0o777 if directory else 0o666) & ~umask)
+
+
+@contextmanager
+def atomic_path(target: PathLike, suffix: str = "") -> Iterator[Path]:
+    """Yield a temporary path next to ``target``; on success it is renamed onto ``target``.
+
+    ``suffix`` defaults to the target's own suffix, so libraries that pick a format from the
+    file name (``.png``, ``.nii.gz``, ``.safetensors``) write the right one.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not suffix:
+        suffix = "".join(target.suffixes) if target.name.endswith(".nii.gz") else target.suffix
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    os.close(fd)
+    tmp = Path(tmp_name)
+    try:
+        yield tmp
+        _normal_mode(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_dir(target: PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``target``; on success it replaces ``target`` as a whole.
+
+    Used for outputs made of several files that must stay paired (weights + their config):
+    a reader sees either the old folder or the new one, never a mix. An existing ``target``
+    is moved aside first and deleted only after the new folder is in place.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield tmp
+        _normal_mode(tmp, directory=True)
+        old = None
+        if target.exists():
+            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            os.rmdir(old)
+            os.replace(target, old)
+        try:
+            os.replace(tmp, target)
+        except BaseException:
+            if old is not None:
+                os.replace(old, target)
+            raise
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text(path: PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def write_bytes(path: PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically; returns the path."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+    return Path(path)
+
+
+def write_json(path: PathLike, obj: Any, indent: int = 2) -> Path:
+    """Write ``obj`` as JSON (sorted nowhere, trailing newline) to ``path`` atomically."""
+    return write_text(path, json.dumps(obj, indent=indent, default=_json_default) + "\n")
+
+
+def _json_default(obj: Any) -> Any:
+    """Numbers from numpy/torch and paths, the usual non-JSON values in a results dict."""
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"write_json: cannot serialise {type(obj).__name__}")
+
+
+def save_figure(fig: Any, path: PathLike, dpi: int = 120, close: bool = True) -> Path:
+    """Save a matplotlib figure to ``path`` atomically (format from the suffix); closes it by default."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
+    if close:
+        import matplotlib.pyplot as plt
+
+        plt.close(fig)
+    return path
