@@ -31,7 +31,12 @@ class PluginSpec:
     host: str = ""
     """Host tool the plugin registers into (MONAI, timm, nerfstudio, ...)."""
     demo: Optional[Callable[..., dict]] = field(default=None, compare=False)
-    """Optional short run for ``lowrank demo``: ``demo(out_dir: Path, device: str) -> dict`` of metrics."""
+    """Optional short run for ``lowrank demo``: ``demo(out_dir: Path, device: str) -> dict``.
+
+    The dict holds the run's numbers (plain JSON values) plus two reserved keys that
+    ``demo.md`` shows: ``"figures"``, a list of ``{"path": PNG path, "caption": str}`` (paths
+    inside ``out_dir``), and ``"summary"``, one or two markdown sentences saying what was run
+    on which data and what the numbers mean."""
 
 
 def discover_plugins() -> dict[str, PluginSpec]:
