@@ -1,12 +1,22 @@
-"""``lowrank``: the umbrella app (``plugins``, ``demo``, ``methods``)."""
+"""``lowrank``: the umbrella app.
+
+    lowrank demo      every adapter family on a MONAI UNet and a timm ViT, then each plugin's short run
+    lowrank plugins   the installed domain plugins (entry-point group ``lowrank_vision.plugins``)
+    lowrank methods   the registered adapter families
+"""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Optional, Sequence
+
+from ._cli import add_command, make_parser, run
+
+__all__ = ["main", "build_parser"]
 
 
-def _cmd_plugins(args: argparse.Namespace) -> int:
+def _plugins(args: argparse.Namespace) -> int:
     from lowrank_vision.plugins import discover_plugins
 
     plugins = discover_plugins()
@@ -20,32 +30,33 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_methods(args: argparse.Namespace) -> int:
+def _methods(args: argparse.Namespace) -> int:
     from lowrank_vision.core import list_adapters
 
     print("\n".join(list_adapters(include_aliases=True)))
     return 0
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
-    run_demo(Path(args.out), device=args.device, plugins=not args.no_plugins)
+    run_demo(Path(args.out), device=args.device, plugins=not args.no_plugins, only=args.only)
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="lowrank", description="lowrank-vision: low-rank adapters for vision and 3D models")
-    sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("plugins", help="list registered domain plugins").set_defaults(func=_cmd_plugins)
-    sub.add_parser("methods", help="list adapter families").set_defaults(func=_cmd_methods)
-    demo = sub.add_parser("demo", help="every adapter on a MONAI UNet and a timm ViT, then each plugin's short run")
-    demo.add_argument("--out", default="outputs/demo", help="output directory (default: outputs/demo)")
-    demo.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+def build_parser() -> argparse.ArgumentParser:
+    parser, sub = make_parser("lowrank", __doc__)
+    add_command(sub, "plugins", _plugins, help="list registered domain plugins", out=False, device=False)
+    add_command(sub, "methods", _methods, help="list adapter families", out=False, device=False)
+    demo = add_command(sub, "demo", _demo, help="every adapter family on a MONAI UNet and a timm ViT, then each plugin's short run")
+    demo.set_defaults(out="outputs/demo")
     demo.add_argument("--no-plugins", action="store_true", help="skip the plugins' short runs")
-    demo.set_defaults(func=_cmd_demo)
-    args = parser.parse_args(argv)
-    return args.func(args)
+    demo.add_argument("--only", nargs="+", default=None, metavar="PLUGIN", help="run only these plugins' demos")
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(build_parser(), argv)
 
 
 if __name__ == "__main__":

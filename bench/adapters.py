@@ -29,6 +29,8 @@ from typing import Callable, Optional
 import torch
 from torch import nn
 
+from lowrank_vision.core.files import save_figure, write_json, write_text
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench_results.json"
 REPORT = ROOT / "docs" / "benchmarks.md"
@@ -98,10 +100,17 @@ def _resnet50(batch, size):
 
 
 def cases(device: str) -> dict[str, ModelCase]:
-    vit_targets = lambda m: _names_of(m, (nn.Linear,), ("qkv", "proj", "fc1", "fc2"))
-    conv3d = lambda m: _names_of(m, (nn.Conv3d,))
-    conv2d = lambda m: _names_of(m, (nn.Conv2d,))
-    diff_targets = lambda m: _names_of(m, (nn.Linear, nn.Conv2d), ("to_q", "to_k", "to_v", "0", "conv1", "conv2", "proj_in", "proj_out"))
+    def vit_targets(m):
+        return _names_of(m, (nn.Linear,), ("qkv", "proj", "fc1", "fc2"))
+
+    def conv3d(m):
+        return _names_of(m, (nn.Conv3d,))
+
+    def conv2d(m):
+        return _names_of(m, (nn.Conv2d,))
+
+    def diff_targets(m):
+        return _names_of(m, (nn.Linear, nn.Conv2d), ("to_q", "to_k", "to_v", "0", "conv1", "conv2", "proj_in", "proj_out"))
     out = {}
     if device == "cuda":
         table = {
@@ -394,10 +403,7 @@ def plot(store: dict) -> None:
         ax.tick_params(labelsize=7)
         ax.set_xlabel("step time / full fine-tuning", fontsize=8)
     fig.tight_layout()
-    tmp = CHART.with_suffix(".tmp.png")
-    fig.savefig(tmp, dpi=100)
-    plt.close(fig)
-    os.replace(tmp, CHART)
+    save_figure(fig, CHART, dpi=100)
 
 
 def environment(device, args) -> dict:
@@ -451,11 +457,8 @@ def main(argv=None) -> int:
             run["cases"][name] = run_case(all_cases[name], device, amp_dtype, args.steps, args.warmup, args.compile, variants, not args.no_inference, args.rounds)
             for variant, row in run["cases"][name]["rows"].items():
                 print(f"  {variant:24s} {row.get('ms', float('nan')):9.2f} ms  {row.get('peak_mib') or 0:9.0f} MiB  {row.get('error', '')}", flush=True)
-            tmp = results_path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(store, indent=1))
-            os.replace(tmp, results_path)
-    REPORT.parent.mkdir(parents=True, exist_ok=True)
-    REPORT.write_text(render_report(store))
+            write_json(results_path, store, indent=1)
+    write_text(REPORT, render_report(store))
     plot(store)
     print(f"wrote {REPORT}")
     return 0

@@ -12,7 +12,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from adapters import RANK, build_variant, cases, _first_tensor  # noqa: E402
+from adapters import build_variant, cases, _first_tensor  # noqa: E402
 
 
 def main() -> int:

@@ -24,6 +24,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
+from lowrank_vision.core.files import write_json
 from lowrank_vision.core.train import TrainConfig, fit
 
 
@@ -78,7 +79,9 @@ def main(argv=None) -> int:
         return TrainConfig(max_steps=args.steps, lr=3e-3, mixed_precision=args.mixed_precision, cpu=args.cpu,
                            output_dir=str(out / sub), log_every=5, **kw)
 
-    data = lambda: DataLoader(BlobVolumes(), batch_size=args.batch_size, shuffle=True)
+    def data():
+        return DataLoader(BlobVolumes(), batch_size=args.batch_size, shuffle=True)
+
     straight = fit(make_net(0), data(), loss_fn, cfg("straight"))
 
     class Stop(Exception):
@@ -123,10 +126,7 @@ def main(argv=None) -> int:
     ok = report["ranks_identical"] and report["resume_identical"] and report["loss_decreased"] and world == report["expected_world_size"]
     report["ok"] = ok
     if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        tmp = out / "ddp_check.json.tmp"
-        tmp.write_text(json.dumps(report, indent=1))
-        os.replace(tmp, out / "ddp_check.json")
+        write_json(out / "ddp_check.json", report, indent=1)
         print(json.dumps(report, indent=1))
     return 0 if ok else 1
 
