@@ -31,7 +31,7 @@ from .config import DSCLoRAConfig
 from .functional import affinity_distance
 from .model import SPAN, is_deployed
 
-__all__ = ["DSCLoRAConfig", "BLOCK_TARGETS", "TAIL_TARGETS", "ADAPTER_NAME", "attach_dsclora", "fold_dsclora", "DistillationLoss"]
+__all__ = ["BLOCK_TARGETS", "TAIL_TARGETS", "ADAPTER_NAME", "attach_dsclora", "fold_dsclora", "DistillationLoss"]
 
 BLOCK_TARGETS = r"re:block_\d+\.c[123]_r\.eval_conv"
 """Every conv of the six SConvLBs (the re-parameterised 3x3s)."""

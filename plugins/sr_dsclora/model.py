@@ -28,7 +28,7 @@ from torch import Tensor
 from .config import SPANConfig
 from .functional import fuse_conv3xc
 
-__all__ = ["SPANConfig", "Conv3XC", "SPAB", "SPAN", "build_span", "reparameterize", "is_deployed", "deployed_param_count"]
+__all__ = ["Conv3XC", "SPAB", "SPAN", "build_span", "reparameterize", "is_deployed", "deployed_param_count"]
 
 _DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
 

@@ -4,11 +4,11 @@ import pytest
 import torch
 
 from lowrank_vision.core import count_parameters
+from lowrank_vision.plugins.sr_dsclora.config import SPANConfig
 from lowrank_vision.plugins.sr_dsclora.functional import expand_to_conv3xc, fuse_conv3xc
 from lowrank_vision.plugins.sr_dsclora.model import (
     SPAN,
     Conv3XC,
-    SPANConfig,
     build_span,
     deployed_param_count,
     is_deployed,
