@@ -12,8 +12,9 @@ import json
 
 import torch
 
-from lowrank_vision.plugins.sr_dsclora.io import default_weights, load_span
-from lowrank_vision.plugins.sr_dsclora.recipes import compare_runtime, count_flops, count_params
+from lowrank_vision.core import count_parameters
+from lowrank_vision.plugins.sr_dsclora.recipes import compare_runtime, count_flops
+from lowrank_vision.plugins.sr_dsclora.weights import default_weights, load_span
 
 
 def main() -> int:
@@ -30,7 +31,7 @@ def main() -> int:
         "device": torch.cuda.get_device_name() if args.device.startswith("cuda") else "cpu",
         "torch": torch.__version__,
         "lr_input": [args.size, args.size],
-        "params": {k: count_params(m) for k, m in models.items()},
+        "params": {k: count_parameters(m)[1] for k, m in models.items()},
         "flops_g": {k: count_flops(m.cpu(), (args.size, args.size)) / 1e9 for k, m in models.items()},
         "runtime_ms": times,
         "dsclora_over_span": times["dsclora"] / times["span"],

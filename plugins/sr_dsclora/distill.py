@@ -21,58 +21,23 @@ Choices the paper leaves open, stated here:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .config import DSCLoRAConfig
 from .functional import affinity_distance
-from .span import SPAN, is_deployed
+from .model import SPAN, is_deployed
 
-__all__ = ["DSCLoRAConfig", "BLOCK_TARGETS", "TAIL_TARGETS", "ADAPTER_NAME", "attach_dsclora", "fold_dsclora", "DistillationLoss"]
+__all__ = ["BLOCK_TARGETS", "TAIL_TARGETS", "ADAPTER_NAME", "attach_dsclora", "fold_dsclora", "DistillationLoss"]
 
 BLOCK_TARGETS = r"re:block_\d+\.c[123]_r\.eval_conv"
 """Every conv of the six SConvLBs (the re-parameterised 3x3s)."""
 TAIL_TARGETS = ["conv_2.eval_conv", "upsampler.0"]
 """The conv before the pixel shuffle and the pixel-shuffle conv."""
 ADAPTER_NAME = "dsclora"
-
-
-@dataclass
-class DSCLoRAConfig:
-    """Ranks and loss weights of DSCLoRA fine-tuning."""
-
-    block_rank: int = 2
-    block_alpha: float = 4.0
-    tail_rank: int = 8
-    tail_alpha: float = 16.0
-    lambda_rec: float = 1.0
-    """Weight of the L1 reconstruction loss against HR."""
-    lambda_ts: float = 0.0
-    """Weight of the L1 loss between student and teacher outputs."""
-    lambda_ad: float = 1.0
-    """Weight of the spatial-affinity distillation loss."""
-    affinity_side: int = 16
-    """Features are average-pooled to at most this side before the HW x HW affinity."""
-
-    def __post_init__(self) -> None:
-        for name in ("block_rank", "tail_rank", "affinity_side"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"DSCLoRAConfig.{name} must be a positive int, got {value!r}")
-        for name in ("block_alpha", "tail_alpha"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"DSCLoRAConfig.{name} must be > 0, got {getattr(self, name)!r}")
-        for name in ("lambda_rec", "lambda_ts", "lambda_ad"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"DSCLoRAConfig.{name} must be >= 0, got {getattr(self, name)!r}")
-        if self.lambda_rec == self.lambda_ts == self.lambda_ad == 0:
-            raise ValueError("DSCLoRAConfig: at least one of lambda_rec, lambda_ts, lambda_ad must be > 0")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 def attach_dsclora(model: SPAN, config: Optional[DSCLoRAConfig] = None):
@@ -87,7 +52,7 @@ def attach_dsclora(model: SPAN, config: Optional[DSCLoRAConfig] = None):
     if not isinstance(model, SPAN):
         raise TypeError(f"model must be a SPAN, got {type(model).__name__}")
     if not is_deployed(model):
-        raise ValueError("model must be re-parameterised first (call span.reparameterize(model))")
+        raise ValueError("model must be re-parameterised first (call model.reparameterize(span))")
     # One adapter name for both groups: ``apply`` re-freezes everything except the named adapter.
     blocks = apply(model, "conv_lora", rank=config.block_rank, alpha=config.block_alpha, targets=BLOCK_TARGETS, adapter_name=ADAPTER_NAME)
     tail = apply(model, "conv_lora", rank=config.tail_rank, alpha=config.tail_alpha, targets=TAIL_TARGETS, adapter_name=ADAPTER_NAME)
@@ -97,25 +62,13 @@ def attach_dsclora(model: SPAN, config: Optional[DSCLoRAConfig] = None):
 def fold_dsclora(model: SPAN) -> SPAN:
     """Merge the ConvLoRA factors into the convs and drop the adapter shells, in place.
 
-    ``core.merge`` writes ``W + dW`` into each wrapped conv; the shells are then replaced by those
-    convs (``core.remove`` would instead restore the pre-merge weights). Returns a plain SPAN whose
-    parameters are exactly SPAN's.
+    ``core.remove(model, keep_merged=True)``: the update ``W + dW`` stays in each conv and the
+    requires-grad flags the model had before :func:`attach_dsclora` come back. Returns a plain SPAN
+    whose parameters are exactly SPAN's.
     """
-    from lowrank_vision.core import AdapterLayer, merge
+    from lowrank_vision.core import remove
 
-    merge(model)
-    outermost = [
-        name for name, m in model.named_modules()
-        if isinstance(m, AdapterLayer) and not isinstance(model.get_submodule(name.rpartition(".")[0]), AdapterLayer)
-    ]
-    for name in outermost:
-        parent_name, _, attr = name.rpartition(".")
-        parent = model.get_submodule(parent_name)
-        setattr(parent, attr, getattr(parent, attr).root)
-    if hasattr(model, "_lowrank_requires_grad"):
-        del model._lowrank_requires_grad
-    for p in model.parameters():
-        p.requires_grad_(True)
+    remove(model, keep_merged=True)
     return model
 
 

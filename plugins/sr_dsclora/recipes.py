@@ -1,9 +1,9 @@
 """Recipes: train SPAN, fine-tune it with DSCLoRA, evaluate, upscale (tiled), measure cost.
 
 Training goes through the shared :func:`lowrank_vision.core.train.fit` (accelerate), so the same
-call runs on a CPU, a GPU or ``accelerate launch`` on several GPUs. The default data are the
-bundled *train* photos (:mod:`lowrank_vision.datasets.sr_data`); evaluation defaults to the
-disjoint bundled *eval* photos.
+call runs on a CPU, a GPU or ``accelerate launch`` on several GPUs; its settings are the nested
+``SRTrainConfig.train``. The default data are the bundled *train* photos
+(:mod:`lowrank_vision.datasets.images`); evaluation defaults to the disjoint bundled *eval* photos.
 """
 
 from __future__ import annotations
@@ -11,21 +11,22 @@ from __future__ import annotations
 import copy
 import statistics
 import time
-from dataclasses import asdict, dataclass
 from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lowrank_vision.datasets.sr_data import SRImage, SRPatchDataset, bicubic_upsample
-from lowrank_vision.datasets.sr_metrics import psnr_y, ssim_y
+from lowrank_vision.core import count_parameters
+from lowrank_vision.datasets.images import SRImage, SRPatchDataset, bicubic_upsample
 
-from .distill import DistillationLoss, DSCLoRAConfig, attach_dsclora, fold_dsclora
-from .span import SPAN, SPANConfig, count_params, reparameterize
+from .config import DSCLoRAConfig, SPANConfig, SRTrainConfig
+from .distill import DistillationLoss, attach_dsclora, fold_dsclora
+from .metrics import psnr_y, ssim_y
+from .model import SPAN, reparameterize
 
 __all__ = [
-    "SRTrainConfig",
+    "RECEPTIVE_RADIUS",
     "make_loader",
     "train_span",
     "finetune_dsclora",
@@ -35,7 +36,8 @@ __all__ = [
     "count_flops",
     "count_convs",
     "measure_runtime",
-    "RECEPTIVE_RADIUS",
+    "cost_report",
+    "compare_runtime",
 ]
 
 RECEPTIVE_RADIUS = 21
@@ -43,76 +45,15 @@ RECEPTIVE_RADIUS = 21
 overlap of at least this is exact."""
 
 
-@dataclass
-class SRTrainConfig:
-    """Data and optimisation settings shared by ``train`` and ``finetune``."""
-
-    scale: int = 4
-    channels: int = 26
-    steps: int = 300
-    batch_size: int = 16
-    lr_patch: int = 32
-    """LR patch side; the HR patch is ``scale`` times larger."""
-    lr: float = 1e-3
-    warmup_steps: int = 0
-    data: Optional[str] = None
-    """Folder of HR images (``None``: the bundled train photos)."""
-    lr_dir: Optional[str] = None
-    """Folder of matching LR images (paired data); ``None``: bicubic LR from ``data``."""
-    seed: int = 0
-    output_dir: Optional[str] = None
-    checkpoint_every: int = 0
-    """Save a resumable checkpoint under ``output_dir`` every N steps (0: never)."""
-    resume: bool = False
-    """Continue from the newest checkpoint in ``output_dir`` if there is one."""
-    cpu: bool = False
-    mixed_precision: str = "no"
-    progress: bool = True
-    num_workers: int = 0
-    log_every: int = 10
-    train_form: str = "branches"
-    """``"branches"``: SPAN's re-parameterisable training form (the paper); ``"deployed"``: train the
-    folded 3x3 convs directly (about 4x cheaper, used for the short CPU runs)."""
-
-    def __post_init__(self) -> None:
-        if self.train_form not in ("branches", "deployed"):
-            raise ValueError(f"SRTrainConfig.train_form must be 'branches' or 'deployed', got {self.train_form!r}")
-        if self.scale not in (2, 3, 4):
-            raise ValueError(f"SRTrainConfig.scale must be 2, 3 or 4, got {self.scale!r}")
-        for name in ("channels", "steps", "batch_size", "log_every"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
-                raise ValueError(f"SRTrainConfig.{name} must be a positive int, got {getattr(self, name)!r}")
-        if not isinstance(self.lr_patch, int) or self.lr_patch < 8:
-            raise ValueError(f"SRTrainConfig.lr_patch must be an int >= 8, got {self.lr_patch!r}")
-        if not self.lr > 0:
-            raise ValueError(f"SRTrainConfig.lr must be > 0, got {self.lr!r}")
-        if self.lr_dir is not None and self.data is None:
-            raise ValueError("SRTrainConfig.lr_dir needs data (the HR folder) as well")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
 def make_loader(cfg: SRTrainConfig) -> torch.utils.data.DataLoader:
-    length = cfg.steps * cfg.batch_size
-    kwargs = dict(lr_patch=cfg.lr_patch, length=length, seed=cfg.seed)
+    """Random aligned patches, ``max_steps * batch_size`` of them (one pass = the whole run)."""
+    length = cfg.train.max_steps * cfg.batch_size
+    kwargs = dict(lr_patch=cfg.lr_patch, length=length, seed=cfg.train.seed)
     if cfg.data is None:
         dataset = SRPatchDataset.from_bundled(cfg.scale, **kwargs)
     else:
         dataset = SRPatchDataset.from_folder(cfg.data, cfg.scale, lr_dir=cfg.lr_dir, **kwargs)
     return torch.utils.data.DataLoader(dataset, batch_size=cfg.batch_size, shuffle=True, drop_last=True, num_workers=cfg.num_workers)
-
-
-def _fit_config(cfg: SRTrainConfig, **overrides):
-    from lowrank_vision.core.train import TrainConfig
-
-    values = dict(
-        max_steps=cfg.steps, lr=cfg.lr, warmup_steps=cfg.warmup_steps, scheduler="cosine", max_grad_norm=None,
-        output_dir=cfg.output_dir, checkpoint_every=cfg.checkpoint_every, resume=cfg.resume, seed=cfg.seed, cpu=cfg.cpu, mixed_precision=cfg.mixed_precision,
-        progress=cfg.progress, log_every=cfg.log_every,
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def _l1_loss(model: nn.Module, batch) -> Tensor:
@@ -124,13 +65,13 @@ def train_span(cfg: SRTrainConfig, model: Optional[SPAN] = None):
     """Train SPAN (training form, L1 loss) from scratch; returns ``(deployed SPAN, TrainResult)``."""
     from lowrank_vision.core.train import fit
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     model = SPAN(SPANConfig(scale=cfg.scale, channels=cfg.channels)) if model is None else model
     if model.scale != cfg.scale:
         raise ValueError(f"model scale {model.scale} differs from SRTrainConfig.scale {cfg.scale}")
     if cfg.train_form == "deployed":
         reparameterize(model)
-    result = fit(model, make_loader(cfg), _l1_loss, _fit_config(cfg))
+    result = fit(model, make_loader(cfg), _l1_loss, cfg.train)
     model = reparameterize(result.model.cpu().eval())
     return model, result
 
@@ -146,11 +87,11 @@ def finetune_dsclora(teacher: SPAN, cfg: SRTrainConfig, dsclora: Optional[DSCLoR
     dsclora = dsclora or DSCLoRAConfig()
     if teacher.scale != cfg.scale:
         raise ValueError(f"teacher scale {teacher.scale} differs from SRTrainConfig.scale {cfg.scale}")
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     student = copy.deepcopy(teacher).train()
     reports = attach_dsclora(student, dsclora)
     loss = DistillationLoss(copy.deepcopy(teacher), dsclora)
-    result = fit(student, make_loader(cfg), loss, _fit_config(cfg))
+    result = fit(student, make_loader(cfg), loss, cfg.train)
     student = fold_dsclora(result.model.cpu().eval())
     return student, result, reports
 
@@ -159,9 +100,9 @@ def finetune_full(teacher: SPAN, cfg: SRTrainConfig):
     """Control run: continue training every parameter of the deployed SPAN with L1 for the same steps."""
     from lowrank_vision.core.train import fit
 
-    torch.manual_seed(cfg.seed)
+    torch.manual_seed(cfg.train.seed)
     model = copy.deepcopy(teacher).train().requires_grad_(True)
-    result = fit(model, make_loader(cfg), _l1_loss, _fit_config(cfg))
+    result = fit(model, make_loader(cfg), _l1_loss, cfg.train)
     return result.model.cpu().eval(), result
 
 
@@ -272,7 +213,7 @@ def measure_runtime(model: nn.Module, lr_size: tuple[int, int] = (128, 128), rep
 def cost_report(model: SPAN, lr_size: tuple[int, int] = (256, 256), runtime_size: tuple[int, int] = (128, 128), repeats: int = 10) -> dict:
     """NTIRE-ESR-style cost: params, FLOPs (MACs) at ``lr_size``, conv count, median runtime."""
     return {
-        "params": count_params(model),
+        "params": count_parameters(model)[1],
         "flops_g": count_flops(model, lr_size) / 1e9,
         "flops_input": list(lr_size),
         "convs": count_convs(model),
@@ -280,8 +221,6 @@ def cost_report(model: SPAN, lr_size: tuple[int, int] = (256, 256), runtime_size
         "runtime_input": list(runtime_size),
     }
 
-
-__all__.append("cost_report")
 
 
 @torch.no_grad()
@@ -294,5 +233,3 @@ def compare_runtime(models: dict, lr_size: tuple[int, int] = (128, 128), rounds:
             times[name].append(measure_runtime(model, lr_size, repeats=repeats, warmup=1))
     return {name: statistics.median(t) for name, t in times.items()}
 
-
-__all__.append("compare_runtime")

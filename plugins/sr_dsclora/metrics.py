@@ -1,18 +1,24 @@
-"""Super-resolution metrics in the usual benchmark convention.
+"""Super-resolution metrics in the usual benchmark convention, and the plots the app writes.
 
 PSNR and SSIM are computed on the luma (Y) channel of ITU-R BT.601 YCbCr (``16..235`` range, as
 MATLAB's ``rgb2ycbcr``), on 8-bit-quantised images, after cropping ``border`` pixels (the scale
 factor) from every side. SSIM is Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5),
 ``K1 = 0.01``, ``K2 = 0.03``, ``L = 255``, valid convolution (no padding).
+
+Plots (loss curves, side-by-side crops) are PNGs written atomically through
+:func:`lowrank_vision.core.files.save_figure`.
 """
 
 from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["rgb_to_y", "quantize", "psnr_y", "ssim_y", "psnr", "ssim"]
+__all__ = ["rgb_to_y", "quantize", "psnr_y", "ssim_y", "psnr", "ssim", "plot_history", "plot_comparison"]
 
 _Y_WEIGHTS = (65.481, 128.553, 24.966)
 
@@ -55,18 +61,22 @@ def psnr(a: Tensor, b: Tensor, data_range: float = 255.0) -> Tensor:
 
 
 def ssim(a: Tensor, b: Tensor, data_range: float = 255.0) -> Tensor:
-    """Per-image SSIM of single-channel ``[B, 1, H, W]`` tensors; returns ``[B]``."""
+    """Per-image SSIM of single-channel ``[B, 1, H, W]`` tensors; returns ``[B]``.
+
+    The 11x11 Gaussian window is separable, so the five local moments are filtered by one 11x1 and
+    one 1x11 pass over a stacked batch (the same numbers as the 2-D window, about 5x faster).
+    """
     coords = torch.arange(11, dtype=torch.float64, device=a.device) - 5
     g = torch.exp(-(coords**2) / (2 * 1.5**2))
     g = g / g.sum()
-    window = (g[:, None] * g[None, :]).view(1, 1, 11, 11)
     a, b = a.double(), b.double()
     if min(a.shape[-2:]) < 11:
         raise ValueError(f"SSIM needs images of at least 11x11, got {tuple(a.shape[-2:])}")
-    mu_a, mu_b = F.conv2d(a, window), F.conv2d(b, window)
-    var_a = F.conv2d(a * a, window) - mu_a**2
-    var_b = F.conv2d(b * b, window) - mu_b**2
-    cov = F.conv2d(a * b, window) - mu_a * mu_b
+    n = a.shape[0]
+    stacked = torch.cat([a, b, a * a, b * b, a * b]).flatten(0, 1).unsqueeze(1)  # [5B, 1, H, W]
+    filtered = F.conv2d(F.conv2d(stacked, g.view(1, 1, 11, 1)), g.view(1, 1, 1, 11))
+    mu_a, mu_b, e_aa, e_bb, e_ab = filtered.view(5, n, *filtered.shape[-2:])
+    var_a, var_b, cov = e_aa - mu_a**2, e_bb - mu_b**2, e_ab - mu_a * mu_b
     c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
     ssim_map = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
     return ssim_map.flatten(1).mean(dim=1)
@@ -82,3 +92,46 @@ def ssim_y(sr: Tensor, hr: Tensor, border: int = 0) -> float:
     """Mean Y-channel SSIM of RGB images in ``[0, 1]``, ``border`` pixels cropped."""
     y_sr, y_hr = _prepare(sr, hr, border)
     return ssim(y_sr, y_hr).mean().item()
+
+
+def plot_history(history: Sequence[dict], path: Union[str, Path], keys: Sequence[str] = ("loss",), title: str = "") -> Path:
+    """Training curves (one line per key present in the logged metrics)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lowrank_vision.core.files import save_figure
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [h["step"] for h in history]
+    for key in keys:
+        if any(key in h for h in history):
+            ax.plot(steps, [h.get(key, float("nan")) for h in history], label=key)
+    ax.set_xlabel("optimizer step")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    ax.set_title(title)
+    return save_figure(fig, Path(path), dpi=110)
+
+
+def plot_comparison(panels: Sequence[tuple[str, Tensor]], path: Union[str, Path], crop: Optional[tuple[int, int, int]] = None) -> Path:
+    """Side-by-side images ``[(title, img [3, H, W])]``; ``crop=(y, x, size)`` zooms into a region."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from lowrank_vision.core.files import save_figure
+
+    fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.4))
+    axes = [axes] if len(panels) == 1 else axes
+    for ax, (title, img) in zip(axes, panels):
+        if crop is not None:
+            y, x, size = crop
+            img = img[:, y : y + size, x : x + size]
+        ax.imshow(img.clamp(0, 1).permute(1, 2, 0).cpu().numpy(), interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    return save_figure(fig, Path(path), dpi=110)

@@ -1,19 +1,18 @@
 """DSCLoRA: ConvLoRA placement and counts, exact merge/fold to plain SPAN, distillation loss."""
 
 import copy
+from dataclasses import FrozenInstanceError, replace
 
 import pytest
 import torch
 
-from lowrank_vision.plugins.sr_dsclora.distill import (
-    DistillationLoss,
-    DSCLoRAConfig,
-    attach_dsclora,
-    fold_dsclora,
-)
+
+from lowrank_vision.core import adapter_layers, count_parameters
+from lowrank_vision.plugins.sr_dsclora.config import DSCLoRAConfig, SRTrainConfig, sr_train_defaults
+from lowrank_vision.plugins.sr_dsclora.distill import DistillationLoss, attach_dsclora, fold_dsclora
 from lowrank_vision.plugins.sr_dsclora.functional import affinity_distance, spatial_affinity
-from lowrank_vision.plugins.sr_dsclora.recipes import SRTrainConfig, count_flops, finetune_dsclora
-from lowrank_vision.plugins.sr_dsclora.span import build_span, count_params, reparameterize
+from lowrank_vision.plugins.sr_dsclora.model import build_span, reparameterize
+from lowrank_vision.plugins.sr_dsclora.recipes import count_flops, finetune_dsclora
 
 torch.set_num_threads(1)
 
@@ -26,6 +25,10 @@ def conv_lora_params(c_in: int, c_out: int, rank: int, k: int = 3) -> int:
 def _teacher(scale=4, channels=26, seed=0):
     torch.manual_seed(seed)
     return reparameterize(build_span(scale, channels)).eval()
+
+
+def count_params(model):
+    return count_parameters(model)[1]
 
 
 def _perturb_lora(model, seed=1, std=0.05):
@@ -70,6 +73,8 @@ def test_fresh_adapter_is_a_no_op_and_merge_is_exact():
         folded = fold_dsclora(student)
         merged = folded(x)
     assert (merged - adapted).abs().max().item() < 1e-4
+    assert adapter_layers(folded) == {} and not hasattr(folded, "_lowrank_requires_grad")
+    assert all(p.requires_grad for p in folded.parameters())  # the flags before attach_dsclora come back
     # The deployed network is exactly SPAN: same parameter names, shapes, count and FLOPs.
     assert count_params(folded) == count_params(teacher) == 130_828
     assert {k: v.shape for k, v in folded.state_dict().items()} == {k: v.shape for k, v in teacher.state_dict().items()}
@@ -118,20 +123,37 @@ def test_distillation_loss_terms():
 
 @pytest.mark.parametrize("field, value", [("block_rank", 0), ("tail_alpha", 0.0), ("lambda_ad", -1.0), ("affinity_side", 0)])
 def test_config_errors_name_the_field(field, value):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"DSCLoRAConfig.{field} must be"):
         DSCLoRAConfig(**{field: value})
+
+
+@pytest.mark.parametrize("kwargs, field", [({"train_form": "both"}, "train_form"), ({"lr_patch": 4}, "lr_patch"),
+                                           ({"scale": 5}, "scale"), ({"batch_size": 0}, "batch_size"), ({"train": {}}, "train")])
+def test_train_config_errors_name_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=f"SRTrainConfig.{field} must be"):
+        SRTrainConfig(**kwargs)
+
+
+def test_configs_are_frozen_and_nest_the_train_loop():
+    cfg = SRTrainConfig()
+    with pytest.raises(FrozenInstanceError):
+        cfg.channels = 8
+    assert (cfg.train.max_steps, cfg.train.lr, cfg.train.scheduler, cfg.train.max_grad_norm) == (300, 1e-3, "cosine", None)
+    assert replace(cfg, channels=8).channels == 8 and cfg.channels == 26
+    d = DSCLoRAConfig.from_ranks(4, 16)
+    assert (d.block_alpha, d.tail_alpha) == (8.0, 32.0)
 
 
 def test_short_finetune_lowers_the_loss_and_keeps_span_size(tmp_path):
     hr = torch.rand(3, 64, 64)
     teacher = _teacher(2, 8)
-    cfg = SRTrainConfig(scale=2, channels=8, steps=30, batch_size=4, lr_patch=12, lr=5e-3, cpu=True, progress=False, log_every=5)
+    cfg = SRTrainConfig(scale=2, channels=8, batch_size=4, lr_patch=12,
+                        train=sr_train_defaults(max_steps=30, lr=5e-3, cpu=True, progress=False, log_every=5))
     # train on one synthetic image through the folder reader (the bundled photos are exercised elsewhere)
-    from lowrank_vision.datasets.sr_data import write_image
+    from lowrank_vision.datasets.images import write_image
 
     write_image(hr, tmp_path / "img.png")
-    cfg.data = str(tmp_path)
-    student, result, _ = finetune_dsclora(teacher, cfg)
+    student, result, _ = finetune_dsclora(teacher, replace(cfg, data=str(tmp_path)))
     first, last = result.history[0]["l_rec"], result.history[-1]["l_rec"]
     assert last < first
     assert count_params(student) == count_params(teacher)

@@ -1,11 +1,9 @@
-"""SR data and metrics: Y conversion, PSNR/SSIM values, bicubic LR, bundled split, folder readers."""
-
-import math
+"""datasets.images: bicubic LR, bundled split, folder readers, patches, atomic image writes."""
 
 import pytest
 import torch
 
-from lowrank_vision.datasets.sr_data import (
+from lowrank_vision.datasets.images import (
     BUNDLED_SPLIT,
     SRPatchDataset,
     bicubic_downsample,
@@ -16,40 +14,8 @@ from lowrank_vision.datasets.sr_data import (
     read_image,
     write_image,
 )
-from lowrank_vision.datasets.sr_metrics import psnr_y, rgb_to_y, ssim_y
 
 torch.set_num_threads(1)
-
-# (rgb in [0,1], expected Y in BT.601 studio range)
-Y_CASES = [((0.0, 0.0, 0.0), 16.0), ((1.0, 1.0, 1.0), 235.0), ((1.0, 0.0, 0.0), 16 + 65.481), ((0.0, 0.0, 1.0), 16 + 24.966)]
-
-
-@pytest.mark.parametrize("rgb, y", Y_CASES)
-def test_rgb_to_y(rgb, y):
-    img = torch.tensor(rgb).view(1, 3, 1, 1).expand(1, 3, 2, 2)
-    assert torch.allclose(rgb_to_y(img), torch.full((1, 1, 2, 2), y, dtype=img.dtype), atol=1e-4)
-
-
-def test_psnr_and_ssim_values():
-    torch.manual_seed(0)
-    hr = torch.rand(1, 3, 40, 40)
-    assert psnr_y(hr, hr, border=4) == float("inf")
-    assert ssim_y(hr, hr, border=4) == pytest.approx(1.0, abs=1e-9)
-    grey = torch.full((1, 3, 40, 40), 100 / 255)
-    shifted = torch.full((1, 3, 40, 40), 110 / 255)
-    # Y differs by 10 * 219/255 on every pixel -> PSNR = 20 log10(255 / (10 * 219/255))
-    assert psnr_y(shifted, grey, border=4) == pytest.approx(20 * math.log10(255 / (10 * 219 / 255)), abs=1e-3)
-    noise = torch.randn_like(hr)
-    light, heavy = (ssim_y((hr + sigma * noise).clamp(0, 1), hr, border=4) for sigma in (0.05, 0.3))
-    assert 0.999 > light > heavy > 0.2
-
-
-def test_border_crop_ignores_the_border():
-    hr = torch.rand(1, 3, 32, 32)
-    sr = hr.clone()
-    sr[..., :2, :] = 0  # damage only the top 2 rows
-    assert psnr_y(sr, hr, border=2) == float("inf")
-    assert psnr_y(sr, hr, border=0) < 40
 
 
 def test_bicubic_downsample_shape_and_quantization():
@@ -117,3 +83,22 @@ def test_paired_and_hr_folders(tmp_path):
     (tmp_path / "bad.png").write_bytes(b"not a png")
     with pytest.raises(ValueError, match="cannot read image"):
         read_image(tmp_path / "bad.png")
+
+
+def test_write_image_is_atomic(tmp_path, monkeypatch):
+    from PIL import Image
+
+    target = tmp_path / "out.png"
+    write_image(torch.zeros(3, 8, 8), target)
+    before = target.read_bytes()
+
+    def broken_save(self, fp, *args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(Image.Image, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        write_image(torch.ones(3, 8, 8), target)
+    assert target.read_bytes() == before  # the old file is untouched
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.png"]  # no temp file left behind
+    with pytest.raises(ValueError, match=r"\[3, H, W\]"):
+        write_image(torch.zeros(4, 8, 8), tmp_path / "bad.png")

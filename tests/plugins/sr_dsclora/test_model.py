@@ -3,21 +3,25 @@
 import pytest
 import torch
 
+from lowrank_vision.core import count_parameters
+from lowrank_vision.plugins.sr_dsclora.config import SPANConfig
 from lowrank_vision.plugins.sr_dsclora.functional import expand_to_conv3xc, fuse_conv3xc
-from lowrank_vision.plugins.sr_dsclora.io import export_span_state_dict
-from lowrank_vision.plugins.sr_dsclora.recipes import RECEPTIVE_RADIUS, count_convs, count_flops, upscale
-from lowrank_vision.plugins.sr_dsclora.span import (
+from lowrank_vision.plugins.sr_dsclora.model import (
     SPAN,
     Conv3XC,
-    SPANConfig,
     build_span,
-    count_params,
     deployed_param_count,
     is_deployed,
     reparameterize,
 )
+from lowrank_vision.plugins.sr_dsclora.recipes import RECEPTIVE_RADIUS, count_convs, count_flops, upscale
+from lowrank_vision.plugins.sr_dsclora.weights import export_span_state_dict
 
 torch.set_num_threads(1)
+
+
+def count_params(model):
+    return count_parameters(model)[1]
 
 # (scale, channels, gain, expected deployed params)
 SPAN_CASES = [
@@ -115,7 +119,7 @@ def test_tiled_upscale_equals_whole_image():
     [({"scale": 5}, "scale"), ({"channels": 0}, "channels"), ({"gain": 0}, "gain"), ({"img_range": 0.0}, "img_range")],
 )
 def test_config_errors_name_the_field(kwargs, field):
-    with pytest.raises(ValueError, match=field):
+    with pytest.raises(ValueError, match=f"SPANConfig.{field} must be"):
         SPANConfig(**kwargs)
 
 

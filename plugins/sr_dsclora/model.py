@@ -13,12 +13,11 @@ Choices the paper leaves open, stated here:
   ``*.eval_conv.weight``, the layout of the NTIRE-2025 DSCF checkpoint).
 * Input is mean-subtracted (DIV2K RGB mean) and multiplied by ``img_range``; the output is divided
   by ``img_range`` and the mean added back, so the network predicts images in ``[0, 1]``.
-* The ``channels=26, blocks=6`` default is the DSCLoRA challenge model (130,828 parameters at x4).
+* The ``channels=26, blocks=6`` default (:class:`~.config.SPANConfig`) is the DSCLoRA challenge model (130,828 parameters at x4).
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
@@ -26,39 +25,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .config import SPANConfig
 from .functional import fuse_conv3xc
 
-__all__ = ["SPANConfig", "Conv3XC", "SPAB", "SPAN", "build_span", "reparameterize", "is_deployed", "count_params"]
+__all__ = ["Conv3XC", "SPAB", "SPAN", "build_span", "reparameterize", "is_deployed", "deployed_param_count"]
 
 _DIV2K_MEAN = (0.4488, 0.4371, 0.4040)
-
-
-@dataclass
-class SPANConfig:
-    """Hyper-parameters of :class:`SPAN`."""
-
-    scale: int = 4
-    """Upscaling factor (2, 3 or 4)."""
-    channels: int = 26
-    """Feature channels (SPAN uses 48, the DSCLoRA challenge model 26)."""
-    in_channels: int = 3
-    out_channels: int = 3
-    gain: int = 2
-    """Channel expansion inside each Conv3XC's training form."""
-    img_range: float = 255.0
-
-    def __post_init__(self) -> None:
-        if self.scale not in (2, 3, 4):
-            raise ValueError(f"scale must be 2, 3 or 4, got {self.scale!r}")
-        for name in ("channels", "in_channels", "out_channels", "gain"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
-        if not self.img_range > 0:
-            raise ValueError(f"img_range must be > 0, got {self.img_range!r}")
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class Conv3XC(nn.Module):
@@ -207,15 +179,9 @@ def is_deployed(model: nn.Module) -> bool:
     return all(m.deployed for m in model.modules() if isinstance(m, Conv3XC))
 
 
-def count_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def deployed_param_count(config: SPANConfig) -> int:
     """Parameters of the deployed SPAN, from the formula (3x3 convs with bias everywhere)."""
     c, cin, cout, s = config.channels, config.in_channels, config.out_channels, config.scale
     conv3 = lambda i, o: 9 * i * o + o  # noqa: E731
     return conv3(cin, c) + SPAN.num_blocks * 3 * conv3(c, c) + (4 * c * c + c) + conv3(c, c) + conv3(c, cout * s * s)
 
-
-__all__.append("deployed_param_count")
