@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hsi_cube import HSICube
+from .cube import HSICube
 
 __all__ = ["SyntheticSceneConfig", "make_synthetic_scene", "make_endmembers"]
 
