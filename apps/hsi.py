@@ -11,11 +11,12 @@ from lowrank_vision.plugins.hsi_specvit import commands
 from lowrank_vision.plugins.hsi_specvit.config import DataConfig, RecipeConfig, train_config
 from lowrank_vision.plugins.hsi_specvit.weights import DEFAULT_WEIGHTS, load_bundle
 
-RECIPE_OPTIONS = (("rank", int, 8), ("alpha", float, 16.0), ("batch_size", int, 64), ("cycle_steps", int, 40))
+RECIPE_OPTIONS = (("rank", int, 8, "LoRA rank"), ("alpha", float, 16.0, "LoRA alpha"), ("batch_size", int, 64, "patches per step"),
+                  ("cycle_steps", int, 40, "first cycle of the LoRA-scale schedule"))
 
 
 def _recipes(args, model: str) -> list:
-    fields = {name: getattr(args, name) for name, _, _ in RECIPE_OPTIONS}
+    fields = {name: getattr(args, name) for name, *_ in RECIPE_OPTIONS}
     return [RecipeConfig(model=model, method=m, cyclical=not args.no_cyclical, **fields,
                          train=train_config(m, steps=args.steps, lr=args.lr, seed=args.seed)) for m in args.method]
 
@@ -60,8 +61,8 @@ def build_parser():
         g.add_argument("--method", nargs="+", default=methods, choices=["lora", "full"] + ["hybridsn"] * (name == "train"))
         g.add_argument("--lr", type=float, help="peak AdamW lr (default 5e-3 for lora, 2e-3 otherwise)")
         g.add_argument("--no-cyclical", action="store_true", help="keep the LoRA scale fixed (no cyclical schedule)")
-        for field, typ, default in RECIPE_OPTIONS + (("steps", int, steps), ("seed", int, 0)):
-            g.add_argument("--" + field.replace("_", "-"), type=typ, default=default, help="default %(default)s")
+        for field, typ, default, what in RECIPE_OPTIONS + (("steps", int, steps, "optimizer steps"), ("seed", int, 0, "seed")):
+            g.add_argument("--" + field.replace("_", "-"), type=typ, default=default, help=what + " (default %(default)s)")
     t = cmds["train"]
     t.add_argument("--model", default="lola_specvit_tiny", choices=[f"lola_specvit_{s}" for s in ("tiny", "small", "base")])
     for flag, default, what in (("--patch", 9, "patch side"), ("--pca", 15, "PCA components, fitted on train blocks"),
