@@ -13,12 +13,11 @@ Layout: :mod:`.config` (dataclasses), :mod:`.model` (networks), :mod:`.recipes` 
 
 from __future__ import annotations
 
-import sys
-import warnings
-from importlib.abc import MetaPathFinder
 from pathlib import Path
 
 from lowrank_vision.plugins import PluginSpec
+
+from ._on_import import on_import
 
 __all__ = ["PLUGIN", "demo"]
 
@@ -40,51 +39,7 @@ PLUGIN = PluginSpec(
 
 
 def _register_with_timm() -> None:
-    try:
-        from . import timm_models  # noqa: F401  (runs timm's @register_model)
-    except Exception as exc:  # never break the user's `import timm`
-        warnings.warn(f"hsi_specvit: timm registration failed ({exc!r})", RuntimeWarning, stacklevel=2)
+    from . import timm_models  # noqa: F401  (runs timm's @register_model)
 
 
-class _LoaderThen:
-    """Wraps a module loader: executes the module, then calls ``after``."""
-
-    def __init__(self, loader, after) -> None:
-        self._loader, self._after = loader, after
-
-    def __getattr__(self, name):
-        return getattr(self._loader, name)
-
-    def create_module(self, spec):
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module) -> None:
-        self._loader.exec_module(module)
-        self._after()
-
-
-class _WhenImported(MetaPathFinder):
-    """Calls ``after`` once the top-level module ``name`` has been imported (then leaves ``sys.meta_path``)."""
-
-    def __init__(self, name: str, after) -> None:
-        self.name, self.after = name, after
-
-    def find_spec(self, fullname, path=None, target=None):
-        if fullname != self.name:
-            return None
-        for finder in [f for f in sys.meta_path if f is not self]:
-            spec = finder.find_spec(fullname, path, target) if hasattr(finder, "find_spec") else None
-            if spec is not None:
-                break
-        else:
-            return None  # not installed: the import fails as usual, and we keep waiting
-        sys.meta_path.remove(self)
-        if spec.loader is not None:
-            spec.loader = _LoaderThen(spec.loader, self.after)
-        return spec
-
-
-if sys.modules.get("timm") is not None:
-    _register_with_timm()
-elif "timm" not in sys.modules and not any(isinstance(f, _WhenImported) and f.name == "timm" for f in sys.meta_path):
-    sys.meta_path.insert(0, _WhenImported("timm", _register_with_timm))
+on_import("timm", _register_with_timm)

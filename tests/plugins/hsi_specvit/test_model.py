@@ -203,3 +203,25 @@ def test_recipe_train_config_defaults_follow_the_method():
     assert RecipeConfig().train.lr == 5e-3 and RecipeConfig(method="full").train.lr == 2e-3
     t = RecipeConfig(method="hybridsn", train=train_config("hybridsn", steps=4, seed=3)).train
     assert (t.max_steps, t.warmup_steps, t.lr, t.seed, t.weight_decay) == (4, 3, 2e-3, 3, 0.01)
+
+
+def test_on_import_runs_the_hook_after_the_host_and_never_breaks_it(tmp_path, monkeypatch):
+    from lowrank_vision.plugins.hsi_specvit._on_import import on_import
+
+    (tmp_path / "fake_host_ok.py").write_text("VALUE = 41\n")
+    (tmp_path / "fake_host_bad.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    calls = []
+    on_import("fake_host_ok", lambda: calls.append(sys.modules["fake_host_ok"].VALUE + 1))
+    on_import("fake_host_bad", lambda: 1 / 0)
+    assert calls == []  # nothing imported yet
+    import fake_host_ok  # noqa: F401
+
+    assert calls == [42]
+    with pytest.warns(RuntimeWarning, match="registration with fake_host_bad failed"):
+        import fake_host_bad
+    assert fake_host_bad.VALUE == 1
+    on_import("fake_host_ok", lambda: calls.append("now"))  # already imported: runs at once
+    assert calls == [42, "now"]
+    for name in ("fake_host_ok", "fake_host_bad"):
+        monkeypatch.delitem(sys.modules, name)
