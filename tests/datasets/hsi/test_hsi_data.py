@@ -175,3 +175,13 @@ def test_real_multiband_geotiff_from_a_package():
     assert a > 0 and e < 0 and b == 0 and d == 0
     assert -106.2 < x0 < -105.4 and 40.0 < y0 < 40.7  # Rocky Mountain National Park
     assert c.labels is None and c.data.max() <= 255
+
+
+@pytest.mark.parametrize("field, value, expected", [
+    ("height", 4, ">= 8 pixels"), ("bands", 2, ">= 3"), ("num_classes", 1, "in 2..64"), ("noise", -0.1, ">= 0"),
+])
+def test_synthetic_config_errors_name_class_and_field(field, value, expected):
+    from lowrank_vision.datasets.hsi.synthetic import SyntheticSceneConfig
+
+    with pytest.raises(ValueError, match=rf"SyntheticSceneConfig.{field} must be {expected}, got {value!r}"):
+        SyntheticSceneConfig(**{field: value})
