@@ -77,9 +77,9 @@ def train(out: Path, cube: HSICube, runs: Sequence[RecipeConfig] = (RecipeConfig
     """
     if not runs:
         raise ValueError("runs must hold at least one RecipeConfig, got none")
+    data = recipes.prepare(cube, data_cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    data = recipes.prepare(cube, data_cfg)
     rows, records = [], {}
     for i, recipe in enumerate(runs):
         model, record = recipes.train(recipe, data, device=device)
