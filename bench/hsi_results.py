@@ -57,7 +57,7 @@ def run_app(stage: str, threads: int, device: str) -> dict:
     t0 = time.time()
     if main(argv) != 0:
         raise SystemExit(f"{stage}: lowrank-hsi {' '.join(argv)} failed")
-    result = json.loads((out / name).read_text())
+    result = json.loads((out / name).read_text().replace(str(ROOT) + "/", ""))  # paths relative to the checkout
     for record in result.get("runs", {}).values():
         record.pop("history", None)  # per-step logs stay in runs/; the raw JSON keeps the numbers
     return {"command": "lowrank-hsi " + " ".join(argv), "wall_seconds": round(time.time() - t0, 1), "result": result}
