@@ -1,118 +1,80 @@
-"""``lowrank-hsi``: hyperspectral classification with LoLA-SpecViT + LoRA.
-
-    lowrank-hsi train     [CUBE --gt GT] [--method lora full hybridsn] [--steps N] [--out DIR]
-    lowrank-hsi finetune  [CUBE --gt GT] [--weights SOURCE] [--steps N] [--out DIR]
-    lowrank-hsi eval      [CUBE --gt GT] [--weights W] [--split test|val|all] [--out DIR]
-    lowrank-hsi predict   [CUBE] [--weights W] [--out PREFIX]      -> PREFIX.tif (GeoTIFF), PREFIX.png, PREFIX.json
-
-CUBE is a ``.mat`` cube (labels in the same file or ``--gt``), an ENVI ``.hdr``, or a
-GeoTIFF/raster rasterio opens. Without CUBE every subcommand uses the synthetic default
-(``finetune``: the shifted second scene; ``predict``/``eval``: the shipped weights).
-"""
+"""``lowrank-hsi``: LoLA-SpecViT + LoRA hyperspectral classification; outputs in runs/hsi/<command>. CUBE: a ``.mat``
+cube (labels in it or ``--gt``), ENVI ``.hdr`` or raster; default: the synthetic scene (``finetune``: its shifted twin)."""
 
 from __future__ import annotations
 
-import argparse
-import json
 import sys
 from pathlib import Path
-from typing import Optional, Sequence
 
-__all__ = ["main", "build_parser"]
+from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
+from lowrank_vision.plugins.hsi_specvit import commands
+from lowrank_vision.plugins.hsi_specvit.config import DataConfig, RecipeConfig, train_config
+from lowrank_vision.plugins.hsi_specvit.weights import DEFAULT_WEIGHTS, load_bundle
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lowrank-hsi", description="LoLA-SpecViT hyperspectral classification with LoRA.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    def common(sp: argparse.ArgumentParser, out: str) -> None:
-        sp.add_argument("cube", nargs="?", default=None, help="cube file (.mat, .hdr, .tif); default: synthetic scene")
-        sp.add_argument("--gt", default=None, help="separate ground-truth file (.mat, ENVI or one-band GeoTIFF)")
-        sp.add_argument("--out", default=out, help=f"output folder or prefix (default {out})")
-        sp.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
-
-    def training(sp: argparse.ArgumentParser, steps: int) -> None:
-        sp.add_argument("--model", default="lola_specvit_tiny", help="lola_specvit_tiny | small | base")
-        sp.add_argument("--rank", type=int, default=8)
-        sp.add_argument("--alpha", type=float, default=16.0)
-        sp.add_argument("--steps", type=int, default=steps)
-        sp.add_argument("--batch-size", type=int, default=64)
-        sp.add_argument("--lr", type=float, default=None, help="default 5e-3 for LoRA, 2e-3 otherwise")
-        sp.add_argument("--no-cyclical", action="store_true", help="keep the LoRA scale fixed (no cyclical schedule)")
-        sp.add_argument("--cycle-steps", type=int, default=40)
-        sp.add_argument("--seed", type=int, default=0)
-        sp.add_argument("--device", default="cpu")
-
-    t = sub.add_parser("train", help="train on a labelled cube with a spatially disjoint block split")
-    common(t, "runs/hsi_train")
-    training(t, 300)
-    t.add_argument("--method", nargs="+", default=["lora"], choices=["lora", "full", "hybridsn"])
-    t.add_argument("--patch", type=int, default=9)
-    t.add_argument("--pca", type=int, default=15, help="PCA components (fitted on train blocks only)")
-    t.add_argument("--block", type=int, default=16)
-    t.add_argument("--split-seed", type=int, default=0)
-    t.add_argument("--weights-out", default=None, help="also write the first method's bundle here")
-
-    f = sub.add_parser("finetune", help="adapt a pre-trained bundle to another scene (LoRA vs full fine-tuning)")
-    common(f, "runs/hsi_finetune")
-    training(f, 200)
-    f.add_argument("--weights", default=None, help="source bundle (default: the shipped synthetic weights)")
-    f.add_argument("--method", nargs="+", default=["lora", "full"], choices=["lora", "full"])
-    f.add_argument("--refit-pca", action="store_true", help="fit a new PCA on the target's train blocks")
-
-    e = sub.add_parser("eval", help="OA / AA / kappa / per-class / confusion PNG of a bundle on a labelled cube")
-    common(e, "runs/hsi_eval")
-    e.add_argument("--weights", default=None, help="bundle (default: the shipped synthetic weights)")
-    e.add_argument("--split", default="test", choices=["test", "val", "all"])
-
-    pr = sub.add_parser("predict", help="class map of a cube: GeoTIFF (georeferenced like the input) + PNG")
-    common(pr, "runs/hsi_predict/classmap")
-    pr.add_argument("--weights", default=None, help="bundle (default: the shipped synthetic weights)")
-    return p
+RECIPE_OPTIONS = (("rank", int, 8, "LoRA rank"), ("alpha", float, 16.0, "LoRA alpha"), ("batch_size", int, 64, "patches per step"),
+                  ("cycle_steps", int, 40, "first cycle of the LoRA-scale schedule"))
 
 
-def _recipe(args):
-    from lowrank_vision.plugins.hsi_specvit.recipes import RecipeConfig
-
-    return RecipeConfig(model=args.model, rank=args.rank, alpha=args.alpha, steps=args.steps, batch_size=args.batch_size,
-                        lr=args.lr, cyclical=not args.no_cyclical, cycle_steps=args.cycle_steps, seed=args.seed)
-
-
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
-    import torch
-
-    torch.set_num_threads(max(1, args.threads))
-    from lowrank_vision.plugins.hsi_specvit import app_runs as runs
-    from lowrank_vision.plugins.hsi_specvit.weights import DEFAULT_WEIGHTS
-
-    weights = Path(getattr(args, "weights", None) or DEFAULT_WEIGHTS)
-    try:
-        if args.command == "train":
-            from lowrank_vision.plugins.hsi_specvit.recipes import DataConfig
-
-            cube = runs.load_input(args.cube, args.gt)
-            data_cfg = DataConfig(pca_components=args.pca, patch=args.patch, block=args.block, split_seed=args.split_seed)
-            result = runs.run_train(Path(args.out), cube, args.method, _recipe(args), data_cfg,
-                                    None if args.weights_out is None else Path(args.weights_out), args.device)
-            print(json.dumps(result["rows"], indent=1))
-        elif args.command == "finetune":
-            cube = runs.load_input(args.cube, args.gt, scene=runs.TARGET_SCENE)
-            result = runs.run_finetune(Path(args.out), cube, weights, args.method, _recipe(args),
-                                       refit_pca=args.refit_pca, device=args.device)
-            print(json.dumps(result["rows"], indent=1))
-        elif args.command == "eval":
-            cube = runs.load_input(args.cube, args.gt)
-            runs.run_eval(Path(args.out), cube, weights, args.split)
-        elif args.command == "predict":
-            cube = runs.load_input(args.cube, args.gt)
-            result = runs.run_predict(cube, Path(args.out), weights)
-            print(json.dumps({k: result[k] for k in ("geotiff", "png", "georeferenced", "crs")}, indent=1))
-    except (ValueError, FileNotFoundError) as exc:
-        print(f"lowrank-hsi {args.command}: error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+def _recipes(args, model: str) -> list:
+    fields = {name: getattr(args, name) for name, *_ in RECIPE_OPTIONS}
+    return [RecipeConfig(model=model, method=m, cyclical=not args.no_cyclical, **fields,
+                         train=train_config(m, steps=args.steps, lr=args.lr, seed=args.seed)) for m in args.method]
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def train_cmd(args):
+    data = DataConfig(pca_components=args.pca, patch=args.patch, block=args.block, split_seed=args.split_seed)
+    cube = commands.load_input(args.cube, args.gt)
+    print_json(commands.train(Path(args.out), cube, _recipes(args, args.model), data, args.weights_out, args.device,
+                              command=args.command_line)["rows"])
+
+
+def finetune_cmd(args):
+    runs = _recipes(args, load_bundle(args.weights)[2]["recipe"]["model"])  # the bundle's variant
+    cube = commands.load_input(args.cube, args.gt, commands.TARGET_SCENE)
+    print_json(commands.finetune(Path(args.out), cube, args.weights, runs, refit_pca=args.refit_pca, device=args.device)["rows"])
+
+
+def eval_cmd(args):
+    r = commands.evaluate(Path(args.out), commands.load_input(args.cube, args.gt), args.weights, args.split, device=args.device)
+    print_json({k: r[k] for k in ("split", "OA", "AA", "kappa", "n")})
+
+
+def predict_cmd(args):
+    r = commands.predict(Path(args.out), commands.load_input(args.cube, args.gt), args.weights, device=args.device)
+    print_json({k: r[k] for k in ("geotiff", "png", "georeferenced", "crs")})
+
+
+def build_parser():
+    parser, sub = make_parser("lowrank-hsi", __doc__)
+    cmds = {n: add_command(sub, n, f, help=h) for n, f, h in [
+        ("train", train_cmd, "train on a labelled cube with a spatially disjoint block split"),
+        ("finetune", finetune_cmd, "adapt a pre-trained bundle to another scene (LoRA vs full fine-tuning)"),
+        ("eval", eval_cmd, "OA / AA / kappa / per-class / confusion PNG of a bundle on a labelled cube"),
+        ("predict", predict_cmd, "class map: OUT/classmap.tif (georeferenced like the input), .png, .json")]}
+    for name, p in cmds.items():
+        p.add_argument("cube", nargs="?", type=Path, help="cube file (.mat, .hdr, .tif); default: the synthetic scene")
+        p.add_argument("--gt", type=Path, help="separate ground-truth file (.mat, ENVI or one-band GeoTIFF)")
+        if name != "train":
+            p.add_argument("--weights", type=Path, default=DEFAULT_WEIGHTS, help="bundle (default: the shipped weights)")
+    for name, steps, methods in (("train", 300, ["lora"]), ("finetune", 200, ["lora", "full"])):
+        g = cmds[name].add_argument_group("training")
+        g.add_argument("--method", nargs="+", default=methods, choices=["lora", "full"] + ["hybridsn"] * (name == "train"))
+        g.add_argument("--lr", type=float, help="peak AdamW lr (default 5e-3 for lora, 2e-3 otherwise)")
+        g.add_argument("--no-cyclical", action="store_true", help="keep the LoRA scale fixed (no cyclical schedule)")
+        for field, typ, default, what in RECIPE_OPTIONS + (("steps", int, steps, "optimizer steps"), ("seed", int, 0, "seed")):
+            g.add_argument("--" + field.replace("_", "-"), type=typ, default=default, help=what + " (default %(default)s)")
+    t = cmds["train"]
+    t.add_argument("--model", default="lola_specvit_tiny", choices=[f"lola_specvit_{s}" for s in ("tiny", "small", "base")])
+    for flag, default, what in (("--patch", 9, "patch side"), ("--pca", 15, "PCA components, fitted on train blocks"),
+                                ("--block", 16, "side of the split blocks"), ("--split-seed", 0, "seed of the split")):
+        t.add_argument(flag, type=int, default=default, help=f"{what} (default %(default)s)")
+    t.add_argument("--weights-out", type=Path, help="also write the first method's bundle here, with its card (.md)")
+    cmds["finetune"].add_argument("--refit-pca", action="store_true", help="fit a new PCA on the target's train blocks")
+    cmds["eval"].add_argument("--split", default="test", choices=["test", "val", "all"])
+    return parser
+
+
+def main(argv: "list[str] | None" = None) -> int:
+    parser = build_parser()
+    parser.set_defaults(command_line=" ".join(["lowrank-hsi", *(sys.argv[1:] if argv is None else argv)]))
+    return run(parser, argv)

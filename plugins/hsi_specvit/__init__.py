@@ -1,9 +1,14 @@
 """hsi_specvit: LoLA-SpecViT hyperspectral classification (arXiv 2506.17759) with LoRA from the core.
 
-Importing this package is cheap (no timm, no rasterio). ``import
-lowrank_vision.plugins.hsi_specvit.model`` registers the timm variants
-(``lola_specvit_tiny|small|base``); :mod:`.recipes` trains / fine-tunes / evaluates;
-the app is ``lowrank-hsi`` (:mod:`lowrank_vision.apps.hsi`).
+Importing this package is cheap (no torch, timm or rasterio) and registers the timm models
+``lola_specvit_tiny|small|base``: at once when timm is already imported, otherwise right after
+timm's own import finishes, so ``import lowrank_vision.plugins.hsi_specvit`` then
+``timm.create_model("lola_specvit_tiny")`` works, and a missing timm costs nothing.
+
+Layout: :mod:`.config` (dataclasses), :mod:`.model` (networks), :mod:`.recipes` (train / eval on
+``core.train.fit``), :mod:`.commands` (the ``lowrank-hsi`` subcommands and ``demo``),
+:mod:`.weights` (bundles, shipped weights and their card), :mod:`.metrics`, :mod:`.schedule`
+(cyclical LoRA scale), :mod:`.timm_models` (timm host file). The app is :mod:`lowrank_vision.apps.hsi`.
 """
 
 from __future__ import annotations
@@ -12,14 +17,16 @@ from pathlib import Path
 
 from lowrank_vision.plugins import PluginSpec
 
+from ._on_import import on_import
+
 __all__ = ["PLUGIN", "demo"]
 
 
 def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short run for ``lowrank demo``: predict the synthetic default with the shipped weights and score it."""
-    from .app_runs import run_demo
+    """``lowrank demo``: the shipped weights on the synthetic default (see :func:`.commands.demo`)."""
+    from .commands import demo as run
 
-    return run_demo(Path(out_dir), device)
+    return run(Path(out_dir), device)
 
 
 PLUGIN = PluginSpec(
@@ -29,3 +36,10 @@ PLUGIN = PluginSpec(
     host="timm (register_model), rasterio",
     demo=demo,
 )
+
+
+def _register_with_timm() -> None:
+    from . import timm_models  # noqa: F401  (runs timm's @register_model)
+
+
+on_import("timm", _register_with_timm)

@@ -13,6 +13,8 @@ from typing import Optional, Sequence
 
 import numpy as np
 
+from lowrank_vision.core.files import save_figure
+
 __all__ = ["confusion_matrix", "classification_metrics", "save_confusion_png", "save_class_map_png", "class_colors"]
 
 
@@ -58,17 +60,6 @@ def class_colors(num_classes: int) -> np.ndarray:
     return np.array(cols, dtype=np.uint8)
 
 
-def _save_fig(fig, path: Path) -> Path:
-    from lowrank_vision.datasets.hsi_io import atomic_path
-
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-    return Path(path)
-
-
 def save_confusion_png(confusion: Sequence, path: Path, class_names: Optional[Sequence[str]] = None, title: str = "") -> Path:
     """Row-normalised confusion matrix with counts, as a PNG."""
     import matplotlib
@@ -92,7 +83,7 @@ def save_confusion_png(confusion: Sequence, path: Path, class_names: Optional[Se
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    return _save_fig(fig, Path(path))
+    return save_figure(fig, path)
 
 
 def save_class_map_png(class_map: np.ndarray, path: Path, num_classes: int, ground_truth: Optional[np.ndarray] = None,
@@ -110,4 +101,4 @@ def save_class_map_png(class_map: np.ndarray, path: Path, num_classes: int, grou
         ax.imshow(cols[np.clip(np.asarray(m), 0, num_classes)], interpolation="nearest")
         ax.set_title(f"{title} {name}".strip(), fontsize=9)
         ax.axis("off")
-    return _save_fig(fig, Path(path))
+    return save_figure(fig, path)

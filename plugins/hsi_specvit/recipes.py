@@ -11,48 +11,27 @@ the shared trainer ``lowrank_vision.core.train.fit``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lowrank_vision.datasets.hsi_cube import HSICube
-from lowrank_vision.datasets.hsi_split import PCA, BlockSplit, block_split, extract_patches, fit_pca, pad_cube
+from lowrank_vision.core import apply, count_parameters
+from lowrank_vision.datasets.hsi.cube import HSICube
+from lowrank_vision.datasets.hsi.split import PCA, BlockSplit, block_split, extract_patches, fit_pca, pad_cube
 
+from .config import DataConfig, RecipeConfig
 from .metrics import classification_metrics
+from .model import HybridSN, create_lola_specvit
+from .schedule import CyclicalLoRAScale
 
-__all__ = ["DataConfig", "PreparedData", "prepare", "RecipeConfig", "build_model", "train", "evaluate",
-           "predict_logits", "predict_map", "parameter_counts", "summary_row", "write_json"]
-
-METHODS = ("lora", "full", "hybridsn")
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    """How samples are drawn from a labelled cube."""
-
-    pca_components: int = 15
-    """Bands after PCA (the paper's code uses 15, whitened)."""
-    patch: int = 9
-    """Side of the square window around each pixel (odd)."""
-    block: int = 16
-    """Side of the square blocks that go whole to train / val / test."""
-    fractions: tuple = (0.3, 0.1, 0.6)
-    """Fractions of blocks for train, val, test."""
-    split_seed: int = 0
-    whiten: bool = True
-
-    def __post_init__(self) -> None:
-        if self.pca_components < 1:
-            raise ValueError(f"pca_components: expected >= 1, got {self.pca_components}")
-        if self.patch < 1 or self.patch % 2 == 0:
-            raise ValueError(f"patch: expected an odd size >= 1, got {self.patch}")
+__all__ = ["PreparedData", "prepare", "build_model", "train", "evaluate", "predict_logits", "predict_map",
+           "parameter_counts", "summary_row"]
 
 
 @dataclass
@@ -88,56 +67,9 @@ def prepare(cube: HSICube, cfg: DataConfig = DataConfig(), pca: Optional[PCA] = 
                         num_classes=cube.num_classes)
 
 
-@dataclass(frozen=True)
-class RecipeConfig:
-    """Model, adapter and optimisation settings of one run."""
-
-    model: str = "lola_specvit_tiny"
-    """A LoLA-SpecViT variant (``lola_specvit_tiny|small|base``); ignored by ``hybridsn``."""
-    method: Literal["lora", "full", "hybridsn"] = "lora"
-    """``lora``: LoRA via core.apply, everything else frozen; ``full``: every weight trains; ``hybridsn``: CNN baseline."""
-    rank: int = 8
-    alpha: float = 16.0
-    targets: tuple = ("*.attn.qkv", "*.attn.proj", "*.mlp.fc1", "*.mlp.fc2", "frontend.spectral_proj",
-                      "frontend.convs.0", "frontend.convs.3", "frontend.convs.6")
-    """Layers that get LoRA: attention (qkv, proj), projection layers (SwiGLU fc1/fc2, spectral projection)
-    and the three Conv3d of the spectral front-end (LoRA on the flattened kernel; a new sensor's spectra
-    are adapted there: without them LoRA fine-tuning to the shifted scene reached 72.9 % OA, with them 96.8 %)."""
-    trainable: tuple = ("head", "norm")
-    """Non-adapter parameters that stay trainable with LoRA (new classifier and its norm)."""
-    cyclical: bool = True
-    """Modulate the LoRA scale with the cyclical schedule (LoRA only)."""
-    cycle_steps: int = 40
-    cycle_mult: float = 2.0
-    f_min: float = 0.5
-    steps: int = 300
-    batch_size: int = 64
-    lr: Optional[float] = None
-    """Peak AdamW learning rate; ``None``: 5e-3 for LoRA, 2e-3 for full training and HybridSN."""
-    weight_decay: float = 0.01
-    label_smoothing: float = 0.1
-    warmup_steps: int = 15
-    augment: bool = True
-    """Random flips / 90-degree rotations of each batch."""
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method: expected one of {METHODS}, got {self.method!r}")
-        if self.rank < 1:
-            raise ValueError(f"rank: expected >= 1, got {self.rank}")
-        if self.steps < 1:
-            raise ValueError(f"steps: expected >= 1, got {self.steps}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size: expected >= 1, got {self.batch_size}")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"label_smoothing: expected 0 <= x < 1, got {self.label_smoothing}")
-
-
 def parameter_counts(model: nn.Module) -> dict:
-    total = sum(p.numel() for p in model.parameters())
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    """``{"total_params", "trainable_params"}`` from :func:`lowrank_vision.core.count_parameters`."""
+    trainable, total = count_parameters(model)
     return {"total_params": int(total), "trainable_params": int(trainable)}
 
 
@@ -149,13 +81,9 @@ def build_model(recipe: RecipeConfig, in_chans: int, num_classes: int, patch: in
     and a dict of parameter counts (and the adapter report for LoRA).
     """
     if recipe.method == "hybridsn":
-        from .baselines import HybridSN
-
         model = HybridSN(in_chans=in_chans, num_classes=num_classes, img_size=patch)
         meta = {"arch": "hybridsn", "model_cfg": model.config}
     else:
-        from .model import create_lola_specvit
-
         model = create_lola_specvit(recipe.model, in_chans=in_chans, num_classes=num_classes, img_size=patch)
         meta = {"arch": "lola_specvit", "model_cfg": {k: list(v) if isinstance(v, tuple) else v
                                                       for k, v in dataclasses.asdict(model.cfg).items()}}
@@ -169,8 +97,6 @@ def build_model(recipe: RecipeConfig, in_chans: int, num_classes: int, patch: in
             raise ValueError(f"init_state: does not fit {recipe.model} ({len(bad)} mismatched keys, e.g. {bad[:3]})")
     info = {"full_model_params": parameter_counts(model)["total_params"]}
     if recipe.method == "lora":
-        from lowrank_vision.core import apply
-
         report = apply(model, "lora", rank=recipe.rank, alpha=recipe.alpha, targets=list(recipe.targets),
                        trainable=recipe.trainable)
         info["adapter"] = {"wrapped": len(report.wrapped), "adapter_params": report.adapter_params}
@@ -236,12 +162,12 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
     """
     from torch.utils.data import DataLoader, TensorDataset
 
-    from lowrank_vision.core.train import TrainConfig, fit
+    from lowrank_vision.core.train import fit
 
-    torch.manual_seed(recipe.seed)
+    torch.manual_seed(recipe.train.seed)
     x, y = data.samples("train")
     if len(y) < recipe.batch_size:
-        raise ValueError(f"batch_size: {recipe.batch_size} exceeds the {len(y)} training samples")
+        raise ValueError(f"RecipeConfig.batch_size must be <= the {len(y)} training samples, got {recipe.batch_size}")
     model, info = build_model(recipe, x.shape[1], data.num_classes, data.patch, init_state)
     loader = DataLoader(TensorDataset(x, y), batch_size=recipe.batch_size, shuffle=True, drop_last=True)
 
@@ -255,16 +181,10 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
 
     callbacks, schedule = [], None
     if recipe.method == "lora" and recipe.cyclical:
-        from .schedule import CyclicalLoRAScale
-
-        schedule = CyclicalLoRAScale(recipe.cycle_steps, recipe.cycle_mult, recipe.f_min, recipe.steps).attach(model)
-        callbacks.append(schedule)
-    lr = recipe.lr if recipe.lr is not None else (5e-3 if recipe.method == "lora" else 2e-3)
-    config = TrainConfig(max_steps=recipe.steps, lr=lr, weight_decay=recipe.weight_decay,
-                         warmup_steps=min(recipe.warmup_steps, recipe.steps - 1), scheduler="cosine",
-                         max_grad_norm=1.0, log_every=max(recipe.steps // 10, 1), seed=recipe.seed,
-                         progress=recipe.progress, cpu=device == "cpu",
-                         output_dir=None if output_dir is None else str(output_dir))
+        schedule = CyclicalLoRAScale(recipe.cycle_steps, recipe.cycle_mult, recipe.f_min, recipe.train.max_steps)
+        callbacks.append(schedule.attach(model))
+    config = dataclasses.replace(recipe.train, cpu=device == "cpu",
+                                 output_dir=recipe.train.output_dir if output_dir is None else str(output_dir))
     t0 = time.time()
     result = fit(model, loader, loss_fn, config, callbacks=callbacks)
     model = result.model
@@ -280,7 +200,7 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
     }
     for split in ("val", "test"):
         if len(data.split.coords[split]):
-            m = evaluate(model, data, split, progress=recipe.progress)
+            m = evaluate(model, data, split, progress=recipe.train.progress)
             record[split] = m
     return model, record
 
@@ -291,11 +211,3 @@ def summary_row(name: str, record: dict) -> dict:
     return {"run": name, "OA": round(float(t.get("OA", "nan")), 2), "AA": round(float(t.get("AA", "nan")), 2),
             "kappa": round(float(t.get("kappa", "nan")), 2), "trainable_params": record["trainable_params"],
             "total_params": record["total_params"], "train_seconds": record["train_seconds"]}
-
-
-def write_json(path: Path, obj) -> Path:
-    from lowrank_vision.datasets.hsi_io import atomic_path
-
-    with atomic_path(Path(path), suffix=".json") as tmp:
-        tmp.write_text(json.dumps(obj, indent=2, default=float))
-    return Path(path)

@@ -22,6 +22,8 @@ import math
 
 from torch import nn
 
+from lowrank_vision.core import adapter_layers
+
 __all__ = ["cycle_factor", "CyclicalLoRAScale"]
 
 
@@ -34,11 +36,11 @@ def cycle_factor(step: int, cycle_steps: int, cycle_mult: float = 2.0, f_min: fl
     inference.
     """
     if cycle_steps < 1:
-        raise ValueError(f"cycle_steps: expected >= 1, got {cycle_steps}")
+        raise ValueError(f"cycle_steps must be >= 1, got {cycle_steps!r}")
     if cycle_mult < 1:
-        raise ValueError(f"cycle_mult: expected >= 1, got {cycle_mult}")
+        raise ValueError(f"cycle_mult must be >= 1, got {cycle_mult!r}")
     if not 0.0 <= f_min <= 1.0:
-        raise ValueError(f"f_min: expected 0..1, got {f_min}")
+        raise ValueError(f"f_min must be in [0, 1], got {f_min!r}")
     start, length = 0, float(cycle_steps)
     while step >= start + length:
         start += int(round(length))
@@ -64,22 +66,16 @@ class CyclicalLoRAScale:
         self.nominal: dict[str, float] = {}
         self.factors: list[float] = []
 
-    @staticmethod
-    def _layers(model: nn.Module):
-        from lowrank_vision.core.adapters import AdapterLayer
-
-        return [(n, m) for n, m in model.named_modules() if isinstance(m, AdapterLayer)]
-
     def attach(self, model: nn.Module) -> "CyclicalLoRAScale":
-        layers = self._layers(model)
+        layers = adapter_layers(model)
         if not layers:
             raise ValueError("model: no adapter layer found; apply(model, 'lora', ...) before attaching the LoRA schedule")
-        self.nominal = {n: float(m.scale) for n, m in layers}
+        self.nominal = {n: float(m.scale) for n, m in layers.items()}
         self._set(model, self._factor(0))
         return self
 
     def _set(self, model: nn.Module, factor: float) -> None:
-        for n, m in self._layers(model):
+        for n, m in adapter_layers(model).items():
             if n in self.nominal:
                 m.scale = self.nominal[n] * factor
         self.factors.append(factor)

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .hsi_cube import HSICube
+from .cube import HSICube
 
 __all__ = ["SyntheticSceneConfig", "make_synthetic_scene", "make_endmembers"]
 
@@ -43,17 +43,17 @@ class SyntheticSceneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        for name in ("height", "width"):
-            if getattr(self, name) < 8:
-                raise ValueError(f"{name}: expected >= 8 pixels, got {getattr(self, name)}")
-        if self.bands < 3:
-            raise ValueError(f"bands: expected >= 3, got {self.bands}")
-        if not 2 <= self.num_classes <= 64:
-            raise ValueError(f"num_classes: expected 2..64, got {self.num_classes}")
-        if self.cells < self.num_classes:
-            raise ValueError(f"cells: expected >= num_classes ({self.num_classes}), got {self.cells}")
-        if self.noise < 0 or self.texture < 0 or self.road_width < 0 or self.domain_shift < 0:
-            raise ValueError("noise, texture, road_width and domain_shift must be >= 0")
+        def need(ok: bool, name: str, expected: str) -> None:
+            if not ok:
+                raise ValueError(f"SyntheticSceneConfig.{name} must be {expected}, got {getattr(self, name)!r}")
+
+        need(self.height >= 8, "height", ">= 8 pixels")
+        need(self.width >= 8, "width", ">= 8 pixels")
+        need(self.bands >= 3, "bands", ">= 3")
+        need(2 <= self.num_classes <= 64, "num_classes", "in 2..64")
+        need(self.cells >= self.num_classes, "cells", f">= num_classes ({self.num_classes})")
+        for name in ("noise", "texture", "road_width", "domain_shift"):
+            need(getattr(self, name) >= 0, name, ">= 0")
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple, scale: float) -> np.ndarray:

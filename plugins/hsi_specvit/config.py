@@ -1,0 +1,162 @@
+"""Configuration of the HSI plugin: the network, how samples are drawn, and one training run.
+
+Every config is a frozen dataclass validated on construction; a bad value raises
+``ValueError("<Class>.<field> must be <expected>, got <value!r>")``. Trainer settings are the
+shared :class:`lowrank_vision.core.train.TrainConfig`, nested as ``RecipeConfig.train``;
+:func:`train_config` builds the one this plugin's recipes use (the default of ``train``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Optional, get_args
+
+from lowrank_vision.core.train import TrainConfig
+
+__all__ = ["SpecViTConfig", "DataConfig", "RecipeConfig", "train_config", "DEFAULT_LR", "Method", "Variant"]
+
+Method = Literal["lora", "full", "hybridsn"]
+Variant = Literal["lola_specvit_tiny", "lola_specvit_small", "lola_specvit_base"]
+
+DEFAULT_LR: dict[str, float] = {"lora": 5e-3, "full": 2e-3, "hybridsn": 2e-3}
+"""Peak AdamW learning rate per method (chosen on the val blocks of the synthetic default)."""
+
+
+def _need(obj: object, ok: bool, name: str, expected: str) -> None:
+    if not ok:
+        raise ValueError(f"{type(obj).__name__}.{name} must be {expected}, got {getattr(obj, name)!r}")
+
+
+def _positive_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+@dataclass(frozen=True)
+class SpecViTConfig:
+    """Architecture of one LoLA-SpecViT variant (see :data:`.model.VARIANTS` for the named sizes)."""
+
+    in_chans: int = 15
+    """Input bands (PCA components)."""
+    num_classes: int = 8
+    """Classes of the linear head (0: no head, ``forward`` returns pooled features)."""
+    img_size: int = 9
+    """Patch side in pixels (the position embedding is sized for it; other sizes resample it)."""
+    frontend_channels: tuple = (8, 16, 32)
+    """Output channels of the three Conv3d layers of the spectral front-end."""
+    spectral_kernels: tuple = (7, 5, 3)
+    """Spectral kernel sizes of those Conv3d layers (shrunk for inputs with few bands)."""
+    embed_dim: int = 48
+    """Token width of the first stage; each later stage doubles it."""
+    depths: tuple = (2, 2)
+    """Transformer blocks per stage."""
+    num_heads: tuple = (2, 4)
+    """Attention heads per stage (each must divide the stage width)."""
+    window_size: int = 3
+    """Side of the local attention windows, in tokens."""
+    mlp_ratio: float = 2.0
+    """Hidden width of the SwiGLU MLP relative to the token width."""
+    band_dropout: float = 0.0
+    """Probability of zeroing a whole input band during training."""
+    drop_rate: float = 0.0
+    """Dropout in the MLPs and before the head."""
+
+    def __post_init__(self) -> None:
+        _need(self, _positive_int(self.in_chans), "in_chans", "an int >= 1")
+        _need(self, isinstance(self.num_classes, int) and self.num_classes >= 0, "num_classes", "an int >= 0")
+        _need(self, isinstance(self.img_size, int) and self.img_size >= 3, "img_size", "an int >= 3")
+        _need(self, len(self.spectral_kernels) == len(self.frontend_channels), "spectral_kernels",
+              f"one kernel per front-end layer ({len(self.frontend_channels)})")
+        _need(self, len(self.num_heads) == len(self.depths), "num_heads", f"one count per stage ({len(self.depths)})")
+        _need(self, all((self.embed_dim * 2**i) % h == 0 for i, h in enumerate(self.num_heads)), "num_heads",
+              f"divisors of the stage widths {[self.embed_dim * 2**i for i in range(len(self.depths))]}")
+        _need(self, _positive_int(self.window_size), "window_size", "an int >= 1")
+        _need(self, 0.0 <= self.band_dropout < 1.0, "band_dropout", "in [0, 1)")
+        _need(self, 0.0 <= self.drop_rate < 1.0, "drop_rate", "in [0, 1)")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """How samples are drawn from a labelled cube (the split and PCA are fitted per run, never on test pixels)."""
+
+    pca_components: int = 15
+    """Bands after PCA (the paper's code uses 15, whitened)."""
+    patch: int = 9
+    """Side of the square window around each pixel (odd)."""
+    block: int = 16
+    """Side of the square blocks that go whole to train / val / test."""
+    fractions: tuple = (0.3, 0.1, 0.6)
+    """Fractions of blocks for train, val, test."""
+    split_seed: int = 0
+    """Seed of the block assignment (and of the PCA's pixel subsample)."""
+    whiten: bool = True
+    """Scale each principal component to unit variance."""
+
+    def __post_init__(self) -> None:
+        _need(self, _positive_int(self.pca_components), "pca_components", "an int >= 1")
+        _need(self, _positive_int(self.patch) and self.patch % 2 == 1, "patch", "an odd int >= 1")
+        _need(self, isinstance(self.block, int) and self.block >= 2, "block", "an int >= 2")
+        _need(self, len(self.fractions) == 3 and min(self.fractions) >= 0 and abs(sum(self.fractions) - 1) < 1e-6,
+              "fractions", "3 non-negative numbers summing to 1")
+
+
+def train_config(method: Method = "lora", steps: int = 300, lr: Optional[float] = None, seed: int = 0,
+                 progress: bool = True) -> TrainConfig:
+    """The trainer settings of every HSI recipe: AdamW (weight decay 0.01), 15 warm-up steps then cosine,
+    gradient clipping at 1.0, ten log lines per run; ``lr`` defaults to :data:`DEFAULT_LR` of ``method``."""
+    if method not in DEFAULT_LR:
+        raise ValueError(f"method must be one of {sorted(DEFAULT_LR)}, got {method!r}")
+    return TrainConfig(max_steps=steps, lr=DEFAULT_LR[method] if lr is None else lr, weight_decay=0.01,
+                       warmup_steps=max(min(15, steps - 1), 0), scheduler="cosine", max_grad_norm=1.0,
+                       log_every=max(steps // 10, 1), seed=seed, progress=progress)
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    """Model, adapter and optimisation settings of one run."""
+
+    model: Variant = "lola_specvit_tiny"
+    """The LoLA-SpecViT variant; not used by ``hybridsn`` (which has one size)."""
+    method: Method = "lora"
+    """``lora``: LoRA via core.apply, everything else frozen; ``full``: every weight trains; ``hybridsn``: CNN baseline."""
+    rank: int = 8
+    """LoRA rank (``lora`` only)."""
+    alpha: float = 16.0
+    """LoRA alpha; the adapter scale is ``alpha / rank`` (``lora`` only)."""
+    targets: tuple = ("*.attn.qkv", "*.attn.proj", "*.mlp.fc1", "*.mlp.fc2", "frontend.spectral_proj",
+                      "frontend.convs.0", "frontend.convs.3", "frontend.convs.6")
+    """Layers that get LoRA: attention (qkv, proj), projection layers (SwiGLU fc1/fc2, spectral projection)
+    and the three Conv3d of the spectral front-end (LoRA on the flattened kernel; a new sensor's spectra
+    are adapted there: without them LoRA fine-tuning to the shifted scene reached 72.9 % OA, with them 96.8 %)."""
+    trainable: tuple = ("head", "norm")
+    """Non-adapter parameters that stay trainable with LoRA (new classifier and its norm)."""
+    cyclical: bool = True
+    """Modulate the LoRA scale with the cyclical schedule of :mod:`.schedule` (``lora`` only)."""
+    cycle_steps: int = 40
+    """Length of the first cycle of the LoRA-scale schedule, in optimizer steps."""
+    cycle_mult: float = 2.0
+    """Each later cycle is this many times longer."""
+    f_min: float = 0.5
+    """LoRA scale at the start of each cycle, as a fraction of ``alpha / rank``."""
+    batch_size: int = 64
+    """Training patches per optimizer step."""
+    label_smoothing: float = 0.1
+    """Label smoothing of the cross-entropy loss."""
+    augment: bool = True
+    """Random flips / 90-degree rotations of each batch."""
+    train: Optional[TrainConfig] = None
+    """Steps, learning rate, schedule, seed and progress bar of the shared trainer; ``None`` (the default)
+    becomes ``train_config(method)`` on construction, so the learning rate fits the method."""
+
+    def __post_init__(self) -> None:
+        _need(self, self.model in get_args(Variant), "model", f"one of {get_args(Variant)}")
+        _need(self, self.method in get_args(Method), "method", f"one of {get_args(Method)}")
+        _need(self, _positive_int(self.rank), "rank", "an int >= 1")
+        _need(self, self.alpha > 0, "alpha", "> 0")
+        _need(self, _positive_int(self.cycle_steps), "cycle_steps", "an int >= 1")
+        _need(self, self.cycle_mult >= 1, "cycle_mult", ">= 1")
+        _need(self, 0.0 <= self.f_min <= 1.0, "f_min", "in [0, 1]")
+        _need(self, _positive_int(self.batch_size), "batch_size", "an int >= 1")
+        _need(self, 0.0 <= self.label_smoothing < 1.0, "label_smoothing", "in [0, 1)")
+        if self.train is None:
+            object.__setattr__(self, "train", train_config(self.method))
+        _need(self, isinstance(self.train, TrainConfig), "train", "a lowrank_vision.core.train.TrainConfig or None")
