@@ -25,6 +25,8 @@ def build(method: str, layer_name: str, strategy: str = "auto", seed: int = 0):
     base_out = model(x).detach()
     base_state = {k: v.clone() for k, v in model.state_dict().items()}
     options = METHODS[method][0]
+    if method in NONLINEAR:
+        strategy = "activation"  # its one execution path; "weight" is refused
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = apply(model, method, rank=RANK, alpha=2 * RANK, strategy=strategy, **options)

@@ -51,4 +51,6 @@ def test_every_strategy_gives_every_trainable_parameter_the_same_gradient(method
         assert grads.keys() == reference.keys()
         for name, expected in reference.items():
             assert grads[name] is not None, f"{strategy}: no gradient for {name}"
-            torch.testing.assert_close(grads[name], expected, rtol=1e-4, atol=1e-5, msg=f"{strategy}: {name}")
+            # float32 rounding scales with the gradient's size (a bias gradient sums over every output position)
+            atol = 1e-5 + 1e-6 * float(expected.abs().max())
+            torch.testing.assert_close(grads[name], expected, rtol=1e-4, atol=atol, msg=f"{strategy}: {name}")
