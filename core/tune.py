@@ -21,15 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from .adapters.base import AdapterLayer, DeltaAdapter
+from .files import write_json
 from .inject import adapter_layers
 
-__all__ = ["tune_strategies", "strategy_cache_key", "clear_strategy_cache"]
+__all__ = ["tune_strategies", "strategy_cache_key"]
 
 _CACHE: dict[str, str] = {}
-
-
-def clear_strategy_cache() -> None:
-    _CACHE.clear()
 
 
 def strategy_cache_key(layer: AdapterLayer, x: Tensor, autocast_dtype: Optional[torch.dtype]) -> str:
@@ -109,7 +106,5 @@ def tune_strategies(
         layer.strategy = _CACHE[key]
         chosen[name] = layer.strategy
     if cache_file:
-        tmp = Path(str(cache_file) + ".tmp")
-        tmp.write_text(json.dumps(_CACHE, indent=1))
-        os.replace(tmp, cache_file)
+        write_json(cache_file, _CACHE, indent=1)
     return chosen

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import copy
 import warnings
 
 import pytest
 import torch
 from torch import nn
 
-from lowrank_vision.core import adapter_layers, apply, load, merge, remove, save, unmerge
+from lowrank_vision.core import apply, load, merge, remove, save, unmerge
 from lowrank_vision.core.functional.layout import layer_forward
 
 from .cases import CASES, LAYERS, METHODS, NONLINEAR, RANK, UNSUPPORTED_CASES, randomize_adapter

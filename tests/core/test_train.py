@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -138,7 +137,10 @@ def test_hard_kill_then_resume_in_subprocess(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(_KILL_SCRIPT.format(here=str(Path(__file__).parent)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = lambda out, kill: subprocess.run([sys.executable, str(script), str(out), str(kill)], env=env, capture_output=True, text=True)
+
+    def run(out, kill):
+        return subprocess.run([sys.executable, str(script), str(out), str(kill)], env=env, capture_output=True, text=True)
+
     first = run(tmp_path / "k", 5)
     assert first.returncode == 137, first.stderr[-2000:]
     assert latest_checkpoint(tmp_path / "k").name == "step_3"
