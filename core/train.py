@@ -260,6 +260,8 @@ def fit(
         raise TypeError(f"train_loader must be a torch.utils.data.DataLoader, got {type(train_loader).__name__}")
     if len(train_loader) == 0:
         raise ValueError("train_loader yields no batches (empty dataset, or drop_last with fewer items than batch_size)")
+    if config.eval_every and eval_fn is None:
+        raise ValueError(f"TrainConfig.eval_every must be 0 when fit() gets no eval_fn, got {config.eval_every!r}")
 
     accelerator = _new_accelerator(config)
     set_seed(config.seed)

@@ -29,6 +29,10 @@ class DoRAOptions:
     detach_norm: bool = True
     """Treat ``||W + dW||`` as a constant in backward (DoRA paper, Sec. 4.3); ``False`` keeps the exact gradient."""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.detach_norm, bool):
+            raise ValueError(f"DoRAOptions.detach_norm must be True or False, got {self.detach_norm!r}")
+
 
 class DoRAAdapter(DeltaAdapter):
     """``W' = m * (W + dW) / ||W + dW||`` per output channel; ``m`` starts at ``||W||``."""

@@ -37,3 +37,10 @@ def test_export_peft_refuses_mixed_dropout(tmp_path):
     apply(model, "lora", rank=2, targets=["1"], dropout=0.2)
     with pytest.raises(ValueError, match="dropout"):
         export_peft(model, tmp_path)
+
+
+@pytest.mark.parametrize("value", ["no", 0, None])
+def test_dora_detach_norm_must_be_a_bool(value):
+    """A truthy string would otherwise silently mean ``True``."""
+    with pytest.raises(ValueError, match="DoRAOptions.detach_norm must be True or False"):
+        apply(nn.Sequential(nn.Linear(4, 4)), "dora", rank=2, detach_norm=value)

@@ -207,6 +207,11 @@ def test_bad_inputs():
         fit(make_model(), loader(), lambda m, b: (1.0, 2.0), TrainConfig(max_steps=1, progress=False))
 
 
+def test_eval_every_without_eval_fn_is_an_error_not_ignored():
+    with pytest.raises(ValueError, match="TrainConfig.eval_every"):
+        fit(make_model(), loader(), mse, TrainConfig(max_steps=2, eval_every=1, progress=False))
+
+
 def test_resume_with_other_architecture_fails_clearly(tmp_path):
     cfg = TrainConfig(max_steps=2, checkpoint_every=2, output_dir=str(tmp_path), progress=False)
     fit(make_model(), loader(), mse, cfg)
