@@ -249,6 +249,13 @@ def export_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defa
     layers = adapter_layers(model, adapter_name, unique=True)
     if not layers:
         raise ValueError(f"model has no adapter named {adapter_name!r} to export")
+    positions = {slot.name: (id(slot.parent), slot.attr) for slot in iter_slots(model)}
+    for alias, primary in _adapter_aliases(model, adapter_name).items():
+        if positions[alias] != positions[primary]:
+            raise ValueError(
+                f"layer {alias!r} is the same module as {primary!r} under another attribute; PEFT would adapt it "
+                f"under one name only (different outputs), so it has no PEFT equivalent"
+            )
     tensors: dict[str, torch.Tensor] = {}
     ranks, alphas, dropouts, use_dora = {}, {}, set(), set()
     for name, adapter in layers.items():

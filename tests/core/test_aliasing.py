@@ -152,3 +152,28 @@ def test_merge_of_one_tied_layer_is_refused():
     apply(model, "lora", rank=2, targets=["lm_head"])
     with pytest.raises(ValueError, match="lm_head.*shares its weight with transformer.wte"):
         merge(model)
+
+
+def test_export_peft_of_aliased_model(tmp_path):
+    """Aliases through a shared parent (DynUNet) export and PEFT gives the same outputs; a layer assigned
+    under a second attribute name would be wrapped by PEFT under one name only, so export refuses it."""
+    peft = pytest.importorskip("peft")
+    DynUNet = pytest.importorskip("monai.networks.nets").DynUNet
+    from lowrank_vision.core import export_peft
+
+    torch.manual_seed(0)
+    base = DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2]).eval()
+    ours = DynUNet(2, 1, 2, kernel_size=[3, 3, 3], strides=[1, 2, 2], upsample_kernel_size=[2, 2]).eval()
+    ours.load_state_dict(base.state_dict())
+    apply(ours, "lora", rank=2, targets=nn.Conv2d)
+    randomize_adapter(ours)
+    x = torch.randn(1, 1, 16, 16)
+    export_peft(ours, tmp_path / "peft")
+    peft_model = peft.PeftModel.from_pretrained(base, str(tmp_path / "peft"))
+    torch.testing.assert_close(peft_model(x), ours(x), rtol=0, atol=1e-4)
+
+    shared = SharedNet()
+    apply(shared, "lora", rank=2)
+    with pytest.raises(ValueError, match="proj_alias"):
+        export_peft(shared, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
