@@ -238,7 +238,9 @@ PEFT_PREFIX = "base_model.model."
 def _peft_exportable(name: str, adapter: AdapterLayer) -> None:
     if not isinstance(adapter, (LoRA, DoRA)):
         raise ValueError(f"layer {name!r} carries a {adapter.method} adapter; only lora/lora_c/dora export to the PEFT layout")
-    if adapter.geometry.kind not in ("linear", "conv") or adapter.geometry.groups != 1:
+    if isinstance(adapter, DoRA) and adapter.geometry.kind == "embedding":
+        raise ValueError(f"layer {name!r}: DoRA on an Embedding has no PEFT equivalent here")
+    if adapter.geometry.kind not in ("linear", "conv", "embedding") or adapter.geometry.groups != 1:
         raise ValueError(f"layer {name!r} ({type(adapter.root).__name__}, groups={adapter.geometry.groups}) has no PEFT LoRA equivalent")
     if adapter.scale != adapter.config.scale:
         raise ValueError(f"layer {name!r} runs at scale {adapter.scale:g}, not alpha/rank = {adapter.config.scale:g}; PEFT stores alpha only")
@@ -266,8 +268,9 @@ def export_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defa
         if geometry.kind == "conv":
             lora_a = lora_a.reshape(rank, geometry.in_channels, *geometry.kernel_size)
             lora_b = lora_b.reshape(geometry.out_channels, rank, *([1] * geometry.ndim))
-        tensors[f"{key}.lora_A.weight"] = lora_a
-        tensors[f"{key}.lora_B.weight"] = lora_b
+        a_key, b_key = _PEFT_FACTOR_KEYS[geometry.kind == "embedding"]
+        tensors[f"{key}.{a_key}"] = lora_a
+        tensors[f"{key}.{b_key}"] = lora_b
         if isinstance(adapter, DoRA):
             magnitude = adapter.magnitude
             if geometry.kind == "conv":
@@ -312,6 +315,9 @@ def _pattern_value(name: str, patterns: dict, default):
     return default
 
 
+_PEFT_FACTOR_KEYS = {False: ("lora_A.weight", "lora_B.weight"), True: ("lora_embedding_A", "lora_embedding_B")}
+"""PEFT's names of ``A`` and ``B`` (same shapes as ours): Linear/Conv layers, and embeddings."""
+
 _PEFT_REFUSED = {
     "lora_bias": "a bias on lora_B",
     "fan_in_fan_out": "transposed (Conv1D-style) weights",
@@ -352,12 +358,16 @@ def import_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defa
     if not names:
         raise AdapterFileError(f"{directory / WEIGHTS_NAME} holds no PEFT LoRA tensors (keys like 'base_model.model.<layer>.lora_A.weight')")
     use_dora = bool(config.get("use_dora", False))
-    needed = ["lora_A.weight", "lora_B.weight"] + (["lora_magnitude_vector"] if use_dora else [])
+    needed: dict[str, list[str]] = {}
     for name in names:
-        for suffix in needed:
+        embedding = f"{PEFT_PREFIX}{name}.lora_embedding_A" in tensors
+        if embedding and use_dora:
+            raise AdapterFileError(f"{directory / WEIGHTS_NAME}: layer {name!r}: DoRA on an Embedding cannot be imported")
+        needed[name] = list(_PEFT_FACTOR_KEYS[embedding]) + (["lora_magnitude_vector"] if use_dora else [])
+        for suffix in needed[name]:
             if f"{PEFT_PREFIX}{name}.{suffix}" not in tensors:
-                raise AdapterFileError(f"{directory / WEIGHTS_NAME}: layer {name!r} has no {suffix!r} tensor (embedding LoRA and partial files are not supported)")
-    known = {f"{PEFT_PREFIX}{name}.{suffix}" for name in names for suffix in needed}
+                raise AdapterFileError(f"{directory / WEIGHTS_NAME}: layer {name!r} has no {suffix!r} tensor")
+    known = {f"{PEFT_PREFIX}{name}.{suffix}" for name in names for suffix in needed[name]}
     if lora_keys - known:
         raise AdapterFileError(f"{directory / WEIGHTS_NAME}: tensors {sorted(lora_keys - known)[:3]} have no equivalent here")
     # base tensors PEFT trained (bias, modules_to_save): resolve and check them all before changing anything
@@ -382,7 +392,7 @@ def import_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defa
     dropout = float(config.get("lora_dropout") or 0.0)
     groups: dict[tuple[int, float], list[str]] = {}
     for name in names:
-        rank = int(tensors[f"{PEFT_PREFIX}{name}.lora_A.weight"].shape[0])
+        rank = int(tensors[f"{PEFT_PREFIX}{name}.{needed[name][0]}"].shape[0])
         alpha = float(_pattern_value(name, config.get("alpha_pattern") or {}, config.get("lora_alpha", rank)))
         if config.get("use_rslora"):
             alpha = alpha * math.sqrt(rank)  # PEFT's rsLoRA scale alpha/sqrt(r) expressed as alpha'/r
@@ -397,8 +407,9 @@ def import_peft(model: nn.Module, directory: PathLike, adapter_name: str = "defa
             for name in names:
                 adapter = layers[name]
                 key = PEFT_PREFIX + name
-                ours[f"{name}.delta.lora_A"] = tensors[f"{key}.lora_A.weight"].reshape(adapter.delta.lora_A.shape)
-                ours[f"{name}.delta.lora_B"] = tensors[f"{key}.lora_B.weight"].reshape(adapter.delta.lora_B.shape)
+                a_key, b_key = needed[name][:2]
+                ours[f"{name}.delta.lora_A"] = tensors[f"{key}.{a_key}"].reshape(adapter.delta.lora_A.shape)
+                ours[f"{name}.delta.lora_B"] = tensors[f"{key}.{b_key}"].reshape(adapter.delta.lora_B.shape)
                 if use_dora:
                     ours[f"{name}.magnitude"] = tensors[f"{key}.lora_magnitude_vector"].reshape(-1)
             _copy_into(layers, ours, directory / WEIGHTS_NAME)

@@ -72,3 +72,39 @@ def test_dropout_is_kept(tmp_path):
     ours = HeadNet()
     import_peft(ours, tmp_path)
     assert ours.fc.config.dropout == 0.25 and ours.conv.config.dropout == 0.25
+
+
+class EmbeddingNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.emb = nn.Embedding(10, 6)
+        self.fc = nn.Linear(6, 3)
+
+    def forward(self, ids):
+        return self.fc(self.emb(ids))
+
+
+def test_embedding_lora_imports_and_exports_with_peft_outputs(tmp_path):
+    from lowrank_vision.core import apply, export_peft
+
+    from .cases import randomize_adapter
+
+    torch.manual_seed(0)
+    base = EmbeddingNet()
+    peft_model = peft.get_peft_model(copy.deepcopy(base), peft.LoraConfig(r=2, lora_alpha=4, target_modules=["emb", "fc"]))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    ids = torch.randint(0, 10, (2, 5))
+    peft_model.save_pretrained(str(tmp_path / "in"))
+    ours = copy.deepcopy(base)
+    import_peft(ours, tmp_path / "in")
+    torch.testing.assert_close(ours(ids), peft_model(ids).detach(), rtol=0, atol=1e-5)
+
+    mine = copy.deepcopy(base)
+    apply(mine, "lora", rank=3, alpha=6)
+    randomize_adapter(mine)
+    export_peft(mine, tmp_path / "out")
+    loaded = peft.PeftModel.from_pretrained(copy.deepcopy(base), str(tmp_path / "out"))
+    torch.testing.assert_close(loaded(ids), mine(ids), rtol=0, atol=1e-5)
