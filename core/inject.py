@@ -5,6 +5,10 @@ adapter that holds the original layer as ``base_layer`` (PEFT-style module swapp
 is never patched), freezes everything else, and returns an :class:`AdapterReport`.
 Several named adapters can sit on one model; they stack on shared layers and are switched
 with :func:`set_active`.
+
+A module reached under several names (a block registered twice, MONAI's DynUNet skip layers) is
+wrapped once and every name points to that one wrapper. ``apply`` (and ``load``/``import_peft``,
+which build on it) either finishes or leaves the model exactly as it was (:func:`rollback_on_error`).
 """
 
 from __future__ import annotations
