@@ -41,6 +41,7 @@ def _sync(device: torch.device) -> None:
 
 def _time_layer(layer: AdapterLayer, x: Tensor, strategy: str, repeats: int, autocast: Callable[[], Any]) -> float:
     layer.strategy = strategy
+    saved = [(p, p.grad) for p in layer.parameters()]  # the timing backward passes must leave no gradient behind
     x = x.detach().clone()
     if x.is_floating_point():
         x.requires_grad_(True)
@@ -54,8 +55,8 @@ def _time_layer(layer: AdapterLayer, x: Tensor, strategy: str, repeats: int, aut
         _sync(x.device)
         if i >= 2:  # two warm-up runs
             times.append(time.perf_counter() - start)
-    for _, p in layer.adapter_parameters():
-        p.grad = None
+    for p, grad in saved:
+        p.grad = grad
     return statistics.median(times)
 
 
