@@ -236,13 +236,13 @@ def _mark_trainable(model: nn.Module, adapter_name: str, trainable: Iterable[str
     for adapter in adapter_layers(model, adapter_name).values():
         for _, p in adapter.adapter_parameters():
             p.requires_grad_(True)
-    names = [n for n, _ in model.named_parameters()]
+    params = dict(model.named_parameters(remove_duplicate=False))  # a shared layer can be named by any of its names
+    names = list(params)
     for pattern in trainable:
         hits = [n for n in names if fnmatch.fnmatchcase(n, pattern) or n.startswith(pattern + ".") or fnmatch.fnmatchcase(n, pattern + ".*")]
         if not hits:
             close = difflib.get_close_matches(pattern, names, n=5, cutoff=0.4)
             raise ValueError(f"trainable pattern {pattern!r} matched no parameter; close candidates: {close}")
-        params = dict(model.named_parameters())
         for n in hits:
             params[n].requires_grad_(True)
 

@@ -180,3 +180,10 @@ def test_export_peft_of_aliased_model(tmp_path):
     with pytest.raises(ValueError, match="proj_alias"):
         export_peft(shared, tmp_path / "refused")
     assert not (tmp_path / "refused").exists()
+
+
+def test_trainable_pattern_may_name_a_layer_by_its_second_name():
+    model = SharedNet()
+    apply(model, "lora", rank=2, targets=["head"], trainable=("proj_alias",))
+    assert model.proj.weight.requires_grad and model.proj.bias.requires_grad
+    assert not model.first[0].weight.requires_grad
