@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ["atomic_path", "atomic_dir", "write_json", "write_text", "write_bytes", "save_figure", "PathLike"]
+__all__ = ["atomic_path", "atomic_dir", "replace_dir", "write_json", "write_text", "write_bytes", "append_text", "save_figure", "PathLike"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -64,22 +64,31 @@ def atomic_dir(target: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         _normal_mode(tmp, directory=True)
-        old = None
-        if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
-            os.rmdir(old)
-            os.replace(target, old)
-        try:
-            os.replace(tmp, target)
-        except BaseException:
-            if old is not None:
-                os.replace(old, target)
-            raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        replace_dir(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def replace_dir(finished: PathLike, target: PathLike) -> Path:
+    """Move the finished folder ``finished`` onto ``target`` (same file system), keeping any old ``target``
+    until the new one is in place. For folders whose temporary name must be known in advance (several
+    processes writing into one checkpoint folder); otherwise use :func:`atomic_dir`."""
+    finished, target = Path(finished), Path(target)
+    old = None
+    if target.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+        os.rmdir(old)
+        os.replace(target, old)
+    try:
+        os.replace(finished, target)
+    except BaseException:
+        if old is not None:
+            os.replace(old, target)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return target
 
 
 def write_text(path: PathLike, text: str) -> Path:
@@ -94,6 +103,20 @@ def write_bytes(path: PathLike, data: bytes) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data)
     return Path(path)
+
+
+def append_text(path: PathLike, text: str) -> Path:
+    """Append ``text`` to a log such as ``metrics.jsonl`` (one write, flushed; the file is created if needed).
+
+    An append cannot be atomic: a crash can leave a torn last line, which readers of such logs must skip
+    (``core.train.read_metrics`` does, and a resumed run drops it).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(text)
+        fh.flush()
+    return path
 
 
 def write_json(path: PathLike, obj: Any, indent: int = 2) -> Path:

@@ -31,6 +31,7 @@ Choices this module makes (none of them come from a paper):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -42,6 +43,8 @@ from typing import Any, Callable, Iterable, Literal, Optional, Sequence
 
 import torch
 from torch import nn
+
+from .files import append_text, replace_dir, write_json, write_text
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "latest_checkpoint", "read_metrics"]
 
@@ -154,13 +157,15 @@ def read_metrics(output_dir: str | os.PathLike) -> list[dict]:
     path = Path(output_dir) / "metrics.jsonl"
     if not path.is_file():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [record for record in map(_parse_line, path.read_text().splitlines()) if record is not None]
 
 
-def _write_json_atomic(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
+def _parse_line(line: str) -> Optional[dict]:
+    """One metrics line as a dict; ``None`` for a blank line or one torn by a crash mid-append."""
+    try:
+        return json.loads(line) if line.strip() else None
+    except json.JSONDecodeError:
+        return None
 
 
 def _truncate_metrics(output_dir: Path, max_step: int) -> None:
@@ -168,10 +173,8 @@ def _truncate_metrics(output_dir: Path, max_step: int) -> None:
     path = output_dir / "metrics.jsonl"
     if not path.is_file():
         return
-    kept = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line).get("step", 0) <= max_step]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    kept = [line for line in path.read_text().splitlines() if (record := _parse_line(line)) is not None and record.get("step", 0) <= max_step]
+    write_text(path, "".join(line + "\n" for line in kept))
 
 
 def _as_loss(out: Any) -> tuple[torch.Tensor, dict]:
@@ -257,6 +260,8 @@ def fit(
         raise TypeError(f"train_loader must be a torch.utils.data.DataLoader, got {type(train_loader).__name__}")
     if len(train_loader) == 0:
         raise ValueError("train_loader yields no batches (empty dataset, or drop_last with fewer items than batch_size)")
+    if config.eval_every and eval_fn is None:
+        raise ValueError(f"TrainConfig.eval_every must be 0 when fit() gets no eval_fn, got {config.eval_every!r}")
 
     accelerator = _new_accelerator(config)
     set_seed(config.seed)
@@ -340,7 +345,7 @@ def fit(
             batch = next_batch()
             consumed += 1
             sync = micro == config.grad_accum - 1
-            ctx = accelerator.no_sync(model) if not sync else _nullcontext()
+            ctx = accelerator.no_sync(model) if not sync else contextlib.nullcontext()
             with ctx:
                 loss, extra = _as_loss(loss_fn(model, batch))
                 if not torch.isfinite(loss.detach()):
@@ -370,8 +375,7 @@ def fit(
                 run_eval(metrics)
             history.append(metrics)
             if out_dir is not None and accelerator.is_main_process:
-                with open(out_dir / "metrics.jsonl", "a") as fh:
-                    fh.write(json.dumps(metrics) + "\n")
+                append_text(out_dir / "metrics.jsonl", json.dumps(metrics) + "\n")
         elif eval_fn is not None and config.eval_every and step % config.eval_every == 0:
             run_eval(metrics)
         if out_dir is not None and config.checkpoint_every and (step % config.checkpoint_every == 0 or is_last):
@@ -391,14 +395,6 @@ def fit(
     return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=trained)
 
 
-class _nullcontext:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *exc):
-        return False
-
-
 def _save_checkpoint(accelerator, out_dir: Path, config: TrainConfig, step: int, consumed: int, history: list) -> None:
     """``save_state`` into ``step_<N>.tmp`` then rename, so a kill never leaves a half checkpoint."""
     root = out_dir / "checkpoints"
@@ -412,9 +408,8 @@ def _save_checkpoint(accelerator, out_dir: Path, config: TrainConfig, step: int,
     if accelerator.is_main_process:
         state = {"step": step, "consumed": consumed, "history": history, "max_steps": config.max_steps,
                  "grad_accum": config.grad_accum, "config": asdict(config)}
-        _write_json_atomic(tmp / "trainer_state.json", state)
-        shutil.rmtree(final, ignore_errors=True)
-        os.replace(tmp, final)
+        write_json(tmp / "trainer_state.json", state, indent=1)
+        replace_dir(tmp, final)
         if config.keep_last:
             done = sorted(
                 (int(p.name[len(_CKPT_PREFIX):]), p) for p in root.iterdir()

@@ -21,15 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from .adapters.base import AdapterLayer, DeltaAdapter
+from .files import write_json
 from .inject import adapter_layers
 
-__all__ = ["tune_strategies", "strategy_cache_key", "clear_strategy_cache"]
+__all__ = ["tune_strategies", "strategy_cache_key"]
 
 _CACHE: dict[str, str] = {}
-
-
-def clear_strategy_cache() -> None:
-    _CACHE.clear()
 
 
 def strategy_cache_key(layer: AdapterLayer, x: Tensor, autocast_dtype: Optional[torch.dtype]) -> str:
@@ -44,6 +41,7 @@ def _sync(device: torch.device) -> None:
 
 def _time_layer(layer: AdapterLayer, x: Tensor, strategy: str, repeats: int, autocast: Callable[[], Any]) -> float:
     layer.strategy = strategy
+    saved = [(p, p.grad) for p in layer.parameters()]  # the timing backward passes must leave no gradient behind
     x = x.detach().clone()
     if x.is_floating_point():
         x.requires_grad_(True)
@@ -57,8 +55,8 @@ def _time_layer(layer: AdapterLayer, x: Tensor, strategy: str, repeats: int, aut
         _sync(x.device)
         if i >= 2:  # two warm-up runs
             times.append(time.perf_counter() - start)
-    for _, p in layer.adapter_parameters():
-        p.grad = None
+    for p, grad in saved:
+        p.grad = grad
     return statistics.median(times)
 
 
@@ -109,7 +107,5 @@ def tune_strategies(
         layer.strategy = _CACHE[key]
         chosen[name] = layer.strategy
     if cache_file:
-        tmp = Path(str(cache_file) + ".tmp")
-        tmp.write_text(json.dumps(_CACHE, indent=1))
-        os.replace(tmp, cache_file)
+        write_json(cache_file, _CACHE, indent=1)
     return chosen

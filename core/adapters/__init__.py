@@ -2,7 +2,7 @@
 
 from .base import AdapterConfig, AdapterLayer, DeltaAdapter, LowRankDelta, NoOptions, root_layer
 from .registry import canonical_name, get_adapter_class, list_adapters, register_adapter
-from . import lora, conv_lora, cp_lora, nola, dora, nera  # noqa: E402  (registration side effect)
+from . import lora, conv_lora, cp_lora, nola, dora, nera  # noqa: E402, F401  (registration side effect)
 from .conv_lora import ConvLoRA
 from .cp_lora import CPLoRA
 from .dora import ConvDoRA, CPDoRA, DoRA, DoRAAdapter

@@ -11,7 +11,7 @@ adapter may itself be an adapter, and ``root_layer`` walks down to the original 
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal, Optional
 
 import torch
@@ -41,13 +41,18 @@ class AdapterConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise ValueError(f"rank must be a positive integer, got {self.rank!r}")
-        if self.alpha is not None and not (isinstance(self.alpha, (int, float)) and self.alpha > 0):
-            raise ValueError(f"alpha must be a positive number or None, got {self.alpha!r}")
-        if not (0.0 <= float(self.dropout) < 1.0):
-            raise ValueError(f"dropout must be in [0, 1), got {self.dropout!r}")
+            raise ValueError(f"AdapterConfig.rank must be a positive integer, got {self.rank!r}")
+        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0):
+            raise ValueError(f"AdapterConfig.alpha must be a positive number or None, got {self.alpha!r}")
+        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (0.0 <= float(self.dropout) < 1.0):
+            raise ValueError(f"AdapterConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
         if self.strategy not in STRATEGIES:
-            raise ValueError(f"strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+            raise ValueError(f"AdapterConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.dropout > 0 and self.strategy == "weight":
+            raise ValueError(
+                f"AdapterConfig.strategy must be 'auto' or 'activation' when dropout > 0 (dropout acts on the adapter's "
+                f"input, which the weight-space path never forms), got {self.strategy!r} with dropout={self.dropout!r}"
+            )
 
     @property
     def scale(self) -> float:
@@ -75,6 +80,17 @@ class AdapterLayer(nn.Module):
     """Whether the update can be folded into the base weight (False for nonlinear adapters)."""
     options_cls: ClassVar[type] = NoOptions
     """Dataclass of the family's own options (validated by ``apply``)."""
+    strategies: ClassVar[tuple[str, ...]] = STRATEGIES
+    """The values of ``AdapterConfig.strategy`` this family honours (a family with one path refuses the others)."""
+
+    @classmethod
+    def check_config(cls, config: AdapterConfig) -> None:
+        """Refuse shared options this family would silently ignore."""
+        if config.strategy not in cls.strategies:
+            raise ValueError(
+                f"AdapterConfig.strategy must be one of {cls.strategies} for {cls.method or cls.__name__} "
+                f"(it has no other execution path), got {config.strategy!r}"
+            )
 
     @classmethod
     def unsupported_reason(cls, geometry: LayerGeometry) -> Optional[str]:
@@ -92,11 +108,11 @@ class AdapterLayer(nn.Module):
         self.base_layer = base_layer
         self.geometry: LayerGeometry = geometry_of(root_layer(base_layer))
         self.config = config
-        self.rank = config.rank
-        self.alpha = float(config.alpha if config.alpha is not None else config.rank)
-        self.scale = config.scale
+        self.scale: float = config.scale
+        """Multiplier of the update; starts at ``config.scale`` (``alpha / rank``). The one mutable copy, for schedules."""
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.strategy: str = config.strategy
+        """Current execution strategy; starts at ``config.strategy`` (``tune_strategies`` may change it)."""
         self.adapter_name = adapter_name
         self.layer_name = layer_name
         self.active = True
@@ -104,6 +120,16 @@ class AdapterLayer(nn.Module):
         self._merge_backup: Optional[Tensor] = None
 
     # -- helpers ---------------------------------------------------------------------------
+    @property
+    def rank(self) -> int:
+        """Rank of the update (read-only; ``config`` is the truth)."""
+        return self.config.rank
+
+    @property
+    def alpha(self) -> float:
+        """Scale numerator (read-only): ``config.alpha``, or the rank when that is ``None``."""
+        return float(self.config.alpha if self.config.alpha is not None else self.config.rank)
+
     @property
     def root(self) -> nn.Module:
         return root_layer(self.base_layer)
@@ -171,6 +197,15 @@ class AdapterLayer(nn.Module):
         self._merge_backup = None
         self.merged = False
 
+    def commit_merge(self) -> None:
+        """Keep the merged update in the root weight and forget the backup (the adapter can then be taken out)."""
+        self._merge_backup = None
+        self.merged = False
+
+    def base_requires_grad(self) -> bool:
+        """Whether a parameter of the root layer trains (the fused kernels give those no gradient)."""
+        return any(p.requires_grad for p in self.root.parameters(recurse=False))
+
 
 class LowRankDelta(nn.Module):
     """Factors of a weight update that is linear in the base weight (``dW``).
@@ -184,7 +219,6 @@ class LowRankDelta(nn.Module):
     def __init__(self, geometry: LayerGeometry, rank: int, options: Any = None, *, layer_name: str = ""):
         super().__init__()
         self.geometry = geometry
-        self.rank = rank
 
     @classmethod
     def unsupported_reason(cls, geometry: LayerGeometry) -> Optional[str]:
@@ -260,8 +294,11 @@ class DeltaAdapter(AdapterLayer):
         return choose_strategy(self.geometry, tuple(x.shape), self.rank, self.delta.has_thin_path())
 
     def _fusable(self) -> bool:
-        """The fused kernels need the root layer directly below and no dropout on the adapter path."""
-        return not isinstance(self.base_layer, AdapterLayer) and (isinstance(self.dropout, nn.Identity) or not self.training)
+        """The fused kernels need the root layer directly below, no dropout on the adapter path and a frozen
+        root layer (their backward computes no gradient for the base weight and bias)."""
+        if isinstance(self.base_layer, AdapterLayer) or self.base_requires_grad():
+            return False
+        return isinstance(self.dropout, nn.Identity) or not self.training
 
     def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
         root = self.root

@@ -14,7 +14,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import dora as F_dora
-from ..functional.layout import LayerGeometry, channel_view, layer_forward, logical_to_weight, weight_to_logical
+from ..functional.layout import LayerGeometry, channel_view, layer_forward, weight_to_logical
 from .base import DeltaAdapter
 from .conv_lora import ConvLoRADelta
 from .cp_lora import CPDelta
@@ -29,6 +29,10 @@ class DoRAOptions:
     detach_norm: bool = True
     """Treat ``||W + dW||`` as a constant in backward (DoRA paper, Sec. 4.3); ``False`` keeps the exact gradient."""
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.detach_norm, bool):
+            raise ValueError(f"DoRAOptions.detach_norm must be True or False, got {self.detach_norm!r}")
+
 
 class DoRAAdapter(DeltaAdapter):
     """``W' = m * (W + dW) / ||W + dW||`` per output channel; ``m`` starts at ``||W||``."""
@@ -41,27 +45,15 @@ class DoRAAdapter(DeltaAdapter):
 
     def __init__(self, base_layer: nn.Module, config, *, options: Optional[DoRAOptions] = None, adapter_name: str = "default", layer_name: str = ""):
         super().__init__(base_layer, config, options=options, adapter_name=adapter_name, layer_name=layer_name)
-        with torch.no_grad():
-            norm = F_dora.row_norm(weight_to_logical(self.base_weight(), self.geometry).float())
-        self.magnitude = nn.Parameter(norm.to(**self._factory_kwargs()))
-
-    def _output_dim(self) -> int:
-        """Which stored-weight dimension indexes output channels."""
-        return 1 if self.geometry.kind in ("conv_transpose", "embedding") else 0
+        magnitude = F_dora.init_magnitude(self.base_weight(), self.geometry)
+        self.magnitude = nn.Parameter(magnitude.to(**self._factory_kwargs()))
 
     def effective_weight(self) -> Tensor:
-        """``m * V / ||V||`` with ``V = W + dW`` built in one op; the norm is accumulated in fp32."""
+        """``m * V / ||V||`` with ``V = W + dW`` built in one op (``core.functional.dora.dora_weight``)."""
         if self.merged or not self.active:
             return self.base_weight()
         direction = self.delta.add_to_weight(self.base_weight(), self.scale)
-        out_dim = self._output_dim()
-        norm_dtype = torch.promote_types(direction.dtype, torch.float32)
-        norm = torch.linalg.vector_norm(direction, dim=[d for d in range(direction.dim()) if d != out_dim], dtype=norm_dtype)
-        if self.options.detach_norm:
-            norm = norm.detach()
-        shape = [1] * direction.dim()
-        shape[out_dim] = -1
-        return direction * (self.magnitude.to(norm_dtype) / norm).to(direction.dtype).view(shape)
+        return F_dora.dora_weight(direction, self.magnitude, out_dim=self.geometry.weight_out_dim, detach_norm=self.options.detach_norm)
 
     def delta_weight(self) -> Tensor:
         """``W' - W``: DoRA rescales the whole kernel, so the dense update is not ``scale * B @ A``."""
@@ -72,10 +64,7 @@ class DoRAAdapter(DeltaAdapter):
         base = weight_to_logical(self.base_weight(), self.geometry)
         if isinstance(self.delta, LoRADelta):  # LoRA and CP-LoRA: ||W + sBA|| from the factors
             lora_a, lora_b = self.delta.factors()
-            norm = F_dora.lowrank_row_norm(base.reshape(base.shape[0], -1), lora_a, lora_b, self.scale)
-            if self.options.detach_norm:
-                norm = norm.detach()
-            return self.magnitude.float() / norm
+            return F_dora.lowrank_output_scale(base.reshape(base.shape[0], -1), lora_a, lora_b, self.scale, self.magnitude, detach_norm=self.options.detach_norm)
         return F_dora.dora_output_scale(base, self.logical_delta().to(base.dtype), self.magnitude.to(base.dtype), detach_norm=self.options.detach_norm)
 
     def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:

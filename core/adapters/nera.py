@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-import torch
 from torch import Tensor, nn
 
 from ..functional import lora as F_lora
@@ -31,9 +30,9 @@ class NeRAOptions:
 
     def __post_init__(self) -> None:
         if isinstance(self.grid_size, bool) or not isinstance(self.grid_size, int) or self.grid_size < 2:
-            raise ValueError(f"grid_size must be an integer >= 2, got {self.grid_size!r}")
-        if not self.grid_range > 0:
-            raise ValueError(f"grid_range must be positive, got {self.grid_range!r}")
+            raise ValueError(f"NeRAOptions.grid_size must be an integer >= 2, got {self.grid_size!r}")
+        if isinstance(self.grid_range, bool) or not isinstance(self.grid_range, (int, float)) or not self.grid_range > 0:
+            raise ValueError(f"NeRAOptions.grid_range must be a positive number, got {self.grid_range!r}")
 
 
 @register_adapter("nera")
@@ -42,6 +41,7 @@ class NeRA(AdapterLayer):
 
     mergeable = False
     options_cls = NeRAOptions
+    strategies = ("auto", "activation")  # nonlinear in the input: no weight-space path
 
     @classmethod
     def unsupported_reason(cls, geometry: LayerGeometry) -> Optional[str]:
@@ -52,16 +52,16 @@ class NeRA(AdapterLayer):
     @classmethod
     def param_count(cls, geometry: LayerGeometry, rank: int, options: Any = None) -> int:
         options = options or NeRAOptions()
-        return F_nera.nera_param_count(geometry.fan_in, geometry.out_channels, rank, options.grid_size)
+        return F_nera.nera_param_count(geometry, rank, options.grid_size)
 
     def __init__(self, base_layer: nn.Module, config, *, options: Optional[NeRAOptions] = None, adapter_name: str = "default", layer_name: str = ""):
         super().__init__(base_layer, config, options=options, adapter_name=adapter_name, layer_name=layer_name)
         kw = self._factory_kwargs()
-        down, _ = F_lora.init_lora_factors(self.geometry, self.rank, **kw)
+        down, up, spline_coeff, silu_weight = F_nera.init_nera_factors(self.geometry, self.rank, self.options.grid_size, **kw)
         self.nera_down = nn.Parameter(down)
-        self.nera_up = nn.Parameter(torch.zeros(self.geometry.out_channels, self.rank, **kw))
-        self.spline_coeff = nn.Parameter(torch.zeros(self.rank, self.options.grid_size, **kw))
-        self.silu_weight = nn.Parameter(torch.ones(self.rank, **kw))
+        self.nera_up = nn.Parameter(up)
+        self.spline_coeff = nn.Parameter(spline_coeff)
+        self.silu_weight = nn.Parameter(silu_weight)
         self.register_buffer("grid", F_nera.spline_grid(self.options.grid_size, self.options.grid_range, **kw), persistent=False)
 
     def adapted_forward(self, x: Tensor, *args, **kwargs) -> Tensor:
@@ -71,6 +71,5 @@ class NeRA(AdapterLayer):
     def adapter_path(self, x: Tensor, **kwargs) -> Tensor:
         """``scale * U(phi(D(x)))``; ``D`` and ``U`` are LoRA's down- and up-projections."""
         hidden = F_lora.low_rank_down(self.root, x, self.nera_down, self.geometry, **kwargs)
-        channel_dim = -1 if self.geometry.kind in ("linear", "embedding") else 1
-        hidden = F_nera.spline_activation(hidden, self.spline_coeff, self.silu_weight, self.grid.to(hidden.dtype), channel_dim=channel_dim)
+        hidden = F_nera.spline_activation(hidden, self.spline_coeff, self.silu_weight, self.grid.to(hidden.dtype), channel_dim=self.geometry.channel_dim)
         return F_lora.low_rank_up(hidden, self.nera_up, self.geometry) * self.scale

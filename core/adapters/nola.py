@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Optional
 
-import torch
 from torch import Tensor, nn
 
-from ..functional import lora as F_lora
 from ..functional import nola as F_nola
 from ..functional.layout import LayerGeometry
 from .base import DeltaAdapter, LowRankDelta
@@ -32,11 +29,12 @@ class NOLAOptions:
         for name in ("num_basis_a", "num_basis_b"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
+                raise ValueError(f"NOLAOptions.{name} must be a positive integer, got {value!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"NOLAOptions.seed must be an integer, got {self.seed!r}")
 
 
-def layer_seed(seed: int, layer_name: str) -> int:
-    return (int(seed) * 1_000_003 + zlib.crc32(layer_name.encode())) % (2**31)
+layer_seed = F_nola.layer_seed  # kept importable from here
 
 
 class NOLADelta(LoRADelta):
@@ -47,20 +45,18 @@ class NOLADelta(LoRADelta):
     def __init__(self, geometry: LayerGeometry, rank: int, options: Optional[NOLAOptions] = None, *, layer_name: str = "", dtype=None, device=None):
         LowRankDelta.__init__(self, geometry, rank)  # no lora_A / lora_B parameters: they are mixtures
         options = options or NOLAOptions()
-        self.seed = layer_seed(options.seed, layer_name)
-        bases_a = F_nola.nola_bases(self.seed, options.num_basis_a, (rank, geometry.fan_in), dtype=dtype, device=device)
-        bases_b = F_nola.nola_bases(self.seed + 1, options.num_basis_b, (geometry.out_channels, rank), dtype=dtype, device=device)
+        self.seed = F_nola.layer_seed(options.seed, layer_name)
+        bases_a, bases_b = F_nola.init_nola_bases(geometry, rank, self.seed, options.num_basis_a, options.num_basis_b, dtype=dtype, device=device)
         self.register_buffer("bases_a", bases_a, persistent=False)
         self.register_buffer("bases_b", bases_b, persistent=False)
-        bound = options.num_basis_a ** -0.5
-        self.coeff_a = nn.Parameter(torch.empty(options.num_basis_a, dtype=dtype, device=device).uniform_(-bound, bound))
-        self.coeff_b = nn.Parameter(torch.zeros(options.num_basis_b, dtype=dtype, device=device))
+        coeff_a, coeff_b = F_nola.init_nola_coefficients(options.num_basis_a, options.num_basis_b, dtype=dtype, device=device)
+        self.coeff_a = nn.Parameter(coeff_a)
+        self.coeff_b = nn.Parameter(coeff_b)
 
     @classmethod
     def param_count(cls, geometry: LayerGeometry, rank: int, options: Optional[NOLAOptions] = None) -> int:
         options = options or NOLAOptions()
-        return options.num_basis_a + options.num_basis_b
-
+        return F_nola.nola_param_count(options.num_basis_a, options.num_basis_b)
     def factors(self) -> tuple[Tensor, Tensor]:
         return F_nola.nola_mix(self.coeff_a, self.bases_a), F_nola.nola_mix(self.coeff_b, self.bases_b)
 

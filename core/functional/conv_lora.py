@@ -17,6 +17,7 @@ import torch
 from torch import Tensor
 
 from .layout import LayerGeometry
+from .lora import lora_delta
 
 __all__ = ["conv_lora_shapes", "init_conv_lora_factors", "conv_lora_delta", "conv_lora_param_count", "conv_lora_unsupported_reason"]
 
@@ -56,5 +57,5 @@ def init_conv_lora_factors(
 
 
 def conv_lora_delta(lora_a: Tensor, lora_b: Tensor, geometry: LayerGeometry, scale: float) -> Tensor:
-    """Logical ``[C_out, C_in, *k]`` update ``scale * reshape(B @ A)``."""
-    return (lora_b @ lora_a).mul(scale).reshape(geometry.logical_shape)
+    """Logical ``[C_out, C_in, *k]`` update ``scale * reshape(B @ A)``: LoRA's product, with convLoRA's factor shapes."""
+    return lora_delta(lora_a, lora_b, geometry, scale)

@@ -12,14 +12,29 @@ exact gradient.
 
 from __future__ import annotations
 
+import torch
 from torch import Tensor
 
-__all__ = ["row_norm", "dora_weight", "dora_output_scale", "lowrank_row_norm"]
+from .layout import LayerGeometry, weight_to_logical
+
+__all__ = ["row_norm", "channel_norm", "init_magnitude", "dora_weight", "dora_output_scale", "lowrank_row_norm", "lowrank_output_scale"]
 
 
 def row_norm(weight: Tensor) -> Tensor:
     """L2 norm of each output row of a logical ``[C_out, ...]`` kernel, shape ``[C_out]``."""
     return weight.flatten(1).norm(dim=1)
+
+
+def channel_norm(weight: Tensor, out_dim: int = 0) -> Tensor:
+    """L2 norm per output channel of a kernel in any layout (``out_dim`` is its output axis), in at least fp32."""
+    dtype = torch.promote_types(weight.dtype, torch.float32)
+    return torch.linalg.vector_norm(weight, dim=[d for d in range(weight.dim()) if d != out_dim], dtype=dtype)
+
+
+def init_magnitude(weight: Tensor, geometry: LayerGeometry) -> Tensor:
+    """``m`` at the start: ``||W||`` per output channel of the stored weight ``W``, in fp32 (detached)."""
+    with torch.no_grad():
+        return row_norm(weight_to_logical(weight, geometry).float())
 
 
 def dora_output_scale(weight: Tensor, delta: Tensor, magnitude: Tensor, *, detach_norm: bool = True) -> Tensor:
@@ -30,10 +45,17 @@ def dora_output_scale(weight: Tensor, delta: Tensor, magnitude: Tensor, *, detac
     return magnitude / norm
 
 
-def dora_weight(weight: Tensor, delta: Tensor, magnitude: Tensor, *, detach_norm: bool = True) -> Tensor:
-    """Logical adapted kernel ``m * (W + dW) / ||W + dW||``."""
-    factor = dora_output_scale(weight, delta, magnitude, detach_norm=detach_norm)
-    return (weight + delta) * factor.view(-1, *([1] * (weight.dim() - 1)))
+def dora_weight(direction: Tensor, magnitude: Tensor, *, out_dim: int = 0, detach_norm: bool = True) -> Tensor:
+    """Adapted kernel ``m * V / ||V||`` of ``V = W + dW`` (any layout; ``out_dim`` is its output axis).
+
+    The norm is accumulated in at least fp32 and the result keeps ``V``'s dtype.
+    """
+    norm = channel_norm(direction, out_dim)
+    if detach_norm:
+        norm = norm.detach()
+    shape = [1] * direction.dim()
+    shape[out_dim] = -1
+    return direction * (magnitude.to(norm.dtype) / norm).to(direction.dtype).view(shape)
 
 
 def lowrank_row_norm(weight_2d: Tensor, lora_a: Tensor, lora_b: Tensor, scale: float) -> Tensor:
@@ -47,3 +69,11 @@ def lowrank_row_norm(weight_2d: Tensor, lora_a: Tensor, lora_b: Tensor, scale: f
     low = ((lora_b @ (lora_a @ lora_a.t())) * lora_b).sum(1)
     squared = weight_2d.square().sum(1) + 2.0 * scale * cross + scale * scale * low
     return squared.clamp_min(0).sqrt()
+
+
+def lowrank_output_scale(weight_2d: Tensor, lora_a: Tensor, lora_b: Tensor, scale: float, magnitude: Tensor, *, detach_norm: bool = True) -> Tensor:
+    """Per-output-channel factor ``m / ||W + scale * B @ A||`` (fp32) without forming ``B @ A``."""
+    norm = lowrank_row_norm(weight_2d, lora_a, lora_b, scale)
+    if detach_norm:
+        norm = norm.detach()
+    return magnitude.float() / norm

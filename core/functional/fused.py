@@ -4,7 +4,9 @@
 kernel ``[W; A]`` (output channels ``C_out + r``) followed by one addmm / 1x1 convolution that
 adds ``scale * B h`` to the base part. The custom backward computes only what an adapter needs:
 the input gradient through ``[W; A]`` and the gradients of the two thin factors, never the
-frozen weight's gradient (which would cost as much as full fine-tuning).
+frozen weight's gradient (which would cost as much as full fine-tuning). They return no gradient
+for ``W`` or ``bias``, so the adapters call them only while both are frozen
+(``DeltaAdapter._fusable``); a trainable base parameter sends them down the unfused path.
 """
 
 from __future__ import annotations
@@ -12,11 +14,9 @@ from __future__ import annotations
 from typing import Optional, Sequence
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = ["fused_lora_linear", "fused_lora_conv", "lora_fused_forward"]
-
 
 
 def _compute_dtype(x: Tensor) -> torch.dtype:
@@ -54,7 +54,6 @@ class _FusedLoRALinear(torch.autograd.Function):
         ctx.save_for_backward(x2d, w_cat, h, b)
         ctx.scale, ctx.out_features = scale, out_features
         ctx.shapes = (x.shape, lora_a.dtype, lora_b.dtype, x.dtype)
-        ctx.has_bias = bias is not None
         return out.view(*x.shape[:-1], out_features)
 
     @staticmethod

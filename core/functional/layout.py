@@ -19,7 +19,6 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Optional
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -27,7 +26,6 @@ __all__ = [
     "LayerGeometry",
     "UnsupportedLayerError",
     "geometry_of",
-    "is_supported_layer",
     "logical_to_weight",
     "weight_to_logical",
     "layer_forward",
@@ -78,6 +76,16 @@ class LayerGeometry:
         return self.in_channels * self.kernel_numel
 
     @property
+    def weight_out_dim(self) -> int:
+        """Axis of the *stored* weight that indexes output channels (1 for transposed convolutions and embeddings)."""
+        return 1 if self.kind in ("conv_transpose", "embedding") else 0
+
+    @property
+    def channel_dim(self) -> int:
+        """Channel axis of the layer's activations: last for Linear/Embedding, 1 for (transposed) convolutions."""
+        return -1 if self.kind in ("linear", "embedding") else 1
+
+    @property
     def ndim(self) -> int:
         """Number of spatial kernel axes (0 for Linear and Embedding)."""
         return len(self.kernel_size)
@@ -106,17 +114,9 @@ def geometry_of(layer: nn.Module) -> LayerGeometry:
     )
 
 
-def is_supported_layer(layer: nn.Module) -> bool:
-    try:
-        geometry_of(layer)
-    except UnsupportedLayerError:
-        return False
-    return True
-
-
 def logical_to_weight(delta: Tensor, geometry: LayerGeometry) -> Tensor:
     """Map a logical ``[out, in, *k]`` tensor to the layer's stored weight layout."""
-    if geometry.kind in ("embedding", "conv_transpose"):
+    if geometry.weight_out_dim == 1:
         return delta.transpose(0, 1)
     return delta
 
@@ -173,6 +173,6 @@ def layer_forward(
 
 def channel_view(vector: Tensor, geometry: LayerGeometry, like: Tensor) -> Tensor:
     """Reshape a per-output-channel vector to broadcast over a layer output ``like``."""
-    if geometry.kind in ("linear", "embedding"):
+    if geometry.channel_dim == -1:
         return vector
     return vector.view(1, -1, *([1] * (like.dim() - 2)))

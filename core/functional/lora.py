@@ -61,7 +61,7 @@ def low_rank_down(layer: nn.Module, x: Tensor, lora_a: Tensor, geometry: LayerGe
 
 def low_rank_up(hidden: Tensor, lora_b: Tensor, geometry: LayerGeometry) -> Tensor:
     """``B h``: a Linear on the last axis, or a 1x1 convolution on channel axis 1."""
-    if geometry.kind in ("linear", "embedding"):
+    if geometry.channel_dim == -1:
         return F.linear(hidden, lora_b)
     up = lora_b.reshape(geometry.out_channels, lora_b.shape[1], *([1] * geometry.ndim))
     return (F.conv1d, F.conv2d, F.conv3d)[geometry.ndim - 1](hidden, up)

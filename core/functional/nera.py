@@ -20,7 +20,21 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["spline_grid", "hat_basis", "spline_activation", "nera_param_count"]
+from .layout import LayerGeometry
+from .lora import init_lora_factors
+
+__all__ = ["init_nera_factors", "spline_grid", "hat_basis", "spline_activation", "nera_param_count"]
+
+
+def init_nera_factors(geometry: LayerGeometry, rank: int, grid_size: int, *, dtype=None, device=None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``(down, up, spline_coeff, silu_weight)``: ``down`` is LoRA's Kaiming-uniform ``A`` (``[r, C_in*prod(k)]``),
+    ``up`` (``[C_out, r]``) and the spline coefficients (``[r, G]``) are zero, the SiLU weights one, so the
+    adapter starts as the identity and ``phi`` starts as SiLU."""
+    down, _ = init_lora_factors(geometry, rank, dtype=dtype, device=device)
+    up = torch.zeros(geometry.out_channels, rank, dtype=dtype, device=device)
+    spline_coeff = torch.zeros(rank, grid_size, dtype=dtype, device=device)
+    silu_weight = torch.ones(rank, dtype=dtype, device=device)
+    return down, up, spline_coeff, silu_weight
 
 
 def spline_grid(grid_size: int, grid_range: float, *, dtype=None, device=None) -> Tensor:
@@ -49,6 +63,6 @@ def spline_activation(z: Tensor, coefficients: Tensor, silu_weight: Tensor, grid
     return silu_weight.view(shape) * F.silu(z) + spline
 
 
-def nera_param_count(in_fan: int, out_channels: int, rank: int, grid_size: int) -> int:
+def nera_param_count(geometry: LayerGeometry, rank: int, grid_size: int) -> int:
     """Down projection + up projection + spline coefficients + SiLU weights."""
-    return rank * (in_fan + out_channels + grid_size + 1)
+    return rank * (geometry.fan_in + geometry.out_channels + grid_size + 1)

@@ -13,12 +13,20 @@ each factor; ``beta`` starts at zero so ``dW = 0``, ``alpha`` uniform with bound
 from __future__ import annotations
 
 import math
+import zlib
 from typing import Sequence
 
 import torch
 from torch import Tensor
 
-__all__ = ["nola_bases", "nola_mix"]
+from .layout import LayerGeometry
+
+__all__ = ["layer_seed", "nola_bases", "init_nola_bases", "init_nola_coefficients", "nola_param_count", "nola_mix"]
+
+
+def layer_seed(seed: int, layer_name: str) -> int:
+    """Seed of one layer's bases: ``seed`` combined with a CRC32 of the layer's module name."""
+    return (int(seed) * 1_000_003 + zlib.crc32(layer_name.encode())) % (2**31)
 
 
 def nola_bases(seed: int, num_basis: int, shape: Sequence[int], *, dtype=None, device=None) -> Tensor:
@@ -27,6 +35,26 @@ def nola_bases(seed: int, num_basis: int, shape: Sequence[int], *, dtype=None, d
     bound = 1.0 / math.sqrt(shape[-1])
     bases = torch.empty(num_basis, *shape, dtype=torch.float32).uniform_(-bound, bound, generator=generator)
     return bases.to(dtype=dtype or torch.float32, device=device)
+
+
+def init_nola_bases(geometry: LayerGeometry, rank: int, seed: int, num_basis_a: int, num_basis_b: int, *, dtype=None, device=None) -> tuple[Tensor, Tensor]:
+    """Bases of ``A`` (``[num_basis_a, r, C_in*prod(k)]``, seed ``seed``) and ``B`` (``[num_basis_b, C_out, r]``, seed ``seed + 1``)."""
+    bases_a = nola_bases(seed, num_basis_a, (rank, geometry.fan_in), dtype=dtype, device=device)
+    bases_b = nola_bases(seed + 1, num_basis_b, (geometry.out_channels, rank), dtype=dtype, device=device)
+    return bases_a, bases_b
+
+
+def init_nola_coefficients(num_basis_a: int, num_basis_b: int, *, dtype=None, device=None) -> tuple[Tensor, Tensor]:
+    """``alpha`` uniform with bound ``1/sqrt(num_basis_a)`` (global RNG), ``beta`` zero so that ``dW = 0``."""
+    bound = num_basis_a ** -0.5
+    coeff_a = torch.empty(num_basis_a, dtype=dtype, device=device).uniform_(-bound, bound)
+    coeff_b = torch.zeros(num_basis_b, dtype=dtype, device=device)
+    return coeff_a, coeff_b
+
+
+def nola_param_count(num_basis_a: int, num_basis_b: int) -> int:
+    """Only the mixing coefficients train."""
+    return num_basis_a + num_basis_b
 
 
 def nola_mix(coefficients: Tensor, bases: Tensor) -> Tensor:

@@ -54,8 +54,8 @@ METHODS = {
 
 NONLINEAR = {"nera"}
 
-CASES = [(m, l) for m, (_, _, unsupported) in METHODS.items() for l in LAYERS if l not in unsupported]
-UNSUPPORTED_CASES = [(m, l) for m, (_, _, unsupported) in METHODS.items() for l in unsupported]
+CASES = [(m, layer) for m, (_, _, unsupported) in METHODS.items() for layer in LAYERS if layer not in unsupported]
+UNSUPPORTED_CASES = [(m, layer) for m, (_, _, unsupported) in METHODS.items() for layer in unsupported]
 
 
 def randomize_adapter(model: nn.Module, std: float = 0.3, seed: int = 1) -> None:

@@ -100,3 +100,14 @@ def test_cp_as_lora_factors_equals_cp_einsum(kernel):
     lora_a, lora_b = cp_as_lora_factors(factors)
     assert lora_a.shape == (3, geometry.fan_in) and lora_b.shape == (5, 3)
     torch.testing.assert_close(lora_delta(lora_a, lora_b, geometry, 0.5), cp_delta(factors, geometry, 0.5), rtol=1e-5, atol=1e-5)
+
+
+def test_tuning_leaves_no_gradients_behind():
+    """Timing runs backward passes; trainable base parameters (here the biases) must not keep their gradients."""
+    torch.manual_seed(0)
+    model = small_net()
+    apply(model, "lora", rank=2, trainable=("*.bias",))
+    model[0].root.bias.grad = torch.ones_like(model[0].root.bias)  # a gradient the caller already had
+    tune_strategies(model, torch.randn(2, 3, 8, 8), repeats=1)
+    assert torch.equal(model[0].root.bias.grad, torch.ones_like(model[0].root.bias))
+    assert all(p.grad is None for n, p in model.named_parameters() if n != "0.base_layer.bias"), "gradients left by timing"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -138,7 +137,10 @@ def test_hard_kill_then_resume_in_subprocess(tmp_path):
     script = tmp_path / "run.py"
     script.write_text(_KILL_SCRIPT.format(here=str(Path(__file__).parent)))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    run = lambda out, kill: subprocess.run([sys.executable, str(script), str(out), str(kill)], env=env, capture_output=True, text=True)
+
+    def run(out, kill):
+        return subprocess.run([sys.executable, str(script), str(out), str(kill)], env=env, capture_output=True, text=True)
+
     first = run(tmp_path / "k", 5)
     assert first.returncode == 137, first.stderr[-2000:]
     assert latest_checkpoint(tmp_path / "k").name == "step_3"
@@ -203,6 +205,11 @@ def test_bad_inputs():
         fit(make_model(), DataLoader(LineDataset(n=3), batch_size=5, drop_last=True), mse, TrainConfig(max_steps=1, progress=False))
     with pytest.raises(TypeError, match="loss_fn"):
         fit(make_model(), loader(), lambda m, b: (1.0, 2.0), TrainConfig(max_steps=1, progress=False))
+
+
+def test_eval_every_without_eval_fn_is_an_error_not_ignored():
+    with pytest.raises(ValueError, match="TrainConfig.eval_every"):
+        fit(make_model(), loader(), mse, TrainConfig(max_steps=2, eval_every=1, progress=False))
 
 
 def test_resume_with_other_architecture_fails_clearly(tmp_path):
