@@ -45,6 +45,7 @@ import torch
 from torch import nn
 
 from .files import append_text, replace_dir, write_json, write_text
+from .validate import require
 
 __all__ = ["TrainConfig", "TrainResult", "fit", "latest_checkpoint", "read_metrics"]
 
@@ -91,22 +92,18 @@ class TrainConfig:
     """Call ``eval_fn`` every N optimizer steps (0: only after the last step)."""
 
     def __post_init__(self) -> None:
-        def need(cond: bool, name: str, expected: str) -> None:
-            if not cond:
-                raise ValueError(f"TrainConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-
-        need(isinstance(self.max_steps, int) and self.max_steps >= 1, "max_steps", "an int >= 1")
-        need(self.lr > 0, "lr", "> 0")
-        need(self.weight_decay >= 0, "weight_decay", ">= 0")
-        need(isinstance(self.grad_accum, int) and self.grad_accum >= 1, "grad_accum", "an int >= 1")
-        need(self.mixed_precision in ("no", "bf16", "fp16"), "mixed_precision", "one of 'no', 'bf16', 'fp16'")
-        need(self.scheduler in ("constant", "cosine"), "scheduler", "one of 'constant', 'cosine'")
-        need(isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "warmup_steps", "an int >= 0")
-        need(self.max_grad_norm is None or self.max_grad_norm > 0, "max_grad_norm", "None or > 0")
-        need(isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "checkpoint_every", "an int >= 0")
-        need(isinstance(self.log_every, int) and self.log_every >= 1, "log_every", "an int >= 1")
-        need(isinstance(self.keep_last, int) and self.keep_last >= 0, "keep_last", "an int >= 0")
-        need(isinstance(self.eval_every, int) and self.eval_every >= 0, "eval_every", "an int >= 0")
+        require(self, "max_steps", isinstance(self.max_steps, int) and self.max_steps >= 1, "an int >= 1")
+        require(self, "lr", self.lr > 0, "> 0")
+        require(self, "weight_decay", self.weight_decay >= 0, ">= 0")
+        require(self, "grad_accum", isinstance(self.grad_accum, int) and self.grad_accum >= 1, "an int >= 1")
+        require(self, "mixed_precision", self.mixed_precision in ("no", "bf16", "fp16"), "one of 'no', 'bf16', 'fp16'")
+        require(self, "scheduler", self.scheduler in ("constant", "cosine"), "one of 'constant', 'cosine'")
+        require(self, "warmup_steps", isinstance(self.warmup_steps, int) and self.warmup_steps >= 0, "an int >= 0")
+        require(self, "max_grad_norm", self.max_grad_norm is None or self.max_grad_norm > 0, "None or > 0")
+        require(self, "checkpoint_every", isinstance(self.checkpoint_every, int) and self.checkpoint_every >= 0, "an int >= 0")
+        require(self, "log_every", isinstance(self.log_every, int) and self.log_every >= 1, "an int >= 1")
+        require(self, "keep_last", isinstance(self.keep_last, int) and self.keep_last >= 0, "an int >= 0")
+        require(self, "eval_every", isinstance(self.eval_every, int) and self.eval_every >= 0, "an int >= 0")
         if (self.checkpoint_every or self.resume) and self.output_dir is None:
             raise ValueError("TrainConfig.output_dir must be set when checkpoint_every > 0 or resume=True")
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from lowrank_vision.core.validate import require
+
 from .cube import HSICube
 
 __all__ = ["SyntheticSceneConfig", "make_synthetic_scene", "make_endmembers"]
@@ -43,17 +45,13 @@ class SyntheticSceneConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        def need(ok: bool, name: str, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"SyntheticSceneConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-
-        need(self.height >= 8, "height", ">= 8 pixels")
-        need(self.width >= 8, "width", ">= 8 pixels")
-        need(self.bands >= 3, "bands", ">= 3")
-        need(2 <= self.num_classes <= 64, "num_classes", "in 2..64")
-        need(self.cells >= self.num_classes, "cells", f">= num_classes ({self.num_classes})")
+        require(self, "height", self.height >= 8, ">= 8 pixels")
+        require(self, "width", self.width >= 8, ">= 8 pixels")
+        require(self, "bands", self.bands >= 3, ">= 3")
+        require(self, "num_classes", 2 <= self.num_classes <= 64, "in 2..64")
+        require(self, "cells", self.cells >= self.num_classes, f">= num_classes ({self.num_classes})")
         for name in ("noise", "texture", "road_width", "domain_shift"):
-            need(getattr(self, name) >= 0, name, ">= 0")
+            require(self, name, getattr(self, name) >= 0, ">= 0")
 
 
 def _smooth_field(rng: np.random.Generator, shape: tuple, scale: float) -> np.ndarray:

@@ -12,6 +12,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
 from lowrank_vision.core.train import TrainConfig
+from lowrank_vision.core.validate import require
 
 __all__ = ["SPANConfig", "DSCLoRAConfig", "SRTrainConfig", "TrainConfig", "SCALES", "sr_train_defaults"]
 
@@ -19,15 +20,10 @@ SCALES = (2, 3, 4)
 """Upscaling factors SPAN is built for."""
 
 
-def _need(cfg: object, name: str, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{type(cfg).__name__}.{name} must be {expected}, got {getattr(cfg, name)!r}")
-
-
 def _positive_int(cfg: object, *names: str) -> None:
     for name in names:
         value = getattr(cfg, name)
-        _need(cfg, name, isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a positive int")
+        require(cfg, name, isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a positive int")
 
 
 @dataclass(frozen=True)
@@ -48,9 +44,9 @@ class SPANConfig:
     """The mean-subtracted input is multiplied by this (and the output divided)."""
 
     def __post_init__(self) -> None:
-        _need(self, "scale", self.scale in SCALES, "2, 3 or 4")
+        require(self, "scale", self.scale in SCALES, "2, 3 or 4")
         _positive_int(self, "channels", "in_channels", "out_channels", "gain")
-        _need(self, "img_range", self.img_range > 0, "> 0")
+        require(self, "img_range", self.img_range > 0, "> 0")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -80,9 +76,9 @@ class DSCLoRAConfig:
     def __post_init__(self) -> None:
         _positive_int(self, "block_rank", "tail_rank", "affinity_side")
         for name in ("block_alpha", "tail_alpha"):
-            _need(self, name, getattr(self, name) > 0, "> 0")
+            require(self, name, getattr(self, name) > 0, "> 0")
         for name in ("lambda_rec", "lambda_ts", "lambda_ad"):
-            _need(self, name, getattr(self, name) >= 0, ">= 0")
+            require(self, name, getattr(self, name) >= 0, ">= 0")
         if self.lambda_rec == self.lambda_ts == self.lambda_ad == 0:
             raise ValueError("DSCLoRAConfig: at least one of lambda_rec, lambda_ts, lambda_ad must be > 0")
 
@@ -127,12 +123,12 @@ class SRTrainConfig:
     """The training loop (:func:`lowrank_vision.core.train.fit`): steps, lr, seed, device, checkpoints."""
 
     def __post_init__(self) -> None:
-        _need(self, "scale", self.scale in SCALES, "2, 3 or 4")
+        require(self, "scale", self.scale in SCALES, "2, 3 or 4")
         _positive_int(self, "channels", "batch_size")
-        _need(self, "lr_patch", isinstance(self.lr_patch, int) and self.lr_patch >= 8, "an int >= 8")
-        _need(self, "num_workers", isinstance(self.num_workers, int) and self.num_workers >= 0, "an int >= 0")
-        _need(self, "train_form", self.train_form in ("branches", "deployed"), "'branches' or 'deployed'")
-        _need(self, "train", isinstance(self.train, TrainConfig), "a TrainConfig")
+        require(self, "lr_patch", isinstance(self.lr_patch, int) and self.lr_patch >= 8, "an int >= 8")
+        require(self, "num_workers", isinstance(self.num_workers, int) and self.num_workers >= 0, "an int >= 0")
+        require(self, "train_form", self.train_form in ("branches", "deployed"), "'branches' or 'deployed'")
+        require(self, "train", isinstance(self.train, TrainConfig), "a TrainConfig")
         if self.lr_dir is not None and self.data is None:
             raise ValueError(f"SRTrainConfig.lr_dir needs data (the HR folder) as well, got data=None and lr_dir={self.lr_dir!r}")
 

@@ -1,0 +1,23 @@
+"""One error format for every config in the project.
+
+``require(cfg, "rank", cfg.rank >= 1, "an int >= 1")`` raises
+``ValueError("AdapterConfig.rank must be an int >= 1, got 0")``: the class, the field, what was
+expected and what was given, so a user knows which argument to fix.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Optional
+
+__all__ = ["require", "is_int"]
+
+
+def require(obj: Any, name: str, ok: bool, expected: str) -> None:
+    """Raise ``ValueError("<Class>.<name> must be <expected>, got <value!r>")`` unless ``ok``."""
+    if not ok:
+        raise ValueError(f"{type(obj).__name__}.{name} must be {expected}, got {getattr(obj, name)!r}")
+
+
+def is_int(value: Any, minimum: Optional[int] = None) -> bool:
+    """A real int (``bool`` excluded), at least ``minimum`` when given."""
+    return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
