@@ -116,8 +116,11 @@ def make_weights(work: str | os.PathLike | None = None, into: str | os.PathLike 
     weights_dir, bundle_dir = (Path(into) / "weights", Path(into) / "bundle") if into else (WEIGHTS_DIR, BUNDLE_DIR)
     result: dict = {"command": "lowrank-seg make-weights" + (" --measure-only" if measure_only else "") + " --threads 1",
                     "torch_threads": torch.get_num_threads()}
-    if measure_only:  # the shipped weights as they are
+    if measure_only:  # the shipped weights as they are; their training numbers come from the run that made them
         base_path, adapter_path = DEFAULT_BASE, DEFAULT_ADAPTER
+        previous = json.loads((WEIGHTS_DIR / "metrics.json").read_text()) if (WEIGHTS_DIR / "metrics.json").is_file() else {}
+        if "pretrain" in previous:
+            result["pretrain"] = {**previous["pretrain"], "measured_by": previous.get("command", "an earlier run")}
     else:
         cfg = replace(PRESETS["cpu"], seed=TRAIN_SEED)
         base_path, adapter_path = weights_dir / DEFAULT_BASE.name, weights_dir / DEFAULT_ADAPTER.name
@@ -156,10 +159,11 @@ def weights_card(result: dict) -> str:
         return (f"| {key.rsplit('seed', 1)[1]} | {role} | {a['n_cases']} | {b['dice_mean']:.3f} | {a['dice_mean']:.3f} | "
                 f"{b['volume_pearson_r']:.2f} -> {a['volume_pearson_r']:.2f} | {b['volume_mae_ml']:.1f} -> {a['volume_mae_ml']:.1f} |\n")
 
-    pre = result.get("pretrain")
+    cfg, pre = PRESETS["cpu"], result.get("pretrain")
     trained = ("" if pre is None else
-               f"Pre-training: {pre['steps']} steps, final loss {pre['final_loss']:.5f}, TBI held-out Dice {pre['tbi_heldout_dice']:.3f}; "
-               f"SAH seed {TRAIN_SEED} (the adapter's training data) before adaptation {pre['sah_dice_pretrained_only']:.3f}.\n\n")
+               f"Pre-training{' (numbers of ' + pre['measured_by'] + ')' if 'measured_by' in pre else ''}: {pre['steps']} steps, final "
+               f"loss {pre['final_loss']:.5f}, TBI held-out Dice {pre['tbi_heldout_dice']:.3f}; SAH seed {TRAIN_SEED} (the adapter's "
+               f"training data) before adaptation {pre['sah_dice_pretrained_only']:.3f}.\n\n")
     rows = "".join(row(f"selection_sah_seed{s}", "selection (CP lr chosen here)") for s in SELECTION_SEEDS)
     rows += row(f"heldout_sah_seed{HELDOUT_SEED}", "**held out**")
     return f"""# Default weights of the hemorrhage_seg plugin
@@ -170,12 +174,14 @@ Made on a CPU with preset `cpu` of `lowrank_vision.plugins.hemorrhage_seg.config
 (48x48x16 voxels of 3.75x3.75x10.5 mm), on synthetic data only:
 
 1. `tbi_unet.pt`: 3-D MONAI UNet (channels 8-16-32-64, strides 2-2-2, 1 residual unit, windows brain/subdural,
-   {result['unet_params']:,} parameters), 300 AdamW steps on synthetic TBI of seed {TRAIN_SEED} (every 5th case held out).
-2. `sah_cp_lora_r8/`: CP-LoRA rank {RANK} (alpha {RANK}, lr 1e-1) on every (transposed) convolution, 60 steps on all 12
-   synthetic SAH cases of seed {TRAIN_SEED} ({result['cp_lora_r8_trainable_params']:,} trainable parameters).
+   {result['unet_params']:,} parameters), {cfg.pretrain.max_steps} AdamW steps on {cfg.n_tbi} synthetic TBI cases of seed {TRAIN_SEED}
+   (every 5th held out).
+2. `sah_cp_lora_r8/`: CP-LoRA rank {RANK} (alpha {RANK}, lr {cfg.lr_for('cp_lora'):g}) on every (transposed) convolution,
+   {cfg.train.max_steps} steps on all {cfg.n_sah} synthetic SAH cases of seed {TRAIN_SEED}
+   ({result['cp_lora_r8_trainable_params']:,} trainable parameters).
 3. `../bundle/models/model.pt`: base + adapter state dict (unmerged) for the MONAI bundle.
 
-{trained}Dice on 12 synthetic SAH volumes per seed, pre-trained only vs with the adapter (volume r and MAE in mL):
+{trained}Dice on {cfg.n_sah} synthetic SAH volumes per seed, pre-trained only vs with the adapter (volume r and MAE in mL):
 
 | SAH seed | role | cases | Dice pre-trained | Dice CP-LoRA r{RANK} | volume r | volume MAE (mL) |
 |---|---|---:|---:|---:|---|---|
