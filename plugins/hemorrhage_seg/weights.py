@@ -104,18 +104,19 @@ def make_weights(work: str | os.PathLike | None = None, into: str | os.PathLike 
     ``into`` writes everything under ``into/weights`` and ``into/bundle`` instead of the package (to check that
     a rerun gives the same weights); ``work`` holds the synthetic data (default: a temporary folder).
     """
+    import torch
+
     from lowrank_vision.core import save
     from lowrank_vision.core.files import write_json, write_text
 
     from .model import load_checkpoint
     from .recipes import finetune, load_dataset, pretrain
 
-    import torch
-
     work = Path(work or tempfile.mkdtemp(prefix="hseg_weights_"))
     weights_dir, bundle_dir = (Path(into) / "weights", Path(into) / "bundle") if into else (WEIGHTS_DIR, BUNDLE_DIR)
-    result: dict = {"command": "lowrank-seg make-weights" + (" --measure-only" if measure_only else "") + " --threads 1",
-                    "torch_threads": torch.get_num_threads()}
+    threads = torch.get_num_threads()
+    result: dict = {"command": "lowrank-seg make-weights" + (" --measure-only" if measure_only else "") + f" --threads {threads}",
+                    "torch_threads": threads}
     if measure_only:  # the shipped weights as they are; their training numbers come from the run that made them
         base_path, adapter_path = DEFAULT_BASE, DEFAULT_ADAPTER
         previous = json.loads((WEIGHTS_DIR / "metrics.json").read_text()) if (WEIGHTS_DIR / "metrics.json").is_file() else {}

@@ -148,11 +148,15 @@ def test_bad_inputs_exit_2_with_one_line(tmp_path, capsys, case):
 
 def test_demo_runs_and_reports_metrics(tmp_path):
     from lowrank_vision.plugins.hemorrhage_seg import PLUGIN
+    from lowrank_vision.plugins.hemorrhage_seg.weights import WEIGHTS_DIR
 
     m = PLUGIN.demo(tmp_path, "cpu")
     assert m["cp_lora_trainable_params"] == 5_560 and m["unet_params"] == 150_550 and m["sah_cases"] == 12
     # held-out SAH seed 3 (neither trained on nor used for choosing the lr): measured 0.178 -> 0.264
     assert m["sah_dice_cp_lora_r8"] >= m["sah_dice_pretrained_only"] + 0.06
+    card = json.loads((WEIGHTS_DIR / "metrics.json").read_text())["heldout_sah_seed3"]  # the same numbers as the weights' card
+    assert m["sah_dice_cp_lora_r8"] == pytest.approx(card["cp_lora_r8"]["dice_mean"], abs=1e-4)
+    assert m["sah_dice_pretrained_only"] == pytest.approx(card["pretrained_only"]["dice_mean"], abs=1e-4)
     (fig,) = m["figures"]
     assert fig["path"].startswith(str(tmp_path)) and open(fig["path"], "rb").read(4) == b"\x89PNG" and fig["caption"]
     assert "held-out" in m["summary"] and f"{m['sah_dice_cp_lora_r8']:.3f}" in m["summary"]
