@@ -13,7 +13,9 @@ reads with nibabel and keeps the file's affine and header, so an output mask lie
 input. Multi-class masks (BHSD, INSTANCE) are binarised (any hemorrhage class > 0).
 
 HU windows (centre, width): brain 40/80, subdural 80/200, bone 600/2800. Each window maps
-``[centre - width/2, centre + width/2]`` to ``[0, 1]`` with clipping and becomes one input channel.
+``[centre - width/2, centre + width/2]`` to ``[0, 1]`` with clipping and becomes one input channel
+(:func:`window_hu`; :class:`HUWindowd` is the dictionary transform used by the training loader and by
+the plugin's MONAI bundle). Files are written atomically (:mod:`lowrank_vision.core.files`).
 """
 
 from __future__ import annotations

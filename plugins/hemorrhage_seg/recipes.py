@@ -216,6 +216,7 @@ def finetune(base: nn.Module, dataset, indices, strategy: str, rank: Optional[in
     returns (model, trainable params)."""
     model = copy.deepcopy(base)
     alpha = cfg.alpha_over_rank * int(rank) if strategy in ADAPTER_METHODS and rank is not None else None
+    torch.manual_seed(cfg.train.seed)  # the adapters' random init must not depend on what ran before in the process
     n_train = apply_strategy(model, strategy, rank, modules=cfg.modules, alpha=alpha)
     if strategy != "none":
         model = _fit(model, dataset, indices, replace(cfg.train, lr=cfg.lr_for(strategy)), cfg.batch_size, progress).model

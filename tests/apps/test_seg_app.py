@@ -152,7 +152,7 @@ def test_demo_runs_and_reports_metrics(tmp_path):
 
     m = PLUGIN.demo(tmp_path, "cpu")
     assert m["cp_lora_trainable_params"] == 5_560 and m["unet_params"] == 150_550 and m["sah_cases"] == 12
-    # held-out SAH seed 3 (neither trained on nor used for choosing the lr): measured 0.178 -> 0.264
+    # held-out SAH seed 3 (neither trained on nor used for choosing the lr): measured 0.178 -> 0.293
     assert m["sah_dice_cp_lora_r8"] >= m["sah_dice_pretrained_only"] + 0.06
     card = json.loads((WEIGHTS_DIR / "metrics.json").read_text())["heldout_sah_seed3"]  # the same numbers as the weights' card
     assert m["sah_dice_cp_lora_r8"] == pytest.approx(card["cp_lora_r8"]["dice_mean"], abs=1e-4)
