@@ -1,5 +1,5 @@
 #!/bin/bash
-# Acceptance runs of issues 4 (hemorrhage_seg) and 6 (sr_dsclora) on a machine with 2 GPUs, in jobs of at
+# Acceptance runs of hemorrhage_seg (docs/results/hemorrhage.md) and sr_dsclora (docs/results/sr.md) on a machine with 2 GPUs, in jobs of at
 # most LIMIT seconds. Every stage checkpoints or skips finished work, so running this again on the same
 # machine continues where the last job stopped.
 #   GPU 0: TBI pre-training, then the SAH strategies in G0;

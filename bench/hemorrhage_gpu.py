@@ -10,8 +10,8 @@ fit in a 10-minute job.
 On a machine with several GPUs the compare stages can run side by side (CUDA_VISIBLE_DEVICES=i;
 ``bench/gpu_acceptance.sh`` does this on 2 GPUs, the run in docs/results/hemorrhage.md). Each
 strategy writes OUT/<arch>/compare_<strategy>/ and is skipped when that folder holds results.json.
-``--preset cpu`` runs the same stages at CPU size. ``report`` checks the acceptance of issue 4
-(CP-LoRA Dice >= pre-trained-only + 0.15, within 0.03 of full fine-tuning, <= 5 % of its trainable
+``--preset cpu`` runs the same stages at CPU size. ``report`` checks the acceptance criteria of the
+hemorrhage plugin (CP-LoRA Dice >= pre-trained-only + 0.15, within 0.03 of full fine-tuning, <= 5 % of its trainable
 parameters) for the best CP-LoRA rank and writes OUT/report.md, OUT/report.json, OUT/dice_vs_params.png.
 """
 
@@ -28,23 +28,27 @@ import torch
 
 
 def main(argv=None) -> int:
-    from lowrank_vision.plugins.hemorrhage_seg.recipe import PRESETS, compare, plot_dice_vs_params, pretrain, results_table
-    from lowrank_vision.plugins.hemorrhage_seg.strategies import STRATEGIES
+    from lowrank_vision.core.files import write_json, write_text
+    from lowrank_vision.plugins.hemorrhage_seg.config import FINETUNE_STRATEGIES, PRESETS
+    from lowrank_vision.plugins.hemorrhage_seg.metrics import plot_dice_vs_params, results_table
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import compare, pretrain
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["pretrain", "compare", "report"])
     ap.add_argument("--out", default="runs/hseg_gpu")
     ap.add_argument("--preset", default="gpu", choices=sorted(PRESETS))
     ap.add_argument("--arch", default="3d", choices=["3d", "multiview"])
-    ap.add_argument("--strategies", nargs="+", choices=STRATEGIES)
+    ap.add_argument("--strategies", nargs="+", choices=FINETUNE_STRATEGIES)
     ap.add_argument("--ranks", nargs="+", type=int)
     ap.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
     ap.add_argument("--threads", type=int, default=4)
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
     cfg = PRESETS[args.preset]
-    cfg = replace(cfg, net=replace(cfg.net, kind=args.arch), mixed_precision=args.mixed_precision,
-                  cpu=cfg.cpu or not torch.cuda.is_available())
+    on_cpu = not torch.cuda.is_available()
+    cfg = replace(cfg, net=replace(cfg.net, kind=args.arch),
+                  pretrain=replace(cfg.pretrain, mixed_precision=args.mixed_precision, cpu=cfg.pretrain.cpu or on_cpu),
+                  train=replace(cfg.train, mixed_precision=args.mixed_precision, cpu=cfg.train.cpu or on_cpu))
     if args.strategies:
         cfg = replace(cfg, strategies=tuple(args.strategies))
     if args.ranks:
@@ -53,9 +57,10 @@ def main(argv=None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     if args.stage == "pretrain":
-        m = pretrain(cfg, Path(args.out) / "data", out / "tbi_unet.pt", run_dir=out / "pretrain_run", checkpoint_every=500, resume=True)
+        cfg = replace(cfg, pretrain=replace(cfg.pretrain, output_dir=str(out / "pretrain_run"), checkpoint_every=500, resume=True))
+        m = pretrain(cfg, Path(args.out) / "data", out / "tbi_unet.pt")
         m["seconds"] = time.time() - t0
-        (out / "pretrain.json").write_text(json.dumps(m, indent=1))
+        write_json(out / "pretrain.json", m, indent=1)
         print(json.dumps(m, indent=1))
     elif args.stage == "compare":
         # one folder per strategy, skipped when already done, so a stopped job loses at most one strategy
@@ -79,21 +84,21 @@ def main(argv=None) -> int:
         if not rows:
             print(f"no compare_*/results.json under {out}", file=sys.stderr)
             return 1
-        order = {s: i for i, s in enumerate(STRATEGIES)}
+        order = {s: i for i, s in enumerate(FINETUNE_STRATEGIES)}
         rows.sort(key=lambda r: (order[r["strategy"]], r["rank"] or 0))
         verdict = acceptance(rows)
         pre = json.loads((out / "pretrain.json").read_text()) if (out / "pretrain.json").is_file() else {}
         text = f"# TBI -> SAH, preset {args.preset}, arch {args.arch}\n\npretrain: {json.dumps(pre)}\n\n" + results_table(rows)
         text += "\n\nacceptance: " + json.dumps(verdict) + "\n"
-        (out / "report.md").write_text(text)
-        (out / "report.json").write_text(json.dumps({"rows": rows, "acceptance": verdict, "pretrain": pre}, indent=1))
+        write_text(out / "report.md", text)
+        write_json(out / "report.json", {"rows": rows, "acceptance": verdict, "pretrain": pre}, indent=1)
         plot_dice_vs_params(rows, out / "dice_vs_params.png")
         print(text)
     return 0
 
 
 def acceptance(rows: list[dict]) -> dict:
-    """Issue-4 acceptance for the best CP-LoRA rank among those with <= 5 % of full fine-tuning's parameters."""
+    """Acceptance (docs/results/hemorrhage.md) for the best CP-LoRA rank among those with <= 5 % of full fine-tuning's parameters."""
     by = {(r["strategy"], r["rank"]): r for r in rows}
     none, full = by.get(("none", None)), by.get(("full", None))
     cps = [r for r in rows if r["strategy"] == "cp_lora"]

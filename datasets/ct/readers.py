@@ -13,7 +13,9 @@ reads with nibabel and keeps the file's affine and header, so an output mask lie
 input. Multi-class masks (BHSD, INSTANCE) are binarised (any hemorrhage class > 0).
 
 HU windows (centre, width): brain 40/80, subdural 80/200, bone 600/2800. Each window maps
-``[centre - width/2, centre + width/2]`` to ``[0, 1]`` with clipping and becomes one input channel.
+``[centre - width/2, centre + width/2]`` to ``[0, 1]`` with clipping and becomes one input channel
+(:func:`window_hu`; :class:`HUWindowd` is the dictionary transform used by the training loader and by
+the plugin's MONAI bundle). Files are written atomically (:mod:`lowrank_vision.core.files`).
 """
 
 from __future__ import annotations
@@ -26,8 +28,8 @@ import numpy as np
 import torch
 
 __all__ = [
-    "HU_WINDOWS", "window_hu", "find_image_mask_pairs", "check_nifti", "load_nifti", "check_pair",
-    "CTSegmentationDataset", "monai_load_transforms", "load_dicom_series", "save_mask_like",
+    "HU_WINDOWS", "window_hu", "HUWindowd", "blood_volume_ml", "find_image_mask_pairs", "check_nifti", "load_nifti",
+    "check_pair", "CTSegmentationDataset", "monai_load_transforms", "load_dicom_series", "save_nifti", "save_mask_like",
 ]
 
 HU_WINDOWS: dict[str, tuple[float, float]] = {"brain": (40.0, 80.0), "subdural": (80.0, 200.0), "bone": (600.0, 2800.0)}
@@ -48,6 +50,11 @@ def window_hu(hu: torch.Tensor | np.ndarray, windows: Sequence[str] = ("brain", 
         centre, width = HU_WINDOWS[name]
         chans.append(((x - (centre - width / 2)) / width).clamp(0.0, 1.0))
     return torch.stack(chans)
+
+
+def blood_volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
+    """Blood volume in mL of a binary mask with voxel size ``spacing`` (mm)."""
+    return float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
 
 
 def _is_nifti_name(path: Path) -> bool:
@@ -137,17 +144,27 @@ def find_image_mask_pairs(root: str | os.PathLike, image_dir: Optional[str] = No
     return pairs
 
 
-class _HUWindowd:
-    """Dictionary transform: ``data["image"]`` (1, x, y, z) HU -> (len(windows), x, y, z) in [0, 1]."""
+class HUWindowd:
+    """MONAI-style dictionary transform: each ``keys`` entry, a (1, x, y, z) HU image, becomes
+    (len(windows), x, y, z) in [0, 1]; a MetaTensor keeps its meta data and applied operations (so
+    ``Invertd`` can undo later transforms). ``label_key`` names a mask to binarise (> 0) to float32."""
 
-    def __init__(self, windows: Sequence[str]):
-        self.windows = tuple(windows)
+    def __init__(self, keys: Sequence[str] = ("image",), windows: Sequence[str] = ("brain", "subdural"),
+                 label_key: Optional[str] = None):
+        self.keys, self.windows, self.label_key = (keys,) if isinstance(keys, str) else tuple(keys), tuple(windows), label_key
 
     def __call__(self, data: dict) -> dict:
         out = dict(data)
-        img = torch.as_tensor(np.asarray(data["image"]))[0]
-        out["image"] = window_hu(img, self.windows)
-        out["label"] = (torch.as_tensor(np.asarray(data["label"])) > 0).to(torch.float32)
+        for k in self.keys:
+            img = data[k]
+            win = window_hu(torch.as_tensor(np.asarray(img))[0], self.windows)
+            if hasattr(img, "copy_meta_from"):
+                from monai.data import MetaTensor
+
+                win = MetaTensor(win, meta=img.meta, applied_operations=img.applied_operations)
+            out[k] = win
+        if self.label_key is not None:
+            out[self.label_key] = (torch.as_tensor(np.asarray(data[self.label_key])) > 0).to(torch.float32)
         return out
 
 
@@ -161,7 +178,7 @@ def monai_load_transforms(windows: Sequence[str] = ("brain", "subdural"), orient
         ts.append(Orientationd(keys=["image", "label"], axcodes=orientation))
     if spacing:
         ts.append(Spacingd(keys=["image", "label"], pixdim=tuple(spacing), mode=("bilinear", "nearest")))
-    ts.append(_HUWindowd(windows))
+    ts.append(HUWindowd(["image"], windows, label_key="label"))
     return Compose(ts)
 
 
@@ -219,19 +236,35 @@ def load_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray
     return np.asarray(img, dtype=np.float32), np.asarray(img.affine, dtype=np.float64)
 
 
+def save_nifti(array: np.ndarray, affine: np.ndarray, path: str | os.PathLike) -> Path:
+    """Write ``array`` (its own dtype) as NIfTI with ``affine``, spatial units mm, atomically."""
+    import nibabel as nib
+
+    from lowrank_vision.core.files import atomic_path
+
+    out = Path(path)
+    if not _is_nifti_name(out):
+        raise ValueError(f"output path must be a NIfTI file name (.nii or .nii.gz), got {out.name!r}")
+    img = nib.Nifti1Image(np.asarray(array), affine)
+    img.header.set_xyzt_units("mm")
+    with atomic_path(out) as tmp:
+        nib.save(img, str(tmp))
+    return out
+
+
 def save_mask_like(mask: np.ndarray, reference_header, affine: np.ndarray, path: str | os.PathLike) -> Path:
-    """Write a uint8 mask as NIfTI with the reference's affine and header geometry (temp file + rename)."""
+    """Write a uint8 mask as NIfTI with the reference's affine and header geometry, atomically."""
     import nibabel as nib
 
     out = Path(path)
     if not _is_nifti_name(out):
         raise ValueError(f"output path must be a NIfTI file name (.nii or .nii.gz), got {out.name!r}")
-    out.parent.mkdir(parents=True, exist_ok=True)
     header = reference_header.copy() if reference_header is not None else None
     img = nib.Nifti1Image(np.asarray(mask, dtype=np.uint8), affine, header=header)
     img.set_data_dtype(np.uint8)
     img.header["scl_slope"], img.header["scl_inter"] = 1.0, 0.0
-    tmp = out.with_name(".tmp_" + out.name)
-    nib.save(img, str(tmp))
-    os.replace(tmp, out)
+    from lowrank_vision.core.files import atomic_path
+
+    with atomic_path(out) as tmp:
+        nib.save(img, str(tmp))
     return out

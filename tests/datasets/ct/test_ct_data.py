@@ -1,4 +1,4 @@
-"""Synthetic head CT generator and CT readers (lowrank_vision.datasets.ct_synthetic / ct_readers)."""
+"""Synthetic head CT generator and CT readers (lowrank_vision.datasets.ct.synthetic / .readers)."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from lowrank_vision.datasets.ct_readers import (
-    CTSegmentationDataset, find_image_mask_pairs, load_nifti, save_mask_like, window_hu,
+from lowrank_vision.datasets.ct.readers import (
+    CTSegmentationDataset, HUWindowd, blood_volume_ml, find_image_mask_pairs, load_nifti, save_mask_like, save_nifti, window_hu,
 )
-from lowrank_vision.datasets.ct_synthetic import SyntheticCTConfig, blood_volume_ml, synthesize_case, write_synthetic_dataset
+from lowrank_vision.datasets.ct.synthetic import SyntheticCTConfig, synthesize_case, write_synthetic_dataset
 
 SMALL = SyntheticCTConfig(shape=(32, 32, 16), spacing=(5.6, 5.6, 10.5))
 
@@ -88,6 +88,35 @@ def test_window_table(hu, window, expected):
     assert float(window_hu(torch.tensor([hu]), [window])[0, 0]) == pytest.approx(expected)
 
 
+def test_blood_volume_ml():
+    assert blood_volume_ml(np.ones((10, 10, 10)), (1.0, 1.0, 2.0)) == pytest.approx(2.0)
+    assert blood_volume_ml(np.zeros((4, 4, 4)), (3.0, 3.0, 3.0)) == 0.0
+
+
+def test_hu_window_transform_keeps_meta_and_binarises_the_label():
+    from monai.data import MetaTensor
+
+    affine = torch.diag(torch.tensor([2.0, 2.0, 5.0, 1.0]))
+    img = MetaTensor(torch.tensor([40.0, 80.0, 1000.0]).reshape(1, 3, 1, 1), affine=affine)
+    out = HUWindowd(["image"], ["brain", "subdural"], label_key="label")({"image": img, "label": np.array([[[[0]], [[3]], [[1]]]])})
+    assert out["image"].shape == (2, 3, 1, 1) and torch.equal(out["image"].affine, affine)
+    assert out["image"][0, :, 0, 0].tolist() == [0.5, 1.0, 1.0] and out["image"][1, :, 0, 0].tolist() == pytest.approx([0.3, 0.5, 1.0])
+    assert out["label"].dtype == torch.float32 and out["label"].flatten().tolist() == [0.0, 1.0, 1.0]
+    plain = HUWindowd("image", ["bone"])({"image": np.full((1, 2, 2, 2), 600.0)})
+    assert plain["image"].shape == (1, 2, 2, 2) and float(plain["image"].max()) == 0.5 and "label" not in plain
+
+
+def test_save_nifti_is_atomic_and_checks_the_name(tmp_path):
+    import nibabel as nib
+
+    p = save_nifti(np.arange(24, dtype=np.int16).reshape(2, 3, 4), np.diag([2.0, 2.0, 5.0, 1.0]), tmp_path / "v.nii.gz")
+    back = nib.load(str(p))
+    assert np.array_equal(np.asarray(back.dataobj), np.arange(24).reshape(2, 3, 4)) and back.header.get_xyzt_units()[0] == "mm"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["v.nii.gz"]  # no temporary file left
+    with pytest.raises(ValueError, match="NIfTI"):
+        save_nifti(np.zeros((2, 2, 2)), np.eye(4), tmp_path / "v.png")
+
+
 def test_layouts_of_public_datasets(tmp_path):
     import nibabel as nib
 
@@ -157,11 +186,11 @@ def test_saved_mask_keeps_affine(tmp_path):
 
 
 def test_dicom_series_reader(tmp_path):
-    pydicom = pytest.importorskip("pydicom")
+    pytest.importorskip("pydicom")
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-    from lowrank_vision.datasets.ct_readers import load_dicom_series
+    from lowrank_vision.datasets.ct.readers import load_dicom_series
 
     series, study = generate_uid(), generate_uid()
     vol = (np.arange(4 * 6 * 5).reshape(4, 6, 5) % 50).astype(np.int16)  # (slice, row, col)

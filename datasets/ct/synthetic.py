@@ -28,13 +28,15 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 import numpy as np
 
-__all__ = ["SyntheticCTConfig", "synthesize_case", "write_synthetic_dataset", "DOMAINS", "blood_volume_ml"]
+from .readers import blood_volume_ml, save_nifti
+
+__all__ = ["SyntheticCTConfig", "synthesize_case", "write_synthetic_dataset", "DOMAINS"]
 
 DOMAINS = ("tbi", "sah")
 _DOMAIN_ID = {"tbi": 1, "sah": 2}
@@ -69,11 +71,6 @@ class SyntheticCTConfig:
         aff = np.diag([*self.spacing, 1.0])
         aff[:3, 3] = [-(n - 1) * s / 2 for n, s in zip(self.shape, self.spacing)]
         return aff
-
-
-def blood_volume_ml(mask: np.ndarray, spacing: Sequence[float]) -> float:
-    """Blood volume in mL of a binary mask with voxel size ``spacing`` (mm)."""
-    return float(np.count_nonzero(mask)) * float(np.prod(spacing)) / 1000.0
 
 
 # ----------------------------------------------------------------------------- building blocks
@@ -228,16 +225,6 @@ def synthesize_case(domain: Literal["tbi", "sah"], index: int, seed: int = 0, co
     return image, mask, info
 
 
-def _save_nifti_atomic(array: np.ndarray, affine: np.ndarray, path: Path) -> None:
-    import nibabel as nib
-
-    img = nib.Nifti1Image(array, affine)
-    img.header.set_xyzt_units("mm")
-    tmp = path.with_name(".tmp_" + path.name)
-    nib.save(img, str(tmp))
-    os.replace(tmp, path)
-
-
 def write_synthetic_dataset(
     out_dir: str | os.PathLike,
     domain: Literal["tbi", "sah"],
@@ -252,12 +239,14 @@ def write_synthetic_dataset(
     """
     from tqdm.auto import tqdm
 
+    from lowrank_vision.core.files import write_json
+
     if int(n_cases) < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases!r}")
     cfg = config or SyntheticCTConfig()
     out = Path(out_dir)
     meta_path = out / "dataset.json"
-    want = {"generator": "lowrank_vision.datasets.ct_synthetic", "domain": domain, "n_cases": int(n_cases),
+    want = {"generator": "lowrank_vision.datasets.ct.synthetic", "domain": domain, "n_cases": int(n_cases),
             "seed": int(seed), "config": asdict(cfg)}
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
@@ -269,11 +258,8 @@ def write_synthetic_dataset(
     for i in tqdm(range(int(n_cases)), desc=f"synthesize {domain}", disable=not progress):
         image, mask, info = synthesize_case(domain, i, seed, cfg)
         name = f"{domain}_{i:03d}.nii.gz"
-        _save_nifti_atomic(image, cfg.affine, out / "imagesTr" / name)
-        _save_nifti_atomic(mask, cfg.affine, out / "labelsTr" / name)
+        save_nifti(image, cfg.affine, out / "imagesTr" / name)
+        save_nifti(mask, cfg.affine, out / "labelsTr" / name)
         cases.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}", **info})
-    meta = {**want, "cases": cases}
-    tmp = meta_path.with_name(".tmp_dataset.json")
-    tmp.write_text(json.dumps(meta, indent=1))
-    os.replace(tmp, meta_path)
+    write_json(meta_path, {**want, "cases": cases}, indent=1)
     return out

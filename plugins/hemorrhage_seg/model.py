@@ -1,4 +1,4 @@
-"""Networks of the hemorrhage plugin: MONAI 3-D UNet and a 2-D multi-view UNet; checkpoints.
+"""Networks of the hemorrhage plugin: MONAI 3-D UNet and a 2-D multi-view UNet; their checkpoint file.
 
 Minoccheri et al. (arXiv 2508.01772) fine-tune a "multi-view Unet" whose exact form is not public.
 Choice made here (:class:`MultiViewUNet`): three independent 2-D MONAI UNets, one per anatomical
@@ -13,56 +13,25 @@ another architecture raises a ``ValueError`` that names both.
 
 from __future__ import annotations
 
+import io
 import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Sequence
 
 import torch
 from torch import nn
 
-__all__ = ["UNetConfig", "MultiViewUNet", "build_network", "save_checkpoint", "load_checkpoint", "DECODER_REGEX",
+from lowrank_vision.core.files import write_bytes
+
+from .config import UNetConfig
+
+__all__ = ["MultiViewUNet", "build_network", "save_checkpoint", "load_checkpoint", "save_torch", "DECODER_REGEX",
            "pad_to_multiple"]
 
 CHECKPOINT_FORMAT = "lowrank_vision.hemorrhage_seg.unet/1"
 # Up-path modules of a MONAI UNet: model.2, model.1.submodule.2, model.1.submodule.1.submodule.2, ...
 DECODER_REGEX = r"(.*\.)?model\.(1\.submodule\.)*2(\..*)?"
-
-
-@dataclass(frozen=True)
-class UNetConfig:
-    """Architecture of the segmentation network (binary output: one logit channel)."""
-
-    kind: Literal["3d", "multiview"] = "3d"
-    """``"3d"``: one 3-D UNet; ``"multiview"``: axial/coronal/sagittal 2-D UNets with fused probabilities."""
-    in_channels: int = 2
-    """Input channels (one per HU window)."""
-    channels: tuple[int, ...] = (8, 16, 32, 64)
-    """Feature channels per UNet level."""
-    strides: tuple[int, ...] = (2, 2, 2)
-    """Down-sampling stride between levels (len(channels) - 1 entries)."""
-    num_res_units: int = 1
-    """Residual units per block (MONAI ``num_res_units``)."""
-
-    def __post_init__(self) -> None:
-        if self.kind not in ("3d", "multiview"):
-            raise ValueError(f"UNetConfig.kind must be '3d' or 'multiview', got {self.kind!r}")
-        if self.in_channels < 1:
-            raise ValueError(f"UNetConfig.in_channels must be >= 1, got {self.in_channels!r}")
-        if len(self.channels) < 2 or len(self.strides) != len(self.channels) - 1:
-            raise ValueError(f"UNetConfig.strides must have len(channels) - 1 = {len(self.channels) - 1} entries, got {self.strides!r}")
-        if self.num_res_units < 0:
-            raise ValueError(f"UNetConfig.num_res_units must be >= 0, got {self.num_res_units!r}")
-        object.__setattr__(self, "channels", tuple(int(c) for c in self.channels))
-        object.__setattr__(self, "strides", tuple(int(s) for s in self.strides))
-
-    @property
-    def divisor(self) -> int:
-        """Spatial sizes must be multiples of this (product of the strides)."""
-        out = 1
-        for s in self.strides:
-            out *= s
-        return out
 
 
 def _unet(cfg: UNetConfig, dims: int) -> nn.Module:
@@ -133,12 +102,15 @@ def save_checkpoint(model: nn.Module, cfg: UNetConfig, path: str | os.PathLike, 
                     half: bool = False) -> Path:
     """Write the base network (no adapters) atomically; ``half`` stores float16 weights."""
     sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(".tmp_" + out.name)
-    torch.save({"format": CHECKPOINT_FORMAT, "arch": asdict(cfg), "windows": list(windows), "state_dict": sd, **(extra or {})}, tmp)
-    os.replace(tmp, out)
-    return out
+    return save_torch({"format": CHECKPOINT_FORMAT, "arch": asdict(cfg), "windows": list(windows), "state_dict": sd, **(extra or {})},
+                      path)
+
+
+def save_torch(obj, path: str | os.PathLike) -> Path:
+    """``torch.save`` through an in-memory buffer and an atomic write: the same object gives the same bytes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return write_bytes(path, buf.getvalue())
 
 
 def load_checkpoint(path: str | os.PathLike, expect: UNetConfig | None = None) -> tuple[nn.Module, UNetConfig, dict]:
