@@ -26,7 +26,7 @@ HS=runs/hseg_gpu; SR=runs/sr/bench_gpu
 ) >>"$OUT/gpu1.log" 2>&1 &
 if [ -n "$SR_ARGS" ]; then
   ( export CUDA_VISIBLE_DEVICES=1
-    timeout "$LIMIT" python3 -m lowrank_vision.plugins.sr_dsclora.scripts.benchmark --preset gpu --out $SR $SR_ARGS
+    timeout "$LIMIT" python3 bench/sr_dsclora.py --preset gpu --out $SR $SR_ARGS
     echo "sr rc $?" ) >>"$OUT/sr.log" 2>&1 &
 fi
 wait
