@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from typing import Literal, Optional, Sequence, get_args
 
 from lowrank_vision.core.train import TrainConfig
+from lowrank_vision.core.validate import require
 from lowrank_vision.datasets.ct.synthetic import SyntheticCTConfig
 
 __all__ = ["UNetConfig", "SegExperimentConfig", "PRESETS", "FINETUNE_STRATEGIES", "ADAPTER_METHODS", "MODULE_GROUPS",
@@ -114,24 +115,18 @@ class SegExperimentConfig:
     """Seed of the synthetic cases and of the fold permutation (the trainers carry their own ``seed``)."""
 
     def __post_init__(self) -> None:
-        def need(cond: bool, name: str, expected: str) -> None:
-            if not cond:
-                raise ValueError(f"SegExperimentConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-
-        need(self.n_tbi >= 2, "n_tbi", ">= 2")
-        need(self.batch_size >= 1, "batch_size", ">= 1")
-        need(2 <= self.folds <= self.n_sah, "folds", f">= 2 and <= n_sah ({self.n_sah})")
-        need(all(s in FINETUNE_STRATEGIES for s in self.strategies), "strategies", f"some of {FINETUNE_STRATEGIES}")
-        need(self.adapter_lr is None or self.adapter_lr > 0, "adapter_lr", "> 0 or None")
-        need(all(len(i) == 2 and i[0] in ADAPTER_METHODS and float(i[1]) > 0 for i in self.adapter_lr_by_method),
-             "adapter_lr_by_method", f"(method, lr > 0) pairs with method one of {ADAPTER_METHODS}")
-        need(self.alpha_over_rank > 0, "alpha_over_rank", "> 0")
-        need(bool(self.ranks) and all(int(r) >= 1 for r in self.ranks), "ranks", "ints >= 1")
-        need(self.modules in MODULE_GROUPS, "modules", f"one of {MODULE_GROUPS}")
-        need(self.net.in_channels == len(self.windows), "windows", f"{self.net.in_channels} names (net.in_channels)")
-        need(not any(s % self.net.divisor for s in self.data.shape), "data",
-             f"a grid whose shape is a multiple of {self.net.divisor} (the UNet's stride product)")
-        need(isinstance(self.pretrain, TrainConfig) and isinstance(self.train, TrainConfig), "train", "a TrainConfig")
+        require(self, "n_tbi", self.n_tbi >= 2, ">= 2")
+        require(self, "batch_size", self.batch_size >= 1, ">= 1")
+        require(self, "folds", 2 <= self.folds <= self.n_sah, f">= 2 and <= n_sah ({self.n_sah})")
+        require(self, "strategies", all(s in FINETUNE_STRATEGIES for s in self.strategies), f"some of {FINETUNE_STRATEGIES}")
+        require(self, "adapter_lr", self.adapter_lr is None or self.adapter_lr > 0, "> 0 or None")
+        require(self, "adapter_lr_by_method", all(len(i) == 2 and i[0] in ADAPTER_METHODS and float(i[1]) > 0 for i in self.adapter_lr_by_method), f"(method, lr > 0) pairs with method one of {ADAPTER_METHODS}")
+        require(self, "alpha_over_rank", self.alpha_over_rank > 0, "> 0")
+        require(self, "ranks", bool(self.ranks) and all(int(r) >= 1 for r in self.ranks), "ints >= 1")
+        require(self, "modules", self.modules in MODULE_GROUPS, f"one of {MODULE_GROUPS}")
+        require(self, "windows", self.net.in_channels == len(self.windows), f"{self.net.in_channels} names (net.in_channels)")
+        require(self, "data", not any(s % self.net.divisor for s in self.data.shape), f"a grid whose shape is a multiple of {self.net.divisor} (the UNet's stride product)")
+        require(self, "train", isinstance(self.pretrain, TrainConfig) and isinstance(self.train, TrainConfig), "a TrainConfig")
 
     def lr_for(self, strategy: str) -> float:
         """Fine-tuning learning rate of ``strategy``: per-method override, else ``adapter_lr`` (adapters), else ``train.lr``."""
