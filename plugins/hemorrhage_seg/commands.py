@@ -178,7 +178,12 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
     true = load_nifti(folder / "labelsTr" / f"{name}.nii.gz")[0] > 0
     x = window_hu(hu, windows)
     per_slice = true.sum(axis=(0, 1))
-    slices = sorted(int(z) for z in np.argsort(per_slice)[::-1][:4] if per_slice[z] > 0) or [true.shape[2] // 2]
+    slices = [int(z) for z in np.argsort(per_slice)[::-1][:4] if per_slice[z] > 0] or [true.shape[2] // 2]
+    centre, step = slices[0], 2  # fewer than 3 slices with blood: show its neighbours too (context above and below)
+    while len(slices) < 3 and step < true.shape[2]:
+        slices += [z for z in (centre - step, centre + step) if 0 <= z < true.shape[2] and z not in slices]
+        step += 2
+    slices = sorted(slices[:4])
     fig_path = out / "hemorrhage_before_after.png"
     d0, d1 = cases["pretrained_only"][k]["dice"], cases["cp_lora_r8"][k]["dice"]
     plot_slices_before_after(hu, true, predict_volume(base, x, arch.divisor), predict_volume(adapted, x, arch.divisor), fig_path,
