@@ -192,22 +192,23 @@ class HashGridField(RadianceField):
 
     def encode(self, x: Tensor) -> Tensor:
         u = (self.normalise(x).clamp(-1, 1) + 1) / 2  # [N, 3] in [0, 1]
-        corners = torch.tensor([[i >> 2 & 1, i >> 1 & 1, i & 1] for i in range(8)], device=x.device)
-        primes = torch.tensor(_PRIMES, device=x.device)
+        n = u.shape[0]
         out = []
         for lvl in range(self.levels):
             res = int(self.resolutions[lvl])
             pos = u * res
             base = pos.floor().long().clamp(max=res - 1)
             frac = pos - base
-            idx = base[:, None, :] + corners[None]  # [N, 8, 3]
+            w = torch.stack([1 - frac, frac], -1)  # [N, 3, 2] per-axis weights of the lower/upper corner
+            w = (w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]).reshape(n, 8)
+            c = torch.stack([base, base + 1], -1)  # [N, 3, 2]
+            cx, cy, cz = c[:, 0, :, None, None], c[:, 1, None, :, None], c[:, 2, None, None, :]
             if (res + 1) ** 3 <= self.table:
-                flat = (idx[..., 0] * (res + 1) + idx[..., 1]) * (res + 1) + idx[..., 2]
+                flat = (cx * (res + 1) + cy) * (res + 1) + cz
             else:
-                h = idx * primes
-                flat = (h[..., 0] ^ h[..., 1] ^ h[..., 2]) % self.table
-            w = torch.where(corners[None].bool(), frac[:, None, :], 1 - frac[:, None, :]).prod(-1)  # [N, 8]
-            out.append((self.embeddings[lvl][flat] * w[..., None]).sum(1))
+                flat = ((cx * _PRIMES[0]) ^ (cy * _PRIMES[1]) ^ (cz * _PRIMES[2])) % self.table
+            emb = self.embeddings[lvl][flat.reshape(n, 8)]  # [N, 8, F]
+            out.append(torch.bmm(w[:, None, :], emb)[:, 0])
         return torch.cat(out, dim=-1)
 
     def volume_feature(self, x: Tensor) -> Tensor:
