@@ -228,7 +228,7 @@ class TensoRFVMField(RadianceField):
 
     Density ``sigma_pre = sum_{m, r} P^m_r(x_pair) L^m_r(x_axis) + density_shift``; appearance features
     ``A = B (P^m_r L^m_r)_{m, r}`` (``B``: ``3 app_rank -> app_dim``); the geometry feature is a linear map of
-    ``A`` (PVD's ``basis_mat`` to 15 channels) and colour an MLP on ``[A, PE(d)]``.
+    ``A`` to 15 channels (PVD's ``basis_mat``) and the colour an MLP on ``[geo, PE(d)]``, as in the other fields.
     """
 
     _PAIRS = ((0, 1), (0, 2), (1, 2))
@@ -245,7 +245,7 @@ class TensoRFVMField(RadianceField):
         self.app_lines = nn.Parameter(0.1 * torch.randn(3, app_rank, resolution, 1))
         self.basis = nn.Linear(3 * app_rank, app_dim, bias=False)
         self.geo = nn.Linear(app_dim, geo_feat_dim)
-        self.head = _ColourHead(app_dim, colour_width, colour_depth)
+        self.head = _ColourHead(geo_feat_dim, colour_width, colour_depth)
 
     def _factors(self, planes: Tensor, lines: Tensor, u: Tensor) -> Tensor:
         pc = torch.stack([u[:, list(p)] for p in self._PAIRS])  # [3, N, 2]
@@ -261,12 +261,8 @@ class TensoRFVMField(RadianceField):
         sigma = self._factors(self.density_planes, self.density_lines, u).sum((0, 1)) + self.density_shift
         return torch.cat([sigma[:, None], self.geo(self._appearance(u))], dim=-1)
 
-    def forward(self, x: Tensor, d: Tensor) -> FieldOutput:
-        u = self.normalise(x).clamp(-1, 1)
-        sigma = self._factors(self.density_planes, self.density_lines, u).sum((0, 1)) + self.density_shift
-        app = self._appearance(u)
-        feat = torch.cat([sigma[:, None], self.geo(app)], dim=-1)
-        return FieldOutput(sigma, feat, self.head(app, d))
+    def colour(self, geo: Tensor, d: Tensor) -> Tensor:
+        return self.head(geo, d)
 
     def density_pre(self, x: Tensor) -> Tensor:
         u = self.normalise(x).clamp(-1, 1)
