@@ -131,6 +131,9 @@ def read_transforms(path: str | Path, split: str = "train", background: float = 
     root = src.parent
     meta = _load_json(src)
     frames = meta["frames"] if src.name.startswith("transforms_") else _select(meta, split, src)
+    if not frames:
+        raise ValueError(f"{src}: split {split!r} has no frames ({len(meta['frames'])} frames, no '{split}_filenames' list; "
+                         "without lists every 8th frame is val/test)")
 
     images, alphas, poses, names, intr = [], [], [], [], None
     for k, frame in enumerate(frames):
