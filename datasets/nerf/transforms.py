@@ -135,7 +135,7 @@ def read_transforms(path: str | Path, split: str = "train", background: float = 
         raise ValueError(f"{src}: split {split!r} has no frames ({len(meta['frames'])} frames, no '{split}_filenames' list; "
                          "without lists every 8th frame is val/test)")
 
-    images, alphas, poses, names, intr = [], [], [], [], None
+    images, poses, names, intr = [], [], [], None
     for k, frame in enumerate(frames):
         if not isinstance(frame, dict) or "file_path" not in frame or "transform_matrix" not in frame:
             raise ValueError(f"{src}: frame {k} needs 'file_path' and 'transform_matrix'")

@@ -20,7 +20,7 @@ from lowrank_vision.core.files import atomic_path, write_json
 from .config import DistillConfig, ExportConfig, FitImagesConfig, RenderConfig, cpu_distill_config, cpu_fit_config
 from .metrics import comparison_figure
 
-__all__ = ["default_scene", "make_scene_cmd", "train_cmd", "distill_cmd", "eval_cmd", "render_cmd", "export_cmd", "demo"]
+__all__ = ["cpu_fit_config", "cpu_distill_config", "default_scene", "make_scene_cmd", "train_cmd", "distill_cmd", "eval_cmd", "render_cmd", "export_cmd", "demo"]
 
 
 def default_scene(cache: Optional[Path] = None) -> Path:
@@ -215,5 +215,3 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
                         f"PSNR {t['test_psnr']} dB / SSIM {t['test_ssim']}, and the TensoRF-VM student distilled from it "
                         f"with PVD (random poses, no images) {s['test_psnr']} dB / {s['test_ssim']}.")}
 
-
-__all__ += ["cpu_fit_config", "cpu_distill_config"]
