@@ -190,7 +190,7 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
     from lowrank_vision.datasets.nerf import SceneConfig, make_scene, read_transforms
 
     from .model import load_field
-    from .recipes import evaluate
+    from .recipes import count_params, evaluate
     from .weights import shipped_checkpoint
 
     out_dir = Path(out_dir)
@@ -204,7 +204,7 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
         field, cfg, rig, _ = load_field(shipped_checkpoint(role), device)
         ev = evaluate(field, test, render, rig.background, keep_images=4)
         rows.append((f"{role}: {cfg.kind}", ev["renders"]))
-        numbers[role] = {"field": cfg.kind, "params": sum(p.numel() for p in field.parameters()),
+        numbers[role] = {"field": cfg.kind, "params": count_params(field),
                          "test_psnr": round(ev["psnr"], 3), "test_ssim": round(ev["ssim"], 4)}
     fig = comparison_figure(rows, out_dir / "nerf_teacher_student.png")
     t, s = numbers["teacher"], numbers["student"]

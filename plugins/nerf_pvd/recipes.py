@@ -32,6 +32,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from lowrank_vision.core import count_parameters
 from lowrank_vision.core.train import fit
 from lowrank_vision.datasets.nerf import PosedImages, camera_rays
 
@@ -45,7 +46,8 @@ __all__ = ["dataset_rays", "fit_images", "distill", "evaluate", "render_views", 
 
 
 def count_params(field: RadianceField) -> int:
-    return sum(p.numel() for p in field.parameters())
+    """Total parameters of a field (the core's count, each tensor once)."""
+    return count_parameters(field)[1]
 
 
 def _on_cpu(train, device: str):

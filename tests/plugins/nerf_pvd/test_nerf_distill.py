@@ -87,3 +87,17 @@ def test_stage1_feature_loss_falls_between_feature_fields():
     losses = [h["loss_feature"] for h in info["history"]]
     assert info["stage_steps"] == {1: 24} and losses[-1] < 0.7 * losses[0], losses
     assert all(math.isfinite(v) for v in losses)
+
+
+def test_pvd_al_mixes_hard_rays_and_trains():
+    teacher = _analytic_teacher()
+    cfg = replace(cpu_distill_config("grid", steps=6, active_learning=True),
+                  student=FieldConfig(kind="grid", grid_resolution=12, grid_sh_degree=1), render=RENDER, rays_per_step=64,
+                  poses_per_step=2, hard_rays_ratio=0.5, hard_rays_pool=32)
+    cfg = replace(cfg, train=replace(cfg.train, progress=False, log_every=1))
+    _, info = distill(teacher, RIG, cfg)
+    assert info["steps"] == 6 and all(math.isfinite(h["loss"]) for h in info["history"])
+    plain = replace(cfg, active_learning=False)
+    _, info_plain = distill(teacher, RIG, plain)
+    # from step 2 on, half of each batch comes from the hard-ray pool (and hard points are up-weighted): losses differ
+    assert info["history"][-1]["loss"] != info_plain["history"][-1]["loss"]
