@@ -68,6 +68,27 @@ def dataset_rays(data: PosedImages) -> tuple[Tensor, Tensor, Tensor]:
     return torch.cat(os_), torch.cat(ds), torch.as_tensor(data.images).reshape(-1, 3)
 
 
+class RayBatches(torch.utils.data.Dataset):
+    """All training rays; ``__getitems__`` gathers a whole batch with one index op (no per-ray collation)."""
+
+    def __init__(self, o: Tensor, d: Tensor, rgb: Tensor):
+        self.o, self.d, self.rgb = o, d, rgb
+
+    def __len__(self) -> int:
+        return self.o.shape[0]
+
+    def __getitem__(self, i):
+        return self.o[i], self.d[i], self.rgb[i]
+
+    def __getitems__(self, idx):
+        idx = torch.as_tensor(idx)
+        return self.o[idx], self.d[idx], self.rgb[idx]
+
+
+def _batch_as_is(batch):
+    return batch
+
+
 def fit_images(data: PosedImages, cfg: FitImagesConfig, device: str = "cpu", background: float = 1.0,
                eval_fn: Optional[Callable] = None, callbacks=()) -> tuple[RadianceField, dict]:
     """Train ``cfg.field`` from scratch on the images (MSE on random ray batches); returns ``(field, info)``."""
@@ -77,8 +98,8 @@ def fit_images(data: PosedImages, cfg: FitImagesConfig, device: str = "cpu", bac
     torch.manual_seed(cfg.train.seed)
     field = build_field(cfg.field)
     render = replace(cfg.render, background=background)
-    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(o, d, rgb), batch_size=cfg.rays_per_step,
-                                         shuffle=True, drop_last=True)
+    loader = torch.utils.data.DataLoader(RayBatches(o, d, rgb), batch_size=cfg.rays_per_step, shuffle=True, drop_last=True,
+                                         collate_fn=_batch_as_is)
 
     def loss_fn(model, batch):
         bo, bd, brgb = batch
