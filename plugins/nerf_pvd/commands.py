@@ -24,10 +24,13 @@ __all__ = ["cpu_fit_config", "cpu_distill_config", "default_scene", "make_scene_
 
 
 def default_scene(cache: Optional[Path] = None) -> Path:
-    """The generated default scene (64 px, 40/8/8 views), made once under ``cache`` (default ``runs/nerf/scene``)."""
+    """The generated default scene (64 px, 40/8/8 views), made once under ``cache``.
+
+    The default folder is ``runs/nerf/make-scene``, where ``lowrank-nerf make-scene`` writes by default.
+    """
     from lowrank_vision.datasets.nerf import SceneConfig, make_scene
 
-    path = Path(cache) if cache is not None else Path("runs") / "nerf" / "scene"
+    path = Path(cache) if cache is not None else Path("runs") / "nerf" / "make-scene"
     if not (path / "transforms.json").is_file():
         make_scene(path, SceneConfig())
     return path
