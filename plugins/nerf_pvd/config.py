@@ -1,0 +1,197 @@
+"""Configs of the nerf_pvd plugin: fields, training on images, PVD distillation, rendering and export.
+
+Defaults of :class:`DistillConfig` are the paper's / reference code's (30k iterations, stage 1 until
+2k, stage 2 until 5k, normL2 losses with weights rgb 1, feature/colour/density 0.002, the feature
+weight decayed x0.995 per step, density clipped to [-2, 7], AdamW (0.9, 0.99, eps 1e-15), lr 1e-2
+and x0.1 for an MLP student, L1 1e-4 on TensoRF density). :data:`CPU_PRESET` holds the small
+values the app and the tests use on a CPU.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, replace
+from typing import Literal, Optional
+
+from lowrank_vision.core.train import TrainConfig
+
+from .render import RenderConfig
+
+__all__ = ["FieldKind", "FIELD_KINDS", "FieldConfig", "FitImagesConfig", "DistillConfig", "ExportConfig", "RenderConfig",
+           "cpu_fit_config", "cpu_distill_config"]
+
+FieldKind = Literal["hash", "mlp", "tensorf_vm", "grid"]
+FIELD_KINDS: tuple[str, ...] = ("hash", "mlp", "tensorf_vm", "grid")
+
+
+def _need(cond: bool, cls: str, name: str, expected: str, value) -> None:
+    if not cond:
+        raise ValueError(f"{cls}.{name} must be {expected}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """Which architecture and how large (options a kind does not use are ignored by that kind only)."""
+
+    kind: FieldKind = "hash"
+    """Architecture: hash (Instant-NGP), mlp (NeRF), tensorf_vm (TensoRF VM), grid (Plenoxels-style SH grid)."""
+    bound: float = 1.0
+    """Half side of the scene cube ``[-bound, bound]^3``."""
+    geo_feat_dim: int = 15
+    """Geometry-feature channels of the volume feature (PVD: 15; must match between teacher and student)."""
+    mlp_width: int = 64
+    """Hidden width of the NeRF MLP (paper 256)."""
+    mlp_depth: int = 4
+    """Hidden layers of the NeRF MLP (paper 8)."""
+    hash_levels: int = 8
+    """Hash-grid levels."""
+    hash_log2_table: int = 15
+    """log2 of each level's table size."""
+    hash_max_res: int = 256
+    """Finest hash-grid resolution."""
+    tensorf_resolution: int = 64
+    """TensoRF plane/line resolution (paper 300)."""
+    tensorf_density_rank: int = 8
+    """TensoRF density components per plane (paper 16)."""
+    tensorf_app_rank: int = 16
+    """TensoRF appearance components per plane (paper 48)."""
+    grid_resolution: int = 48
+    """Dense-grid resolution (paper 128)."""
+    grid_sh_degree: int = 2
+    """Spherical-harmonic degree of the dense grid (0..2; the paper uses 3)."""
+
+    def __post_init__(self) -> None:
+        _need(self.kind in FIELD_KINDS, "FieldConfig", "kind", f"one of {FIELD_KINDS}", self.kind)
+        _need(self.bound > 0, "FieldConfig", "bound", "> 0", self.bound)
+        for name in ("geo_feat_dim", "mlp_width", "mlp_depth", "hash_levels", "tensorf_resolution", "tensorf_density_rank",
+                     "tensorf_app_rank", "grid_resolution"):
+            v = getattr(self, name)
+            _need(isinstance(v, int) and v >= 1, "FieldConfig", name, "an int >= 1", v)
+        _need(10 <= self.hash_log2_table <= 24, "FieldConfig", "hash_log2_table", "an int in [10, 24]", self.hash_log2_table)
+        _need(self.grid_sh_degree in (0, 1, 2), "FieldConfig", "grid_sh_degree", "0, 1 or 2", self.grid_sh_degree)
+
+
+def _train_default_fit() -> TrainConfig:
+    return TrainConfig(max_steps=30000, lr=1e-2, scheduler="cosine", max_grad_norm=None, progress=True, log_every=100)
+
+
+@dataclass(frozen=True)
+class FitImagesConfig:
+    """Training a field from scratch on the training images."""
+
+    field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
+    """The architecture trained."""
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    """Sampling along rays."""
+    rays_per_step: int = 4096
+    """Rays per optimizer step (random over all training pixels)."""
+    mlp_lr_scale: float = 0.05
+    """Learning-rate multiplier for an MLP field (NeRF MLPs diverge at grid learning rates)."""
+    train: TrainConfig = dataclasses.field(default_factory=_train_default_fit)
+    """Shared trainer settings (steps, lr, schedule, checkpoints)."""
+
+    def __post_init__(self) -> None:
+        _need(isinstance(self.rays_per_step, int) and self.rays_per_step >= 1, "FitImagesConfig", "rays_per_step", "an int >= 1",
+              self.rays_per_step)
+        _need(self.mlp_lr_scale > 0, "FitImagesConfig", "mlp_lr_scale", "> 0", self.mlp_lr_scale)
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """Progressive Volume Distillation of a teacher field into a student field (no training images)."""
+
+    student: FieldConfig = dataclasses.field(default_factory=lambda: FieldConfig(kind="tensorf_vm"))
+    """The student architecture."""
+    render: RenderConfig = dataclasses.field(default_factory=RenderConfig)
+    """Sampling along rays (the teacher picks the samples; the student is evaluated on the same ones)."""
+    stage1_iters: int = 2000
+    """Stage 1 (volume-feature loss only) runs for steps < stage1_iters (skipped when a side has no feature)."""
+    stage2_iters: int = 5000
+    """Stage 2 (+ density and colour losses) runs for steps < stage2_iters; stage 3 adds the rendered-RGB loss."""
+    rays_per_step: int = 4096
+    """Rays per step, from random poses."""
+    poses_per_step: int = 4
+    """Random camera poses per step (rays are drawn from their pixels)."""
+    loss_type: Literal["norm_l2", "mse"] = "norm_l2"
+    """PVD's ``normL2`` = un-normalised L2 norm of the difference, or the mean squared error."""
+    w_rgb: float = 1.0
+    """Weight of the rendered-RGB loss (stage 3)."""
+    w_feature: float = 0.002
+    """Weight of the volume-feature loss (decays by ``feature_decay`` every step)."""
+    feature_decay: float = 0.995
+    """Per-step multiplier of ``w_feature``."""
+    w_colour: float = 0.002
+    """Weight of the per-point colour loss (stage >= 2)."""
+    w_density: float = 0.002
+    """Weight of the per-point pre-activation density loss (stage >= 2)."""
+    density_clip: tuple[float, float] = (-2.0, 7.0)
+    """Pre-activation densities are distilled clipped to this range."""
+    w_tensorf_l1: float = 1e-4
+    """L1 on the density factors of a TensoRF student."""
+    mlp_lr_scale: float = 0.1
+    """Learning-rate multiplier for an MLP student (PVD: x0.1)."""
+    active_learning: bool = False
+    """PVD-AL: mix the hardest rays of earlier steps into each batch and up-weight the hardest points."""
+    hard_rays_ratio: float = 0.1
+    """PVD-AL: share of each batch taken from the hard-ray pool."""
+    hard_rays_pool: int = 16384
+    """PVD-AL: size of the pool of hardest rays kept."""
+    hard_points_ratio: float = 0.1
+    """PVD-AL: share of points (largest point loss) whose point losses get weight ``1 + hard_points_boost``."""
+    hard_points_boost: float = 1.0
+    """PVD-AL: extra weight of the hardest points."""
+    train: TrainConfig = dataclasses.field(default_factory=_train_default_fit)
+    """Shared trainer settings (PVD: 30k steps, lr 1e-2, cosine)."""
+
+    def __post_init__(self) -> None:
+        c = "DistillConfig"
+        _need(isinstance(self.stage1_iters, int) and self.stage1_iters >= 0, c, "stage1_iters", "an int >= 0", self.stage1_iters)
+        _need(isinstance(self.stage2_iters, int) and self.stage2_iters >= self.stage1_iters, c, "stage2_iters",
+              f"an int >= stage1_iters ({self.stage1_iters})", self.stage2_iters)
+        _need(isinstance(self.rays_per_step, int) and self.rays_per_step >= 1, c, "rays_per_step", "an int >= 1", self.rays_per_step)
+        _need(isinstance(self.poses_per_step, int) and self.poses_per_step >= 1, c, "poses_per_step", "an int >= 1",
+              self.poses_per_step)
+        _need(self.loss_type in ("norm_l2", "mse"), c, "loss_type", "'norm_l2' or 'mse'", self.loss_type)
+        for name in ("w_rgb", "w_feature", "w_colour", "w_density", "w_tensorf_l1", "hard_points_boost"):
+            _need(getattr(self, name) >= 0, c, name, ">= 0", getattr(self, name))
+        _need(0 < self.feature_decay <= 1, c, "feature_decay", "in (0, 1]", self.feature_decay)
+        lo, hi = self.density_clip
+        _need(lo < hi, c, "density_clip", "(low, high) with low < high", self.density_clip)
+        _need(self.mlp_lr_scale > 0, c, "mlp_lr_scale", "> 0", self.mlp_lr_scale)
+        _need(0 <= self.hard_rays_ratio < 1, c, "hard_rays_ratio", "in [0, 1)", self.hard_rays_ratio)
+        _need(0 <= self.hard_points_ratio <= 1, c, "hard_points_ratio", "in [0, 1]", self.hard_points_ratio)
+        _need(isinstance(self.hard_rays_pool, int) and self.hard_rays_pool >= 1, c, "hard_rays_pool", "an int >= 1",
+              self.hard_rays_pool)
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """Point-cloud export: the field's density sampled on a grid."""
+
+    resolution: int = 96
+    """Grid points per axis inside the scene cube."""
+    density_threshold: float = 5.0
+    """Keep grid points whose density ``trunc_exp(sigma_pre)`` exceeds this."""
+    max_points: Optional[int] = 200000
+    """Keep at most this many points (the densest); ``None``: all."""
+
+    def __post_init__(self) -> None:
+        _need(isinstance(self.resolution, int) and 4 <= self.resolution <= 512, "ExportConfig", "resolution", "an int in [4, 512]",
+              self.resolution)
+        _need(self.density_threshold > 0, "ExportConfig", "density_threshold", "> 0", self.density_threshold)
+        _need(self.max_points is None or self.max_points >= 1, "ExportConfig", "max_points", "None or >= 1", self.max_points)
+
+
+def cpu_fit_config(kind: str = "hash", steps: int = 600, seed: int = 0, output_dir: Optional[str] = None) -> FitImagesConfig:
+    """Small settings for a CPU run (the app's and the tests' default)."""
+    return FitImagesConfig(field=FieldConfig(kind=kind), render=RenderConfig(n_coarse=24, n_fine=24), rays_per_step=1024,
+                           train=replace(_train_default_fit(), max_steps=steps, seed=seed, log_every=50, output_dir=output_dir))
+
+
+def cpu_distill_config(student: str = "tensorf_vm", steps: int = 400, seed: int = 0, output_dir: Optional[str] = None,
+                       active_learning: bool = False) -> DistillConfig:
+    """PVD on a CPU: the paper's stage fractions (2k/30k, 5k/30k) kept, rounded; fewer rays per step."""
+    return DistillConfig(student=FieldConfig(kind=student), render=RenderConfig(n_coarse=24, n_fine=24),
+                         stage1_iters=max(1, round(steps * 2000 / 30000)), stage2_iters=max(1, round(steps * 5000 / 30000)),
+                         rays_per_step=1024, poses_per_step=4, active_learning=active_learning,
+                         train=replace(_train_default_fit(), max_steps=steps, seed=seed, log_every=50, output_dir=output_dir))

@@ -1,0 +1,295 @@
+"""Training a field on images, Progressive Volume Distillation, evaluation, orbit renders and point export.
+
+Both training loops run on :func:`lowrank_vision.core.train.fit`. Images: the loader yields random
+batches of training rays. PVD (Fang et al. 2023, arXiv 2211.15977): the loader yields step indices;
+each index seeds the random camera poses of that step (drawn within the teacher's camera rig, so no
+training image is read) and therefore the stage, which keeps a resumed run identical.
+
+PVD choices the paper leaves open, made here:
+
+* shared samples: the teacher chooses them (stratified + importance from *its* weights) and both
+  fields are evaluated on exactly those points;
+* density clipping to ``[lo, hi]`` = [-2, 7]: the teacher's pre-activation density is clipped; the
+  student's is clipped only where it lies beyond the same bound as the target (a student already
+  "more empty" than -2 where the teacher is empty gets no gradient, one on the wrong side keeps it);
+* point losses: the volume feature and the density on every point of rays that cross the scene cube;
+  the colour only on points the teacher finds occupied (clipped density > lo), since colour in empty
+  space never reaches an image;
+* PVD-AL (arXiv 2304.04012) is reduced to two of its three levels: a pool of the hardest rays
+  (largest RGB error seen so far) supplies ``hard_rays_ratio`` of every batch, and the
+  ``hard_points_ratio`` points with the largest point loss are weighted ``1 + hard_points_boost``.
+  Hard-image (pose) selection is not implemented.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor
+
+from lowrank_vision.core import count_parameters
+from lowrank_vision.core.train import fit
+from lowrank_vision.datasets.nerf import PosedImages, camera_rays
+
+from .config import DistillConfig, ExportConfig, FitImagesConfig
+from .fields import RadianceField, trunc_exp
+from .metrics import psnr, ssim
+from .model import CameraRig, build_field, random_poses, rig_from_cameras
+from .render import RenderConfig, composite, render_image, render_rays, sample_along_rays
+
+__all__ = ["dataset_rays", "fit_images", "distill", "evaluate", "render_views", "export_points", "count_params"]
+
+
+def count_params(field: RadianceField) -> int:
+    """Total parameters of a field (the core's count, each tensor once)."""
+    return count_parameters(field)[1]
+
+
+def _on_cpu(train, device: str):
+    return replace(train, cpu=torch.device(device).type == "cpu")
+
+
+def _param_groups(field: RadianceField, lr: float) -> list[dict]:
+    return [{"params": [p for p in field.parameters() if p.requires_grad], "lr": lr, "betas": (0.9, 0.99), "eps": 1e-15}]
+
+
+def dataset_rays(data: PosedImages) -> tuple[Tensor, Tensor, Tensor]:
+    """Origins, directions and colours of every pixel of every image: ``[N*H*W, 3]`` each."""
+    os_, ds = [], []
+    for m in data.c2w:
+        o, d = camera_rays(torch.as_tensor(m), data.height, data.width, *data.intrinsics)
+        os_.append(o)
+        ds.append(d)
+    return torch.cat(os_), torch.cat(ds), torch.as_tensor(data.images).reshape(-1, 3)
+
+
+class RayBatches(torch.utils.data.Dataset):
+    """All training rays; ``__getitems__`` gathers a whole batch with one index op (no per-ray collation)."""
+
+    def __init__(self, o: Tensor, d: Tensor, rgb: Tensor):
+        self.o, self.d, self.rgb = o, d, rgb
+
+    def __len__(self) -> int:
+        return self.o.shape[0]
+
+    def __getitem__(self, i):
+        return self.o[i], self.d[i], self.rgb[i]
+
+    def __getitems__(self, idx):
+        idx = torch.as_tensor(idx)
+        return self.o[idx], self.d[idx], self.rgb[idx]
+
+
+def _batch_as_is(batch):
+    return batch
+
+
+def fit_images(data: PosedImages, cfg: FitImagesConfig, device: str = "cpu", background: float = 1.0,
+               eval_fn: Optional[Callable] = None, callbacks=()) -> tuple[RadianceField, dict]:
+    """Train ``cfg.field`` from scratch on the images (MSE on random ray batches); returns ``(field, info)``."""
+    o, d, rgb = dataset_rays(data)
+    if o.shape[0] < cfg.rays_per_step:
+        raise ValueError(f"FitImagesConfig.rays_per_step={cfg.rays_per_step} exceeds the {o.shape[0]} training rays")
+    torch.manual_seed(cfg.train.seed)
+    field = build_field(cfg.field)
+    render = replace(cfg.render, background=background)
+    loader = torch.utils.data.DataLoader(RayBatches(o, d, rgb), batch_size=cfg.rays_per_step, shuffle=True, drop_last=True,
+                                         collate_fn=_batch_as_is)
+
+    def loss_fn(model, batch):
+        bo, bd, brgb = batch
+        out = render_rays(model, bo, bd, render, training=True)
+        loss = torch.nn.functional.mse_loss(out["rgb"], brgb)
+        return loss, {"psnr": -10 * math.log10(max(loss.item(), 1e-10))}
+
+    lr = cfg.train.lr * (cfg.mlp_lr_scale if cfg.field.kind == "mlp" else 1.0)
+    start = time.perf_counter()
+    res = fit(field, loader, loss_fn, _on_cpu(cfg.train, device), param_groups=_param_groups(field, lr), eval_fn=eval_fn,
+              callbacks=callbacks)
+    rig = rig_from_cameras(data.c2w, data.width, data.height, data.intrinsics, background)
+    return res.model.eval(), {"seconds": time.perf_counter() - start, "steps": res.steps, "final_loss": res.final_loss,
+                              "params": count_params(res.model), "rig": rig, "history": res.history}
+
+
+def _norm_loss(diff: Tensor, kind: str, weight: Optional[Tensor] = None) -> Tensor:
+    if diff.numel() == 0:
+        return diff.sum()
+    sq = diff.pow(2)
+    if weight is not None:
+        sq = sq * weight
+    return sq.sum().clamp(min=1e-12).sqrt() if kind == "norm_l2" else sq.mean()
+
+
+def clip_density_pair(student: Tensor, teacher: Tensor, lo: float, hi: float) -> tuple[Tensor, Tensor]:
+    """Teacher clipped to ``[lo, hi]``; student clipped only where it is beyond the same bound (see module doc)."""
+    target = teacher.clamp(lo, hi)
+    s = torch.where((target <= lo) & (student < lo), torch.full_like(student, lo), student)
+    s = torch.where((target >= hi) & (s > hi), torch.full_like(s, hi), s)
+    return s, target
+
+
+def _stage(step: int, cfg: DistillConfig, both_features: bool) -> int:
+    if step < cfg.stage1_iters and both_features:
+        return 1
+    return 2 if step < cfg.stage2_iters else 3
+
+
+def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: str = "cpu",
+            eval_fn: Optional[Callable] = None, callbacks=()) -> tuple[RadianceField, dict]:
+    """PVD: train ``cfg.student`` to reproduce ``teacher`` from random poses; returns ``(student, info)``."""
+    teacher = teacher.to(device).eval().requires_grad_(False)
+    if cfg.student.geo_feat_dim != teacher.geo_feat_dim:
+        raise ValueError(f"DistillConfig.student.geo_feat_dim must equal the teacher's ({teacher.geo_feat_dim}), "
+                         f"got {cfg.student.geo_feat_dim!r}")
+    torch.manual_seed(cfg.train.seed)
+    student = build_field(replace(cfg.student, bound=teacher.bound))
+    both = teacher.has_feature and student.has_feature
+    render = replace(cfg.render, background=rig.background)
+    lo, hi = cfg.density_clip
+    per_pose = math.ceil(cfg.rays_per_step / cfg.poses_per_step)
+    pool: dict[str, Tensor] = {}
+    stages_seen: dict[int, int] = {}
+
+    def make_rays(step: int, dev) -> tuple[Tensor, Tensor]:
+        g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
+        poses = random_poses(rig, cfg.poses_per_step, g)
+        o_all, d_all = [], []
+        for m in poses:
+            o, d = camera_rays(m, rig.height, rig.width, *rig.intrinsics)
+            pick = torch.randint(0, o.shape[0], (per_pose,), generator=g)
+            o_all.append(o[pick])
+            d_all.append(d[pick])
+        o, d = torch.cat(o_all)[: cfg.rays_per_step], torch.cat(d_all)[: cfg.rays_per_step]
+        if cfg.active_learning and "o" in pool:
+            k = min(int(cfg.hard_rays_ratio * o.shape[0]), pool["o"].shape[0])
+            pick = torch.randperm(pool["o"].shape[0], generator=g)[:k]
+            o[:k], d[:k] = pool["o"][pick].cpu(), pool["d"][pick].cpu()
+        return o.to(dev), d.to(dev)
+
+    def loss_fn(model, batch):
+        step = int(batch[0])
+        dev = next(model.parameters()).device
+        o, d = make_rays(step, dev)
+        stage = _stage(step, cfg, both)
+        stages_seen[stage] = stages_seen.get(stage, 0) + 1
+        with torch.no_grad():
+            samples = sample_along_rays(teacher, o, d, render, training=True)
+            t_out = composite(teacher, o, d, samples, render.background)
+        s_out = composite(model, o, d, samples, render.background)
+        hit = samples["hit"]
+        s_sig, t_sig = clip_density_pair(s_out["sigma_pre"][hit], t_out["sigma_pre"][hit], lo, hi)
+        point_err = (s_sig - t_sig).pow(2)
+        point_w = None
+        if cfg.active_learning and cfg.hard_points_ratio > 0 and point_err.numel():
+            k = max(1, int(cfg.hard_points_ratio * point_err.numel()))
+            thresh = point_err.detach().flatten().topk(k).values[-1]
+            point_w = 1.0 + cfg.hard_points_boost * (point_err.detach() >= thresh).float()
+        parts: dict[str, Tensor] = {}
+        if stage == 1:
+            diff = s_out["feature"][hit] - torch.cat([t_sig[..., None], t_out["feature"][hit][..., 1:]], -1)
+            parts["feature"] = cfg.w_feature * cfg.feature_decay ** step * _norm_loss(
+                diff, cfg.loss_type, None if point_w is None else point_w[..., None])
+        else:
+            parts["density"] = cfg.w_density * _norm_loss(s_sig - t_sig, cfg.loss_type, point_w)
+            occupied = t_sig > lo
+            parts["colour"] = cfg.w_colour * _norm_loss(s_out["point_rgb"][hit][occupied] - t_out["point_rgb"][hit][occupied],
+                                                        cfg.loss_type)
+        ray_err = (s_out["rgb"] - t_out["rgb"]).pow(2).sum(-1)
+        if stage == 3:
+            parts["rgb"] = cfg.w_rgb * _norm_loss(s_out["rgb"] - t_out["rgb"], cfg.loss_type)
+        if cfg.w_tensorf_l1 and cfg.student.kind == "tensorf_vm":
+            parts["l1"] = cfg.w_tensorf_l1 * model.density_regulariser()
+        if cfg.active_learning:
+            with torch.no_grad():
+                po = torch.cat([pool.get("o", o[:0]), o]), torch.cat([pool.get("d", d[:0]), d])
+                pe = torch.cat([pool.get("e", ray_err[:0]), ray_err.detach()])
+                keep = pe.topk(min(cfg.hard_rays_pool, pe.numel())).indices
+                pool.update(o=po[0][keep], d=po[1][keep], e=pe[keep])
+        loss = sum(parts.values())
+        return loss, {"stage": stage, "psnr_vs_teacher": -10 * math.log10(max(ray_err.mean().item() / 3, 1e-10)),
+                      **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
+
+    steps = torch.arange(cfg.train.max_steps)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(steps), batch_size=1, shuffle=False)
+    lr = cfg.train.lr * (cfg.mlp_lr_scale if cfg.student.kind == "mlp" else 1.0)
+    start = time.perf_counter()
+    res = fit(student, loader, lambda m, b: loss_fn(m, b[0]), _on_cpu(cfg.train, device),
+              param_groups=_param_groups(student, lr), eval_fn=eval_fn, callbacks=callbacks)
+    return res.model.eval(), {"seconds": time.perf_counter() - start, "steps": res.steps, "final_loss": res.final_loss,
+                              "params": count_params(res.model), "stage_steps": stages_seen, "stage1_skipped": not both,
+                              "history": res.history}
+
+
+@torch.no_grad()
+def evaluate(field: RadianceField, data: PosedImages, render: RenderConfig, background: float = 1.0,
+             keep_images: int = 0) -> dict:
+    """Mean PSNR/SSIM of ``field``'s renders against ``data``'s images (evaluation sampling, no jitter)."""
+    render = replace(render, background=background)
+    psnrs, ssims, renders = [], [], []
+    for k, m in enumerate(data.c2w):
+        img = render_image(field, torch.as_tensor(m), data.height, data.width, data.intrinsics, render)["rgb"]
+        gt = torch.as_tensor(data.images[k])
+        psnrs.append(psnr(img, gt))
+        ssims.append(ssim(img, gt))
+        if k < keep_images:
+            renders.append(img)
+    return {"psnr": sum(psnrs) / len(psnrs), "ssim": sum(ssims) / len(ssims), "n_images": len(psnrs),
+            "per_image_psnr": psnrs, "renders": renders}
+
+
+@torch.no_grad()
+def render_views(field: RadianceField, rig: CameraRig, poses: Tensor, render: RenderConfig) -> list[Tensor]:
+    """Renders ``[H, W, 3]`` of ``field`` from each pose, at the rig's intrinsics."""
+    render = replace(render, background=rig.background)
+    return [render_image(field, m, rig.height, rig.width, rig.intrinsics, render)["rgb"] for m in poses]
+
+
+@torch.no_grad()
+def export_points(field: RadianceField, cfg: ExportConfig, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Points ``[N, 3]`` where ``trunc_exp(sigma_pre)`` > threshold on a regular grid, and their colours ``[N, 3]``.
+
+    The colour is the field's colour seen from straight above (view direction -z).
+    """
+    from tqdm.auto import tqdm
+
+    dev = next(field.parameters()).device
+    axis = torch.linspace(-field.bound, field.bound, cfg.resolution, device=dev)
+    pts, dens = [], []
+    for z in tqdm(axis, desc="export", disable=not progress):
+        grid = torch.stack(torch.meshgrid(axis, axis, z[None], indexing="ij"), -1).reshape(-1, 3)
+        sigma = trunc_exp(field.density_pre(grid))
+        keep = sigma > cfg.density_threshold
+        pts.append(grid[keep])
+        dens.append(sigma[keep])
+    pts, dens = torch.cat(pts), torch.cat(dens)
+    if cfg.max_points is not None and pts.shape[0] > cfg.max_points:
+        pts = pts[dens.topk(cfg.max_points).indices]
+    down = torch.tensor([0.0, 0.0, -1.0], device=dev).expand_as(pts)
+    colours = torch.cat([field(pts[i:i + 65536], down[i:i + 65536]).rgb for i in range(0, pts.shape[0], 65536)]) \
+        if pts.shape[0] else pts.new_zeros(0, 3)
+    return pts.cpu(), colours.cpu()
+
+
+def write_ply(path: str | Path, points: Tensor, colours: Tensor) -> Path:
+    """Binary little-endian PLY with ``x y z`` (float) and ``red green blue`` (uchar), written atomically."""
+    import numpy as np
+
+    from lowrank_vision.core.files import atomic_path
+
+    n = points.shape[0]
+    rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
+    p = points.numpy().astype(np.float32)
+    c = (colours.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
+    rec["x"], rec["y"], rec["z"] = p[:, 0], p[:, 1], p[:, 2]
+    rec["red"], rec["green"], rec["blue"] = c[:, 0], c[:, 1], c[:, 2]
+    header = ("ply\nformat binary_little_endian 1.0\n"
+              f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
+              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n").encode("ascii")
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(header + rec.tobytes())
+    return Path(path)
