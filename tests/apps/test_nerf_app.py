@@ -71,8 +71,7 @@ def test_every_command_on_a_tiny_scene(tmp_path, capsys):
     assert res["points"] == _read_ply_count(ply) and res["points"] > 0
     body = np.frombuffer(ply.read_bytes().split(b"end_header\n", 1)[1], dtype=[("p", "<f4", 3), ("c", "u1", 3)])
     assert body.shape[0] == res["points"] and np.abs(body["p"]).max() <= 1.0 + 1e-6
-    try:
-        import open3d as o3d
-    except ImportError:
-        return
+    from lowrank_vision.plugins._open3d import import_open3d
+
+    o3d = import_open3d()
     assert len(o3d.io.read_point_cloud(str(ply)).points) == res["points"]
