@@ -4,8 +4,7 @@
     train   [--data DIR] [--field hash|mlp|tensorf_vm|grid] [--steps N]
     distill [--teacher CKPT] [--student tensorf_vm] [--steps N] [--active-learning] [--data DIR]
     eval | render | export [--checkpoint CKPT]            PSNR/SSIM; PNG frames + MP4 (GIF without imageio-ffmpeg); PLY
-Without --data: the generated default scene; without --teacher/--checkpoint: the shipped weights.
-"""
+Defaults: the generated scene (no --data), the shipped weights (no --teacher/--checkpoint)."""
 
 from __future__ import annotations
 
@@ -47,7 +46,7 @@ def export(a):
     from lowrank_vision.plugins.nerf_pvd.config import ExportConfig
     print_json(_cmds().export_cmd(_ckpt(a.checkpoint), Path(a.out), ExportConfig(a.resolution, a.threshold), a.device))
 
-def main(argv=None) -> int:
+def build_parser():
     parser, sub = make_parser("lowrank-nerf", __doc__)
     p = add_command(sub, "make-scene", make_scene, help="generate the procedural scene (transforms.json + PNG splits)", device=False)
     p.add_argument("--width", type=int, default=64)
@@ -73,8 +72,8 @@ def main(argv=None) -> int:
     sub.choices["render"].add_argument("--frames", type=int, default=24)
     sub.choices["export"].add_argument("--resolution", type=int, default=96)
     sub.choices["export"].add_argument("--threshold", type=float, default=5.0, help="density threshold")
-    return run(parser, argv)
+    return parser
 
 
-if __name__ == "__main__":
-    raise SystemExit(main())
+def main(argv=None) -> int:
+    return run(build_parser(), argv)
