@@ -155,11 +155,11 @@ def make_scene(seed: int, config: SceneConfig = SceneConfig()) -> Scene:
     rng = np.random.default_rng(seed)
     T, N = config.frames, config.points
     H, W = config.image_size
-    f = rng.uniform(0.8, 1.2) * W
+    f = rng.uniform(0.55, 0.85) * W
     K = np.array([[f, 0, W / 2 + rng.uniform(-2, 2)], [0, f, H / 2 + rng.uniform(-2, 2)], [0, 0, 1.0]])
 
     u = np.linspace(0.0, 1.0, T)
-    sweep = config.camera_motion * np.array([rng.uniform(0.8, 1.6) * rng.choice([-1, 1]), rng.uniform(-0.3, 0.3), rng.uniform(0.0, 1.2)])
+    sweep = config.camera_motion * np.array([rng.uniform(1.8, 3.0) * rng.choice([-1, 1]), rng.uniform(-0.4, 0.4), rng.uniform(0.0, 1.5)])
     wobble = config.camera_motion * rng.uniform(0.0, 0.3)
     centers = np.stack([sweep[0] * (u - 0.5), sweep[1] * np.sin(np.pi * u) - 0.3 + wobble * np.sin(3 * np.pi * u), sweep[2] * u], 1)
     target = np.array([rng.uniform(-0.5, 0.5), 0.3, 6.5]) + np.outer(u - 0.5, [rng.uniform(-0.5, 0.5), 0, 0])
