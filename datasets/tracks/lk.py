@@ -18,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 
-from .formats import TrackSet, guess_intrinsics, validate_tracks
+from .formats import TrackSet, validate_tracks
 
 __all__ = ["LKConfig", "read_video", "track_frames", "extract_tracks", "VIDEO_SUFFIXES"]
 
@@ -185,4 +185,4 @@ def extract_tracks(video, config: LKConfig = LKConfig(), start: int = 0, frames:
     if tracks.shape[1] == 0:
         raise ValueError(f"{video}: no track lasted {config.min_track_length} frames (too little texture or too fast motion)")
     size = imgs[0].shape[:2]
-    return validate_tracks(tracks, visible, K=K if K is not None else guess_intrinsics(size), image_size=size, source=str(video))
+    return validate_tracks(tracks, visible, K=K, image_size=size, source=str(video))

@@ -30,13 +30,13 @@ def _pos_int(obj, *names: str) -> None:
 class ModelConfig:
     """The track encoder and its heads."""
 
-    width: int = 64
+    width: int = 32
     """Token width (paper: 256)."""
     depth: int = 2
     """Alternating blocks, each = attention across frames then across points (paper: 3)."""
     heads: int = 4
     """Attention heads (paper: 16)."""
-    mlp_ratio: int = 4
+    mlp_ratio: int = 2
     """MLP width / token width (paper: 2048/256 = 8)."""
     octaves: int = 6
     """Positional-encoding octaves of the track coordinates (paper: 12)."""
@@ -94,9 +94,9 @@ class TrainRunConfig:
     """Network."""
     loss: LossConfig = field(default_factory=LossConfig)
     """Loss weights."""
-    scene: SceneConfig = field(default_factory=SceneConfig)
-    """Generated scenes (frames, points, noise, occlusion)."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=600, lr=1e-3, warmup_steps=20, log_every=20))
+    scene: SceneConfig = field(default_factory=lambda: SceneConfig(frames=16, points=64))
+    """Generated scenes (frames, points, noise, occlusion); CPU-sized by default."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=300, lr=1e-3, warmup_steps=20, log_every=20))
     """Optimizer and loop (core.train.fit)."""
     train_scenes: int = 256
     """Number of training scenes (seeds from the 'train' range)."""
