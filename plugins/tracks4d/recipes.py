@@ -71,8 +71,12 @@ class SceneDataset(torch.utils.data.Dataset):
         return self._cache[i]
 
 
-def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig()) -> tuple[torch.Tensor, dict]:
-    """Total loss and its terms (plus the mean reprojection error in pixels) for a batch."""
+def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig(), rigid: bool = False) -> tuple[torch.Tensor, dict]:
+    """Total loss and its terms (plus the mean reprojection error in pixels) for a batch.
+
+    ``rigid=True`` (the baseline's first stage) scores the static basis alone with the plain mean
+    |r_static| instead of the γ-weighted term, so no point can be given up before the cameras are found.
+    """
     obs, vis = batch["tracks"], batch["visible"].to(batch["tracks"].dtype)
     nvis = vis.sum().clamp(min=1.0)
     basis0 = out["basis"][:, :, 0]
@@ -89,6 +93,10 @@ def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig()) -> tup
         sparsity = (out["basis"][:, :, 1:].abs().mean(dim=(-1, -2)) / out["gamma"].detach()).mean()
     else:
         sparsity = obs.new_zeros(())
+    if rigid:
+        r_static = ((r2_static + 1e-12).sqrt() * vis).sum() / nvis
+        total = r_static + config.negative_depth_weight * F.relu(config.min_depth - z_s).mean()
+        return total, {"static_l1": float(r_static.detach())}
     total = (config.static_weight * static + config.dynamic_weight * dynamic
              + config.negative_depth_weight * negative + config.sparsity_weight * sparsity)
     reproj_px = ((r_dyn * vis).sum((1, 2)) / vis.sum((1, 2)).clamp(min=1.0) * batch["f_px"]).mean()
@@ -148,16 +156,15 @@ def _optimise(module: nn.Module, params, batch: dict, steps: int, lr: float, los
               rigid_steps: int = 0) -> tuple[dict, list[float]]:
     """Adam on ``params`` for ``steps``; returns the outputs of the lowest-loss iterate and the loss curve.
 
-    The first ``rigid_steps`` use the static and depth terms only (the cameras explain what a rigid scene
-    can explain before the motion basis is fitted); the best iterate is picked after them.
+    The first ``rigid_steps`` fit the static basis alone with a plain L1 reprojection (the cameras explain
+    what a rigid scene can explain before the motion basis is fitted); the best iterate is picked after them.
     """
     opt = torch.optim.Adam(params, lr=lr)
-    rigid_cfg = replace(loss_cfg, dynamic_weight=0.0, sparsity_weight=0.0)
     best, best_out, curve = float("inf"), None, []
     for step in range(steps):
         out = _forward(module, batch)
         if step < rigid_steps:
-            loss, _ = loss_terms(out, batch, rigid_cfg)
+            loss, _ = loss_terms(out, batch, loss_cfg, rigid=True)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -212,7 +219,6 @@ def optimise_scene(batch: dict, config: BaselineConfig = BaselineConfig(), loss_
     cfg = replace(model_cfg or ModelConfig(), num_basis=config.num_basis)
     _, T, N, _ = batch["tracks"].shape
     rigid = int(round(config.rigid_fraction * config.steps))
-    rigid_cfg = replace(loss_cfg, dynamic_weight=0.0, sparsity_weight=0.0)
     ramp = torch.linspace(-0.5, 0.5, T) * 0.1
     best, best_loss = None, float("inf")
     for dx, dy in _start_directions(config.starts if rigid else 1):
@@ -223,7 +229,7 @@ def optimise_scene(batch: dict, config: BaselineConfig = BaselineConfig(), loss_
         params = params.to(batch["tracks"].device)
         _optimise(params, list(params.parameters()), batch, rigid, config.lr, loss_cfg, rigid_steps=rigid)
         with torch.no_grad():
-            loss = float(loss_terms(_forward(params, batch), batch, rigid_cfg)[0])
+            loss = float(loss_terms(_forward(params, batch), batch, loss_cfg, rigid=True)[0])
         if loss < best_loss:
             best, best_loss = params, loss
     return _optimise(best, list(best.parameters()), batch, config.steps - rigid, config.lr, loss_cfg)
