@@ -111,12 +111,12 @@ def _scene_summary(rows: list[dict], methods: Sequence[str]) -> dict:
 def evaluate_scenes(model, split: str, count: int, scene: SceneConfig = SceneConfig(),
                     methods: Sequence[str] = ("feedforward", "finetune", "baseline"), device: str = "cpu",
                     finetune: FinetuneConfig = FinetuneConfig(steps=100), baseline: BaselineConfig = BaselineConfig(),
-                    loss: LossConfig = LossConfig()) -> dict:
-    """Every metric per generated scene of ``split`` for each method, and their means."""
+                    loss: LossConfig = LossConfig(), seeds: Optional[Sequence[int]] = None) -> dict:
+    """Every metric per generated scene of ``split`` (or of the given ``seeds``) for each method, and their means."""
     from . import metrics, recipes
 
     rows = []
-    for seed in split_seeds(split, count):
+    for seed in (split_seeds(split, count) if seeds is None else seeds):
         ts = make_scene(seed, scene).to_trackset()
         batch = recipes.prepare([ts], device)
         row = {"seed": seed}
