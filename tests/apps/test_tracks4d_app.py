@@ -86,3 +86,11 @@ def test_extract_tracks_and_predict_on_frames(tiny_weights, tmp_path, capsys):
 
 def test_parser_lists_every_command():
     assert set(build_parser()._subparsers._group_actions[0].choices) == set(COMMANDS)
+
+
+def test_predict_with_the_per_scene_baseline_needs_no_weights(tmp_path):
+    out = tmp_path / "ps"
+    assert main(["predict", "--per-scene-steps", "10", "--weights", str(tmp_path / "absent.safetensors"), "--out", str(out),
+                 "--threads", "1"]) == 0
+    m = json.loads((out / "metrics.json").read_text())
+    assert m["method"] == "per-scene optimisation" and m["source"].startswith("generated test scene")
