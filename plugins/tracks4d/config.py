@@ -104,9 +104,14 @@ class TrainRunConfig:
     """Number of validation scenes (seeds from the 'val' range)."""
     batch_size: int = 4
     """Scenes per batch."""
+    rigid_warmup_steps: int = 0
+    """First optimizer steps that fit the static basis alone with a plain L1 reprojection (as the baseline's
+    rigid stage; stands in for the paper's pose pre-training phase). After a resume the count restarts at the
+    first logged step of the resumed run."""
 
     def __post_init__(self) -> None:
         _pos_int(self, "train_scenes", "val_scenes", "batch_size")
+        _need(self, isinstance(self.rigid_warmup_steps, int) and self.rigid_warmup_steps >= 0, "rigid_warmup_steps", "an int >= 0")
 
 
 @dataclass(frozen=True)

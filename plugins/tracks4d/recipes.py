@@ -94,9 +94,11 @@ def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig(), rigid:
     else:
         sparsity = obs.new_zeros(())
     if rigid:
-        r_static = ((r2_static + 1e-12).sqrt() * vis).sum() / nvis
+        r_s = (r2_static + 1e-12).sqrt()
+        r_static = (r_s * vis).sum() / nvis
         total = r_static + config.negative_depth_weight * F.relu(config.min_depth - z_s).mean()
-        return total, {"static_l1": float(r_static.detach())}
+        px = ((r_s * vis).sum((1, 2)) / vis.sum((1, 2)).clamp(min=1.0) * batch["f_px"]).mean()
+        return total, {"static_l1": float(r_static.detach()), "reprojection_px": float(px.detach())}
     total = (config.static_weight * static + config.dynamic_weight * dynamic
              + config.negative_depth_weight * negative + config.sparsity_weight * sparsity)
     reproj_px = ((r_dyn * vis).sum((1, 2)) / vis.sum((1, 2)).clamp(min=1.0) * batch["f_px"]).mean()
@@ -124,8 +126,14 @@ def train_model(config: TrainRunConfig, device: str = "cpu", output_dir: Optiona
     tc = replace(config.train, cpu=str(device) == "cpu", output_dir=output_dir or config.train.output_dir)
     val_batch = None
 
+    done = {"steps": 0}  # optimizer steps finished, updated by the callback below
+
     def loss_fn(m: nn.Module, batch: dict):
-        return loss_terms(_forward(m, batch), batch, config.loss)
+        rigid = done["steps"] < config.rigid_warmup_steps
+        return loss_terms(_forward(m, batch), batch, config.loss, rigid=rigid)
+
+    def count(step: int, m: nn.Module, metrics: dict) -> None:
+        done["steps"] = step
 
     def eval_fn(m: nn.Module) -> dict:
         nonlocal val_batch
@@ -135,7 +143,7 @@ def train_model(config: TrainRunConfig, device: str = "cpu", output_dir: Optiona
         loss, terms = loss_terms(_forward(m, val_batch), val_batch, config.loss)
         return {"loss": float(loss), "reprojection_px": terms["reprojection_px"]}
 
-    result = fit(model, loader, loss_fn, tc, eval_fn=eval_fn, callbacks=callbacks)
+    result = fit(model, loader, loss_fn, tc, eval_fn=eval_fn, callbacks=[count, *callbacks])
     return result.model.eval(), result.history
 
 

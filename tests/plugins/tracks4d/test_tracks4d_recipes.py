@@ -72,3 +72,13 @@ def test_metrics_are_zero_on_the_truth_and_invariant_to_similarity():
     assert pm["ate"] < 1e-9 and pm["rpe_trans"] < 1e-9 and pm["rpe_rot_deg"] < 1e-4
     moved = metrics.pose_metrics(s.R, s.t + np.array([0.3, 0, 0]) * np.arange(len(s.t))[:, None] / len(s.t), s.R, s.t)
     assert moved["ate"] > 1e-3 and moved["rpe_trans"] > 1e-3
+
+
+def test_rigid_warmup_uses_the_static_l1_loss_first():
+    cfg = TrainRunConfig(model=SMALL, scene=TINY_SCENE, train_scenes=2, val_scenes=1, batch_size=2, rigid_warmup_steps=3,
+                         train=TrainConfig(max_steps=5, lr=1e-3, log_every=1, progress=False))
+    _, history = train_model(cfg)
+    assert ["static_l1" in h for h in history] == [True, True, True, False, False]
+    assert all("dynamic" in h for h in history[3:])
+    with pytest.raises(ValueError, match="TrainRunConfig.rigid_warmup_steps must be an int >= 0"):
+        TrainRunConfig(rigid_warmup_steps=-1)
