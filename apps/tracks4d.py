@@ -24,7 +24,7 @@ def _cmd(a):
     if a.command == "train":
         cfg = TrainRunConfig()
         cfg = replace(cfg, train=replace(cfg.train, max_steps=a.steps or cfg.train.max_steps, lr=a.lr or cfg.train.lr),
-                      train_scenes=a.scenes or cfg.train_scenes, rigid_warmup_steps=a.rigid_warmup_steps)
+                      train_scenes=a.scenes or cfg.train_scenes, rigid_warmup_steps=cfg.rigid_warmup_steps if a.rigid_warmup_steps is None else a.rigid_warmup_steps)
         if a.make_default_weights:
             from lowrank_vision.plugins.tracks4d.weights import make_default_weights
             cmd = " ".join(["lowrank-tracks4d"] + sys.argv[1:]) if sys.argv[0].endswith("tracks4d") else "lowrank-tracks4d train --make-default-weights"
@@ -44,8 +44,8 @@ def build_parser():
     m = add_command(sub, "make-scenes", _cmd, help="write generated dynamic scenes (tracks + ground truth) as .npz")
     m.add_argument("--split", default="test", choices=["train", "val", "test"]), m.add_argument("--count", type=int, default=4)
     t = add_command(sub, "train", _cmd, help="train the encoder on generated scenes")
-    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default: TrainRunConfig)")
-    t.add_argument("--lr", type=float, default=None), t.add_argument("--rigid-warmup-steps", type=int, default=0, help="static-L1 steps first")
+    t.add_argument("--steps", type=int, default=None, help="optimizer steps (default 1500)")
+    t.add_argument("--lr", type=float, default=None), t.add_argument("--rigid-warmup-steps", type=int, help="static-L1 steps first (default 500)")
     t.add_argument("--scenes", type=int, default=None, help="training scenes (default 256)")
     t.add_argument("--make-default-weights", action="store_true", help="select lr on val, score on test, write weights + card to --out")
     p = add_command(sub, "predict", _cmd, help="reconstruct a video or track file: reconstruction.npz, metrics.json, PLY, preview.png")

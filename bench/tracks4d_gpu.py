@@ -54,7 +54,7 @@ def _run_config(s: dict, lr: float, steps: int, out: Path | None) -> TrainRunCon
                         checkpoint_every=(max(1, min(200, steps // 4)) if out else 0), output_dir=str(out) if out else None,
                         resume=out is not None, eval_every=max(1, steps // 5))
     return TrainRunConfig(model=s["model"], scene=s["scene"], train=train, train_scenes=s["train_scenes"],
-                          val_scenes=s["val_scenes"], batch_size=s["batch"])
+                          val_scenes=s["val_scenes"], batch_size=s["batch"], rigid_warmup_steps=steps // 3)
 
 
 def stage_train(out: Path, s: dict, device: str, budget: float, lr_search: bool) -> dict:
