@@ -18,7 +18,7 @@ TINY_SCENE = SceneConfig(frames=8, points=24)
 
 def test_tiny_training_lowers_the_loss_by_half_a_nat():
     # two scenes, one batch: the loop sees the same batch each step, so the loss must fall clearly
-    cfg = TrainRunConfig(model=SMALL, scene=TINY_SCENE, train_scenes=2, val_scenes=1, batch_size=2,
+    cfg = TrainRunConfig(model=SMALL, scene=TINY_SCENE, train_scenes=2, val_scenes=1, batch_size=2, rigid_warmup_steps=0,
                          train=TrainConfig(max_steps=60, lr=3e-3, warmup_steps=5, log_every=1, progress=False, scheduler="constant"))
     model, history = train_model(cfg)
     first, last = history[0]["loss"], np.mean([h["loss"] for h in history[-5:]])
