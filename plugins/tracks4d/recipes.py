@@ -1,0 +1,258 @@
+"""Losses, training on generated scenes, test-time fine-tuning, the per-scene baseline, and reconstruction.
+
+Losses (TracksTo4D, unsupervised, in normalised image coordinates; r = reprojection residual):
+
+* static   ``mean_visible log(γ_p + |r_static|² / γ_p)`` with the static basis point only: a large γ lets a
+  moving point violate the static model (its minimum over γ is log 2|r|, so the term is unbounded below);
+* dynamic  ``mean_visible |r_dynamic|`` of the full low-rank model, with the static basis detached;
+* negative depth ``mean max(min_depth - z, 0)`` over every point and frame, static and dynamic;
+* sparsity ``mean_{p,k>=1} |B_pk| / stopgrad(γ_p)``.
+
+Training uses :func:`lowrank_vision.core.train.fit` (AdamW, warm-up + cosine). The baseline optimises the
+same motion model's parameters directly for one scene (:class:`~.model.SceneParameters`), and keeps the
+iterate with the lowest loss, as test-time fine-tuning does.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from dataclasses import replace
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from lowrank_vision.datasets.tracks import SceneConfig, TrackSet, make_scene, split_seeds
+
+from .config import BaselineConfig, FinetuneConfig, LossConfig, ModelConfig, TrainRunConfig
+from .model import SceneParameters, TracksTo4DNet, project
+
+__all__ = ["SceneDataset", "prepare", "sample_from_trackset", "loss_terms", "train_model", "reconstruct",
+           "optimise_scene", "finetune", "forward_timed"]
+
+
+def sample_from_trackset(ts: TrackSet) -> dict:
+    """One scene as tensors: normalised tracks [T, N, 2], visibility [T, N], focal_known, f_px (= sqrt(fx fy))."""
+    Kinv = np.linalg.inv(ts.K)
+    homog = np.concatenate([ts.tracks.astype(np.float64), np.ones(ts.tracks.shape[:2] + (1,))], -1)
+    norm = homog @ Kinv.T
+    norm = norm[..., :2] / norm[..., 2:]
+    norm = np.where(ts.visible[..., None], norm, 0.0)
+    return {"tracks": torch.from_numpy(norm.astype(np.float32)), "visible": torch.from_numpy(ts.visible.copy()),
+            "focal_known": torch.tensor(ts.focal_known), "f_px": torch.tensor(float(np.sqrt(ts.K[0, 0] * ts.K[1, 1])))}
+
+
+def prepare(tracksets: Sequence[TrackSet], device: str | torch.device = "cpu") -> dict:
+    """A batch of scenes with equal T and N (stacked :func:`sample_from_trackset`), on ``device``."""
+    samples = [sample_from_trackset(ts) for ts in tracksets]
+    return {k: torch.stack([s[k] for s in samples]).to(device) for k in samples[0]}
+
+
+class SceneDataset(torch.utils.data.Dataset):
+    """Generated scenes of one split (item i = scene seed ``split_seeds(split, n)[i]``, cached)."""
+
+    def __init__(self, split: str, count: int, scene: SceneConfig = SceneConfig()):
+        self.seeds = split_seeds(split, count)
+        self.scene = scene
+        self._cache: dict[int, dict] = {}
+
+    def __len__(self) -> int:
+        return len(self.seeds)
+
+    def trackset(self, i: int) -> TrackSet:
+        return make_scene(self.seeds[i], self.scene).to_trackset()
+
+    def __getitem__(self, i: int) -> dict:
+        if i not in self._cache:
+            self._cache[i] = sample_from_trackset(self.trackset(i))
+        return self._cache[i]
+
+
+def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig(), rigid: bool = False) -> tuple[torch.Tensor, dict]:
+    """Total loss and its terms (plus the mean reprojection error in pixels) for a batch.
+
+    ``rigid=True`` (the baseline's first stage) scores the static basis alone with the plain mean
+    |r_static| instead of the γ-weighted term, so no point can be given up before the cameras are found.
+    """
+    obs, vis = batch["tracks"], batch["visible"].to(batch["tracks"].dtype)
+    nvis = vis.sum().clamp(min=1.0)
+    basis0 = out["basis"][:, :, 0]
+    uv_s, z_s = project(basis0[:, None], out["R"], out["t"], out["focal"], config.min_depth)
+    moving = out["points"] - basis0[:, None] + basis0[:, None].detach()
+    uv_d, z_d = project(moving, out["R"], out["t"], out["focal"], config.min_depth)
+    gamma = out["gamma"][:, None]
+    r2_static = ((uv_s - obs) ** 2).sum(-1)
+    static = (torch.log(gamma + r2_static / gamma) * vis).sum() / nvis
+    r_dyn = (((uv_d - obs) ** 2).sum(-1) + 1e-12).sqrt()
+    dynamic = (r_dyn * vis).sum() / nvis
+    negative = F.relu(config.min_depth - z_d).mean() + F.relu(config.min_depth - z_s).mean()
+    if out["basis"].shape[2] > 1:
+        sparsity = (out["basis"][:, :, 1:].abs().mean(dim=(-1, -2)) / out["gamma"].detach()).mean()
+    else:
+        sparsity = obs.new_zeros(())
+    if rigid:
+        r_s = (r2_static + 1e-12).sqrt()
+        r_static = (r_s * vis).sum() / nvis
+        total = r_static + config.negative_depth_weight * F.relu(config.min_depth - z_s).mean()
+        px = ((r_s * vis).sum((1, 2)) / vis.sum((1, 2)).clamp(min=1.0) * batch["f_px"]).mean()
+        return total, {"static_l1": float(r_static.detach()), "reprojection_px": float(px.detach())}
+    total = (config.static_weight * static + config.dynamic_weight * dynamic
+             + config.negative_depth_weight * negative + config.sparsity_weight * sparsity)
+    reproj_px = ((r_dyn * vis).sum((1, 2)) / vis.sum((1, 2)).clamp(min=1.0) * batch["f_px"]).mean()
+    terms = {"static": float(static.detach()), "dynamic": float(dynamic.detach()), "negative_depth": float(negative.detach()),
+             "sparsity": float(sparsity.detach()), "reprojection_px": float(reproj_px.detach())}
+    return total, terms
+
+
+def _forward(model: nn.Module, batch: dict) -> dict:
+    return model(batch["tracks"], batch["visible"], batch["focal_known"])
+
+
+def train_model(config: TrainRunConfig, device: str = "cpu", output_dir: Optional[str] = None,
+                callbacks: Sequence[Callable] = ()) -> tuple[TracksTo4DNet, list[dict]]:
+    """Train the encoder on ``config.train_scenes`` generated scenes; validation loss/reprojection logged as eval_*."""
+    from lowrank_vision.core.train import fit
+
+    torch.manual_seed(config.train.seed)
+    model = TracksTo4DNet(config.model)
+    train_set = SceneDataset("train", config.train_scenes, config.scene)
+    val_set = SceneDataset("val", config.val_scenes, config.scene)
+    loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True)
+    if len(loader) == 0:
+        raise ValueError(f"TrainRunConfig.train_scenes={config.train_scenes} is smaller than batch_size={config.batch_size}")
+    tc = replace(config.train, cpu=str(device) == "cpu", output_dir=output_dir or config.train.output_dir)
+    val_batch = None
+
+    done = {"steps": 0}  # optimizer steps finished, updated by the callback below
+
+    def loss_fn(m: nn.Module, batch: dict):
+        rigid = done["steps"] < config.rigid_warmup_steps
+        return loss_terms(_forward(m, batch), batch, config.loss, rigid=rigid)
+
+    def count(step: int, m: nn.Module, metrics: dict) -> None:
+        done["steps"] = step
+
+    def eval_fn(m: nn.Module) -> dict:
+        nonlocal val_batch
+        dev = next(m.parameters()).device
+        if val_batch is None:
+            val_batch = prepare([val_set.trackset(i) for i in range(len(val_set))], dev)
+        loss, terms = loss_terms(_forward(m, val_batch), val_batch, config.loss)
+        return {"loss": float(loss), "reprojection_px": terms["reprojection_px"]}
+
+    result = fit(model, loader, loss_fn, tc, eval_fn=eval_fn, callbacks=[count, *callbacks])
+    return result.model.eval(), result.history
+
+
+def forward_timed(model: nn.Module, batch: dict) -> tuple[dict, float]:
+    """Outputs under no_grad and the forward time in seconds (synchronised on CUDA)."""
+    dev = batch["tracks"].device
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    start = time.perf_counter()
+    with torch.no_grad():
+        out = _forward(model, batch)
+    if dev.type == "cuda":
+        torch.cuda.synchronize(dev)
+    return out, time.perf_counter() - start
+
+
+def _optimise(module: nn.Module, params, batch: dict, steps: int, lr: float, loss_cfg: LossConfig,
+              rigid_steps: int = 0) -> tuple[dict, list[float]]:
+    """Adam on ``params`` for ``steps``; returns the outputs of the lowest-loss iterate and the loss curve.
+
+    The first ``rigid_steps`` fit the static basis alone with a plain L1 reprojection (the cameras explain
+    what a rigid scene can explain before the motion basis is fitted); the best iterate is picked after them.
+    """
+    opt = torch.optim.Adam(params, lr=lr)
+    best, best_out, curve = float("inf"), None, []
+    for step in range(steps):
+        out = _forward(module, batch)
+        if step < rigid_steps:
+            loss, _ = loss_terms(out, batch, loss_cfg, rigid=True)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            continue
+        loss, _ = loss_terms(out, batch, loss_cfg)
+        value = float(loss.detach())
+        curve.append(value)
+        if value < best:
+            best, best_out = value, {k: v.detach() for k, v in out.items()}
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+    with torch.no_grad():
+        out = _forward(module, batch)
+        loss, _ = loss_terms(out, batch, loss_cfg)
+    curve.append(float(loss))
+    if best_out is None or float(loss) < best:
+        best_out = {k: v.detach() for k, v in out.items()}
+    return best_out, curve
+
+
+def finetune(model: TracksTo4DNet, batch: dict, config: FinetuneConfig, loss_cfg: LossConfig = LossConfig()) -> tuple[dict, list[float]]:
+    """Test-time fine-tuning on one batch (a copy of ``model``; 'lora' wraps its MLP layers with core LoRA)."""
+    tuned = copy.deepcopy(model).train()
+    if config.method == "lora":
+        from lowrank_vision.core import apply
+
+        apply(tuned, "lora", rank=config.rank, targets=["*.linear1", "*.linear2"], trainable=("frame_head.*", "point_head.*"))
+    params = [p for p in tuned.parameters() if p.requires_grad]
+    return _optimise(tuned, params, batch, config.steps, config.lr, loss_cfg)
+
+
+def _start_directions(count: int) -> list[tuple[float, float]]:
+    """Initial camera sweep directions in the image plane: +x, -x, +y, -y, then diagonals."""
+    dirs = [(1.0, 0.0), (-1.0, 0.0), (0.0, 1.0), (0.0, -1.0), (0.7, 0.7), (-0.7, -0.7), (0.7, -0.7), (-0.7, 0.7)]
+    return dirs[:count]
+
+
+def optimise_scene(batch: dict, config: BaselineConfig = BaselineConfig(), loss_cfg: LossConfig = LossConfig(),
+                   model_cfg: Optional[ModelConfig] = None) -> tuple[dict, list[float]]:
+    """The baseline: optimise the motion model of one scene (batch of 1) from several camera starts.
+
+    Gradient descent from identity cameras often lands in the mirrored (depth-reversed) solution of a
+    sideways-moving camera, so the rigid stage runs from ``config.starts`` initial sweeps (the camera
+    translating by ±``0.1 · init_depth`` across the clip along ±x, ±y, ...); the start with the lowest
+    rigid loss continues with the full loss.
+    """
+    if batch["tracks"].shape[0] != 1:
+        raise ValueError(f"optimise_scene works on one scene at a time, got a batch of {batch['tracks'].shape[0]}")
+    cfg = replace(model_cfg or ModelConfig(), num_basis=config.num_basis)
+    _, T, N, _ = batch["tracks"].shape
+    rigid = int(round(config.rigid_fraction * config.steps))
+    ramp = torch.linspace(-0.5, 0.5, T) * 0.1
+    best, best_loss = None, float("inf")
+    for dx, dy in _start_directions(config.starts if rigid else 1):
+        params = SceneParameters(T, N, cfg)
+        with torch.no_grad():
+            params.frame_raw[0, :, 6] = dx * ramp
+            params.frame_raw[0, :, 7] = dy * ramp
+        params = params.to(batch["tracks"].device)
+        _optimise(params, list(params.parameters()), batch, rigid, config.lr, loss_cfg, rigid_steps=rigid)
+        with torch.no_grad():
+            loss = float(loss_terms(_forward(params, batch), batch, loss_cfg, rigid=True)[0])
+        if loss < best_loss:
+            best, best_loss = params, loss
+    return _optimise(best, list(best.parameters()), batch, config.steps - rigid, config.lr, loss_cfg)
+
+
+def reconstruct(out: dict, batch: dict, index: int = 0) -> dict:
+    """Numpy reconstruction of scene ``index`` of a batch: the arrays ``predict`` writes (see commands.predict)."""
+    f_px = float(batch["f_px"][index])
+    points = out["points"][index]
+    cam = torch.einsum("tij,tnj->tni", out["R"][index], points) + out["t"][index][:, None]
+    uv = out["focal"][index][:, None, None] * cam[..., :2] / cam[..., 2:].clamp(min=1e-6)
+    vis = batch["visible"][index]
+    err = ((uv - batch["tracks"][index]) ** 2).sum(-1).sqrt() * f_px
+    as_np = lambda x: x.detach().cpu().numpy().astype(np.float32)  # noqa: E731
+    return {"points": as_np(points), "R": as_np(out["R"][index]), "t": as_np(out["t"][index]),
+            "focal": as_np(out["focal"][index] * f_px), "depth": as_np(cam[..., 2]), "basis": as_np(out["basis"][index]),
+            "coefficients": as_np(out["coefficients"][index]), "gamma": as_np(out["gamma"][index]),
+            "reprojection_px": float(err[vis].mean()) if bool(vis.any()) else float("nan")}
