@@ -1,7 +1,7 @@
 """PLY point clouds and camera frustums of a reconstruction (the plugin's open3d host file).
 
-With open3d importable (``pip install 'lowrank-vision[tracks]'``; its wheel also needs the system
-library ``libusb-1.0``) the files are written by ``open3d.io.write_point_cloud`` and
+With open3d importable (``pip install 'lowrank-vision[tracks]'``; its libusb dependency comes from
+the ``libusb-package`` wheel where the system has none, see ``plugins/_open3d.py``) the files are written by ``open3d.io.write_point_cloud`` and
 ``write_line_set``; otherwise by the plain ASCII PLY writer below, which every viewer (open3d,
 MeshLab, CloudCompare, Blender) reads. :func:`ply_writer` says which one is used.
 """
@@ -13,16 +13,16 @@ from pathlib import Path
 import numpy as np
 
 from lowrank_vision.core.files import atomic_path, write_text
+from lowrank_vision.plugins._open3d import import_open3d
 
 __all__ = ["ply_writer", "write_points_ply", "write_cameras_ply", "frustum_lines", "export_frames"]
 
 
 def _open3d():
     try:
-        import open3d
+        return import_open3d()
     except (ImportError, OSError):  # not installed, or its shared libraries are missing
         return None
-    return open3d
 
 
 def ply_writer() -> str:
