@@ -115,28 +115,35 @@ def stage_report(out, sz, device, docs_md):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    scratch = {k: json.loads((out / f"scratch_{k}.json").read_text()) for k in KINDS}
+    scratch = {k: json.loads((out / f"scratch_{k}.json").read_text()) for k in KINDS if (out / f"scratch_{k}.json").is_file()}
+    missing = [f"scratch_{k}" for k in KINDS if k not in scratch]
+    missing += [f.stem for f in [out / f"pvd_{t}_to_{s}.json" for t in KINDS for s in KINDS if t != s] if not f.is_file()
+                and f.stem in {"pvd_hash_to_mlp", "pvd_hash_to_tensorf_vm", "pvd_hash_to_grid"}]
     rows = ["| teacher → student | params | steps | train s | test PSNR | test SSIM | scratch PSNR | scratch s | "
             "s to reach scratch PSNR | speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
-    for k in KINDS:
+    for k in scratch:
         s = scratch[k]
         rows.append(f"| scratch {k} | {s['params']:,} | {s['steps']} | {s['train_seconds']:.1f} | {s['test_psnr']:.2f} | "
                     f"{s['test_ssim']:.3f} | – | – | – | – |")
     fig, axes = plt.subplots(1, len(KINDS), figsize=(4 * len(KINDS), 3.2), squeeze=False)
     for j, stu in enumerate(KINDS):
         ax = axes[0][j]
-        ax.plot([p["seconds"] for p in scratch[stu]["curve"]], [p["psnr"] for p in scratch[stu]["curve"]], "k-", label="scratch")
+        if stu in scratch:
+            ax.plot([p["seconds"] for p in scratch[stu]["curve"]], [p["psnr"] for p in scratch[stu]["curve"]], "k-", label="scratch")
         for tea in KINDS:
             f = out / f"pvd_{tea}_to_{stu}.json"
             if tea == stu or not f.is_file():
                 continue
             r = json.loads(f.read_text())
-            target = scratch[stu]["test_psnr"]
-            reach = time_to_reach(r["curve"], target)
-            speed = f"{scratch[stu]['train_seconds'] / reach:.1f}×" if reach else "not reached"
+            twin = scratch.get(stu)
+            reach = time_to_reach(r["curve"], twin["test_psnr"]) if twin else None
+            if twin is None:
+                target_s, twin_s, speed = "–", "–", "no scratch twin run"
+            else:
+                target_s, twin_s = f"{twin['test_psnr']:.2f}", f"{twin['train_seconds']:.1f}"
+                speed = f"{twin['train_seconds'] / reach:.1f}×" if reach else "not reached"
             rows.append(f"| {tea} → {stu} | {r['params']:,} | {r['steps']} | {r['train_seconds']:.1f} | {r['test_psnr']:.2f} | "
-                        f"{r['test_ssim']:.3f} | {target:.2f} | {scratch[stu]['train_seconds']:.1f} | "
-                        f"{'–' if reach is None else f'{reach:.1f}'} | {speed} |")
+                        f"{r['test_ssim']:.3f} | {target_s} | {twin_s} | {'–' if reach is None else f'{reach:.1f}'} | {speed} |")
             ax.plot([p["seconds"] for p in r["curve"]], [p["psnr"] for p in r["curve"]], label=f"PVD from {tea}")
         ax.set_title(stu)
         ax.set_xlabel("training seconds")
@@ -152,6 +159,7 @@ def stage_report(out, sz, device, docs_md):
           "`t → s` is the scratch-trained `t`. \"s to reach scratch PSNR\" is the first evaluation at which the distilled "
           "student's test PSNR reaches the final PSNR of the same architecture trained from scratch; speed-up = scratch "
           "training time / that time (the paper reports 10-20x for hash → MLP).\n\n" + "\n".join(rows)
+          + ("\n\nStages not run (yet): " + ", ".join(f"`{m}`" for m in missing) + "." if missing else "")
           + "\n\n![PSNR vs time](nerf_pvd/psnr_vs_time.png)\n")
     if docs_md is not None:
         write_text(docs_md, md)
@@ -174,14 +182,17 @@ def main(argv=None):
     stages += [(f"pvd_{t}_to_{s}", lambda t=t, s=s: stage_pvd(t, s, out, sz, a.device)) for t, s in itertools.permutations(KINDS, 2)
                if a.all_pairs or t == "hash"]
     docs_md = None if a.tiny else out.parent / "nerf_pvd.md"
+    if a.only:  # in the order given, so the teacher and the pairs that matter most run first
+        by_name = dict(stages)
+        stages = [(n, by_name[n]) for n in a.only if n in by_name]
     for name, run in stages:
-        if (out / f"{name}.json").is_file() or (a.only and name not in a.only):
+        if (out / f"{name}.json").is_file():
             continue
         t0 = time.perf_counter()
         print(f"[nerf_pvd_gpu] {name} ...", flush=True)
         write_json(out / f"{name}.json", run() | {"stage": name, "device": a.device})
         print(f"[nerf_pvd_gpu] {name} done in {time.perf_counter() - t0:.1f} s", flush=True)
-    if all((out / f"{n}.json").is_file() for n, _ in stages):
+    if any(out.glob("scratch_*.json")) or any(out.glob("pvd_*.json")):  # the report covers whatever has run
         rows = stage_report(out, sz, a.device, docs_md)["rows"]
         print("\n".join(rows))
         if docs_md is None:
