@@ -17,12 +17,16 @@ open, stated here):
   teacher's truncated SVD (``A = -exp(U V^T)`` stays negative, so the scan stays stable);
 * the projections around the scan, each weight ``W`` (``m x n``) -> ``U V^T``: ``in_proj``,
   ``out_proj``, the four ``x_proj`` and the four ``dt_proj`` (Mamba-YOLO's ``ssm_rank_ratio`` knob
-  covers the same projections); ``targets`` picks any subset.
+  covers the same projections);
+* the state itself (``state``): the student keeps ``N_s = max(1, round(rho * N))`` of the teacher's
+  ``N`` state modes -- the slowest-decaying ones (VMamba initialises ``A_n = -n``), with their
+  ``B``/``C`` rows -- so the scan, the cost that dominates SS2D on a CPU, shrinks by ``rho`` too. The
+  paper aligns teacher and student hidden states through "a projection P that matches dimensions";
+  here P is that fixed selection of the first ``N_s`` modes (:func:`teacher_state_projection`).
 
-The rank ratio ``rho`` is a *parameter* ratio: ``r = max(1, floor(rho * m * n / (m + n)))``, so a
-factorised ``m x n`` matrix keeps about ``rho`` of its parameters (``rho = 0.5`` halves the
-factorised layers, the paper's ~50 % cut); the state size ``N`` is unchanged, so the teacher's and
-the student's hidden states have the same shape (the paper's projection ``P`` is the identity).
+``targets`` picks any subset. The rank ratio ``rho`` is a *parameter* ratio for matrices:
+``r = max(1, floor(rho * m * n / (m + n)))``, so a factorised ``m x n`` matrix keeps about ``rho``
+of its parameters (``rho = 0.5`` halves them, the paper's ~50 % cut).
 
 The core (``lowrank_vision.core``) has adapters (a frozen base plus a low-rank delta) but no
 factorised layer trained from scratch yet (``core/factorize`` in DESIGN.md), and an adapter would
@@ -40,10 +44,21 @@ from torch import Tensor, nn
 
 from .scan import ScanMode, selective_scan
 
-__all__ = ["SS2D", "VSSBlock", "Factorised", "factor_rank", "LOW_RANK_TARGETS", "ss2d_param_count", "low_rank_from"]
+__all__ = ["SS2D", "VSSBlock", "Factorised", "factor_rank", "state_size", "LOW_RANK_TARGETS", "ss2d_param_count", "low_rank_from",
+           "teacher_state_projection", "svd_factors"]
 
-LOW_RANK_TARGETS = ("in_proj", "out_proj", "x_proj", "dt_proj", "A")
+LOW_RANK_TARGETS = ("in_proj", "out_proj", "x_proj", "dt_proj", "A", "state")
 K_DIRECTIONS = 4
+
+
+def state_size(d_state: int, rank_ratio: float, targets: Iterable[str] = LOW_RANK_TARGETS) -> int:
+    """State modes the SS2D keeps: ``d_state``, or ``max(1, round(rank_ratio * d_state))`` when ``"state"`` is targeted."""
+    return max(1, round(rank_ratio * d_state)) if rank_ratio < 1.0 and "state" in tuple(targets) else d_state
+
+
+def teacher_state_projection(teacher_states: Tensor, student_d_state: int) -> Tensor:
+    """DLRMamba's P for the hidden-state loss: the teacher's states ``[..., N, L]`` restricted to the student's modes."""
+    return teacher_states[..., :student_d_state, :]
 
 
 def factor_rank(m: int, n: int, ratio: float) -> int:
@@ -116,11 +131,14 @@ class SS2D(nn.Module):
         unknown = sorted(set(targets) - set(LOW_RANK_TARGETS))
         if unknown:
             raise ValueError(f"SS2D.targets must be a subset of {LOW_RANK_TARGETS}, got unknown {unknown}")
-        self.channels, self.d_state, self.expand = channels, d_state, expand
+        if not 0.0 < rank_ratio <= 1.0:
+            raise ValueError(f"SS2D.rank_ratio must be in (0, 1], got {rank_ratio!r}")
+        self.channels, self.expand, self.teacher_d_state = channels, expand, d_state
+        self.d_state = state_size(d_state, rank_ratio, targets)
         self.rank_ratio, self.targets, self.scan_mode, self.chunk = float(rank_ratio), targets, scan_mode, chunk
         inner = self.inner = int(expand * channels)
         dt_rank = self.dt_rank = math.ceil(channels / 16)
-        K, N = K_DIRECTIONS, d_state
+        K, N = K_DIRECTIONS, self.d_state
 
         def make(name: str, weight: Tensor) -> Factorised:
             low = rank_ratio < 1.0 and name in targets
@@ -178,7 +196,7 @@ def ss2d_param_count(channels: int, d_state: int = 16, expand: float = 2.0, rank
                      targets: Iterable[str] = LOW_RANK_TARGETS) -> int:
     """Parameters of :class:`SS2D` from the formula (a dense ``m x n`` -> ``r(m + n)`` when factorised)."""
     targets = tuple(targets)
-    E, N, K = int(expand * channels), d_state, K_DIRECTIONS
+    E, N, K = int(expand * channels), state_size(d_state, rank_ratio, targets), K_DIRECTIONS
     R = math.ceil(channels / 16)
 
     def mat(name: str, m: int, n: int, batch: int = 1) -> int:
@@ -212,19 +230,28 @@ class VSSBlock(nn.Module):
 @torch.no_grad()
 def low_rank_from(teacher: SS2D, rank_ratio: float, targets: Iterable[str] = LOW_RANK_TARGETS) -> SS2D:
     """A low-rank SS2D initialised from a trained full-rank one by truncated SVD of each targeted matrix."""
+    if teacher.rank_ratio != 1.0:
+        raise ValueError(f"low_rank_from: the teacher must be full-rank (rank_ratio 1.0), got {teacher.rank_ratio}")
     student = SS2D(teacher.channels, teacher.d_state, teacher.expand, rank_ratio, targets, teacher.scan_mode, teacher.chunk)
-    for name, module in student.named_children():
-        source = getattr(teacher, name)
-        if isinstance(module, Factorised):
-            dense = source.dense()
-            if module.u is None:
-                module.weight.copy_(dense)
-            else:
-                u, v = svd_factors(dense, module.rank)
-                module.u.copy_(u)
-                module.v.copy_(v)
+    for name, target in teacher_targets(teacher, student.d_state).items():
+        module = getattr(student, name)
+        if module.u is None:
+            module.weight.copy_(target)
         else:
-            module.load_state_dict(source.state_dict())
+            u, v = svd_factors(target, module.rank)
+            module.u.copy_(u)
+            module.v.copy_(v)
+    student.conv.load_state_dict(teacher.conv.state_dict())
+    student.out_norm.load_state_dict(teacher.out_norm.state_dict())
     student.dt_bias.copy_(teacher.dt_bias)
     student.Ds.copy_(teacher.Ds)
     return student.to(teacher.dt_bias.device)
+
+
+def teacher_targets(teacher: SS2D, student_d_state: int) -> dict[str, Tensor]:
+    """The teacher's dense matrices restricted to the student's state modes, by :class:`Factorised` name."""
+    R, N, Ns = teacher.dt_rank, teacher.d_state, student_d_state
+    x_proj = teacher.x_proj.dense()
+    rows = torch.cat([torch.arange(R), R + torch.arange(Ns), R + N + torch.arange(Ns)]).to(x_proj.device)
+    return {"in_proj": teacher.in_proj.dense(), "out_proj": teacher.out_proj.dense(), "x_proj": x_proj[:, rows],
+            "dt_proj": teacher.dt_proj.dense(), "A_log": teacher.A_log.dense()[:, :Ns]}
