@@ -36,7 +36,7 @@ def _data_config(size: int = 128):
         cfg = json.loads(card.read_text())["data"]["config"]
         cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.items()}
         return SyntheticConfig(**cfg)
-    return SyntheticConfig(n_train=160, n_val=40, n_test=40, size=size)
+    return SyntheticConfig(n_train=64, n_val=32, n_test=32, size=size)
 
 
 def default_data(out_dir: PathLike, small: bool = False) -> str:
