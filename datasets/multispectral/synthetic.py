@@ -48,11 +48,11 @@ class SyntheticConfig:
     """Image side in pixels (square)."""
     seed: int = 0
     """Seed of the whole data set."""
-    objects: tuple[int, int] = (2, 7)
+    objects: tuple[int, int] = (2, 6)
     """Min and max objects per image (inclusive)."""
     class_probs: tuple[float, float, float] = (0.62, 0.28, 0.10)
     """Probability of vehicle, person, vessel (long tail)."""
-    scale_range: tuple[float, float] = (0.6, 1.8)
+    scale_range: tuple[float, float] = (0.6, 1.6)
     """Object size factor, drawn log-uniformly."""
     p_night: float = 0.35
     """Probability of a night image."""
@@ -132,7 +132,7 @@ def render_scene(config: SyntheticConfig, split: str, index: int) -> tuple[np.nd
 
     labels, hidden = [], 0
     n_obj = int(rng.integers(config.objects[0], config.objects[1] + 1))
-    base = S / 256.0
+    base = 2.0 * S / 256.0  # object sides ~5-40 % of the image: a 64-px drone view at 640
     for _ in range(n_obj):
         cls = int(rng.choice(3, p=config.class_probs))
         scale = float(np.exp(rng.uniform(*np.log(config.scale_range)))) * base

@@ -54,6 +54,8 @@ class DetectTrainConfig:
     """Data-loader workers (0: in the main process)."""
     patience: int = 100
     """Early-stopping patience in epochs on validation fitness."""
+    resume: bool = False
+    """Continue ``<out>/<name>/weights/last.pt`` if an interrupted run left one (else start fresh)."""
 
     def __post_init__(self) -> None:
         _need(self, isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "an int >= 1")
@@ -71,6 +73,7 @@ class DetectTrainConfig:
     def ultralytics_args(self) -> dict:
         """Keyword arguments for ``YOLO.train`` (offline-safe: no AMP check download, no plots, no fonts)."""
         args = asdict(self)
+        args.pop("resume")
         args.update(amp=False, plots=False, deterministic=True, verbose=False, exist_ok=True, cache=False, val=True)
         return args
 

@@ -41,8 +41,13 @@ def _yolo(source: Union[str, Path]):
 
 
 def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str, device: str, trainer=None) -> dict:
-    args = cfg.ultralytics_args()
-    yolo.train(data=str(data_yaml), project=str(Path(out_dir).resolve()), name=name, device=device, trainer=trainer, **args)
+    last = Path(out_dir).resolve() / name / "weights" / "last.pt"
+    if cfg.resume and last.is_file():  # continue an interrupted run from its last epoch (ultralytics' resume)
+        yolo = _yolo(last)
+        yolo.train(resume=True, trainer=trainer)
+    else:
+        args = cfg.ultralytics_args()
+        yolo.train(data=str(data_yaml), project=str(Path(out_dir).resolve()), name=name, device=device, trainer=trainer, **args)
     tr = yolo.trainer
     best = Path(tr.best) if Path(tr.best).exists() else Path(tr.last)
     return {"checkpoint": str(best), "save_dir": str(tr.save_dir), "epochs": cfg.epochs,

@@ -47,7 +47,7 @@ def save_weights(model: nn.Module, path: Union[str, Path], extra: Optional[dict]
 
 def load_weights(path: Union[str, Path]) -> nn.Module:
     """Rebuild the float32 ``DetectionModel`` stored by :func:`save_weights` (eval mode)."""
-    from safetensors import SafetensorsError, safe_open
+    from safetensors import SafetensorError, safe_open
     from safetensors.torch import load_file
 
     path = Path(path)
@@ -57,7 +57,7 @@ def load_weights(path: Union[str, Path]) -> nn.Module:
         with safe_open(str(path), "pt") as f:
             meta = json.loads((f.metadata() or {}).get(_META, "null"))
         state = load_file(str(path))
-    except (SafetensorsError, OSError, json.JSONDecodeError) as exc:
+    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise WeightsError(f"weights {path}: not a readable safetensors file ({exc})") from None
     if not meta:
         raise WeightsError(f"weights {path}: no '{_META}' metadata; not written by lowrank-detect")
