@@ -7,7 +7,6 @@ a synthetic RGB+thermal default is generated; without --weights the shipped weig
 from __future__ import annotations
 
 import sys
-from typing import Optional, Sequence
 
 from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
 
@@ -30,7 +29,7 @@ def _cmd(name: str):
             "predict": lambda: c.predict(a.out, a.images or None, a.weights, a.imgsz, a.conf, device=a.device),
             "export": lambda: c.export(a.out, a.weights, a.format, a.imgsz),
             "bench": lambda: c.bench(a.out, a.weights, BenchConfig(imgsz=a.imgsz, threads=a.threads or 2, repeats=a.repeats)),
-            "make-weights": lambda: c.make_weights(a.out, a.device, quick=a.quick),
+            "make-weights": lambda: c.make_weights(a.out, a.device, quick=a.quick, full=a.full),
         }
         print_json(run_[name]())
     return call
@@ -67,12 +66,13 @@ def build_parser():
     sub.choices["predict"].add_argument("--conf", type=float, default=0.25)
     sub.choices["export"].add_argument("format", nargs="?", default="onnx", choices=["onnx"])
     sub.choices["bench"].add_argument("--repeats", type=int, default=3)
-    add_command(sub, "make-weights", _cmd("make-weights"), help="retrain the shipped weights and write their card").add_argument(
-        "--quick", action="store_true", help="tiny run (tests); writes into --out/weights, not the package")
+    p = add_command(sub, "make-weights", _cmd("make-weights"), help="retrain the shipped weights and write their card")
+    p.add_argument("--quick", action="store_true", help="tiny run (tests); writes into --out/weights, not the package")
+    p.add_argument("--full", action="store_true", help="GPU-sized recipe (1000 images, 60 + 30 epochs)")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv=None) -> int:
     return run(build_parser(), argv)
 
 

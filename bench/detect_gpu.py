@@ -171,13 +171,14 @@ def _report(args) -> dict:
     results = {"eval": ev, "checks": checks, "tiny": args.tiny,
                "stages": {k: _done(out, k) for k in ("data",) + TRAINED}}
     write_json(out / "results.json", results)
-    cmd = "python bench/detect_gpu.py --device cuda" + (" --tiny" if args.tiny else "")
+    cmd = f"python bench/detect_gpu.py --device {args.device}" + (" --tiny" if args.tiny else "")
+    at = f"@{64 if args.tiny else 640}"
     lines = ["# multispectral_det (DLRMamba) results", "",
              f"Written by `{cmd}` (this file, `{out.name}/results.json` and `{out.name}/tradeoff.png`; each stage's raw "
              f"JSON in `{out.name}/<stage>/done.json`). Data: the synthetic RGB+thermal generator "
              "(`lowrank_vision.datasets.multispectral`); best checkpoints picked by ultralytics on the validation split; "
              "mAP on the held-out test split; CPU latency batch 1, 2 threads; GPU latency batch 1, fp32.", "",
-             "| model | params | GFLOPs (conv/matmul + scan) @640 | test mAP50 | test mAP50-95 | val mAP50 | CPU ms @640 | GPU ms @640 |",
+             f"| model | params | GFLOPs (conv/matmul + scan) {at} | test mAP50 | test mAP50-95 | val mAP50 | CPU ms {at} | GPU ms {at} |",
              "|---|---|---|---|---|---|---|---|"]
     for k in TRAINED:
         r = ev[k]
