@@ -76,3 +76,14 @@ def test_predict_rejects_a_three_channel_tiff(tmp_path, capsys):
                      tmp_path / "w.safetensors")
     assert detect.main(["predict", str(tmp_path / "rgb.tif"), "--weights", str(w), "--out", str(tmp_path / "p")]) == 2
     assert "has 3 channels, the model expects 4" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_commands_run_on_their_defaults(tmp_path, capsys):
+    from lowrank_vision.plugins.multispectral_det.commands import demo
+
+    result = demo(tmp_path, "cpu")
+    assert 0 <= result["student_test_mAP50"] <= 1 and result["student_params"] < result["teacher_params"]
+    assert all((tmp_path / f["path"]).is_file() or os.path.isfile(f["path"]) for f in result["figures"])
+    assert detect.main(["predict", "--out", str(tmp_path / "p")]) == 0
+    assert len(list((tmp_path / "p").glob("*.png"))) == 4

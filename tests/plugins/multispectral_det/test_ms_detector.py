@@ -1,6 +1,7 @@
 """DLRMamba as ultralytics modules: registration, a few training iterations on 4-channel data, distillation, ONNX."""
 
 import csv
+import os
 import sys
 from pathlib import Path
 
@@ -116,9 +117,11 @@ def test_weights_roundtrip(tmp_path):
         load_weights(tmp_path / "bad.safetensors")
 
 
-def test_plugin_import_does_not_import_ultralytics():
+def test_plugin_import_is_cheap_and_registers_once_ultralytics_is_imported():
     import subprocess
 
-    code = "import sys, lowrank_vision.plugins.multispectral_det as p; print('ultralytics' in sys.modules, p.PLUGIN.app)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
-    assert out == ["False", "lowrank-detect"]
+    code = ("import sys, lowrank_vision.plugins.multispectral_det as p; print('ultralytics' in sys.modules, p.PLUGIN.app); "
+            "from ultralytics.nn import tasks; print(tasks.VSSBlock.__name__, tasks.RGBIRFusion.__name__)")
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out == ["False", "lowrank-detect", "VSSBlock", "RGBIRFusion"]
