@@ -227,7 +227,7 @@ def make_weights(out_dir: PathLike, device: str = "cpu", quick: bool = False, fu
                                     DistillConfig(train=tiny), device, out_dir / "weights", "lowrank-detect make-weights --quick")
     if full:
         data = replace(_data_config(), n_train=1000, n_val=100, n_test=100)
-        teacher = DetectTrainConfig(epochs=60, imgsz=128, batch=32, workers=4)
+        teacher = DetectTrainConfig(epochs=60, imgsz=128, batch=32, workers=4, optimizer="AdamW", lr0=0.002, mosaic=0.0)
         student = DistillConfig(train=replace(teacher, epochs=30))
         return make_default_weights(out_dir, data, teacher, student, device, WEIGHTS_DIR,
                                     f"lowrank-detect make-weights --full --device {device}")
