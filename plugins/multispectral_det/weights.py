@@ -158,5 +158,9 @@ def _card_text(card: dict) -> str:
         lat = next(v for k, v in c.items() if k.startswith("cpu_latency"))
         lines.append(f"| {key}: {c['model']} | {c['parameters']:,} | {c['test']['mAP50']:.3f} | {c['test']['mAP50-95']:.3f} | "
                      f"{c['val']['mAP50']:.3f} | {lat:.1f} |")
-    lines += ["", "Data: `" + json.dumps(card["data"]["config"]) + "`", ""]
+    lines += ["", "The student starts from the teacher's weights (SVD of its SS2D matrices) and trains for its own epochs "
+              "on top, so on this short CPU recipe it can score above its under-trained teacher; the converged comparison "
+              "is the GPU run (`bench/detect_gpu.py`, docs/results/detect.md). CPU latency is at the training size and "
+              "measured on whatever machine ran the command.", "",
+              "Data: `" + json.dumps(card["data"]["config"]) + "`", ""]
     return "\n".join(lines)
