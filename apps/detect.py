@@ -63,7 +63,7 @@ def build_parser():
     sub.choices["val"].add_argument("--data", default=None, help="data YAML (default: synthetic)")
     sub.choices["val"].add_argument("--split", default="test", choices=["train", "val", "test"])
     sub.choices["predict"].add_argument("images", nargs="*", help="4-channel TIFFs (default: synthetic test scenes)")
-    sub.choices["predict"].add_argument("--conf", type=float, default=0.25)
+    sub.choices["predict"].add_argument("--conf", type=float, default=0.1, help="score threshold (default 0.1)")
     sub.choices["export"].add_argument("format", nargs="?", default="onnx", choices=["onnx"])
     sub.choices["bench"].add_argument("--repeats", type=int, default=3)
     p = add_command(sub, "make-weights", _cmd("make-weights"), help="retrain the shipped weights and write their card")

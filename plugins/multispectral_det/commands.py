@@ -129,7 +129,7 @@ def _letterbox(image: np.ndarray, size: int) -> tuple[np.ndarray, float, tuple[i
 
 
 def predict(out_dir: PathLike, images: Optional[Sequence[PathLike]] = None, weights: Optional[PathLike] = None,
-            imgsz: int = 128, conf: float = 0.25, iou: float = 0.7, device: str = "cpu") -> dict:
+            imgsz: int = 128, conf: float = 0.1, iou: float = 0.7, device: str = "cpu") -> dict:
     """Detect objects in 4-channel TIFFs; one PNG per image (RGB and thermal panels with boxes) + boxes JSON."""
     import torch
 
