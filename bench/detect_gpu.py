@@ -160,7 +160,7 @@ def _report(args) -> dict:
 
     out = Path(args.out)
     ev = _done(out, "eval")
-    names = {"teacher": "DLRMamba-n teacher (full-rank SS2D)", "student_sad": "student r=0.5 + SAD",
+    names = {"teacher": f"DLRMamba-{'t' if args.tiny else 'n'} teacher (full-rank SS2D)", "student_sad": "student r=0.5 + SAD",
              "student_plain": "student r=0.5, no distillation", "yolov8n": "YOLOv8n (ultralytics), 4-ch"}
     rows = [{"name": k, "mAP50": ev[k]["test"]["mAP50"], "latency_ms": ev[k]["cpu"]["latency_ms"]} for k in TRAINED]
     png = plot_tradeoff(rows, out / "tradeoff.png", "synthetic RGB+thermal test split; CPU batch 1, 2 threads")
