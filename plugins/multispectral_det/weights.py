@@ -122,8 +122,8 @@ def make_default_weights(work_dir: Union[str, Path], data_config=None, train_con
 
     work_dir = Path(work_dir)
     data_config = data_config or SyntheticConfig(n_train=64, n_val=32, n_test=32, size=128)
-    train_config = train_config or DetectTrainConfig(epochs=30, imgsz=128, batch=8, optimizer="AdamW", lr0=0.002, mosaic=0.0)
-    distill_config = distill_config or DistillConfig(train=replace(train_config, epochs=12))
+    train_config = train_config or DetectTrainConfig(epochs=60, imgsz=128, batch=8, optimizer="AdamW", lr0=0.002, mosaic=0.0)
+    distill_config = distill_config or DistillConfig(train=replace(train_config, epochs=24))
     data = write_dataset(work_dir / "data", data_config)
     teacher_run = train_detector(model_yaml("dlrmamba-t"), data["data_yaml"], train_config, work_dir / "runs", "teacher", device)
     student_run = distill_student(teacher_run["checkpoint"], data["data_yaml"], distill_config, work_dir / "runs", "student", device)
