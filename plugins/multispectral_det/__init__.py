@@ -1,0 +1,46 @@
+"""multispectral_det: DLRMamba (arXiv 2603.06920) -- low-rank SS2D backbone + structure-aware distillation
+for RGB+IR detection, built as ultralytics modules.
+
+Importing this package is cheap: it does not import ultralytics. If ultralytics is importable it
+installs an import hook, so that the moment ``ultralytics.nn.tasks`` is imported (or at once, if it
+already is) :func:`.ultralytics_host.register_ultralytics` puts this plugin's modules into the
+namespace ultralytics' ``parse_model`` resolves YAML names in; then
+``YOLO(model_yaml("dlrmamba-n"))`` builds the detector. The app is ``lowrank-detect``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from lowrank_vision.plugins import PluginSpec
+
+from .ultralytics_hook import install_registration_hook
+
+__all__ = ["PLUGIN", "demo", "model_yaml"]
+
+
+def model_yaml(name: str = "dlrmamba-n") -> str:
+    """Path of a shipped model YAML (``dlrmamba-n``: full-rank teacher; ``dlrmamba-n-lr50``: rank ratio 0.5)."""
+    path = Path(__file__).parent / "cfg" / f"{name.removesuffix('.yaml')}.yaml"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in path.parent.glob("*.yaml"))
+        raise ValueError(f"model_yaml: name must be one of {shipped}, got {name!r}")
+    return str(path)
+
+
+def demo(out_dir: Path, device: str = "cpu") -> dict:
+    """Short run for ``lowrank demo`` (see :func:`.commands.demo`)."""
+    from .commands import demo as run_demo
+
+    return run_demo(Path(out_dir), device)
+
+
+install_registration_hook()
+
+PLUGIN = PluginSpec(
+    name="multispectral_det",
+    app="lowrank-detect",
+    description="DLRMamba RGB+IR detection: low-rank SS2D backbone + structure-aware distillation, in ultralytics",
+    host="ultralytics (model YAML modules, multispectral data YAML)",
+    demo=demo,
+)

@@ -1,0 +1,96 @@
+"""Training, distillation and evaluation recipes, all run by ultralytics' own trainer and validator.
+
+* :func:`train_detector` -- any model YAML or checkpoint (the DLRMamba teacher ``dlrmamba-n``, or
+  ``yolov8n.yaml`` as the plain baseline) on a multispectral data YAML.
+* :func:`distill_student` -- the low-rank student of a trained teacher with structure-aware
+  distillation (:mod:`.distill`); all alignment weights 0 gives the same student trained on the
+  task loss only (the ablation's "low-rank, no distillation").
+* :func:`evaluate` -- mAP50 and mAP50-95 (COCO-style, ultralytics' validator) on a split.
+
+Offline: ``amp=False`` (ultralytics' AMP check downloads weights), ``plots=False`` (plots download a
+font), ``YOLO_OFFLINE=1`` (no connectivity probes), and every data YAML carries an absolute ``path``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Union
+
+from .config import DetectTrainConfig, DistillConfig
+from .ultralytics_host import offline_environment
+
+__all__ = ["train_detector", "distill_student", "evaluate", "check_data_yaml"]
+
+
+def check_data_yaml(data_yaml: Union[str, Path]) -> Path:
+    """Validate a multispectral data YAML (labels, channel count) before ultralytics sees it."""
+    from lowrank_vision.datasets.multispectral import validate_dataset
+
+    validate_dataset(data_yaml, splits=("train", "val"), check_images=1)
+    return Path(data_yaml).resolve()
+
+
+def _yolo(source: Union[str, Path]):
+    offline_environment()
+    from ultralytics import YOLO
+
+    from .ultralytics_host import register_ultralytics
+
+    register_ultralytics()
+    return YOLO(str(source), task="detect")
+
+
+def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str, device: str, trainer=None) -> dict:
+    last = Path(out_dir).resolve() / name / "weights" / "last.pt"
+    if cfg.resume and last.is_file():  # continue an interrupted run from its last epoch (ultralytics' resume)
+        yolo = _yolo(last)
+        yolo.train(resume=True, trainer=trainer)
+    else:
+        args = cfg.ultralytics_args()
+        yolo.train(data=str(data_yaml), project=str(Path(out_dir).resolve()), name=name, device=device, trainer=trainer, **args)
+    tr = yolo.trainer
+    best = Path(tr.best) if Path(tr.best).exists() else Path(tr.last)
+    return {"checkpoint": str(best), "save_dir": str(tr.save_dir), "epochs": cfg.epochs,
+            "val_metrics": {k: float(v) for k, v in (tr.metrics or {}).items()}}
+
+
+def train_detector(model: Union[str, Path], data_yaml: Union[str, Path], cfg: DetectTrainConfig, out_dir: Union[str, Path],
+                   name: str = "train", device: str = "cpu") -> dict:
+    """Train ``model`` (YAML or ``.pt``) on ``data_yaml``; returns the best checkpoint path and validation metrics."""
+    data_yaml = check_data_yaml(data_yaml)
+    return _run(_yolo(model), data_yaml, cfg, Path(out_dir), name, device)
+
+
+def distill_student(teacher_checkpoint: Union[str, Path], data_yaml: Union[str, Path], cfg: DistillConfig,
+                    out_dir: Union[str, Path], name: str = "distill", device: str = "cpu") -> dict:
+    """Train the rank-``cfg.rank_ratio`` student of ``teacher_checkpoint`` (SVD-initialised) with DLRMamba's loss."""
+    from . import model_yaml
+    from .distill import make_sad_trainer
+
+    teacher_checkpoint = Path(teacher_checkpoint)
+    if not teacher_checkpoint.is_file():
+        raise FileNotFoundError(f"teacher checkpoint {teacher_checkpoint} does not exist")
+    data_yaml = check_data_yaml(data_yaml)
+    trainer = make_sad_trainer(teacher_checkpoint, cfg)
+    result = _run(_yolo(model_yaml("dlrmamba-n-lr50")), data_yaml, cfg.train, Path(out_dir), name, device, trainer=trainer)
+    result.update(rank_ratio=cfg.rank_ratio, distilled=cfg.distills,
+                  weights={"task": cfg.w_task, "svd": cfg.w_svd, "state": cfg.w_state, "feat": cfg.w_feat})
+    return result
+
+
+def evaluate(checkpoint: Union[str, Path], data_yaml: Union[str, Path], split: str = "test", imgsz: int = 256,
+             batch: int = 8, device: str = "cpu", out_dir: Optional[Union[str, Path]] = None) -> dict:
+    """mAP50 / mAP50-95 (all classes and per class) of a checkpoint on ``split`` with ultralytics' validator."""
+    checkpoint = Path(checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint {checkpoint} does not exist")
+    data_yaml = check_data_yaml(data_yaml)
+    yolo = _yolo(checkpoint)
+    extra = {"project": str(Path(out_dir).resolve()), "name": f"val_{split}", "exist_ok": True} if out_dir else {}
+    m = yolo.val(data=str(data_yaml), split=split, imgsz=imgsz, batch=batch, device=device, plots=False, verbose=False,
+                 workers=0, save_json=False, **extra)
+    names = m.names
+    per_class = {names[int(c)]: {"mAP50": float(m.box.ap50[i]), "mAP50-95": float(m.box.ap[i])}
+                 for i, c in enumerate(m.box.ap_class_index)}
+    return {"split": split, "mAP50": float(m.box.map50), "mAP50-95": float(m.box.map), "precision": float(m.box.mp),
+            "recall": float(m.box.mr), "per_class": per_class, "checkpoint": str(checkpoint)}

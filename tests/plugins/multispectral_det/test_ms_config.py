@@ -1,0 +1,27 @@
+"""Config validation names the field; the no-distillation baseline is the same config with zero alignment weights."""
+
+import pytest
+
+from lowrank_vision.plugins.multispectral_det.config import BenchConfig, DetectTrainConfig, DistillConfig
+
+
+@pytest.mark.parametrize("cls,kwargs,match", [
+    (DetectTrainConfig, {"imgsz": 100}, "DetectTrainConfig.imgsz must be a multiple of 32"),
+    (DetectTrainConfig, {"optimizer": "Adam"}, "DetectTrainConfig.optimizer must be 'SGD' or 'AdamW'"),
+    (DistillConfig, {"rank_ratio": 0.0}, r"DistillConfig.rank_ratio must be in \(0, 1\]"),
+    (DistillConfig, {"targets": ("qkv",)}, "DistillConfig.targets must be a non-empty subset"),
+    (DistillConfig, {"w_svd": -1.0}, "DistillConfig.w_svd must be >= 0"),
+    (BenchConfig, {"threads": 0}, "BenchConfig.threads must be an int >= 1"),
+])
+def test_bad_values_name_the_field(cls, kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        cls(**kwargs)
+
+
+def test_paper_defaults_and_offline_arguments():
+    d = DistillConfig()
+    assert (d.w_task, d.w_svd, d.w_state, d.w_feat, d.rank_ratio) == (1.0, 0.5, 0.1, 1.5, 0.5) and d.distills
+    assert not DistillConfig(w_svd=0.0, w_state=0.0, w_feat=0.0).distills
+    args = DetectTrainConfig().ultralytics_args()
+    assert args["amp"] is False and args["plots"] is False and "resume" not in args
+    assert (args["optimizer"], args["lr0"], args["momentum"], args["weight_decay"], args["batch"]) == ("SGD", 0.01, 0.937, 5e-4, 8)

@@ -1,0 +1,127 @@
+"""DLRMamba as ultralytics modules: registration, a few training iterations on 4-channel data, distillation, ONNX."""
+
+import csv
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from lowrank_vision.plugins.multispectral_det import model_yaml
+from lowrank_vision.plugins.multispectral_det.config import DistillConfig
+from lowrank_vision.plugins.multispectral_det.model import RGBIRFusion, ss2d_modules, student_from_teacher
+from lowrank_vision.plugins.multispectral_det.ss2d import Factorised
+
+
+def _detection_model(name="dlrmamba-t", ch=4):
+    from ultralytics.nn.tasks import DetectionModel
+
+    return DetectionModel(model_yaml(name), ch=ch, nc=3, verbose=False)
+
+
+def test_import_registers_modules_with_ultralytics():
+    import lowrank_vision.plugins.multispectral_det  # noqa: F401
+    from ultralytics.nn import tasks
+
+    assert tasks.VSSBlock.__module__.endswith("multispectral_det.ss2d") and tasks.RGBIRFusion is RGBIRFusion
+    model = _detection_model()
+    y = model.eval()(torch.rand(1, 4, 64, 64))
+    assert y[0].shape == (1, 4 + 3, 84)  # 8x8 + 4x4 + 2x2 anchors
+    with pytest.raises(ValueError, match="model_yaml: name must be one of"):
+        model_yaml("dlrmamba-z")
+
+
+def test_yaml_channels_follow_the_width_and_student_yaml_is_smaller():
+    t, s = _detection_model("dlrmamba-t"), _detection_model("dlrmamba-t-lr50")
+    widths = [m.channels for _, m in ss2d_modules(t)]
+    assert widths == [64, 64, 128]  # P4 (2 blocks at width 0.125 of 512) and P5 (1024 * 0.125)
+    n_t, n_s = (sum(p.numel() for p in m.parameters()) for m in (t, s))
+    ss2d_t = sum(p.numel() for _, m in ss2d_modules(t) for p in m.parameters())
+    ss2d_s = sum(p.numel() for _, m in ss2d_modules(s) for p in m.parameters())
+    assert n_t - n_s == ss2d_t - ss2d_s and ss2d_s < 0.5 * ss2d_t
+
+
+def test_fusion_stem_starts_as_identity_and_checks_channels():
+    stem = RGBIRFusion(4)
+    x = torch.rand(2, 4, 8, 8)
+    torch.testing.assert_close(stem(x), x)
+    assert sum(p.numel() for p in stem.parameters()) < 1650
+    with pytest.raises(ValueError, match="ir_channels must be in"):
+        RGBIRFusion(3, ir_channels=3)
+
+
+def test_sad_loss_terms_at_svd_initialisation():
+    from lowrank_vision.plugins.multispectral_det.distill import SADLoss
+
+    torch.manual_seed(0)
+    teacher = _detection_model()
+    teacher.args = {"box": 7.5, "cls": 0.5, "dfl": 1.5}
+    from types import SimpleNamespace
+
+    teacher.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
+    student = student_from_teacher(teacher, 0.5)
+    assert any(isinstance(m, Factorised) and m.rank for m in student.modules())
+    loss = SADLoss(student, teacher, DistillConfig())
+    img = torch.rand(2, 4, 64, 64)
+    student.train()(img)
+    teacher.eval()(img)
+    terms = loss.alignment()
+    assert terms["svd"].item() == pytest.approx(0.0, abs=1e-10)  # the student starts at the teacher's truncated SVD
+    assert terms["state"].item() > 0 and terms["feat"].item() > 0
+    with torch.no_grad():
+        next(m for m in student.modules() if isinstance(m, Factorised) and m.rank).u.add_(0.1)
+    student(img), teacher(img)
+    assert loss.alignment()["svd"].item() > 1e-4
+
+
+def test_ultralytics_trains_teacher_and_distils_student_on_4_channel_tiffs(trained_teacher, tiny_data, tiny_train, tmp_path):
+    from lowrank_vision.plugins.multispectral_det.recipes import distill_student, evaluate
+    from lowrank_vision.plugins.multispectral_det.ultralytics_host import load_detection_model
+
+    teacher = load_detection_model(trained_teacher["checkpoint"])
+    assert teacher.yaml["channels"] == 4 and len(list(ss2d_modules(teacher))) == 3
+    result = distill_student(trained_teacher["checkpoint"], tiny_data, DistillConfig(train=tiny_train), tmp_path, "student")
+    student = load_detection_model(result["checkpoint"])
+    ranks = [m.in_proj.rank for _, m in ss2d_modules(student)]
+    assert ranks == [25, 25, 51]  # factor_rank(2E, C, 0.5) = floor(0.5 * 2E * C / (2E + C)), E = 2C, C = 64, 64, 128
+    with open(Path(result["save_dir"]) / "results.csv") as f:
+        row = next(csv.DictReader(f))
+    sad = float(row["train/sad_loss"])
+    assert 0 < sad < 100 and float(row["train/cls_loss"]) > 0
+    metrics = evaluate(result["checkpoint"], tiny_data, "test", imgsz=64)
+    assert set(metrics["per_class"]) <= {"vehicle", "person", "vessel"} and 0 <= metrics["mAP50"] <= 1
+
+
+def test_onnx_export_matches_pytorch_in_onnxruntime(trained_teacher, tmp_path):
+    from lowrank_vision.plugins.multispectral_det.metrics import export_onnx, onnx_max_difference
+    from lowrank_vision.plugins.multispectral_det.ultralytics_host import load_detection_model
+
+    student = student_from_teacher(load_detection_model(trained_teacher["checkpoint"]), 0.5).eval()
+    path = export_onnx(student, tmp_path / "s.onnx", 64)
+    check = onnx_max_difference(student, path, 64)
+    assert check["output_shape"] == [1, 7, 84]
+    assert check["max_abs_diff"] < 1e-3 * max(1.0, check["max_abs_value"])
+
+
+def test_weights_roundtrip(tmp_path):
+    from lowrank_vision.plugins.multispectral_det.weights import WeightsError, load_weights, save_weights
+
+    model = student_from_teacher(_detection_model(), 0.5).eval()
+    path = save_weights(model, tmp_path / "w.safetensors")
+    again = load_weights(path)
+    x = torch.rand(1, 4, 64, 64)
+    torch.testing.assert_close(again(x)[0], model.half().float()(x)[0], rtol=1e-3, atol=1e-3)
+    (tmp_path / "bad.safetensors").write_bytes(b"not a file")
+    with pytest.raises(WeightsError):
+        load_weights(tmp_path / "bad.safetensors")
+
+
+def test_plugin_import_is_cheap_and_registers_once_ultralytics_is_imported():
+    import subprocess
+
+    code = ("import sys, lowrank_vision.plugins.multispectral_det as p; print('ultralytics' in sys.modules, p.PLUGIN.app); "
+            "from ultralytics.nn import tasks; print(tasks.VSSBlock.__name__, tasks.RGBIRFusion.__name__)")
+    env = {**os.environ, "YOLO_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
+    assert out == ["False", "lowrank-detect", "VSSBlock", "RGBIRFusion"]
