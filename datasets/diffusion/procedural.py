@@ -25,7 +25,8 @@ BASE_TEXTURES = ("plain", "striped", "dotted")
 NEW_TEXTURE = "checkered"
 TEXTURES = (*BASE_TEXTURES, NEW_TEXTURE)
 BACKGROUND = (0.92, 0.92, 0.88)
-SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2, "concept_train": 10, "concept_val": 11, "concept_test": 12}
+SPLIT_SEEDS = {"train": 0, "val": 1, "test": 2, "concept_train": 10, "concept_val": 11, "concept_test": 12,
+               "classifier_train": 20, "classifier_test": 21}
 """Seed of each split's scene generator (disjoint generators, so splits never share a draw)."""
 
 
@@ -99,14 +100,15 @@ def sample_scenes(n: int, seed: int, textures: tuple[str, ...] = BASE_TEXTURES) 
 def make_split(split: str, n: int, size: int = 32) -> tuple[np.ndarray, list[str], list[Scene]]:
     """``(images [n, 3, size, size], captions, scenes)`` of a named split (see ``SPLIT_SEEDS``).
 
-    ``train``/``val``/``test`` hold the base textures; ``concept_*`` hold only the new texture.
+    ``train``/``val``/``test`` hold the base textures; ``concept_*`` hold only the new texture;
+    ``classifier_*`` hold all four textures (for the style/content classifier of the evaluation).
     """
     if split not in SPLIT_SEEDS:
         raise ValueError(f"split must be one of {tuple(SPLIT_SEEDS)}, got {split!r}")
     if not (isinstance(n, int) and n >= 1):
         raise ValueError(f"n must be an int >= 1, got {n!r}")
     seed = SPLIT_SEEDS[split]
-    textures = (NEW_TEXTURE,) if split.startswith("concept") else BASE_TEXTURES
+    textures = (NEW_TEXTURE,) if split.startswith("concept") else TEXTURES if split.startswith("classifier") else BASE_TEXTURES
     scenes = sample_scenes(n, seed, textures)
     rng = np.random.default_rng(seed + 1000)
     images = np.stack([render(s, size, rng) for s in scenes])

@@ -21,15 +21,15 @@ def _need(obj, name: str, ok: bool, expected: str) -> None:
 class PipelineConfig:
     """Size of the small pipeline built from configs."""
 
-    image_size: int = 32
-    """Image side in pixels (latents are half of it)."""
+    image_size: int = 16
+    """Image side in pixels (latents are half of it); 16 keeps the shipped default CPU-sized."""
     latent_channels: int = 4
     """Channels of the VAE latent."""
-    vae_channels: tuple[int, ...] = (16, 32)
+    vae_channels: tuple[int, ...] = (8, 16)
     """VAE block widths (one 2x down-sampling per extra block)."""
-    unet_channels: tuple[int, ...] = (32, 64)
+    unet_channels: tuple[int, ...] = (16, 32)
     """UNet block widths (all but the last block have cross-attention)."""
-    text_dim: int = 32
+    text_dim: int = 16
     """Width of the CLIP text encoder (= the UNet's cross-attention dim)."""
     text_layers: int = 2
     """Transformer layers of the text encoder."""
@@ -51,15 +51,15 @@ class PretrainConfig:
 
     pipeline: PipelineConfig = field(default_factory=PipelineConfig)
     """Size of the pipeline."""
-    n_images: int = 2000
+    n_images: int = 1200
     """Training scenes (split ``train``)."""
-    vae_steps: int = 600
+    vae_steps: int = 200
     """VAE steps (MSE + small KL)."""
     kl_weight: float = 1e-4
     """Weight of the VAE's KL term."""
-    batch_size: int = 32
+    batch_size: int = 16
     """Images per step."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=2500, lr=1e-3, warmup_steps=50, log_every=50, progress=False))
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=500, lr=1e-3, warmup_steps=50, log_every=50, progress=False))
     """Trainer settings of the UNet + text-encoder stage."""
 
     def __post_init__(self) -> None:
