@@ -13,7 +13,7 @@ from pathlib import Path
 from lowrank_vision.core.files import atomic_dir, write_json, write_text
 from lowrank_vision.datasets.diffusion.procedural import make_split
 
-from .config import PipelineConfig, PretrainConfig
+from .config import PretrainConfig
 from .metrics import SceneClassifier, classifier_accuracy, concept_score, generate, prompt_fidelity, train_classifier
 
 __all__ = ["DEFAULT_WEIGHTS", "make_default_weights", "load_base", "load_classifier", "CLASSIFIER_NAME"]
