@@ -75,7 +75,7 @@ def load_pipeline(directory: str | Path, device: str = "cpu"):
 
     directory = Path(directory)
     if not (directory / "model_index.json").is_file():
-        raise FileNotFoundError(f"--pretrained/--base: {directory} is not a diffusers pipeline folder (no model_index.json)")
+        raise FileNotFoundError(f"--base: {directory} is not a diffusers pipeline folder (no model_index.json)")
     pipe = StableDiffusionPipeline.from_pretrained(str(directory), local_files_only=True, safety_checker=None,
                                                    feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
