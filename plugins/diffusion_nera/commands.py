@@ -145,13 +145,16 @@ def equal_budget_rank(pipe, adapter: str, budget: int, config: FinetuneConfig) -
     from .recipes import adapter_options, core_method
 
     cfg = replace(config, adapter=adapter)
-    best = 1
+    best = 0
     for rank in range(1, max(2, config.rank * 4)):
         unet = copy.deepcopy(pipe.unet)
         n = apply(unet, core_method(adapter), rank=rank, targets=list(cfg.targets), **adapter_options(cfg)).adapter_params
         if n > budget:
             break
         best = rank
+    if best == 0:
+        raise ValueError(f"{adapter} at rank 1 already has more than {budget} trainable parameters (LoRA r={config.rank}); "
+                         "raise --rank or use a smaller NeRA grid (grid_size, spline_order)")
     return best
 
 
@@ -196,7 +199,7 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
     """Short CPU run for ``lowrank demo``: LoRA vs NeRA (KAN) on the shipped base, a few steps each."""
     from lowrank_vision.core.train import TrainConfig
 
-    cfg = FinetuneConfig(rank=4, n_images=16, batch_size=8,
+    cfg = FinetuneConfig(rank=8, n_images=16, batch_size=8,
                          train=TrainConfig(max_steps=6, lr=5e-3, warmup_steps=0, log_every=2, progress=False))
     result = compare(cfg, Path(out_dir), adapters=("lora", "nera"), device=device, n_eval=0, sample_cfg=SampleConfig(steps=8))
     adapters = result["adapters"]

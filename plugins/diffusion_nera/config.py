@@ -80,10 +80,10 @@ class FinetuneConfig:
     """Scale numerator (``None``: alpha = rank)."""
     targets: tuple[str, ...] = ("*.to_q", "*.to_k", "*.to_v", "*.to_out.0")
     """Module-name globs of the wrapped layers (UNet attention projections by default)."""
-    grid_size: int = 5
+    grid_size: int = 4
     """NeRA only: B-spline grid intervals."""
-    spline_order: int = 3
-    """NeRA only: B-spline order."""
+    spline_order: int = 1
+    """NeRA only: B-spline order (1: the hat functions of the authors' code; the core's default is cubic, 3)."""
     n_images: int = 64
     """Scenes of split ``concept_train`` (+ as many base ``train`` scenes x ``base_mix`` to limit forgetting)."""
     base_mix: float = 0.0

@@ -45,12 +45,18 @@ def adapter_options(config: FinetuneConfig) -> dict:
 
 
 class Denoiser(nn.Module):
-    """UNet + text encoder as one module for ``fit``; ``scheduler`` is the pipeline's (not a module)."""
+    """UNet + text encoder as one module for ``fit``; ``scheduler`` is the pipeline's (not a module).
+
+    ``forward`` is the whole prediction, so the trainer's autocast (bf16) covers both networks.
+    """
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, scheduler):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
         self.scheduler = scheduler
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.unet(noisy, timesteps, self.text_encoder(input_ids)[0]).sample
 
 
 def tokenize(pipe, captions: list[str]) -> torch.Tensor:
@@ -72,8 +78,7 @@ def denoising_loss(model: Denoiser, batch, generator: torch.Generator | None = N
     noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
     t = torch.randint(0, n_train, (latents.shape[0],), generator=generator, device="cpu").to(latents.device)
     noisy = model.scheduler.add_noise(latents, noise, t)
-    states = model.text_encoder(ids)[0]
-    pred = model.unet(noisy, t, states).sample
+    pred = model(noisy, t, ids)
     return F.mse_loss(pred.float(), noise.float())
 
 

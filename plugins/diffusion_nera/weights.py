@@ -75,7 +75,7 @@ def make_default_weights(out_dir: Path, config: PretrainConfig, classifier_steps
         "vae_final_mse": history["vae_history"][-1].get("mse") if history["vae_history"] else None,
         "scaling_factor": history["scaling_factor"],
         "classifier_test_accuracy": classifier_accuracy(classifier, size),
-        "base_samples": base_scores(pipe.to("cpu"), classifier),
+        "base_samples": base_scores(pipe, classifier),
         "seconds": round(time.time() - start, 1),
         "device": device,
     }
