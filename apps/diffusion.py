@@ -21,8 +21,7 @@ ADAPTERS = ["nera", "lora", "dora"]
 
 
 def _c():
-    from lowrank_vision.plugins.diffusion_nera import commands, config
-    return commands, config
+    from lowrank_vision.plugins.diffusion_nera import commands, config; return commands, config  # noqa: E702
 
 
 def _ft(a):
@@ -34,7 +33,8 @@ def _ft(a):
 def _pretrain(a):
     c = _c()[1].PretrainConfig()
     c = replace(c, vae_steps=a.vae_steps, train=replace(c.train, max_steps=a.steps, mixed_precision=a.precision))
-    print_json(_c()[0].pretrain_base(c, Path(a.out), a.device, a.classifier_steps, command="lowrank-diffusion " + " ".join(sys.argv[1:])))
+    cmd = f"lowrank-diffusion pretrain-base --steps {a.steps} --vae-steps {a.vae_steps} --classifier-steps {a.classifier_steps} --precision {a.precision} --device {a.device}"
+    print_json(_c()[0].pretrain_base(c, Path(a.out), a.device, a.classifier_steps, command=cmd))
 
 
 def _sample(a):

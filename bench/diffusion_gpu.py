@@ -2,6 +2,7 @@
 
 Resumable stages (each skips finished work, each sized for <= 10 min on one H200):
 
+    python bench/diffusion_gpu.py --stage ship      # remake the shipped 16 px default with `lowrank-diffusion pretrain-base`
     python bench/diffusion_gpu.py --stage base      # pre-train a 32 px base pipeline + scene classifier
     python bench/diffusion_gpu.py --stage lr        # per adapter: learning rate chosen on concept_val loss
     python bench/diffusion_gpu.py --stage train     # per adapter: fine-tune, concept score every eval_every steps
@@ -42,11 +43,28 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def sizes(tiny: bool, device: str) -> dict:
     if tiny:
-        return dict(pipeline=PipelineConfig(), n_base=64, base_steps=3, vae_steps=2, cls_steps=2, batch=8, ft_images=8,
+        return dict(tiny=True, pipeline=PipelineConfig(), n_base=64, base_steps=3, vae_steps=2, cls_steps=2, batch=8, ft_images=8,
                     ft_steps=4, lr_steps=2, eval_every=2, n_eval=4, sample_steps=4, lrs=(1e-3, 5e-3), precision="no")
     return dict(pipeline=PipelineConfig(image_size=32, vae_channels=(32, 64), unet_channels=(64, 128), text_dim=64, head_dim=16),
                 n_base=20000, base_steps=8000, vae_steps=3000, cls_steps=2000, batch=128, ft_images=128, ft_steps=600,
                 lr_steps=200, eval_every=50, n_eval=64, sample_steps=25, lrs=LRS, precision="bf16" if device.startswith("cuda") else "no")
+
+
+SHIPPED = ROOT / "plugins" / "diffusion_nera" / "weights" / "base_procedural"
+
+
+def stage_ship(out: Path, s: dict, device: str) -> None:
+    """The shipped default, made by the app's own command on the GPU (card + README written by it)."""
+    card = SHIPPED / "card.json"
+    if card.is_file() and json.loads(card.read_text()).get("device", "cpu").startswith("cuda"):
+        print("ship: done on a GPU already, skipped")
+        return
+    from lowrank_vision.apps.diffusion import main as app
+
+    steps = (["--steps", "2", "--vae-steps", "1", "--classifier-steps", "1"] if s.get("tiny")
+             else ["--steps", "4000", "--vae-steps", "1500", "--classifier-steps", "1500"])
+    target = out / "shipped_base" if s.get("tiny") else SHIPPED
+    assert app(["pretrain-base", *steps, "--device", device, "--out", str(target)]) == 0
 
 
 def stage_base(out: Path, s: dict, device: str) -> None:
@@ -163,7 +181,7 @@ def stage_report(out: Path, s: dict, device: str, docs: Path) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--stage", default="all", choices=["base", "lr", "train", "report", "all"])
+    p.add_argument("--stage", default="all", choices=["ship", "base", "lr", "train", "report", "all"])
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="bench_out/diffusion")
     p.add_argument("--tiny", action="store_true")
@@ -171,12 +189,12 @@ def main() -> None:
     out = Path(a.out)
     s = sizes(a.tiny, a.device)
     docs = out / "report" / "diffusion.md" if a.tiny else ROOT / "docs" / "results" / "diffusion.md"
-    for stage in (["base", "lr", "train", "report"] if a.stage == "all" else [a.stage]):
+    for stage in (["ship", "base", "lr", "train", "report"] if a.stage == "all" else [a.stage]):
         t = time.time()
         if stage == "report":
             stage_report(out, s, a.device, docs)
         else:
-            {"base": stage_base, "lr": stage_lr, "train": stage_train}[stage](out, s, a.device)
+            {"ship": stage_ship, "base": stage_base, "lr": stage_lr, "train": stage_train}[stage](out, s, a.device)
         print(f"stage {stage}: {time.time() - t:.0f} s")
 
 
