@@ -7,7 +7,9 @@ import torch
 from torch import nn
 
 import lowrank_vision.core.adapters.nera_kan  # noqa: F401  (registers "nera_kan")
-from lowrank_vision.core import adapter_layers, apply, count_parameters, load, merge, save
+from lowrank_vision.core import adapter_layers, apply, count_parameters, get_adapter_class, load, merge, save
+from lowrank_vision.core.adapters.nera_kan import NeRAKANOptions
+from lowrank_vision.core.functional.layout import geometry_of
 from lowrank_vision.core.functional.nera_kan import nera_kan_param_count
 
 
@@ -67,13 +69,17 @@ def test_starts_unchanged_param_count_and_no_merge():
     expected = nera_kan_param_count(6, 5, 2, 5, 3) + nera_kan_param_count(5, 4, 2, 5, 3)
     assert report.adapter_params == expected == count_parameters(model)[0]
     assert expected == (2 * 6 * 9 + 12) + (5 * 2 * 9 + 4) + (2 * 5 * 9 + 10) + (4 * 2 * 9 + 4)
+    cls = get_adapter_class("nera_kan")
+    assert cls.param_count(geometry_of(nn.Linear(6, 5)), 2, NeRAKANOptions()) == nera_kan_param_count(6, 5, 2, 5, 3)
     with pytest.raises(TypeError, match="nonlinear"):
         merge(model)
 
 
-def test_conv_refused_with_reason():
+def test_conv_refused_and_bad_options_named():
     with pytest.raises(ValueError, match="nn.Linear only"):
         apply(nn.Sequential(nn.Conv2d(3, 4, 3)), "nera_kan", rank=2, targets=["0"])
+    with pytest.raises(ValueError, match="NeRAKANOptions.spline_order must be an integer >= 0"):
+        apply(_model(), "nera_kan", rank=2, targets=["0"], spline_order=-1)
 
 
 def test_training_lowers_loss_and_save_load_exact(tmp_path):
