@@ -46,7 +46,7 @@ def sizes(tiny: bool, device: str) -> dict:
         return dict(tiny=True, pipeline=PipelineConfig(), n_base=64, base_steps=3, vae_steps=2, cls_steps=2, batch=8, ft_images=8,
                     ft_steps=4, lr_steps=2, eval_every=2, n_eval=4, sample_steps=4, lrs=(1e-3, 5e-3), precision="no")
     return dict(pipeline=PipelineConfig(image_size=32, vae_channels=(32, 64), unet_channels=(64, 128), text_dim=64, head_dim=16),
-                n_base=20000, base_steps=8000, vae_steps=3000, cls_steps=2000, batch=128, ft_images=128, ft_steps=600,
+                n_base=20000, base_steps=6000, vae_steps=2000, cls_steps=2000, batch=128, ft_images=128, ft_steps=600,
                 lr_steps=200, eval_every=50, n_eval=64, sample_steps=25, lrs=LRS, precision="bf16" if device.startswith("cuda") else "no")
 
 
