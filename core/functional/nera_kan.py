@@ -20,8 +20,15 @@ Choices the paper leaves open (stated here):
 - The basis is evaluated in float32 whatever the autocast dtype (B-spline recursions lose
   their partition of unity in bf16).
 
-Cost: the down layer materialises a ``[tokens, d_in, grid_size + spline_order]`` basis; one
-KAN layer has ``d_out * d_in * (grid_size + spline_order + 1) + 2 * d_in`` parameters, i.e. about
+- On a convolution the down layer is a KAN convolution: every kernel tap of every input channel has
+  its own edge function, ``o(p) = sum_{i,d} phi_{o,i,d}(x_i(p + d))``. That is exactly a convolution
+  of the expanded feature map ``[silu(x), B_1(u), ..., B_K(u)]`` (``C_in * (K + 1)`` channels) with a
+  ``[r, C_in * (K + 1), *k]`` kernel (:func:`kan_conv`); zero padding is applied to the expanded
+  map (a padded tap contributes nothing). The up layer is a 1x1 KAN per position.
+
+Cost: the down layer materialises a ``[tokens, d_in, grid_size + spline_order]`` basis (on a conv:
+an input map ``grid_size + spline_order + 1`` times the layer's input); one KAN layer has
+``d_out * fan_in * (grid_size + spline_order + 1) + 2 * d_in`` parameters, i.e. about
 ``grid_size + spline_order + 1`` times LoRA's at the same rank.
 """
 
@@ -31,7 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["knot_vector", "bspline_basis", "kan_layer", "kan_layer_param_count", "nera_kan_param_count", "refit_spline_coefficients"]
+__all__ = ["knot_vector", "bspline_basis", "kan_layer", "kan_conv", "kan_layer_param_count", "nera_kan_param_count", "refit_spline_coefficients"]
 
 
 def knot_vector(grid_size: int, spline_order: int, grid_range: float, *, dtype=torch.float32, device=None) -> Tensor:
@@ -68,13 +75,34 @@ def kan_layer(x: Tensor, base_weight: Tensor, spline_coeff: Tensor, input_scale:
     return base + spline.to(base.dtype)
 
 
-def kan_layer_param_count(d_in: int, d_out: int, grid_size: int, spline_order: int) -> int:
-    return d_out * d_in * (grid_size + spline_order + 1) + 2 * d_in
+def kan_conv(x: Tensor, base_weight: Tensor, spline_coeff: Tensor, input_scale: Tensor, input_shift: Tensor,
+             knots: Tensor, spline_order: int, *, stride, padding, dilation) -> Tensor:
+    """KAN convolution ``[N, C_in, *S] -> [N, r, *S']`` (``ndim`` = 1, 2 or 3 spatial axes).
+
+    Args:
+        base_weight: ``[r, C_in, *k]`` SiLU weights per kernel tap.
+        spline_coeff: ``[r, C_in, K, *k]`` B-spline coefficients per kernel tap.
+        input_scale, input_shift: ``[C_in]``.
+    """
+    ndim = x.dim() - 2
+    view = (1, -1) + (1,) * ndim
+    u = (x.float() - input_shift.float().view(view)) * input_scale.float().view(view)
+    basis = bspline_basis(u, knots.float(), spline_order).movedim(-1, 2)  # [N, C_in, K, *S]
+    features = torch.cat([F.silu(x.float()).unsqueeze(2), basis], dim=2).flatten(1, 2)
+    r, c_in = base_weight.shape[:2]
+    weight = torch.cat([base_weight.float().unsqueeze(2), spline_coeff.float()], dim=2).reshape(r, -1, *base_weight.shape[2:])
+    conv = (F.conv1d, F.conv2d, F.conv3d)[ndim - 1]
+    return conv(features.to(x.dtype), weight.to(x.dtype), None, stride, padding, dilation)
 
 
-def nera_kan_param_count(d_in: int, d_out: int, rank: int, grid_size: int, spline_order: int) -> int:
-    """Down KAN (``d_in -> r``) plus up KAN (``r -> d_out``)."""
-    return kan_layer_param_count(d_in, rank, grid_size, spline_order) + kan_layer_param_count(rank, d_out, grid_size, spline_order)
+def kan_layer_param_count(d_in: int, d_out: int, grid_size: int, spline_order: int, kernel_numel: int = 1) -> int:
+    return d_out * d_in * kernel_numel * (grid_size + spline_order + 1) + 2 * d_in
+
+
+def nera_kan_param_count(d_in: int, d_out: int, rank: int, grid_size: int, spline_order: int, kernel_numel: int = 1) -> int:
+    """Down KAN (``d_in -> r``, with ``kernel_numel`` taps on a conv) plus up KAN (``r -> d_out``)."""
+    return (kan_layer_param_count(d_in, rank, grid_size, spline_order, kernel_numel)
+            + kan_layer_param_count(rank, d_out, grid_size, spline_order))
 
 
 @torch.no_grad()

@@ -75,9 +75,59 @@ def test_starts_unchanged_param_count_and_no_merge():
         merge(model)
 
 
-def test_conv_refused_and_bad_options_named():
-    with pytest.raises(ValueError, match="nn.Linear only"):
-        apply(nn.Sequential(nn.Conv2d(3, 4, 3)), "nera_kan", rank=2, targets=["0"])
+def naive_kan_conv2d_down(x, base, coeff, scale, shift, stride, grid_size, order, grid_range):
+    """h[r, p] = sum over input channels i and taps d of phi_{r,i,d}(x_i(p * stride + d)) (valid conv, loops)."""
+    h = 2 * grid_range / grid_size
+    knots = [-grid_range + (j - order) * h for j in range(grid_size + 2 * order + 1)]
+    r, c_in, n_basis, kh, kw = coeff.shape
+    out_h, out_w = (x.shape[1] - kh) // stride + 1, (x.shape[2] - kw) // stride + 1
+    out = torch.zeros(r, out_h, out_w, dtype=torch.float64)
+    for o in range(r):
+        for py in range(out_h):
+            for px in range(out_w):
+                total = 0.0
+                for i in range(c_in):
+                    for dy in range(kh):
+                        for dx in range(kw):
+                            xi = float(x[i, py * stride + dy, px * stride + dx])
+                            total += float(base[o, i, dy, dx]) * xi / (1 + torch.exp(torch.tensor(-xi)).item())
+                            u = (xi - float(shift[i])) * float(scale[i])
+                            total += sum(float(coeff[o, i, k, dy, dx]) * naive_bspline(u, knots, k, order) for k in range(n_basis))
+                out[o, py, px] = total
+    return out
+
+
+def test_conv_matches_naive_kan_convolution_and_grid_update():
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2))
+    apply(model, "nera_kan", rank=2, alpha=2.0, targets=["0"], grid_size=3, spline_order=2)
+    layer = adapter_layers(model, "default")["0"]
+    with torch.no_grad():
+        for _, p in layer.adapter_parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+    layer.requires_grad_(False)
+    x = torch.randn(1, 2, 7, 7)
+    ours = layer.adapter_path(x).double()[0]
+    hidden = naive_kan_conv2d_down(x[0], layer.down_base, layer.down_spline, layer.down_scale, layer.down_shift, 2, 3, 2, 3.0)
+    for py in range(3):
+        for px in range(3):
+            y = naive_kan_layer(hidden[:, py, px], layer.up_base, layer.up_spline, layer.up_scale, layer.up_shift, 3, 2, 3.0)
+            torch.testing.assert_close(ours[:, py, px], y, rtol=1e-4, atol=1e-5)
+    batch = torch.rand(8, 2, 7, 7) - 0.5
+    before = layer.adapter_path(batch)
+    layer.update_grid(batch)
+    assert (layer.adapter_path(batch) - before).abs().max() < 0.05 * before.abs().max()
+
+
+def test_convs_start_unchanged_grouped_refused_bad_options_named():
+    for conv in (nn.Conv1d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1), nn.Conv3d(3, 4, 3, padding=1)):
+        model, x = nn.Sequential(conv), torch.randn(2, 3, *([5] * (conv.weight.dim() - 2)))
+        ref = model(x)
+        report = apply(model, "nera_kan", rank=2, targets=["0"])
+        assert torch.equal(model(x), ref)
+        assert report.adapter_params == nera_kan_param_count(3, 4, 2, 5, 3, kernel_numel=3 ** (conv.weight.dim() - 2))
+    with pytest.raises(ValueError, match="ungrouped"):
+        apply(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "nera_kan", rank=2, targets=["0"])
     with pytest.raises(ValueError, match="NeRAKANOptions.spline_order must be an integer >= 0"):
         apply(_model(), "nera_kan", rank=2, targets=["0"], spline_order=-1)
 
