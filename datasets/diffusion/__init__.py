@@ -1,0 +1,1 @@
+"""Text-to-image data: procedural captioned scenes (shapes, colours, positions, textures)."""

@@ -1,0 +1,84 @@
+"""diffusers host files: LoRA/DoRA in the diffusers layout, NeRA with a loader of ours.
+
+- :func:`export_diffusers` writes the UNet's LoRA-shaped adapter (lora, dora) the way a stock
+  ``pipe.save_lora_weights`` does (``pytorch_lora_weights.safetensors``, keys
+  ``unet.<module>.lora_A.weight`` / ``lora_B.weight`` / ``lora_magnitude_vector``, the PEFT
+  ``LoraConfig`` in the ``lora_adapter_metadata`` header), so ``pipe.load_lora_weights(dir)``,
+  ``set_adapters``, ``fuse_lora`` and ``unfuse_lora`` of an unmodified pipeline work on it. The
+  tensors come from the core's :func:`~lowrank_vision.core.export_peft` (PEFT layout), renamed.
+- NeRA is not LoRA-shaped (``load_lora_weights`` would reject its keys): :func:`save_nera` writes
+  the core's safetensors + JSON config under ``<dir>/unet``; :func:`load_nera` puts it onto a
+  stock pipeline's UNet (same feel as ``load_lora_weights``); :func:`unload_nera` takes it off.
+  ``fuse_nera`` does not exist because NeRA is nonlinear in the input: there is no weight to fuse.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+from lowrank_vision.core import adapter_layers, export_peft, load, remove, save
+from lowrank_vision.core.files import atomic_dir, write_json
+
+__all__ = ["export_diffusers", "save_nera", "load_nera", "unload_nera", "LORA_WEIGHTS_NAME", "NERA_CONFIG_NAME"]
+
+LORA_WEIGHTS_NAME = "pytorch_lora_weights.safetensors"
+NERA_CONFIG_NAME = "nera_pipeline.json"
+PEFT_PREFIX = "base_model.model."
+LORA_CONFIG_KEYS = ("r", "lora_alpha", "lora_dropout", "target_modules", "rank_pattern", "alpha_pattern", "use_dora", "use_rslora", "bias", "init_lora_weights")
+
+
+def export_diffusers(pipe, out_dir: str | Path, adapter_name: str = "default") -> Path:
+    """Write the UNet's ``adapter_name`` (lora or dora) in the diffusers LoRA layout; returns ``out_dir``."""
+    from safetensors.torch import load_file
+
+    layers = adapter_layers(pipe.unet, adapter_name)
+    if not layers:
+        raise ValueError(f"pipe.unet has no adapter named {adapter_name!r} to export")
+    methods = {a.method for a in layers.values()}
+    if not methods <= {"lora", "dora"}:
+        raise ValueError(f"export --format diffusers needs a LoRA-shaped adapter (lora, dora), got {sorted(methods)}; "
+                         "save NeRA with save_nera and load it with load_nera")
+    with tempfile.TemporaryDirectory() as tmp:
+        export_peft(pipe.unet, tmp, adapter_name)
+        tensors = load_file(str(Path(tmp) / "adapter_model.safetensors"))
+        peft_config = json.loads((Path(tmp) / "adapter_config.json").read_text())
+    state = {"unet." + key[len(PEFT_PREFIX):]: value.contiguous() for key, value in tensors.items()}
+    metadata = {key: peft_config[key] for key in LORA_CONFIG_KEYS if key in peft_config}
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        type(pipe).save_lora_weights(tmp, unet_lora_layers={k[len("unet."):]: v for k, v in state.items()},
+                                     unet_lora_adapter_metadata=metadata, safe_serialization=True)
+    return out_dir
+
+
+def save_nera(pipe, out_dir: str | Path, adapter_name: str = "default") -> Path:
+    """Write the UNet's NeRA adapter: ``<out_dir>/unet/`` (core safetensors + JSON) and ``nera_pipeline.json``."""
+    layers = adapter_layers(pipe.unet, adapter_name)
+    if not layers:
+        raise ValueError(f"pipe.unet has no adapter named {adapter_name!r} to save")
+    first = next(iter(layers.values()))
+    out_dir = Path(out_dir)
+    with atomic_dir(out_dir) as tmp:
+        save(pipe.unet, tmp / "unet", adapter_name)
+        write_json(tmp / NERA_CONFIG_NAME, {"format": "lowrank-vision-nera-pipeline", "components": ["unet"],
+                                            "method": first.method, "rank": first.rank, "adapter_name": adapter_name,
+                                            "layers": len(layers)})
+    return out_dir
+
+
+def load_nera(pipe, directory: str | Path, adapter_name: str | None = None):
+    """Put a NeRA adapter saved by :func:`save_nera` onto ``pipe.unet`` (a stock pipeline); returns ``pipe``."""
+    import lowrank_vision.core.adapters.nera_kan  # noqa: F401  (registers nera_kan before the core reads the config)
+
+    directory = Path(directory)
+    if not (directory / NERA_CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{directory} holds no NeRA adapter ({NERA_CONFIG_NAME} missing); LoRA/DoRA folders load with pipe.load_lora_weights")
+    load(pipe.unet, directory / "unet", adapter_name)
+    return pipe
+
+
+def unload_nera(pipe, adapter_name: str | None = None) -> int:
+    """Take NeRA adapters off ``pipe.unet`` (the base layers come back unchanged); returns how many."""
+    return remove(pipe.unet, adapter_name)
