@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Callable, Optional
 
-__all__ = ["PluginSpec", "discover_plugins", "ENTRY_POINT_GROUP"]
+__all__ = ["PluginSpec", "discover_plugins", "lazy_demo", "ENTRY_POINT_GROUP"]
 
 ENTRY_POINT_GROUP = "lowrank_vision.plugins"
 
@@ -37,6 +37,19 @@ class PluginSpec:
     ``demo.md`` shows: ``"figures"``, a list of ``{"path": PNG path, "caption": str}`` (paths
     inside ``out_dir``), and ``"summary"``, one or two markdown sentences saying what was run
     on which data and what the numbers mean."""
+
+
+def lazy_demo(package: str) -> Callable[..., dict]:
+    """``PluginSpec.demo`` that imports ``<package>.commands`` only when the demo runs (plugin imports stay cheap)."""
+
+    def demo(out_dir, device: str = "cpu") -> dict:
+        from importlib import import_module
+        from pathlib import Path
+
+        return import_module(f"{package}.commands").demo(Path(out_dir), device)
+
+    demo.__doc__ = f"Short run for ``lowrank demo``: :func:`{package}.commands.demo`."
+    return demo
 
 
 def discover_plugins() -> dict[str, PluginSpec]:

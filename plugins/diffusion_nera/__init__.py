@@ -9,18 +9,9 @@ stock ``pipe.load_lora_weights`` and saves/loads NeRA (``load_nera``); the app i
 
 from __future__ import annotations
 
-from pathlib import Path
+from lowrank_vision.plugins import PluginSpec, lazy_demo
 
-from lowrank_vision.plugins import PluginSpec
-
-__all__ = ["PLUGIN", "demo", "export_diffusers", "load_nera", "save_nera", "unload_nera"]
-
-
-def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short run for ``lowrank demo`` (see :func:`.commands.demo`)."""
-    from .commands import demo as run_demo
-
-    return run_demo(Path(out_dir), device)
+__all__ = ["PLUGIN", "export_diffusers", "load_nera", "save_nera", "unload_nera"]
 
 
 def __getattr__(name: str):
@@ -36,5 +27,5 @@ PLUGIN = PluginSpec(
     app="lowrank-diffusion",
     description="NeRA (KAN form), LoRA and DoRA fine-tuning of diffusers pipelines; LoRA/DoRA load with pipe.load_lora_weights",
     host="diffusers (load_lora_weights layout; load_nera for NeRA)",
-    demo=demo,
+    demo=lazy_demo(__name__),
 )

@@ -9,18 +9,9 @@ Importing this package imports neither MONAI nor torch.
 
 from __future__ import annotations
 
-from pathlib import Path
+from lowrank_vision.plugins import PluginSpec, lazy_demo
 
-from lowrank_vision.plugins import PluginSpec
-
-__all__ = ["PLUGIN", "demo"]
-
-
-def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short run for ``lowrank demo`` (:func:`.commands.demo`)."""
-    from .commands import demo as run_demo
-
-    return run_demo(Path(out_dir), device)
+__all__ = ["PLUGIN"]
 
 
 PLUGIN = PluginSpec(
@@ -28,5 +19,5 @@ PLUGIN = PluginSpec(
     app="lowrank-seg",
     description="TBI->SAH hemorrhage segmentation: CP-LoRA/LoRA-C/convLoRA/DoRA variants on MONAI UNets (3-D, multi-view)",
     host="MONAI (bundle: configs/metadata.json, train.json, inference.json)",
-    demo=demo,
+    demo=lazy_demo(__name__),
 )

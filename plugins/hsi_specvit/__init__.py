@@ -13,20 +13,11 @@ Layout: :mod:`.config` (dataclasses), :mod:`.model` (networks), :mod:`.recipes` 
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from lowrank_vision.plugins import PluginSpec
+from lowrank_vision.plugins import PluginSpec, lazy_demo
 
 from ._on_import import on_import
 
-__all__ = ["PLUGIN", "demo"]
-
-
-def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """``lowrank demo``: the shipped weights on the synthetic default (see :func:`.commands.demo`)."""
-    from .commands import demo as run
-
-    return run(Path(out_dir), device)
+__all__ = ["PLUGIN"]
 
 
 PLUGIN = PluginSpec(
@@ -34,7 +25,7 @@ PLUGIN = PluginSpec(
     app="lowrank-hsi",
     description="LoLA-SpecViT hyperspectral classification with LoRA; .mat/ENVI/GeoTIFF readers, leak-free block splits",
     host="timm (register_model), rasterio",
-    demo=demo,
+    demo=lazy_demo(__name__),
 )
 
 

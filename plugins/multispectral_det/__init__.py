@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lowrank_vision.plugins import PluginSpec
+from lowrank_vision.plugins import PluginSpec, lazy_demo
 
 from .ultralytics_hook import install_registration_hook
 
-__all__ = ["PLUGIN", "demo", "model_yaml"]
+__all__ = ["PLUGIN", "model_yaml"]
 
 
 def model_yaml(name: str = "dlrmamba-n") -> str:
@@ -28,13 +28,6 @@ def model_yaml(name: str = "dlrmamba-n") -> str:
     return str(path)
 
 
-def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short run for ``lowrank demo`` (see :func:`.commands.demo`)."""
-    from .commands import demo as run_demo
-
-    return run_demo(Path(out_dir), device)
-
-
 install_registration_hook()
 
 PLUGIN = PluginSpec(
@@ -42,5 +35,5 @@ PLUGIN = PluginSpec(
     app="lowrank-detect",
     description="DLRMamba RGB+IR detection: low-rank SS2D backbone + structure-aware distillation, in ultralytics",
     host="ultralytics (model YAML modules, multispectral data YAML)",
-    demo=demo,
+    demo=lazy_demo(__name__),
 )

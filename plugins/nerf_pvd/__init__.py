@@ -9,18 +9,9 @@ point). Importing this package imports neither nerfstudio nor the fields.
 
 from __future__ import annotations
 
-from pathlib import Path
+from lowrank_vision.plugins import PluginSpec, lazy_demo
 
-from lowrank_vision.plugins import PluginSpec
-
-__all__ = ["PLUGIN", "demo"]
-
-
-def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short run for ``lowrank demo`` (see :func:`.commands.demo`)."""
-    from .commands import demo as run_demo
-
-    return run_demo(Path(out_dir), device)
+__all__ = ["PLUGIN"]
 
 
 PLUGIN = PluginSpec(
@@ -28,5 +19,5 @@ PLUGIN = PluginSpec(
     app="lowrank-nerf",
     description="PVD distillation between NeRF fields (MLP, hash grid, TensoRF-VM, SH grid); transforms.json reader, procedural scenes",
     host="nerfstudio (method lowrank-pvd)",
-    demo=demo,
+    demo=lazy_demo(__name__),
 )

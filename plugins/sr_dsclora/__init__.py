@@ -12,18 +12,9 @@ Importing this package is cheap (no torch model code): :mod:`.config`, :mod:`.mo
 
 from __future__ import annotations
 
-from pathlib import Path
+from lowrank_vision.plugins import PluginSpec, lazy_demo
 
-from lowrank_vision.plugins import PluginSpec
-
-__all__ = ["PLUGIN", "demo"]
-
-
-def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short run for ``lowrank demo``: bicubic vs shipped SPAN vs shipped DSCLoRA (x4) on the bundled eval photos."""
-    from .commands import demo as run_demo
-
-    return run_demo(Path(out_dir), device)
+__all__ = ["PLUGIN"]
 
 
 PLUGIN = PluginSpec(
@@ -31,5 +22,5 @@ PLUGIN = PluginSpec(
     app="lowrank-sr",
     description="SPAN efficient super-resolution + DSCLoRA (ConvLoRA, spatial-affinity distillation), merged to plain SPAN",
     host="SPAN-compatible state dicts (SPAN / spandrel layout), ONNX",
-    demo=demo,
+    demo=lazy_demo(__name__),
 )

@@ -9,18 +9,9 @@ per-scene optimisation baseline, :mod:`.commands` the app's subcommands (``lowra
 
 from __future__ import annotations
 
-from pathlib import Path
+from lowrank_vision.plugins import PluginSpec, lazy_demo
 
-from lowrank_vision.plugins import PluginSpec
-
-__all__ = ["PLUGIN", "demo"]
-
-
-def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short run for ``lowrank demo``: the shipped encoder vs the per-scene baseline on a held-out scene."""
-    from .commands import demo as run_demo
-
-    return run_demo(Path(out_dir), device)
+__all__ = ["PLUGIN"]
 
 
 PLUGIN = PluginSpec(
@@ -28,5 +19,5 @@ PLUGIN = PluginSpec(
     app="lowrank-tracks4d",
     description="TracksTo4D: cameras, depth and low-rank 3-D motion from 2-D point tracks; LK tracker, scene generator",
     host="open3d (PLY point clouds and camera frustums)",
-    demo=demo,
+    demo=lazy_demo(__name__),
 )
