@@ -144,8 +144,8 @@ def render_page(summary: dict, out_dir: Path) -> str:
         if result.get("summary"):
             lines += [result["summary"], ""]
         for fig in result.get("figures", []):
-            rel = Path(fig["path"])
-            rel = rel.relative_to(out_dir) if rel.is_absolute() and rel.is_relative_to(out_dir) else rel
+            path, root = Path(fig["path"]).resolve(), Path(out_dir).resolve()  # plugins give absolute or cwd-relative paths
+            rel = path.relative_to(root) if path.is_relative_to(root) else path
             lines += [f"![{fig.get('caption', '')}]({rel.as_posix()})", "", f"*{fig.get('caption', '')}*", ""]
         rows = _number_rows(result)
         if rows:

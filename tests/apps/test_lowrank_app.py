@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import subprocess
 import sys
 
@@ -44,3 +45,15 @@ def test_demo_short(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_demo_full(tmp_path):
     assert main(["demo", "--out", str(tmp_path)]) == 0
+
+
+def test_demo_page_links_figures_relative_to_its_folder(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "outputs" / "demo"
+    summary = {"environment": {"command": "lowrank demo", "device": "cpu", "machine": "x", "torch": "t", "seconds": 1.0},
+               "worst_merge_error": 0.0, "adapters": {"m": []},
+               "plugins": {"p": {"app": "lowrank-p", "summary": "ran", "figures": [
+                   {"path": "outputs/demo/p/a.png", "caption": "cwd-relative"},
+                   {"path": str(out / "p" / "b.png"), "caption": "absolute"}]}}}
+    page = demo_module.render_page(summary, Path("outputs/demo"))
+    assert "](p/a.png)" in page and "](p/b.png)" in page
