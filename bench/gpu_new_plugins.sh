@@ -7,6 +7,12 @@
 # PHASE=1: nerf (teacher + hash->mlp / hash->tensorf_vm with their scratch twins), tracks4d (train, eval,
 #          static, report), detect (data, then teacher || yolov8n).
 # PHASE=2: detect (data, students || , eval, report), nerf rest, diffusion.
+# Seen on 2026-12-02 (one H200, PHASE=1, all three side by side, LIMIT=540): nerf's scratch_hash did not finish
+# its 6000 steps (no stage JSON); tracks4d's train reached step 400 (its model checkpoint is over the 8 MB packing
+# limit, so it cannot resume on a fresh machine); detect's data stage took 111 s, its teacher ran ~36 s/epoch and
+# yolov8n ~17 s/epoch while sharing the GPU (teacher epoch 19/40 after a second job on the still-warm machine).
+# A fresh machine starts bare, so stages must finish inside one job: shrink them (fewer steps, smaller hash
+# table, fewer epochs) or run one plugin per job before the next attempt.
 set -u
 OUT=${OUT:-runs/gpu_out}; LIMIT=${LIMIT:-540}; PHASE=${PHASE:-1}
 mkdir -p "$OUT"
