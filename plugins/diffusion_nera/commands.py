@@ -82,23 +82,31 @@ def train(config: FinetuneConfig, out_dir: Path, base_dir: Optional[Path] = None
             "figures": [str(grid), str(curve)]}
 
 
-def _load_adapter(pipe, adapter_dir: Path) -> str:
-    """Put any adapter folder of ours onto ``pipe``: core format, diffusers LoRA layout or NeRA pipeline folder."""
-    from .diffusers_io import LORA_WEIGHTS_NAME, NERA_CONFIG_NAME, load_nera
-    from .recipes import core_method
+def _adapter_format(adapter_dir: Path) -> str:
+    """Which of our adapter layouts ``adapter_dir`` holds: ``"diffusers"``, ``"nera"`` or ``"core"`` (checked before any model loads)."""
+    from .diffusers_io import LORA_WEIGHTS_NAME, NERA_CONFIG_NAME
 
     adapter_dir = Path(adapter_dir)
-    if (adapter_dir / LORA_WEIGHTS_NAME).is_file():
-        pipe.load_lora_weights(str(adapter_dir))
-        return "diffusers"
-    if (adapter_dir / NERA_CONFIG_NAME).is_file():
-        load_nera(pipe, adapter_dir)
-        return "nera"
-    if (adapter_dir / "adapter_config.json").is_file():
-        core_method("nera")  # registers nera_kan so a NeRA checkpoint loads
-        load(pipe.unet, adapter_dir)
-        return "core"
+    for name, kind in ((LORA_WEIGHTS_NAME, "diffusers"), (NERA_CONFIG_NAME, "nera"), ("adapter_config.json", "core")):
+        if (adapter_dir / name).is_file():
+            return kind
     raise FileNotFoundError(f"--adapter: {adapter_dir} holds no adapter (expected adapter_config.json, {LORA_WEIGHTS_NAME} or {NERA_CONFIG_NAME})")
+
+
+def _load_adapter(pipe, adapter_dir: Path) -> str:
+    """Put any adapter folder of ours onto ``pipe``: core format, diffusers LoRA layout or NeRA pipeline folder."""
+    from .diffusers_io import load_nera
+    from .recipes import core_method
+
+    kind = _adapter_format(adapter_dir)
+    if kind == "diffusers":
+        pipe.load_lora_weights(str(adapter_dir))
+    elif kind == "nera":
+        load_nera(pipe, Path(adapter_dir))
+    else:
+        core_method("nera")  # registers nera_kan so a NeRA checkpoint loads
+        load(pipe.unet, Path(adapter_dir))
+    return kind
 
 
 def sample(prompts: Sequence[str], out_path: Path, adapter_dir: Optional[Path] = None, base_dir: Optional[Path] = None,
@@ -106,6 +114,8 @@ def sample(prompts: Sequence[str], out_path: Path, adapter_dir: Optional[Path] =
     """Samples of ``prompts`` (base pipeline, with ``adapter_dir`` if given) as one PNG row."""
     if not prompts or not all(p.strip() for p in prompts):
         raise ValueError("prompt: expected at least one non-empty prompt")
+    if adapter_dir is not None:
+        _adapter_format(adapter_dir)  # a wrong --adapter fails before the pipeline loads
     pipe = _base(base_dir, device)
     rows = {}
     if adapter_dir is not None:
