@@ -27,6 +27,7 @@ from typing import Optional
 import numpy as np
 
 from lowrank_vision.core.files import PathLike, atomic_dir
+from lowrank_vision.core.validate import require
 
 __all__ = ["SyntheticConfig", "CLASS_NAMES", "render_scene", "write_dataset", "write_tiff", "write_data_yaml"]
 
@@ -66,20 +67,15 @@ class SyntheticConfig:
     """Max number of unlabelled distractors (warm rocks, coloured blobs)."""
 
     def __post_init__(self) -> None:
-        def need(ok: bool, name: str, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"SyntheticConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-
         for name in ("n_train", "n_val", "n_test"):
-            need(isinstance(getattr(self, name), int) and getattr(self, name) >= 1, name, "an int >= 1")
-        need(isinstance(self.size, int) and self.size >= 32 and self.size % 32 == 0, "size", "a multiple of 32 >= 32")
-        need(1 <= self.objects[0] <= self.objects[1], "objects", "(min, max) with 1 <= min <= max")
-        need(len(self.class_probs) == 3 and min(self.class_probs) > 0 and abs(sum(self.class_probs) - 1) < 1e-6,
-             "class_probs", "three positive probabilities summing to 1")
-        need(0 < self.scale_range[0] <= self.scale_range[1], "scale_range", "(lo, hi) with 0 < lo <= hi")
+            require(self, name, isinstance(getattr(self, name), int) and getattr(self, name) >= 1, "an int >= 1")
+        require(self, "size", isinstance(self.size, int) and self.size >= 32 and self.size % 32 == 0, "a multiple of 32 >= 32")
+        require(self, "objects", 1 <= self.objects[0] <= self.objects[1], "(min, max) with 1 <= min <= max")
+        require(self, "class_probs", len(self.class_probs) == 3 and min(self.class_probs) > 0 and abs(sum(self.class_probs) - 1) < 1e-6, "three positive probabilities summing to 1")
+        require(self, "scale_range", 0 < self.scale_range[0] <= self.scale_range[1], "(lo, hi) with 0 < lo <= hi")
         for name in ("p_night", "p_fog", "p_glare", "p_occlusion"):
-            need(0.0 <= getattr(self, name) <= 1.0, name, "in [0, 1]")
-        need(isinstance(self.clutter, int) and self.clutter >= 0, "clutter", "an int >= 0")
+            require(self, name, 0.0 <= getattr(self, name) <= 1.0, "in [0, 1]")
+        require(self, "clutter", isinstance(self.clutter, int) and self.clutter >= 0, "an int >= 0")
 
 
 def _smooth_noise(rng: np.random.Generator, size: int, cells: int) -> np.ndarray:

@@ -23,6 +23,8 @@ from typing import Literal
 
 import numpy as np
 
+from lowrank_vision.core.validate import require
+
 from .formats import TrackSet, validate_tracks
 
 __all__ = ["SceneConfig", "Scene", "make_scene", "split_seeds", "look_at"]
@@ -50,17 +52,13 @@ class SceneConfig:
     """Scale of the camera sweep (0: a static camera)."""
 
     def __post_init__(self) -> None:
-        def need(ok: bool, name: str, expected: str) -> None:
-            if not ok:
-                raise ValueError(f"SceneConfig.{name} must be {expected}, got {getattr(self, name)!r}")
-
-        need(isinstance(self.frames, int) and self.frames >= 2, "frames", "an int >= 2")
-        need(isinstance(self.points, int) and self.points >= 4, "points", "an int >= 4")
-        need(len(self.image_size) == 2 and min(self.image_size) >= 16, "image_size", "(H, W) with H, W >= 16")
-        need(0.0 <= self.dynamic_fraction < 1.0, "dynamic_fraction", "in [0, 1)")
-        need(self.noise_px >= 0, "noise_px", ">= 0")
-        need(0.0 <= self.occlusion_rate <= 1.0, "occlusion_rate", "in [0, 1]")
-        need(self.camera_motion >= 0, "camera_motion", ">= 0")
+        require(self, "frames", isinstance(self.frames, int) and self.frames >= 2, "an int >= 2")
+        require(self, "points", isinstance(self.points, int) and self.points >= 4, "an int >= 4")
+        require(self, "image_size", len(self.image_size) == 2 and min(self.image_size) >= 16, "(H, W) with H, W >= 16")
+        require(self, "dynamic_fraction", 0.0 <= self.dynamic_fraction < 1.0, "in [0, 1)")
+        require(self, "noise_px", self.noise_px >= 0, ">= 0")
+        require(self, "occlusion_rate", 0.0 <= self.occlusion_rate <= 1.0, "in [0, 1]")
+        require(self, "camera_motion", self.camera_motion >= 0, ">= 0")
 
 
 @dataclass(frozen=True)

@@ -6,15 +6,12 @@ from dataclasses import dataclass, field
 from typing import Literal, Optional
 
 from lowrank_vision.core.train import TrainConfig
+from lowrank_vision.core.validate import require
 
 __all__ = ["PipelineConfig", "PretrainConfig", "FinetuneConfig", "SampleConfig", "ADAPTERS"]
 
 ADAPTERS = ("lora", "dora", "nera")
 
-
-def _need(obj, name: str, ok: bool, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{type(obj).__name__}.{name} must be {expected}, got {getattr(obj, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -41,8 +38,8 @@ class PipelineConfig:
     """Tokenizer model_max_length (bos + caption + eos, padded)."""
 
     def __post_init__(self) -> None:
-        _need(self, "image_size", isinstance(self.image_size, int) and self.image_size >= 8 and self.image_size % 8 == 0, "a multiple of 8 >= 8")
-        _need(self, "unet_channels", len(self.unet_channels) >= 2, "at least two widths")
+        require(self, "image_size", isinstance(self.image_size, int) and self.image_size >= 8 and self.image_size % 8 == 0, "a multiple of 8 >= 8")
+        require(self, "unet_channels", len(self.unet_channels) >= 2, "at least two widths")
 
 
 @dataclass(frozen=True)
@@ -63,9 +60,9 @@ class PretrainConfig:
     """Trainer settings of the UNet + text-encoder stage."""
 
     def __post_init__(self) -> None:
-        _need(self, "n_images", isinstance(self.n_images, int) and self.n_images >= 1, "an int >= 1")
-        _need(self, "vae_steps", isinstance(self.vae_steps, int) and self.vae_steps >= 0, "an int >= 0")
-        _need(self, "batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an int >= 1")
+        require(self, "n_images", isinstance(self.n_images, int) and self.n_images >= 1, "an int >= 1")
+        require(self, "vae_steps", isinstance(self.vae_steps, int) and self.vae_steps >= 0, "an int >= 0")
+        require(self, "batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an int >= 1")
 
 
 @dataclass(frozen=True)
@@ -96,13 +93,13 @@ class FinetuneConfig:
     """Trainer settings."""
 
     def __post_init__(self) -> None:
-        _need(self, "adapter", self.adapter in ADAPTERS, f"one of {ADAPTERS}")
-        _need(self, "rank", isinstance(self.rank, int) and self.rank >= 1, "an int >= 1")
-        _need(self, "n_images", isinstance(self.n_images, int) and self.n_images >= 1, "an int >= 1")
-        _need(self, "batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an int >= 1")
-        _need(self, "ema", 0.0 <= self.ema < 1.0, "in [0, 1)")
-        _need(self, "base_mix", 0.0 <= self.base_mix <= 1.0, "in [0, 1]")
-        _need(self, "targets", len(self.targets) >= 1, "a non-empty tuple of globs")
+        require(self, "adapter", self.adapter in ADAPTERS, f"one of {ADAPTERS}")
+        require(self, "rank", isinstance(self.rank, int) and self.rank >= 1, "an int >= 1")
+        require(self, "n_images", isinstance(self.n_images, int) and self.n_images >= 1, "an int >= 1")
+        require(self, "batch_size", isinstance(self.batch_size, int) and self.batch_size >= 1, "an int >= 1")
+        require(self, "ema", 0.0 <= self.ema < 1.0, "in [0, 1)")
+        require(self, "base_mix", 0.0 <= self.base_mix <= 1.0, "in [0, 1]")
+        require(self, "targets", len(self.targets) >= 1, "a non-empty tuple of globs")
 
 
 @dataclass(frozen=True)
@@ -117,5 +114,5 @@ class SampleConfig:
     """Seed of the initial latents."""
 
     def __post_init__(self) -> None:
-        _need(self, "steps", isinstance(self.steps, int) and self.steps >= 1, "an int >= 1")
-        _need(self, "guidance", self.guidance >= 1.0, ">= 1")
+        require(self, "steps", isinstance(self.steps, int) and self.steps >= 1, "an int >= 1")
+        require(self, "guidance", self.guidance >= 1.0, ">= 1")

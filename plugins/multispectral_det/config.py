@@ -11,15 +11,12 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Literal
+from lowrank_vision.core.validate import require
 
 from .ss2d import LOW_RANK_TARGETS
 
 __all__ = ["DetectTrainConfig", "DistillConfig", "BenchConfig"]
 
-
-def _need(obj: object, ok: bool, name: str, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{type(obj).__name__}.{name} must be {expected}, got {getattr(obj, name)!r}")
 
 
 @dataclass(frozen=True)
@@ -58,17 +55,17 @@ class DetectTrainConfig:
     """Continue ``<out>/<name>/weights/last.pt`` if an interrupted run left one (else start fresh)."""
 
     def __post_init__(self) -> None:
-        _need(self, isinstance(self.epochs, int) and self.epochs >= 1, "epochs", "an int >= 1")
-        _need(self, isinstance(self.imgsz, int) and self.imgsz >= 32 and self.imgsz % 32 == 0, "imgsz", "a multiple of 32 >= 32")
-        _need(self, isinstance(self.batch, int) and self.batch >= 1, "batch", "an int >= 1")
-        _need(self, self.optimizer in ("SGD", "AdamW"), "optimizer", "'SGD' or 'AdamW'")
-        _need(self, self.lr0 > 0, "lr0", "> 0")
-        _need(self, 0 <= self.momentum < 1, "momentum", "in [0, 1)")
-        _need(self, self.weight_decay >= 0, "weight_decay", ">= 0")
-        _need(self, self.warmup_epochs >= 0, "warmup_epochs", ">= 0")
-        _need(self, 0 <= self.mosaic <= 1, "mosaic", "in [0, 1]")
-        _need(self, 0 < self.fraction <= 1, "fraction", "in (0, 1]")
-        _need(self, isinstance(self.workers, int) and self.workers >= 0, "workers", "an int >= 0")
+        require(self, "epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an int >= 1")
+        require(self, "imgsz", isinstance(self.imgsz, int) and self.imgsz >= 32 and self.imgsz % 32 == 0, "a multiple of 32 >= 32")
+        require(self, "batch", isinstance(self.batch, int) and self.batch >= 1, "an int >= 1")
+        require(self, "optimizer", self.optimizer in ("SGD", "AdamW"), "'SGD' or 'AdamW'")
+        require(self, "lr0", self.lr0 > 0, "> 0")
+        require(self, "momentum", 0 <= self.momentum < 1, "in [0, 1)")
+        require(self, "weight_decay", self.weight_decay >= 0, ">= 0")
+        require(self, "warmup_epochs", self.warmup_epochs >= 0, ">= 0")
+        require(self, "mosaic", 0 <= self.mosaic <= 1, "in [0, 1]")
+        require(self, "fraction", 0 < self.fraction <= 1, "in (0, 1]")
+        require(self, "workers", isinstance(self.workers, int) and self.workers >= 0, "an int >= 0")
 
     def ultralytics_args(self) -> dict:
         """Keyword arguments for ``YOLO.train`` (offline-safe: no AMP check download, no plots, no fonts)."""
@@ -98,12 +95,12 @@ class DistillConfig:
     """The ultralytics run that trains the student."""
 
     def __post_init__(self) -> None:
-        _need(self, 0 < self.rank_ratio <= 1, "rank_ratio", "in (0, 1]")
+        require(self, "rank_ratio", 0 < self.rank_ratio <= 1, "in (0, 1]")
         unknown = sorted(set(self.targets) - set(LOW_RANK_TARGETS))
-        _need(self, not unknown and len(self.targets) > 0, "targets", f"a non-empty subset of {LOW_RANK_TARGETS}")
+        require(self, "targets", not unknown and len(self.targets) > 0, f"a non-empty subset of {LOW_RANK_TARGETS}")
         for name in ("w_task", "w_svd", "w_state", "w_feat"):
-            _need(self, getattr(self, name) >= 0, name, ">= 0")
-        _need(self, self.w_task > 0, "w_task", "> 0")
+            require(self, name, getattr(self, name) >= 0, ">= 0")
+        require(self, "w_task", self.w_task > 0, "> 0")
 
     @property
     def distills(self) -> bool:
@@ -125,7 +122,7 @@ class BenchConfig:
     """Timed runs (the median is reported)."""
 
     def __post_init__(self) -> None:
-        _need(self, isinstance(self.imgsz, int) and self.imgsz >= 32 and self.imgsz % 32 == 0, "imgsz", "a multiple of 32 >= 32")
-        _need(self, isinstance(self.threads, int) and self.threads >= 1, "threads", "an int >= 1")
-        _need(self, isinstance(self.warmup, int) and self.warmup >= 0, "warmup", "an int >= 0")
-        _need(self, isinstance(self.repeats, int) and self.repeats >= 1, "repeats", "an int >= 1")
+        require(self, "imgsz", isinstance(self.imgsz, int) and self.imgsz >= 32 and self.imgsz % 32 == 0, "a multiple of 32 >= 32")
+        require(self, "threads", isinstance(self.threads, int) and self.threads >= 1, "an int >= 1")
+        require(self, "warmup", isinstance(self.warmup, int) and self.warmup >= 0, "an int >= 0")
+        require(self, "repeats", isinstance(self.repeats, int) and self.repeats >= 1, "an int >= 1")

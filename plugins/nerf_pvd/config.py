@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 from typing import Literal, Optional
 
 from lowrank_vision.core.train import TrainConfig
+from lowrank_vision.core.validate import require
 
 from .render import RenderConfig
 
@@ -23,10 +24,6 @@ __all__ = ["FieldKind", "FIELD_KINDS", "FieldConfig", "FitImagesConfig", "Distil
 FieldKind = Literal["hash", "mlp", "tensorf_vm", "grid"]
 FIELD_KINDS: tuple[str, ...] = ("hash", "mlp", "tensorf_vm", "grid")
 
-
-def _need(cond: bool, cls: str, name: str, expected: str, value) -> None:
-    if not cond:
-        raise ValueError(f"{cls}.{name} must be {expected}, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -61,14 +58,14 @@ class FieldConfig:
     """Spherical-harmonic degree of the dense grid (0..2; the paper uses 3)."""
 
     def __post_init__(self) -> None:
-        _need(self.kind in FIELD_KINDS, "FieldConfig", "kind", f"one of {FIELD_KINDS}", self.kind)
-        _need(self.bound > 0, "FieldConfig", "bound", "> 0", self.bound)
+        require(self, "kind", self.kind in FIELD_KINDS, f"one of {FIELD_KINDS}")
+        require(self, "bound", self.bound > 0, "> 0")
         for name in ("geo_feat_dim", "mlp_width", "mlp_depth", "hash_levels", "tensorf_resolution", "tensorf_density_rank",
                      "tensorf_app_rank", "grid_resolution"):
             v = getattr(self, name)
-            _need(isinstance(v, int) and v >= 1, "FieldConfig", name, "an int >= 1", v)
-        _need(10 <= self.hash_log2_table <= 24, "FieldConfig", "hash_log2_table", "an int in [10, 24]", self.hash_log2_table)
-        _need(self.grid_sh_degree in (0, 1, 2), "FieldConfig", "grid_sh_degree", "0, 1 or 2", self.grid_sh_degree)
+            require(self, name, isinstance(v, int) and v >= 1, "an int >= 1")
+        require(self, "hash_log2_table", 10 <= self.hash_log2_table <= 24, "an int in [10, 24]")
+        require(self, "grid_sh_degree", self.grid_sh_degree in (0, 1, 2), "0, 1 or 2")
 
 
 def _train_default_fit() -> TrainConfig:
@@ -91,9 +88,8 @@ class FitImagesConfig:
     """Shared trainer settings (steps, lr, schedule, checkpoints)."""
 
     def __post_init__(self) -> None:
-        _need(isinstance(self.rays_per_step, int) and self.rays_per_step >= 1, "FitImagesConfig", "rays_per_step", "an int >= 1",
-              self.rays_per_step)
-        _need(self.mlp_lr_scale > 0, "FitImagesConfig", "mlp_lr_scale", "> 0", self.mlp_lr_scale)
+        require(self, "rays_per_step", isinstance(self.rays_per_step, int) and self.rays_per_step >= 1, "an int >= 1")
+        require(self, "mlp_lr_scale", self.mlp_lr_scale > 0, "> 0")
 
 
 @dataclass(frozen=True)
@@ -144,24 +140,20 @@ class DistillConfig:
     """Shared trainer settings (PVD: 30k steps, lr 1e-2, cosine)."""
 
     def __post_init__(self) -> None:
-        c = "DistillConfig"
-        _need(isinstance(self.stage1_iters, int) and self.stage1_iters >= 0, c, "stage1_iters", "an int >= 0", self.stage1_iters)
-        _need(isinstance(self.stage2_iters, int) and self.stage2_iters >= self.stage1_iters, c, "stage2_iters",
-              f"an int >= stage1_iters ({self.stage1_iters})", self.stage2_iters)
-        _need(isinstance(self.rays_per_step, int) and self.rays_per_step >= 1, c, "rays_per_step", "an int >= 1", self.rays_per_step)
-        _need(isinstance(self.poses_per_step, int) and self.poses_per_step >= 1, c, "poses_per_step", "an int >= 1",
-              self.poses_per_step)
-        _need(self.loss_type in ("norm_l2", "mse"), c, "loss_type", "'norm_l2' or 'mse'", self.loss_type)
+        require(self, "stage1_iters", isinstance(self.stage1_iters, int) and self.stage1_iters >= 0, "an int >= 0")
+        require(self, "stage2_iters", isinstance(self.stage2_iters, int) and self.stage2_iters >= self.stage1_iters, f"an int >= stage1_iters ({self.stage1_iters})")
+        require(self, "rays_per_step", isinstance(self.rays_per_step, int) and self.rays_per_step >= 1, "an int >= 1")
+        require(self, "poses_per_step", isinstance(self.poses_per_step, int) and self.poses_per_step >= 1, "an int >= 1")
+        require(self, "loss_type", self.loss_type in ("norm_l2", "mse"), "'norm_l2' or 'mse'")
         for name in ("w_rgb", "w_feature", "w_colour", "w_density", "w_tensorf_l1", "hard_points_boost"):
-            _need(getattr(self, name) >= 0, c, name, ">= 0", getattr(self, name))
-        _need(0 < self.feature_decay <= 1, c, "feature_decay", "in (0, 1]", self.feature_decay)
+            require(self, name, getattr(self, name) >= 0, ">= 0")
+        require(self, "feature_decay", 0 < self.feature_decay <= 1, "in (0, 1]")
         lo, hi = self.density_clip
-        _need(lo < hi, c, "density_clip", "(low, high) with low < high", self.density_clip)
-        _need(self.mlp_lr_scale > 0, c, "mlp_lr_scale", "> 0", self.mlp_lr_scale)
-        _need(0 <= self.hard_rays_ratio < 1, c, "hard_rays_ratio", "in [0, 1)", self.hard_rays_ratio)
-        _need(0 <= self.hard_points_ratio <= 1, c, "hard_points_ratio", "in [0, 1]", self.hard_points_ratio)
-        _need(isinstance(self.hard_rays_pool, int) and self.hard_rays_pool >= 1, c, "hard_rays_pool", "an int >= 1",
-              self.hard_rays_pool)
+        require(self, "density_clip", lo < hi, "(low, high) with low < high")
+        require(self, "mlp_lr_scale", self.mlp_lr_scale > 0, "> 0")
+        require(self, "hard_rays_ratio", 0 <= self.hard_rays_ratio < 1, "in [0, 1)")
+        require(self, "hard_points_ratio", 0 <= self.hard_points_ratio <= 1, "in [0, 1]")
+        require(self, "hard_rays_pool", isinstance(self.hard_rays_pool, int) and self.hard_rays_pool >= 1, "an int >= 1")
 
 
 @dataclass(frozen=True)
@@ -176,10 +168,9 @@ class ExportConfig:
     """Keep at most this many points (the densest); ``None``: all."""
 
     def __post_init__(self) -> None:
-        _need(isinstance(self.resolution, int) and 4 <= self.resolution <= 512, "ExportConfig", "resolution", "an int in [4, 512]",
-              self.resolution)
-        _need(self.density_threshold > 0, "ExportConfig", "density_threshold", "> 0", self.density_threshold)
-        _need(self.max_points is None or self.max_points >= 1, "ExportConfig", "max_points", "None or >= 1", self.max_points)
+        require(self, "resolution", isinstance(self.resolution, int) and 4 <= self.resolution <= 512, "an int in [4, 512]")
+        require(self, "density_threshold", self.density_threshold > 0, "> 0")
+        require(self, "max_points", self.max_points is None or self.max_points >= 1, "None or >= 1")
 
 
 def cpu_fit_config(kind: str = "hash", steps: int = 600, seed: int = 0, output_dir: Optional[str] = None) -> FitImagesConfig:

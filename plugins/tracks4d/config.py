@@ -11,19 +11,16 @@ from typing import Literal
 
 from lowrank_vision.core.train import TrainConfig
 from lowrank_vision.datasets.tracks.synthetic import SceneConfig
+from lowrank_vision.core.validate import require
 
 __all__ = ["ModelConfig", "LossConfig", "TrainRunConfig", "FinetuneConfig", "BaselineConfig", "paper_model"]
 
-
-def _need(obj, ok: bool, name: str, expected: str) -> None:
-    if not ok:
-        raise ValueError(f"{type(obj).__name__}.{name} must be {expected}, got {getattr(obj, name)!r}")
 
 
 def _pos_int(obj, *names: str) -> None:
     for n in names:
         v = getattr(obj, n)
-        _need(obj, isinstance(v, int) and not isinstance(v, bool) and v >= 1, n, "an int >= 1")
+        require(obj, n, isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an int >= 1")
 
 
 @dataclass(frozen=True)
@@ -53,11 +50,11 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _pos_int(self, "width", "depth", "heads", "mlp_ratio", "octaves", "num_basis", "conv_kernel")
-        _need(self, self.width % self.heads == 0, "width", f"divisible by heads={self.heads}")
-        _need(self, self.conv_kernel % 2 == 1, "conv_kernel", "odd")
-        _need(self, 0 <= self.focal_range < 1, "focal_range", "in [0, 1)")
-        _need(self, self.init_depth > 0, "init_depth", "> 0")
-        _need(self, self.gamma_scale > 0, "gamma_scale", "> 0")
+        require(self, "width", self.width % self.heads == 0, f"divisible by heads={self.heads}")
+        require(self, "conv_kernel", self.conv_kernel % 2 == 1, "odd")
+        require(self, "focal_range", 0 <= self.focal_range < 1, "in [0, 1)")
+        require(self, "init_depth", self.init_depth > 0, "> 0")
+        require(self, "gamma_scale", self.gamma_scale > 0, "> 0")
 
 
 def paper_model() -> ModelConfig:
@@ -82,8 +79,8 @@ class LossConfig:
 
     def __post_init__(self) -> None:
         for n in ("static_weight", "dynamic_weight", "negative_depth_weight", "sparsity_weight", "min_depth"):
-            _need(self, getattr(self, n) >= 0, n, ">= 0")
-        _need(self, self.min_depth > 0, "min_depth", "> 0")
+            require(self, n, getattr(self, n) >= 0, ">= 0")
+        require(self, "min_depth", self.min_depth > 0, "> 0")
 
 
 @dataclass(frozen=True)
@@ -112,7 +109,7 @@ class TrainRunConfig:
 
     def __post_init__(self) -> None:
         _pos_int(self, "train_scenes", "val_scenes", "batch_size")
-        _need(self, isinstance(self.rigid_warmup_steps, int) and self.rigid_warmup_steps >= 0, "rigid_warmup_steps", "an int >= 0")
+        require(self, "rigid_warmup_steps", isinstance(self.rigid_warmup_steps, int) and self.rigid_warmup_steps >= 0, "an int >= 0")
 
 
 @dataclass(frozen=True)
@@ -129,9 +126,9 @@ class FinetuneConfig:
     """LoRA rank when method='lora'."""
 
     def __post_init__(self) -> None:
-        _need(self, isinstance(self.steps, int) and self.steps >= 0, "steps", "an int >= 0")
-        _need(self, self.lr > 0, "lr", "> 0")
-        _need(self, self.method in ("full", "lora"), "method", "one of 'full', 'lora'")
+        require(self, "steps", isinstance(self.steps, int) and self.steps >= 0, "an int >= 0")
+        require(self, "lr", self.lr > 0, "> 0")
+        require(self, "method", self.method in ("full", "lora"), "one of 'full', 'lora'")
         _pos_int(self, "rank")
 
 
@@ -152,6 +149,6 @@ class BaselineConfig:
 
     def __post_init__(self) -> None:
         _pos_int(self, "steps", "num_basis")
-        _need(self, 0.0 <= self.rigid_fraction < 1.0, "rigid_fraction", "in [0, 1)")
-        _need(self, isinstance(self.starts, int) and 1 <= self.starts <= 8, "starts", "an int in [1, 8]")
-        _need(self, self.lr > 0, "lr", "> 0")
+        require(self, "rigid_fraction", 0.0 <= self.rigid_fraction < 1.0, "in [0, 1)")
+        require(self, "starts", isinstance(self.starts, int) and 1 <= self.starts <= 8, "an int in [1, 8]")
+        require(self, "lr", self.lr > 0, "> 0")
