@@ -14,8 +14,7 @@ Layout: :mod:`.config` (dataclasses), :mod:`.model` (networks), :mod:`.recipes` 
 from __future__ import annotations
 
 from lowrank_vision.plugins import PluginSpec, lazy_demo
-
-from ._on_import import on_import
+from lowrank_vision.plugins._on_import import on_import
 
 __all__ = ["PLUGIN"]
 

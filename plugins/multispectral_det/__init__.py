@@ -13,8 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from lowrank_vision.plugins import PluginSpec, lazy_demo
-
-from .ultralytics_hook import install_registration_hook
+from lowrank_vision.plugins._on_import import on_import
 
 __all__ = ["PLUGIN", "model_yaml"]
 
@@ -28,7 +27,15 @@ def model_yaml(name: str = "dlrmamba-n") -> str:
     return str(path)
 
 
-install_registration_hook()
+def _register_with_ultralytics() -> None:
+    from .ultralytics_host import register_ultralytics
+
+    register_ultralytics()
+
+
+# ultralytics has no plugin hook: parse_model looks YAML module names up in ultralytics.nn.tasks' globals
+on_import("ultralytics.nn.tasks", _register_with_ultralytics)
+
 
 PLUGIN = PluginSpec(
     name="multispectral_det",

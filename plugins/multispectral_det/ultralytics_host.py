@@ -8,7 +8,7 @@ a module it does not know (``c2 = ch[f]``), and a YAML passes their input channe
 ``c2`` -- ``parse_model`` resolves string arguments that name one of its locals, and ``c2`` holds
 the previous layer's output channels at that point. Checkpoints (``best.pt``) pickle the classes
 under this package's module paths, so loading one needs this package installed (not registered).
-Importing the plugin registers automatically (see :mod:`.ultralytics_hook`).
+Importing the plugin registers automatically, right after ``ultralytics.nn.tasks`` is imported (``plugins/_on_import.py``).
 """
 
 from __future__ import annotations

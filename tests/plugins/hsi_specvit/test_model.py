@@ -206,7 +206,7 @@ def test_recipe_train_config_defaults_follow_the_method():
 
 
 def test_on_import_runs_the_hook_after_the_host_and_never_breaks_it(tmp_path, monkeypatch):
-    from lowrank_vision.plugins.hsi_specvit._on_import import on_import
+    from lowrank_vision.plugins._on_import import on_import
 
     (tmp_path / "fake_host_ok.py").write_text("VALUE = 41\n")
     (tmp_path / "fake_host_bad.py").write_text("VALUE = 1\n")

@@ -1,7 +1,7 @@
 """Run a callback once a top-level module has been imported, without importing it.
 
-Used by the package ``__init__`` to register the timm models when (and only when) timm is
-imported: a finder placed first on ``sys.meta_path`` waits for the module's name, lets the
+Used by the plugins' ``__init__`` to register with their hosts (timm models, ultralytics
+modules) when, and only when, the host is imported: a finder placed first on ``sys.meta_path`` waits for the module's name, lets the
 normal finders locate it, and wraps its loader so that the callback runs right after the
 module's own code. A missing module costs one string comparison per import.
 """
