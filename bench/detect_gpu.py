@@ -124,7 +124,8 @@ def _gpu_latency(model, imgsz: int, device: str, repeats: int = 50) -> float:
 def _eval(args) -> dict:
     import torch
 
-    from lowrank_vision.plugins.multispectral_det.metrics import (count_flops, count_parameters, cpu_latency, export_onnx,
+    from lowrank_vision.core import count_parameters
+    from lowrank_vision.plugins.multispectral_det.metrics import (count_flops, cpu_latency, export_onnx,
                                                                   onnx_max_difference)
     from lowrank_vision.plugins.multispectral_det.recipes import evaluate
     from lowrank_vision.plugins.multispectral_det.ultralytics_host import load_detection_model
@@ -140,7 +141,7 @@ def _eval(args) -> dict:
             raise SystemExit(f"eval needs stage {stage} first")
         ckpt = done["checkpoint"]
         model = load_detection_model(ckpt)
-        row = {"checkpoint": ckpt, "parameters": count_parameters(model), **count_flops(model, imgsz_speed, 4)}
+        row = {"checkpoint": ckpt, "parameters": count_parameters(model)[1], **count_flops(model, imgsz_speed, 4)}
         row["test"] = evaluate(ckpt, data_yaml, "test", imgsz=imgsz_train, device=args.device)
         row["val"] = {k: v for k, v in evaluate(ckpt, data_yaml, "val", imgsz=imgsz_train, device=args.device).items()
                       if k in ("mAP50", "mAP50-95")}

@@ -188,14 +188,16 @@ def export(out_dir: PathLike, weights: Optional[PathLike] = None, fmt: str = "on
 
 def bench(out_dir: PathLike, weights: Optional[Sequence[PathLike]] = None, config: BenchConfig = BenchConfig()) -> dict:
     """Parameters, GFLOPs and CPU latency (batch 1) of each model (default: shipped teacher and student)."""
-    from .metrics import count_flops, count_parameters, cpu_latency
+    from lowrank_vision.core import count_parameters
+
+    from .metrics import count_flops, cpu_latency
 
     out_dir = Path(out_dir)
     weights = [Path(w) for w in (weights or [DEFAULT_TEACHER, DEFAULT_STUDENT])]
     rows = []
     for w in weights:
         model = resolve_model(w)
-        rows.append({"name": w.stem, "weights": str(w), "parameters": count_parameters(model),
+        rows.append({"name": w.stem, "weights": str(w), "parameters": count_parameters(model)[1],
                      **count_flops(model, config.imgsz), **cpu_latency(model, config.imgsz, config.threads, config.warmup, config.repeats)})
     if len(rows) > 1:
         for r in rows[1:]:

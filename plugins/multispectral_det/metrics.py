@@ -28,12 +28,8 @@ from lowrank_vision.core.files import atomic_path, save_figure
 
 from .model import ss2d_modules
 
-__all__ = ["count_parameters", "count_flops", "cpu_latency", "export_onnx", "onnx_max_difference", "plot_detections",
+__all__ = ["count_flops", "cpu_latency", "export_onnx", "onnx_max_difference", "plot_detections",
            "plot_tradeoff", "ExportWrapper"]
-
-
-def count_parameters(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
 
 
 class ExportWrapper(nn.Module):

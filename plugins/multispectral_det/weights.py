@@ -117,7 +117,9 @@ def make_default_weights(work_dir: Union[str, Path], data_config=None, train_con
 
     from . import model_yaml
     from .config import DetectTrainConfig, DistillConfig
-    from .metrics import count_parameters, cpu_latency
+    from lowrank_vision.core import count_parameters
+
+    from .metrics import cpu_latency
     from .recipes import distill_student, evaluate, train_detector
 
     work_dir = Path(work_dir)
@@ -140,7 +142,7 @@ def make_default_weights(work_dir: Union[str, Path], data_config=None, train_con
             card[key]["test"] = evaluate(run["checkpoint"], data["data_yaml"], "test", imgsz=train_config.imgsz, device=device)
             card[key]["val"] = {k: v for k, v in evaluate(run["checkpoint"], data["data_yaml"], "val", imgsz=train_config.imgsz,
                                                           device=device).items() if k in ("mAP50", "mAP50-95")}
-            card[key]["parameters"] = count_parameters(model)
+            card[key]["parameters"] = count_parameters(model)[1]
             card[key]["cpu_latency_ms_at_%d" % train_config.imgsz] = cpu_latency(model, train_config.imgsz, 2, 1, 5)["latency_ms"]
             save_weights(model, tmp / target.name, {"command": command, "imgsz": train_config.imgsz})
         write_json(tmp / "card.json", card)
