@@ -54,6 +54,7 @@ MAIN_PAIRS = (("hash", "mlp"), ("hash", "tensorf_vm"))
 REPO = Path(__file__).resolve().parent.parent
 LR_FACTORS = (0.5, 1.0, 2.0)
 CHECKPOINTS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # of a stage's seconds
+EXTRA_CHECKPOINTS = (0.1, 0.25, 0.5, 0.75)  # the short extra pairs: fewer evaluations
 
 # GPU sizes: paper-like where they fit a 64-px scene (see the report for each field's parameters)
 GPU_FIELDS = {
@@ -87,15 +88,16 @@ class Setup:
     render: RenderConfig
     fields: dict
     scale: float  # training seconds multiplier vs the 480-s plan
+    overhead: float  # seconds per stage that are not training (calibration, evaluations, checkpoint)
 
 
 def make_setup(a) -> Setup:
     scale = max(0.05, (a.budget_s - OVERHEAD_480) / (480.0 - OVERHEAD_480))
     if a.smoke:
         return Setup(a.device, Path(a.out), True, a.budget_s, T_START + a.budget_s - 8, SceneConfig(width=16, n_train=6, n_val=2, n_test=2),
-                     128, RenderConfig(n_coarse=8, n_fine=8), SMOKE_FIELDS, scale)
+                     128, RenderConfig(n_coarse=8, n_fine=8), SMOKE_FIELDS, scale, 1.5)
     return Setup(a.device, Path(a.out), False, a.budget_s, T_START + a.budget_s - 20, SceneConfig(), 4096,
-                 RenderConfig(n_coarse=32, n_fine=32), GPU_FIELDS, scale)
+                 RenderConfig(n_coarse=32, n_fine=32), GPU_FIELDS, scale, 5.0)
 
 
 def sync(device: str) -> None:
@@ -114,7 +116,8 @@ class Clock:
         self.s, self.seconds, self.data, self.background = s, seconds, data, background
         self.marks = [seconds * c for c in checkpoints] if data is not None else []
         self.guard = seconds * guard
-        self.curve, self.spent, self.steps, self.model, self.cut = [], 0.0, 0, None, False
+        self.wall_guard = seconds * (guard + 0.35) + 3.0  # evaluations included
+        self.curve, self.spent, self.steps, self.model, self.cut, self.diverged = [], 0.0, 0, None, False, None
         self.step_times: list[float] = []
         self.start = time.perf_counter()
 
@@ -139,7 +142,8 @@ class Clock:
             while self.marks and self.trained_at >= self.marks[0]:
                 self.marks.pop(0)
             self.eval_now(model)
-        if self.trained_at > self.guard or time.perf_counter() > self.s.deadline:
+        now = time.perf_counter()
+        if self.trained_at > self.guard or now - self.start > self.wall_guard or now > self.s.deadline:
             self.cut = True
             raise StopTraining
 
@@ -164,8 +168,12 @@ def _run(s: Setup, job, steps: int, clock: Clock):
     try:
         field, info = job(steps, [clock])
         return field.eval(), info["params"]
-    except StopTraining:
+    except (StopTraining, FloatingPointError) as exc:  # time guard, or fit() saw a non-finite loss
+        if isinstance(exc, FloatingPointError):
+            clock.diverged = str(exc)
         field = clock.model
+        if field is None:
+            raise RuntimeError(f"training stopped before its first step completed ({exc})") from exc
         field.__dict__.pop("_is_accelerate_prepared", None)
         return field.eval(), count_params(field)
 
@@ -180,17 +188,18 @@ def calibrate(s: Setup, job) -> float:
     return (len(t) - 1 - k) / max(t[-1] - t[k], 1e-6)
 
 
-def budgeted(s: Setup, job, seconds: float, data, background: float, rate: float | None = None) -> dict:
+def budgeted(s: Setup, job, seconds: float, data, background: float, rate: float | None = None,
+             checkpoints=CHECKPOINTS) -> dict:
     """Train ``job`` for about ``seconds``: steps from the calibrated rate, test-PSNR curve, final scores."""
     rate = rate or calibrate(s, job)
     steps = max(2, int(rate * seconds))
-    clock = Clock(s, seconds, data, background)
+    clock = Clock(s, seconds, data, background, checkpoints=checkpoints)
     field, params = _run(s, job, steps, clock)
     sync(s.device)
-    final = clock.eval_now(field) if data is not None else None
+    final = clock.eval_now(field) if data is not None and not clock.diverged else None
     return {"field": field, "params": params, "planned_steps": steps, "steps": clock.steps, "budget_s": round(seconds, 2),
             "train_seconds": round(clock.trained_at, 2), "steps_per_s": round(rate, 2), "cut_at_time_limit": clock.cut,
-            "curve": clock.curve, "final": final}
+            "diverged": clock.diverged, "curve": clock.curve, "final": final}
 
 
 # ----------------------------------------------------------------------------- stages
@@ -246,25 +255,26 @@ class Runner:
         for f in LR_FACTORS:
             job, _ = self.job_and_background(stage, f)
             r = budgeted(self.s, job, seconds, None, bg, rate)
-            val = evaluate(r["field"], self.split("val"), self.s.render, bg)
+            val = None if r["diverged"] else round(evaluate(r["field"], self.split("val"), self.s.render, bg)["psnr"], 4)
             trials.append({"lr_factor": f, "lr": self.default_lr(stage) * f, "steps": r["steps"], "train_seconds": r["train_seconds"],
-                           "val_psnr": round(val["psnr"], 4)})
-            print(f"  lr x{f}: val PSNR {val['psnr']:.2f} ({r['steps']} steps)", flush=True)
-        best = max(trials, key=lambda t: t["val_psnr"])
+                           "val_psnr": val, "diverged": r["diverged"]})
+            print(f"  lr x{f}: val PSNR {val} ({r['steps']} steps)", flush=True)
+        ok = [t for t in trials if t["val_psnr"] is not None]
+        best = max(ok, key=lambda t: t["val_psnr"]) if ok else trials[LR_FACTORS.index(1.0)]
         return {"for_stage": stage, "trials": trials, "chosen_lr_factor": best["lr_factor"], "chosen_lr": best["lr"],
                 "steps_per_s": round(rate, 2), "split": "val"}
 
-    def train(self, stage, seconds, lr_factor=1.0, rate=None):
+    def train(self, stage, seconds, lr_factor=1.0, checkpoints=CHECKPOINTS):
         job, bg = self.job_and_background(stage, lr_factor)
-        r = budgeted(self.s, job, seconds, self.split("test"), bg, rate)
+        r = budgeted(self.s, job, seconds, self.split("test"), bg, checkpoints=checkpoints)
         field = r.pop("field")
         final = r.pop("final")
         kind = stage.split("_to_")[-1] if stage.startswith("pvd_") else stage[len("scratch_"):]
-        res = {**r, "kind": kind, "lr_factor": lr_factor, "lr": self.default_lr(stage) * lr_factor, "test_psnr": final["psnr"],
-               "test_ssim": final["ssim"]}
+        res = {**r, "kind": kind, "lr_factor": lr_factor, "lr": self.default_lr(stage) * lr_factor,
+               "test_psnr": final and final["psnr"], "test_ssim": final and final["ssim"]}
         if stage.startswith("pvd_"):
             res["teacher"] = stage[len("pvd_"):].split("_to_")[0]
-        else:
+        elif final is not None:  # a diverged field is no teacher
             fc = FieldConfig(kind=kind, **self.s.fields[kind])
             rig = self.teacher_rig()
             save_field(self.ckpt / f"{stage}.safetensors", field, fc, rig, {"stage": stage, "test_psnr": final["psnr"]})
@@ -311,6 +321,8 @@ def main(argv=None):
     p.add_argument("--docs", default=None, help="folder of nerf_pvd.md (default: the repo's docs/results; <out>/report with --smoke)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--exclusive", action="store_true", help="the GPU was NOT shared with another job (changes the report's note)")
+    p.add_argument("--rays", type=int, default=None, help=argparse.SUPPRESS)  # rehearsal override of rays per step
+    p.add_argument("--samples", type=int, nargs=2, default=None, help=argparse.SUPPRESS)  # rehearsal: n_coarse n_fine
     p.add_argument("--only", nargs="*", help=argparse.SUPPRESS)  # the old interface; stages now always run in their fixed order
     a = p.parse_args(argv)
     if a.threads:
@@ -323,6 +335,10 @@ def main(argv=None):
     if a.only is not None:
         print("[nerf_pvd_gpu] --only is ignored: every stage runs in its fixed order within --budget-s", flush=True)
     s = make_setup(a)
+    if a.rays:
+        s.rays = a.rays
+    if a.samples:
+        s.render = RenderConfig(n_coarse=a.samples[0], n_fine=a.samples[1])
     docs = Path(a.docs) if a.docs else (s.out / "report" if s.smoke else REPO / "docs" / "results")
     s.out.mkdir(parents=True, exist_ok=True)
     meta = {"command": "python3 bench/nerf_pvd_gpu.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
@@ -350,33 +366,42 @@ def main(argv=None):
             skipped[name] = f"its teacher ({', '.join(missing)}) did not finish"
             continue
         left = s.deadline - time.perf_counter()
-        later_main = sum(sec * (3 if w == "select" else 1) for n, w, sec, m in stages[i + 1:] if m)
-        overhead = 3.0 if not s.smoke else 1.0
-        if what == "select":
-            need = 3 * seconds + 2 * overhead
-            if left - later_main < need:
-                skipped[name] = "no time left; default lr used"
+        if is_main:  # shrink this and every later main stage in proportion when time is short
+            rest = [st for st in stages[i:] if st[3]]
+            train_s = sum(sec * (len(LR_FACTORS) if w == "select" else 1) for _, w, sec, _ in rest)
+            factor = min(1.0, (left - s.overhead * len(rest)) / train_s)
+            if factor < 0.2:
+                skipped[name] = f"no time left (needed ~{seconds:.0f} s of training, {max(left, 0):.0f} s of the budget remained)"
                 continue
+            seconds *= factor
         else:
-            avail = left - overhead - (later_main if not is_main else 0.6 * later_main)
-            if not is_main:
-                n_extra_left = sum(1 for st in stages[i:] if not st[3])
-                avail = min(avail, (left - overhead * n_extra_left) / max(1, n_extra_left))
+            n_left = sum(1 for st in stages[i:] if not st[3])
+            avail = min(seconds, (left - s.overhead * n_left) / n_left)
             if avail < 0.3 * seconds:
-                skipped[name] = f"no time left (needed ~{seconds:.0f} s, {max(left, 0):.0f} s of the budget remained)"
+                skipped[name] = f"no time left (needed ~{seconds:.1f} s, {max(left, 0):.0f} s of the budget remained)"
                 continue
-            seconds = min(seconds, avail)
+            seconds = avail
         print(f"[nerf_pvd_gpu] {name}: {what} for ~{seconds:.1f} s (t={time.perf_counter() - T_START:.0f} s)", flush=True)
         st0 = time.perf_counter()
-        if what == "select":
-            res = runner.select(name[4:], seconds)
-            chosen[name[4:]] = res["chosen_lr_factor"]
-        else:
-            res = runner.train(name, seconds, chosen.get(name, 1.0))
+        try:
+            if what == "select":
+                res = runner.select(name[4:], seconds)
+                chosen[name[4:]] = res["chosen_lr_factor"]
+            else:
+                res = runner.train(name, seconds, chosen.get(name, 1.0), CHECKPOINTS if is_main else EXTRA_CHECKPOINTS)
+        except Exception as exc:  # one failing stage (e.g. out of memory) must not take the others down
+            import traceback
+
+            write_text(s.out / f"{name}.error.txt", traceback.format_exc())
+            skipped[name] = f"failed: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}"
+            print(f"[nerf_pvd_gpu] {name} {skipped[name]}", flush=True)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
         res |= {"stage": name, "main": is_main, "stage_wall_s": round(time.perf_counter() - st0, 2), "device": a.device}
         write_json(path, res)
         print(f"[nerf_pvd_gpu] {name} done in {res['stage_wall_s']:.1f} s"
-              + (f": test PSNR {res['test_psnr']:.2f} dB, {res['steps']} steps" if "test_psnr" in res else ""), flush=True)
+              + (f": test PSNR {res['test_psnr']} dB, {res['steps']} steps" if "test_psnr" in res else ""), flush=True)
         if name == "pvd_hash_to_tensorf_vm":  # the acceptance pairs are in: write the report once already
             write_report(s, docs, meta, skipped)
     write_report(s, docs, meta, skipped)
@@ -405,13 +430,20 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
     dev = meta["device_name"]
 
     def status(r):
+        if r.get("diverged"):
+            return f"diverged ({r['diverged']})"
         return "cut at the time limit" if r.get("cut_at_time_limit") else "complete"
+
+    def f(v, digits=2):
+        return "–" if v is None else f"{v:.{digits}f}"
 
     # acceptance
     acc_rows, verdicts = [], []
     for t, st in MAIN_PAIRS:
         name = f"pvd_{t}_to_{st}"
         twin, r = scratch.get(st), res.get(name)
+        if twin is not None and twin["test_psnr"] is None:
+            twin, skipped[f"scratch_{st}"] = None, "the scratch twin diverged"
         if twin is None or r is None:
             acc_rows.append(f"| {t} → {st} | – | – | – | – | – | not run ({skipped.get(name) or skipped.get('scratch_' + st) or 'missing'}) |")
             verdicts.append(f"{t} → {st}: not measured")
@@ -420,7 +452,8 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         twin_s = first_reach(twin["curve"], target)
         reach = first_reach(r["curve"], target)
         if reach is None:
-            verdict = f"**not reached** (best {max(p['psnr'] for p in r['curve']):.2f} dB in {r['train_seconds']:.1f} s)"
+            best = max((p["psnr"] for p in r["curve"]), default=None)
+            verdict = f"**not reached** (best {f(best)} dB in {r['train_seconds']:.1f} s)"
             verdicts.append(f"{t} → {st}: the distilled student did not reach its scratch twin's {target:.2f} dB")
         else:
             speed = twin_s / max(reach, 1e-9)
@@ -428,24 +461,24 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
             verdict = f"{speed:.1f}× ({'meets' if ok else '**misses**'} ≥ 10×)"
             verdicts.append(f"{t} → {st}: {speed:.1f}× ({'met' if ok else 'missed'})")
         acc_rows.append(f"| {t} → {st} | {target:.2f} | {twin_s:.1f} | {twin['train_seconds']:.1f} | "
-                        f"{'–' if reach is None else f'{reach:.1f}'} | {r['test_psnr']:.2f} | {verdict} |")
+                        f"{f(reach, 1)} | {f(r['test_psnr'])} | {verdict} |")
     # every pair
     rows = []
     for k, r in scratch.items():
         rows.append(f"| scratch {k} (images) | {r['params']:,} | {r['steps']} | {r['train_seconds']:.1f} | {r['lr']:.2g} | "
-                    f"{r['test_psnr']:.2f} | {r['test_ssim']:.3f} | {status(r)} |")
+                    f"{f(r['test_psnr'])} | {f(r['test_ssim'], 3)} | {status(r)} |")
     for t, st in itertools.permutations(KINDS, 2):
         name = f"pvd_{t}_to_{st}"
         if name in res:
             r = res[name]
             rows.append(f"| {t} → {st} (PVD) | {r['params']:,} | {r['steps']} | {r['train_seconds']:.1f} | {r['lr']:.2g} | "
-                        f"{r['test_psnr']:.2f} | {r['test_ssim']:.3f} | {status(r)} |")
+                        f"{f(r['test_psnr'])} | {f(r['test_ssim'], 3)} | {status(r)} |")
         else:
             rows.append(f"| {t} → {st} (PVD) | – | – | – | – | – | – | not run: {skipped.get(name, 'not reached in this run')} |")
     sel_rows = []
     for name, r in res.items():
         if name.startswith("sel_"):
-            trials = ", ".join(f"{x['lr']:.2g} → {x['val_psnr']:.2f} dB" for x in r["trials"])
+            trials = ", ".join(f"{x['lr']:.2g} → " + (f"{x['val_psnr']:.2f} dB" if x["val_psnr"] is not None else "diverged") for x in r["trials"])
             sel_rows.append(f"| {r['for_stage']} | {trials} | {r['chosen_lr']:.2g} |")
     # figure
     fig, axes = plt.subplots(1, len(KINDS), figsize=(4.2 * len(KINDS), 3.4), squeeze=False)
@@ -454,7 +487,8 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         if stu in scratch:
             c = scratch[stu]["curve"]
             ax.plot([p["seconds"] for p in c], [p["psnr"] for p in c], "k-o", ms=3, label="from scratch (images)")
-            ax.axhline(scratch[stu]["test_psnr"], color="k", lw=0.6, ls=":")
+            if scratch[stu]["test_psnr"] is not None:
+                ax.axhline(scratch[stu]["test_psnr"], color="k", lw=0.6, ls=":")
         for t in KINDS:
             name = f"pvd_{t}_to_{stu}"
             if name in res:
@@ -481,7 +515,8 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
            if not s.smoke and meta.get("gpu_shared") else ""),
         "",
         f"Data: the default generated scene (`lowrank_vision.datasets.nerf.procedural`, {s.scene.width} px, {s.scene.n_train} train / "
-        f"{s.scene.n_val} val / {s.scene.n_test} test views, seed {s.scene.seed}). Scratch runs train on the train images; PVD students "
+        f"{s.scene.n_val} val / {s.scene.n_test} test views, seed {s.scene.seed}; no real captured multi-view scene ships inside "
+        "a package on the registries, see `lowrank_vision.datasets.nerf`). Scratch runs train on the train images; PVD students "
         "see only their teacher (random camera poses within the teacher's camera rig, no image). Every PSNR/SSIM below is on the "
         "test split, which no run trained on or chose anything on. Rendering: "
         f"{s.render.n_coarse} stratified + {s.render.n_fine} importance samples per ray, {s.rays} rays per step. Fields: {fields_txt}.",
@@ -495,9 +530,10 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         "Target = the test PSNR the same student architecture ends at when trained from scratch on the images. "
         "\"scratch s to target\" is the first evaluation at which the scratch run reached it; \"PVD s to target\" the first at "
         "which the distilled student did (training seconds, evaluation excluded; granularity: the evaluation checkpoints). "
-        "Speed-up = their ratio; goal ≥ 10×."
+        "Speed-up = their ratio; goal ≥ 10×. A distilled student can hardly end above its teacher, so a scratch twin "
+        "that ends above the teacher's test PSNR cannot be reached by PVD from that teacher."
         + (f" The teacher (hash grid, trained on the images) is timed apart: {teacher['train_seconds']:.1f} s, "
-           f"test PSNR {teacher['test_psnr']:.2f} dB, SSIM {teacher['test_ssim']:.3f}." if teacher else " The teacher did not finish."),
+           f"test PSNR {f(teacher['test_psnr'])} dB, SSIM {f(teacher['test_ssim'], 3)}." if teacher else " The teacher did not finish."),
         "",
         "| pair | target PSNR (scratch) | scratch s to target | scratch s total | PVD s to target | PVD final PSNR | speed-up |",
         "|---|---|---|---|---|---|---|",
