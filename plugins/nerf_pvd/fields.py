@@ -186,30 +186,44 @@ class HashGridField(RadianceField):
         growth = math.exp((math.log(max_res) - math.log(base_res)) / max(1, levels - 1))
         self.register_buffer("resolutions", torch.tensor([math.floor(base_res * growth ** i) for i in range(levels)]),
                              persistent=False)
+        self.n_dense = int(((self.resolutions + 1) ** 3 <= self.table).sum())  # a prefix: resolutions grow
+        self.batch_levels: Optional[bool] = None  # None: batched over levels on CUDA, level by level on a CPU
         self.embeddings = nn.Parameter(torch.empty(levels, self.table, feats_per_level).uniform_(-1e-4, 1e-4))
         self.sigma_net = _mlp(levels * feats_per_level, width, 1, 1 + geo_feat_dim)
         self.head = _ColourHead(geo_feat_dim, colour_width, colour_depth)
 
+    def _lookup(self, u: Tensor, lo: int, hi: int, dense: bool) -> Tensor:
+        """Features ``[N, hi - lo, F]`` of levels ``lo .. hi-1`` (all dense-indexed or all hashed), batched over levels."""
+        n, levels = u.shape[0], hi - lo
+        res = self.resolutions[lo:hi]
+        pos = u[:, None, :] * res[None, :, None].to(u.dtype)  # [N, L, 3]
+        base = torch.minimum(pos.floor().long(), (res - 1)[None, :, None])
+        frac = pos - base
+        w = torch.stack([1 - frac, frac], -1)  # [N, L, 3, 2] per-axis weights of the lower/upper corner
+        w = (w[:, :, 0, :, None, None] * w[:, :, 1, None, :, None] * w[:, :, 2, None, None, :]).reshape(n, levels, 8)
+        c = torch.stack([base, base + 1], -1)  # [N, L, 3, 2]
+        cx, cy, cz = c[:, :, 0, :, None, None], c[:, :, 1, None, :, None], c[:, :, 2, None, None, :]
+        if dense:
+            side = (res + 1)[None, :, None, None, None]
+            flat = (cx * side + cy) * side + cz
+        else:
+            flat = ((cx * _PRIMES[0]) ^ (cy * _PRIMES[1]) ^ (cz * _PRIMES[2])) % self.table
+        flat = flat.reshape(n, levels, 8) + (torch.arange(lo, hi, device=u.device) * self.table)[None, :, None]
+        emb = self.embeddings.reshape(self.levels * self.table, -1)[flat.reshape(-1, 8)]  # [N L, 8, F]
+        return torch.bmm(w.reshape(-1, 1, 8), emb).reshape(n, levels, -1)
+
     def encode(self, x: Tensor) -> Tensor:
+        """``[N, 3]`` points -> ``[N, levels * feats_per_level]`` (level-major).
+
+        The coarse levels whose dense grid fits the table come first (resolutions grow), so on a GPU the
+        lookup is two batched gathers, one over the dense-indexed levels and one over the hashed ones (few
+        kernel launches); on a CPU one level at a time is faster (``batch_levels`` overrides the choice).
+        """
         u = (self.normalise(x).clamp(-1, 1) + 1) / 2  # [N, 3] in [0, 1]
-        n = u.shape[0]
-        out = []
-        for lvl in range(self.levels):
-            res = int(self.resolutions[lvl])
-            pos = u * res
-            base = pos.floor().long().clamp(max=res - 1)
-            frac = pos - base
-            w = torch.stack([1 - frac, frac], -1)  # [N, 3, 2] per-axis weights of the lower/upper corner
-            w = (w[:, 0, :, None, None] * w[:, 1, None, :, None] * w[:, 2, None, None, :]).reshape(n, 8)
-            c = torch.stack([base, base + 1], -1)  # [N, 3, 2]
-            cx, cy, cz = c[:, 0, :, None, None], c[:, 1, None, :, None], c[:, 2, None, None, :]
-            if (res + 1) ** 3 <= self.table:
-                flat = (cx * (res + 1) + cy) * (res + 1) + cz
-            else:
-                flat = ((cx * _PRIMES[0]) ^ (cy * _PRIMES[1]) ^ (cz * _PRIMES[2])) % self.table
-            emb = self.embeddings[lvl][flat.reshape(n, 8)]  # [N, 8, F]
-            out.append(torch.bmm(w[:, None, :], emb)[:, 0])
-        return torch.cat(out, dim=-1)
+        batched = u.is_cuda if self.batch_levels is None else self.batch_levels
+        groups = [(0, self.n_dense, True), (self.n_dense, self.levels, False)] if batched else \
+            [(lvl, lvl + 1, lvl < self.n_dense) for lvl in range(self.levels)]
+        return torch.cat([self._lookup(u, lo, hi, dense) for lo, hi, dense in groups if hi > lo], 1).reshape(u.shape[0], -1)
 
     def volume_feature(self, x: Tensor) -> Tensor:
         return self.sigma_net(self.encode(x))

@@ -5,7 +5,6 @@ Needs nerfstudio installed the way the README's ``nerf`` install says (the ``ner
 """
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,9 +15,10 @@ import torch
 pytest.importorskip("nerfstudio", reason="nerfstudio not installed: pip install -e '.[nerf]' && pip install --no-deps nerfstudio==1.1.5")
 
 
-def _ns_train() -> str:
+def _ns_train() -> list:
+    """``ns-train`` of THIS interpreter: its console script, else the module it runs (nerfstudio importable, script elsewhere)."""
     exe = Path(sys.executable).with_name("ns-train")
-    return str(exe) if exe.is_file() else shutil.which("ns-train")
+    return [str(exe)] if exe.is_file() else [sys.executable, "-m", "nerfstudio.scripts.train"]
 
 
 def test_ns_train_lists_and_runs_lowrank_pvd(tmp_path):
@@ -28,7 +28,7 @@ def test_ns_train_lists_and_runs_lowrank_pvd(tmp_path):
     from lowrank_vision.plugins.nerf_pvd.model import CameraRig, save_field
 
     env = dict(os.environ, CUDA_VISIBLE_DEVICES="-1", OMP_NUM_THREADS="1")
-    listing = subprocess.run([_ns_train(), "--help"], capture_output=True, text=True, env=env, timeout=240)
+    listing = subprocess.run([*_ns_train(), "--help"], capture_output=True, text=True, env=env, timeout=240)
     assert listing.returncode == 0 and "lowrank-pvd" in listing.stdout and "lowrank-field" in listing.stdout
 
     make_scene(tmp_path / "scene", SceneConfig(width=16, n_train=4, n_val=2, n_test=2))
@@ -37,7 +37,7 @@ def test_ns_train_lists_and_runs_lowrank_pvd(tmp_path):
     teacher = save_field(tmp_path / "teacher.safetensors", HashGridField(1.0, 15, levels=4, log2_table=12, max_res=32), cfg,
                          CameraRig(16, 16, (29.0, 29.0, 8.0, 8.0), (3.2, 3.2), (10.0, 65.0), (0.0, 0.0, -0.45)))
     run = subprocess.run(
-        [_ns_train(), "lowrank-pvd", "--data", str(tmp_path / "scene"), "--output-dir", str(tmp_path / "out"),
+        [*_ns_train(), "lowrank-pvd", "--data", str(tmp_path / "scene"), "--output-dir", str(tmp_path / "out"),
          "--max-num-iterations", "4", "--machine.device-type", "cpu", "--vis", "tensorboard",
          "--pipeline.datamanager.train-num-rays-per-batch", "64", "--pipeline.model.n-coarse", "8", "--pipeline.model.n-fine", "8",
          "--pipeline.model.teacher-checkpoint", str(teacher), "--pipeline.model.student-kind", "tensorf_vm",
