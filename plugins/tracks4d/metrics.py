@@ -157,7 +157,7 @@ def plot_comparison(summary: dict, path: Path, title: str = "") -> Path:
     fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.2))
     for ax, (k, label) in zip(axes, keys):
         vals = [summary[m].get(k, np.nan) for m in methods]
-        ax.bar(range(len(methods)), vals, color=["tab:blue", "tab:green", "tab:orange", "tab:purple"][: len(methods)])
+        ax.bar(range(len(methods)), vals, color=["tab:blue", "tab:green", "tab:orange", "tab:purple", "tab:gray"][: len(methods)])
         ax.set_xticks(range(len(methods)), methods, rotation=20, fontsize=8)
         ax.set_title(label)
         if k == "seconds":

@@ -20,7 +20,9 @@ Choices the paper leaves open or that differ from it (CPU-sized training):
   is re-projected onto its mean observation, so training starts from a consistent configuration
   instead of the paper's pose pre-training phase;
 * γ = ``gamma_scale`` · (ELU + 1) + 1e-5 (the paper's ELU + 1 with a scale for normalised coordinates);
-* the output layers of the heads start at 1 % of PyTorch's default initialisation.
+* the output layers of the heads start at 1 % of PyTorch's default initialisation;
+* under mixed precision only the trunk runs in bf16/fp16: heads, decoding and projection stay float32
+  (sub-pixel reprojection needs more than bf16's 8-bit mantissa).
 """
 
 from __future__ import annotations
@@ -158,12 +160,14 @@ class TracksTo4DNet(nn.Module):
         x = self.embed(feats) + frame_encoding(T, self.config.width, tracks.device, tracks.dtype)[None, :, None]
         for block in self.blocks:
             x = block(x)
-        x = self.norm(x)
-        frame_raw = self.frame_head(x.mean(2).transpose(1, 2)).transpose(1, 2)  # [B, T, 10+K-1]
-        point_raw = self.point_head(x.mean(1))  # [B, N, 3K+1]
         if focal_known is None:
             focal_known = torch.ones(B, dtype=torch.bool, device=tracks.device)
-        return decode_motion(frame_raw, point_raw, mean_observation(tracks, visible), self.config, focal_known)
+        # heads, cameras and projection geometry in float32 even when the trunk runs under bf16/fp16 autocast
+        with torch.autocast(device_type=tracks.device.type, enabled=False):
+            x = self.norm(x.float())
+            frame_raw = self.frame_head(x.mean(2).transpose(1, 2)).transpose(1, 2)  # [B, T, 10+K-1]
+            point_raw = self.point_head(x.mean(1))  # [B, N, 3K+1]
+            return decode_motion(frame_raw, point_raw, mean_observation(tracks.float(), visible), self.config, focal_known)
 
     def extra_repr(self) -> str:
         return ", ".join(f"{k}={v}" for k, v in asdict(self.config).items())

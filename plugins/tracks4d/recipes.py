@@ -30,7 +30,7 @@ from lowrank_vision.datasets.tracks import SceneConfig, TrackSet, make_scene, sp
 from .config import BaselineConfig, FinetuneConfig, LossConfig, ModelConfig, TrainRunConfig
 from .model import SceneParameters, TracksTo4DNet, project
 
-__all__ = ["SceneDataset", "prepare", "sample_from_trackset", "loss_terms", "train_model", "reconstruct",
+__all__ = ["SceneDataset", "prepare", "sample_from_trackset", "pool_batch", "loss_terms", "train_model", "reconstruct",
            "optimise_scene", "finetune", "forward_timed"]
 
 
@@ -69,6 +69,25 @@ class SceneDataset(torch.utils.data.Dataset):
         if i not in self._cache:
             self._cache[i] = sample_from_trackset(self.trackset(i))
         return self._cache[i]
+
+
+def pool_batch(pool: dict, index: torch.Tensor, points: Optional[int] = None, flip_x: bool = False) -> dict:
+    """A training batch gathered from a pool of prepared scenes (tensors of :func:`prepare`, on the device).
+
+    ``points`` < the pool's N: each scene keeps a random subset of its tracks (the tracks of a scene are
+    i.i.d. draws of the generator, so a subset is another valid scene); ``flip_x``: half the scenes are
+    mirrored left-right (x -> -x in normalised coordinates, a mirrored world seen by the same camera model).
+    """
+    tracks, vis = pool["tracks"][index], pool["visible"][index]
+    B, T, P, _ = tracks.shape
+    if points is not None and points < P:
+        keep = torch.rand(B, P, device=tracks.device).argsort(1)[:, :points]
+        tracks = tracks.gather(2, keep[:, None, :, None].expand(B, T, points, 2))
+        vis = vis.gather(2, keep[:, None, :].expand(B, T, points))
+    if flip_x:
+        sign = torch.where(torch.rand(B, device=tracks.device) < 0.5, -1.0, 1.0)
+        tracks = tracks * torch.stack([sign, torch.ones_like(sign)], -1)[:, None, None]
+    return {"tracks": tracks, "visible": vis, "focal_known": pool["focal_known"][index], "f_px": pool["f_px"][index]}
 
 
 def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig(), rigid: bool = False) -> tuple[torch.Tensor, dict]:
@@ -112,24 +131,32 @@ def _forward(model: nn.Module, batch: dict) -> dict:
 
 
 def train_model(config: TrainRunConfig, device: str = "cpu", output_dir: Optional[str] = None,
-                callbacks: Sequence[Callable] = ()) -> tuple[TracksTo4DNet, list[dict]]:
-    """Train the encoder on ``config.train_scenes`` generated scenes; validation loss/reprojection logged as eval_*."""
+                callbacks: Sequence[Callable] = (), pool: Optional[dict] = None,
+                pool_points: Optional[int] = None) -> tuple[TracksTo4DNet, list[dict]]:
+    """Train the encoder on ``config.train_scenes`` generated scenes; validation loss/reprojection logged as eval_*.
+
+    ``pool`` (tensors of :func:`prepare`, already on ``device``) replaces the generated train scenes: batches
+    are index tensors gathered on the device by :func:`pool_batch` with ``pool_points`` tracks per scene and
+    random left-right mirroring (the GPU run: thousands of scenes made once, no per-step host work).
+    """
     from lowrank_vision.core.train import fit
 
     torch.manual_seed(config.train.seed)
     model = TracksTo4DNet(config.model)
-    train_set = SceneDataset("train", config.train_scenes, config.scene)
+    train_set = SceneDataset("train", config.train_scenes, config.scene) if pool is None else range(len(pool["tracks"]))
     val_set = SceneDataset("val", config.val_scenes, config.scene)
     loader = torch.utils.data.DataLoader(train_set, batch_size=config.batch_size, shuffle=True, drop_last=True)
     if len(loader) == 0:
-        raise ValueError(f"TrainRunConfig.train_scenes={config.train_scenes} is smaller than batch_size={config.batch_size}")
+        raise ValueError(f"TrainRunConfig.train_scenes={len(train_set)} is smaller than batch_size={config.batch_size}")
     tc = replace(config.train, cpu=str(device) == "cpu", output_dir=output_dir or config.train.output_dir)
     val_batch = None
 
     done = {"steps": 0}  # optimizer steps finished, updated by the callback below
 
-    def loss_fn(m: nn.Module, batch: dict):
+    def loss_fn(m: nn.Module, batch):
         rigid = done["steps"] < config.rigid_warmup_steps
+        if pool is not None:
+            batch = pool_batch(pool, batch, pool_points, flip_x=True)
         return loss_terms(_forward(m, batch), batch, config.loss, rigid=rigid)
 
     def count(step: int, m: nn.Module, metrics: dict) -> None:

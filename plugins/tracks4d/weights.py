@@ -32,12 +32,17 @@ class WeightsError(ValueError):
     """A weights file that is missing its metadata, or made for another model."""
 
 
-def save_weights(path: Path, model: TracksTo4DNet, meta: dict) -> Path:
-    """Write the encoder's state dict and ``meta`` (plus its ModelConfig) to one safetensors file, atomically."""
+def save_weights(path: Path, model: TracksTo4DNet, meta: dict, dtype: Optional[torch.dtype] = None) -> Path:
+    """Write the encoder's state dict and ``meta`` (plus its ModelConfig) to one safetensors file, atomically.
+
+    ``dtype`` (e.g. ``torch.float16``) stores the floating tensors at that precision (half the size);
+    :func:`load_weights` loads them into a float32 model.
+    """
     from safetensors.torch import save_file
 
     meta = {**meta, "model_config": asdict(model.config)}
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tensors = {k: (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous()
+               for k, v in model.state_dict().items()}
     path = Path(path)
     with atomic_path(path, suffix=".safetensors") as tmp:
         save_file(tensors, str(tmp), metadata={_META_KEY: json.dumps(meta)})

@@ -9,7 +9,8 @@ from lowrank_vision.datasets.tracks import SceneConfig, make_scene
 from lowrank_vision.plugins.tracks4d import metrics
 from lowrank_vision.plugins.tracks4d.config import BaselineConfig, FinetuneConfig, ModelConfig, TrainRunConfig
 from lowrank_vision.plugins.tracks4d.model import TracksTo4DNet
-from lowrank_vision.plugins.tracks4d.recipes import finetune, loss_terms, optimise_scene, prepare, reconstruct, train_model
+from lowrank_vision.plugins.tracks4d.recipes import (finetune, loss_terms, optimise_scene, pool_batch, prepare, reconstruct,
+                                                     train_model)
 
 torch.set_num_threads(1)
 SMALL = ModelConfig(width=16, depth=1, heads=2, mlp_ratio=2, octaves=4, num_basis=4, conv_kernel=5)
@@ -82,3 +83,28 @@ def test_rigid_warmup_uses_the_static_l1_loss_first():
     assert all("dynamic" in h for h in history[3:])
     with pytest.raises(ValueError, match="TrainRunConfig.rigid_warmup_steps must be an int >= 0"):
         TrainRunConfig(rigid_warmup_steps=-1)
+
+
+def test_pool_batch_keeps_whole_tracks_and_mirrors_x_only():
+    pool = prepare([make_scene(i, SceneConfig(frames=6, points=40)).to_trackset() for i in (1, 2, 3)])
+    torch.manual_seed(0)
+    b = pool_batch(pool, torch.tensor([2, 0]), points=24, flip_x=True)
+    assert b["tracks"].shape == (2, 6, 24, 2) and b["visible"].shape == (2, 6, 24)
+    for j, i in enumerate((2, 0)):
+        src = torch.cat([pool["tracks"][i], pool["visible"][i, ..., None].float()], -1).transpose(0, 1).reshape(40, -1)
+        for sign in (1.0, -1.0):  # every sampled track is one of the scene's tracks, mirrored or not (same sign per scene)
+            got = torch.cat([b["tracks"][j] * torch.tensor([sign, 1.0]), b["visible"][j, ..., None].float()], -1).transpose(0, 1).reshape(24, -1)
+            if all(((src - g).abs().sum(1) < 1e-6).any() for g in got):
+                break
+        else:
+            raise AssertionError(f"scene {i}: sampled tracks are not whole tracks of the scene")
+
+
+def test_training_from_a_pool_lowers_the_loss():
+    pool = prepare([make_scene(i, SceneConfig(frames=8, points=32)).to_trackset() for i in range(4)])
+    cfg = TrainRunConfig(model=SMALL, scene=TINY_SCENE, val_scenes=1, batch_size=2, rigid_warmup_steps=0,
+                         train=TrainConfig(max_steps=60, lr=1e-3, warmup_steps=5, log_every=1, progress=False, scheduler="constant"))
+    _, history = train_model(cfg, pool=pool, pool_points=24)
+    # batches differ every step (random scenes, track subsets, mirroring): compare means of the first and last ten
+    first, last = np.mean([h["loss"] for h in history[:10]]), np.mean([h["loss"] for h in history[-10:]])
+    assert last < first - 0.5, (first, last)
