@@ -104,17 +104,27 @@ def stage_base(out: Path, s: dict, device: str, clock: Clock, precision: str) ->
     config = PretrainConfig(pipeline=s["pipeline"], n_images=s["n_base"], vae_steps=100000, batch_size=s["batch"],
                             train=TrainConfig(max_steps=100000, lr=1e-3, warmup_steps=100, log_every=50, progress=False,
                                               mixed_precision=precision))
-    pipe = build_pipeline(s["pipeline"], seed=0).to(device)
-    pipe.set_progress_bar_config(disable=True)
-    history = pretrain_base(pipe, config, vae_seconds=0.2 * seconds, unet_seconds=0.8 * seconds - (time.monotonic() - start),
-                            data=(images, captions))
+    retried = None
+    for attempt_lr in (1e-3, 3e-4):  # a loss that turns non-finite in bf16 gets one retry at a lower lr, in the time left
+        pipe = build_pipeline(s["pipeline"], seed=0).to(device)
+        pipe.set_progress_bar_config(disable=True)
+        config = replace(config, train=replace(config.train, lr=attempt_lr))
+        left = seconds - (time.monotonic() - start)
+        try:
+            history = pretrain_base(pipe, config, vae_seconds=0.2 * left, unet_seconds=0.8 * left - 2.0, data=(images, captions))
+            break
+        except FloatingPointError as exc:
+            retried = f"lr {attempt_lr:g}: {exc}"
+            print("base:", retried, "-> retry at a lower lr", flush=True)
+            if attempt_lr == 3e-4:
+                raise
     val_images, val_captions, _ = make_split("val", s["n_val"], size)
     val_loss = eval_denoising_loss(Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler), encode_latents(pipe.vae, val_images),
                                    tokenize(pipe, val_captions).to(device))
     pipe.to("cpu").save_pretrained(str(out / "base"), safe_serialization=True)
     n_params = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "vae", "text_encoder")}
     write_json(out / "base.json", {"config": asdict(config), "n_images": s["n_base"], "params": n_params, "val_denoising_loss": val_loss,
-                                   "budget_s": round(seconds, 1), **history})
+                                   "budget_s": round(seconds, 1), "retried_after": retried, **history})
     clock.mark("base", start, vae_steps=history.get("vae_steps"), unet_steps=history["steps"], cut_short=history["cut_short"],
                val_loss=round(val_loss, 4))
 
@@ -209,11 +219,15 @@ def stage_lr(out: Path, s: dict, device: str, clock: Clock, precision: str) -> N
             if key in state["results"]:
                 continue
             pipe = copy.deepcopy(base)
-            _, result = finetune(pipe, _config(adapter, state["ranks"][adapter], lr, state["lr_steps"], s, precision), data=data,
-                                 deadline=deadline + 10)
-            state["results"][key] = {"adapter": adapter, "lr": lr, "steps": result.steps, "cut_short": result.cut_short,
-                                     "concept_val_loss": eval_denoising_loss(Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler),
-                                                                             val[0], val[1].to(device), repeats=2)}
+            try:
+                _, result = finetune(pipe, _config(adapter, state["ranks"][adapter], lr, state["lr_steps"], s, precision), data=data,
+                                     deadline=deadline + 10)
+                state["results"][key] = {"adapter": adapter, "lr": lr, "steps": result.steps, "cut_short": result.cut_short,
+                                         "concept_val_loss": eval_denoising_loss(Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler),
+                                                                                 val[0], val[1].to(device), repeats=2)}
+            except FloatingPointError as exc:  # diverged: this lr loses
+                state["results"][key] = {"adapter": adapter, "lr": lr, "steps": None, "cut_short": False, "concept_val_loss": float("inf"),
+                                         "diverged": str(exc)}
             write_json(path, state)
             if time.monotonic() > deadline:
                 break
@@ -257,7 +271,8 @@ def stage_train(out: Path, s: dict, device: str, clock: Clock, precision: str) -
             print(f"train {adapter}: done, skipped")
             continue
         start = time.monotonic()
-        deadline = time.monotonic() + clock.left() / (len(ADAPTERS) - i)
+        after = 3 * cls["seconds_per_score"] * (2 if adapter == "nera" else 1) + 3  # final scores, grid, save (NeRA samples slower)
+        deadline = time.monotonic() + max(1.0, clock.left() / (len(ADAPTERS) - i) - after)
         pipe = load_base(out / "base", device)
         cfg = _config(adapter, lr["ranks"][adapter], lr["chosen"][adapter], plan["steps"], s, precision, eval_every=plan["eval_every"])
         data = concept_data(pipe, cfg)
@@ -266,7 +281,11 @@ def stage_train(out: Path, s: dict, device: str, clock: Clock, precision: str) -
         def eval_fn(model, pipe=pipe):
             return {"concept_score": concept_score(classifier, generate(pipe, concept_prompts, steps=s["sample_steps"], seed=0))}
 
-        report, result = finetune(pipe, cfg, eval_fn=eval_fn, data=data, deadline=deadline)
+        try:
+            report, result = finetune(pipe, cfg, eval_fn=eval_fn, data=data, deadline=deadline)
+        except FloatingPointError as exc:  # recorded; the other adapters still run
+            clock.mark(f"train {adapter} DIVERGED", start, error=str(exc))
+            continue
         scores = _scores(pipe, classifier, s)
         scores["concept_val_loss"] = eval_denoising_loss(Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler), val[0], val[1], repeats=2)
         np.save(out / f"grid_{adapter}.npy", generate(pipe, GRID_PROMPTS, steps=s["sample_steps"], seed=0))
@@ -346,7 +365,7 @@ def stage_report(out: Path, s: dict, device: str, docs: Path, budget_s: float, s
                   "", "| adapter | " + " | ".join(f"lr {x:g}" for x in s["lrs"]) + " | chosen |", "|---" * (len(s["lrs"]) + 2) + "|"]
         for a in ADAPTERS:
             cells = [lr["results"].get(f"{a}@{x:g}") for x in s["lrs"]]
-            lines.append(f"| {a} | " + " | ".join(f"{c['concept_val_loss']:.4f}" if c else "not run" for c in cells) + f" | {lr['chosen'][a]:g} |")
+            lines.append(f"| {a} | " + " | ".join(("diverged" if c.get("diverged") else f"{c['concept_val_loss']:.4f}") if c else "not run" for c in cells) + f" | {lr['chosen'][a]:g} |")
         lines.append("")
     if runs:
         lines += ["## Fine-tuning on the new texture (equal trainable parameters, equal steps)", "",

@@ -7,6 +7,10 @@ guidance works. Latents are the VAE posterior means times ``scaling_factor``, co
 Fine-tuning wraps ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` of every UNet attention with a core
 adapter (``lora``, ``dora`` or ``nera``, the paper's KAN form); EMA of the adapter weights is
 an option (a ``fit`` callback; the averaged weights are copied in at the end).
+The DiT path (:func:`finetune_transformer`) trains the same adapters on an ``SD3Transformer2DModel``
+with its own objective, rectified flow: ``x_s = (1 - s) x_0 + s noise``, target ``noise - x_0``,
+``s`` uniform in (0, 1) (SD3 samples ``s`` logit-normally; uniform is our choice), timestep
+``s * num_train_timesteps`` of its ``FlowMatchEulerDiscreteScheduler``.
 Time budgets: :func:`fit_within` runs ``fit`` with a :class:`Deadline` callback that stops it at a
 wall-clock deadline (the run is then reported as cut short, with the steps it reached), and
 :func:`steps_for_seconds` sizes ``max_steps`` from a measured step time so a cosine schedule ends
@@ -31,7 +35,7 @@ from lowrank_vision.datasets.diffusion.procedural import make_split
 from .config import FinetuneConfig, PretrainConfig
 
 __all__ = ["Denoiser", "tokenize", "encode_latents", "denoising_loss", "pretrain_base", "finetune",
-           "eval_denoising_loss", "adapter_options", "Deadline", "TimeUp", "fit_within", "steps_for_seconds", "make_loader"]
+           "eval_denoising_loss", "adapter_options", "TransformerDenoiser", "flow_matching_loss", "finetune_transformer", "Deadline", "TimeUp", "fit_within", "steps_for_seconds", "make_loader"]
 
 UNCOND_PROB = 0.1
 
@@ -53,6 +57,29 @@ class Denoiser(nn.Module):
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return self.unet(noisy, timesteps, self.text_encoder(input_ids)[0]).sample
+
+
+class TransformerDenoiser(nn.Module):
+    """SD3 transformer + text encoder as one module for ``fit``: predicts the flow velocity ``noise - x_0``."""
+
+    def __init__(self, transformer: nn.Module, text_encoder: nn.Module, scheduler):
+        super().__init__()
+        self.transformer, self.text_encoder = transformer, text_encoder
+        self.scheduler = scheduler
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        text = self.text_encoder(input_ids)
+        return self.transformer(hidden_states=noisy, encoder_hidden_states=text[0], pooled_projections=text[1], timestep=timesteps).sample
+
+
+def flow_matching_loss(model: TransformerDenoiser, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rectified-flow MSE at uniformly drawn ``s`` (see the module docstring)."""
+    latents, ids = batch
+    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
+    sigma = torch.rand(latents.shape[0], generator=generator, device="cpu").to(latents)
+    s = sigma.view(-1, *([1] * (latents.dim() - 1)))
+    pred = model((1 - s) * latents + s * noise, sigma * model.scheduler.config.num_train_timesteps, ids)
+    return F.mse_loss(pred.float(), (noise - latents).float())
 
 
 def tokenize(pipe, captions: list[str]) -> torch.Tensor:
@@ -79,14 +106,15 @@ def denoising_loss(model: Denoiser, batch, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
-def eval_denoising_loss(model: Denoiser, latents: torch.Tensor, ids: torch.Tensor, seed: int = 0, repeats: int = 2) -> float:
-    """Mean held-out noise-prediction loss with fixed noise/timesteps (comparable between runs)."""
+def eval_denoising_loss(model: nn.Module, latents: torch.Tensor, ids: torch.Tensor, seed: int = 0, repeats: int = 2,
+                        loss_fn=denoising_loss) -> float:
+    """Mean held-out loss (``loss_fn``: noise prediction by default) with fixed noise/timesteps (comparable between runs)."""
     g = torch.Generator().manual_seed(seed)
-    device = next(model.unet.parameters()).device
+    device = next(model.parameters()).device
     losses = []
     for _ in range(repeats):
         for i in range(0, len(latents), 32):
-            losses.append(denoising_loss(model, (latents[i:i + 32].to(device), ids[i:i + 32].to(device)), g).item())
+            losses.append(loss_fn(model, (latents[i:i + 32].to(device), ids[i:i + 32].to(device)), g).item())
     return float(np.mean(losses))
 
 
@@ -248,25 +276,36 @@ def concept_data(pipe, config: FinetuneConfig, split: str = "concept_train") -> 
 
 def finetune(pipe, config: FinetuneConfig, eval_fn=None, data: tuple[torch.Tensor, torch.Tensor] | None = None,
              deadline: float | None = None) -> tuple[AdapterReport, BudgetedResult]:
-    """Wrap the UNet's attention projections with ``config.adapter`` and train only the adapter.
+    """Wrap the UNet's attention projections with ``config.adapter`` and train only the adapter (noise prediction).
 
     ``deadline`` (``time.monotonic()`` seconds): stop there; the result then says ``cut_short``.
     """
-    latents, ids = data if data is not None else concept_data(pipe, config)
-    pipe.text_encoder.requires_grad_(False)
+    data = data if data is not None else concept_data(pipe, config)
     pipe.vae.requires_grad_(False)
-    report = apply(pipe.unet, config.adapter, rank=config.rank, alpha=config.alpha,
-                   targets=list(config.targets), **adapter_options(config))
     model = Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler)
+    return _train_adapter(model, pipe.unet, pipe.text_encoder, denoising_loss, data, config, eval_fn, deadline)
+
+
+def finetune_transformer(transformer: nn.Module, text_encoder: nn.Module, scheduler, data: tuple[torch.Tensor, torch.Tensor],
+                         config: FinetuneConfig, eval_fn=None, deadline: float | None = None) -> tuple[AdapterReport, BudgetedResult]:
+    """The same for an ``SD3Transformer2DModel`` (rectified-flow loss); ``data`` = ``(latents, token ids)``."""
+    model = TransformerDenoiser(transformer, text_encoder, scheduler)
+    return _train_adapter(model, transformer, text_encoder, flow_matching_loss, data, config, eval_fn, deadline)
+
+
+def _train_adapter(model: nn.Module, backbone: nn.Module, text_encoder: nn.Module, loss_fn, data, config: FinetuneConfig, eval_fn, deadline):
+    latents, ids = data
+    text_encoder.requires_grad_(False)
+    report = apply(backbone, config.adapter, rank=config.rank, alpha=config.alpha, targets=list(config.targets), **adapter_options(config))
     callbacks = []
     ema = _EMA(model, config.ema) if config.ema > 0 else None
     if ema is not None:
         callbacks.append(ema)
-    result = fit_within(model, _loader(latents, ids, batch_size=config.batch_size, seed=config.train.seed), denoising_loss,
+    result = fit_within(model, _loader(latents, ids, batch_size=config.batch_size, seed=config.train.seed), loss_fn,
                         config.train, deadline, callbacks=callbacks, eval_fn=eval_fn)
     if ema is not None:
         ema.copy_to(model)
-    pipe.unet.eval()
+    backbone.eval()
     return report, result
 
 
