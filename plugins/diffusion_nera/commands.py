@@ -96,7 +96,6 @@ def _adapter_format(adapter_dir: Path) -> str:
 def _load_adapter(pipe, adapter_dir: Path) -> str:
     """Put any adapter folder of ours onto ``pipe``: core format, diffusers LoRA layout or NeRA pipeline folder."""
     from .diffusers_io import load_nera
-    from .recipes import core_method
 
     kind = _adapter_format(adapter_dir)
     if kind == "diffusers":
@@ -104,7 +103,6 @@ def _load_adapter(pipe, adapter_dir: Path) -> str:
     elif kind == "nera":
         load_nera(pipe, Path(adapter_dir))
     else:
-        core_method("nera")  # registers nera_kan so a NeRA checkpoint loads
         load(pipe.unet, Path(adapter_dir))
     return kind
 
@@ -131,7 +129,6 @@ def sample(prompts: Sequence[str], out_path: Path, adapter_dir: Optional[Path] =
 def export(adapter_dir: Path, out_dir: Path, fmt: str = "diffusers", base_dir: Optional[Path] = None) -> dict:
     """Core-format adapter -> diffusers LoRA layout (lora/dora) or NeRA pipeline folder (nera)."""
     from .diffusers_io import export_diffusers, save_nera
-    from .recipes import core_method
 
     if fmt not in ("diffusers", "nera"):
         raise ValueError(f"--format must be 'diffusers' or 'nera', got {fmt!r}")
@@ -139,7 +136,6 @@ def export(adapter_dir: Path, out_dir: Path, fmt: str = "diffusers", base_dir: O
     if not (adapter_dir / "adapter_config.json").is_file():
         raise FileNotFoundError(f"adapter: {adapter_dir} is not a core adapter folder (no adapter_config.json; made by lowrank-diffusion train)")
     pipe = _base(base_dir, "cpu")
-    core_method("nera")
     config = load(pipe.unet, adapter_dir)
     if fmt == "diffusers":
         export_diffusers(pipe, out_dir)
@@ -152,13 +148,13 @@ def equal_budget_rank(pipe, adapter: str, budget: int, config: FinetuneConfig) -
     """Largest rank of ``adapter`` whose trainable parameters on ``config.targets`` do not exceed ``budget``."""
     from lowrank_vision.core import apply
 
-    from .recipes import adapter_options, core_method
+    from .recipes import adapter_options
 
     cfg = replace(config, adapter=adapter)
     best = 0
     for rank in range(1, max(2, config.rank * 4)):
         unet = copy.deepcopy(pipe.unet)
-        n = apply(unet, core_method(adapter), rank=rank, targets=list(cfg.targets), **adapter_options(cfg)).adapter_params
+        n = apply(unet, adapter, rank=rank, targets=list(cfg.targets), **adapter_options(cfg)).adapter_params
         if n > budget:
             break
         best = rank
@@ -206,7 +202,7 @@ def compare(config: FinetuneConfig, out_dir: Path, adapters: Sequence[str] = ("l
 
 
 def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short CPU run for ``lowrank demo``: LoRA vs NeRA (KAN) on the shipped base, a few steps each."""
+    """Short CPU run for ``lowrank demo``: LoRA vs NeRA on the shipped base, a few steps each."""
     from lowrank_vision.core.train import TrainConfig
 
     cfg = FinetuneConfig(rank=8, n_images=16, batch_size=8,
@@ -219,7 +215,7 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
     return {
         "budget_params": result["budget_params"],
         **{f"{name}_{k}": v for name, r in adapters.items() for k, v in r.items() if isinstance(v, (int, float))},
-        "figures": [{"path": figures[1], "caption": "samples (same prompts/seeds): base, LoRA, NeRA-KAN after 6 steps on the new 'checkered' texture"},
+        "figures": [{"path": figures[1], "caption": "samples (same prompts/seeds): base, LoRA, NeRA after 6 steps on the new 'checkered' texture"},
                     {"path": figures[0], "caption": "fine-tuning loss per step at equal trainable parameters"}],
         "summary": (f"Fine-tuned the UNet attention (to_q/k/v/out.0) of the shipped 16 px procedural-scenes pipeline on the unseen "
                     f"'checkered' texture for 6 steps: {lines}. Numbers this short say the path works, not which adapter is better."),

@@ -70,7 +70,7 @@ class FinetuneConfig:
     """Adapter fine-tuning of the UNet on the new concept (noise-prediction loss, the pipeline's scheduler)."""
 
     adapter: Literal["lora", "dora", "nera"] = "lora"
-    """Adapter family from the core (``nera`` is the KAN form, registered as ``nera_kan`` for now)."""
+    """Adapter family from the core (``nera``: the paper's KAN form)."""
     rank: int = 8
     """Rank r."""
     alpha: Optional[float] = None

@@ -70,8 +70,6 @@ def save_nera(pipe, out_dir: str | Path, adapter_name: str = "default") -> Path:
 
 def load_nera(pipe, directory: str | Path, adapter_name: str | None = None):
     """Put a NeRA adapter saved by :func:`save_nera` onto ``pipe.unet`` (a stock pipeline); returns ``pipe``."""
-    import lowrank_vision.core.adapters.nera_kan  # noqa: F401  (registers nera_kan before the core reads the config)
-
     directory = Path(directory)
     if not (directory / NERA_CONFIG_NAME).is_file():
         raise FileNotFoundError(f"{directory} holds no NeRA adapter ({NERA_CONFIG_NAME} missing); LoRA/DoRA folders load with pipe.load_lora_weights")

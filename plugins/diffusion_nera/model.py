@@ -4,6 +4,9 @@ UNet2DConditionModel + AutoencoderKL + CLIPTextModel + a word-level tokenizer tr
 with ``tokenizers`` and wrapped in ``PreTrainedTokenizerFast``, assembled into a stock
 ``StableDiffusionPipeline`` with a ``DDIMScheduler``. Sizes come from :class:`PipelineConfig`;
 ``load_pipeline(dir)`` reads any diffusers folder with ``from_pretrained(local_files_only=True)``.
+:func:`build_transformer` gives the DiT alternative: a small ``SD3Transformer2DModel`` (MMDiT) on
+the same latent grid, conditioned on the same CLIP text encoder, with a
+``FlowMatchEulerDiscreteScheduler``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from lowrank_vision.datasets.diffusion.procedural import vocabulary
 
 from .config import PipelineConfig
 
-__all__ = ["build_tokenizer", "build_pipeline", "load_pipeline", "encode_prompts", "ATTENTION_TARGETS"]
+__all__ = ["build_tokenizer", "build_pipeline", "build_transformer", "load_pipeline", "encode_prompts", "ATTENTION_TARGETS"]
 
 ATTENTION_TARGETS = ("*.to_q", "*.to_k", "*.to_v", "*.to_out.0")
 """The attention projections every adapter wraps (all four, including ``to_out.0``)."""
@@ -67,6 +70,25 @@ def build_pipeline(config: PipelineConfig, seed: int = 0):
                               clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type="epsilon")
     return StableDiffusionPipeline(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+
+
+def build_transformer(config: PipelineConfig, num_layers: int = 2, num_heads: int = 2, seed: int = 0):
+    """``(transformer, scheduler)``: a fresh ``SD3Transformer2DModel`` on the pipeline's latent grid and its flow-matching scheduler.
+
+    Text conditioning comes from the pipeline's CLIP text encoder: its token states are the
+    ``encoder_hidden_states`` (``joint_attention_dim = text_dim``) and its pooled output the
+    ``pooled_projections`` (``pooled_projection_dim = text_dim``). Its joint attention blocks have
+    ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` on the image stream, the layers :data:`ATTENTION_TARGETS` name.
+    """
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel
+
+    torch.manual_seed(seed)
+    latent = config.image_size // 2 ** (len(config.vae_channels) - 1)
+    transformer = SD3Transformer2DModel(
+        sample_size=latent, patch_size=2, in_channels=config.latent_channels, out_channels=config.latent_channels, num_layers=num_layers,
+        attention_head_dim=config.head_dim, num_attention_heads=num_heads, joint_attention_dim=config.text_dim,
+        caption_projection_dim=config.head_dim * num_heads, pooled_projection_dim=config.text_dim, pos_embed_max_size=latent)
+    return transformer, FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000)
 
 
 def load_pipeline(directory: str | Path, device: str = "cpu"):

@@ -5,14 +5,23 @@ Loss: noise prediction (epsilon MSE) with the pipeline's own scheduler (``add_no
 UNet in pre-training, frozen in fine-tuning); 10 % empty captions in pre-training so classifier-free
 guidance works. Latents are the VAE posterior means times ``scaling_factor``, computed once.
 Fine-tuning wraps ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` of every UNet attention with a core
-adapter (``lora``, ``dora`` or ``nera`` = the KAN form ``nera_kan``); EMA of the adapter weights is
+adapter (``lora``, ``dora`` or ``nera``, the paper's KAN form); EMA of the adapter weights is
 an option (a ``fit`` callback; the averaged weights are copied in at the end).
+The DiT path (:func:`finetune_transformer`) trains the same adapters on an ``SD3Transformer2DModel``
+with its own objective, rectified flow: ``x_s = (1 - s) x_0 + s noise``, target ``noise - x_0``,
+``s`` uniform in (0, 1) (SD3 samples ``s`` logit-normally; uniform is our choice), timestep
+``s * num_train_timesteps`` of its ``FlowMatchEulerDiscreteScheduler``.
+Time budgets: :func:`fit_within` runs ``fit`` with a :class:`Deadline` callback that stops it at a
+wall-clock deadline (the run is then reported as cut short, with the steps it reached), and
+:func:`steps_for_seconds` sizes ``max_steps`` from a measured step time so a cosine schedule ends
+inside the budget.
 """
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -20,24 +29,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowrank_vision.core import AdapterReport, apply, trainable_parameters
-from lowrank_vision.core.train import TrainResult, fit
+from lowrank_vision.core.train import fit
 from lowrank_vision.datasets.diffusion.procedural import make_split
 
 from .config import FinetuneConfig, PretrainConfig
 
-__all__ = ["Denoiser", "core_method", "tokenize", "encode_latents", "denoising_loss", "pretrain_base", "finetune",
-           "eval_denoising_loss", "adapter_options"]
+__all__ = ["Denoiser", "tokenize", "encode_latents", "denoising_loss", "pretrain_base", "finetune",
+           "eval_denoising_loss", "adapter_options", "TransformerDenoiser", "flow_matching_loss", "finetune_transformer", "Deadline", "TimeUp", "fit_within", "steps_for_seconds", "make_loader"]
 
 UNCOND_PROB = 0.1
-
-
-def core_method(adapter: str) -> str:
-    """Registry name in the core: ``nera`` is the KAN form, registered as ``nera_kan`` until the core renames it."""
-    if adapter == "nera":
-        import lowrank_vision.core.adapters.nera_kan  # noqa: F401  (registration)
-
-        return "nera_kan"
-    return adapter
 
 
 def adapter_options(config: FinetuneConfig) -> dict:
@@ -57,6 +57,29 @@ class Denoiser(nn.Module):
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return self.unet(noisy, timesteps, self.text_encoder(input_ids)[0]).sample
+
+
+class TransformerDenoiser(nn.Module):
+    """SD3 transformer + text encoder as one module for ``fit``: predicts the flow velocity ``noise - x_0``."""
+
+    def __init__(self, transformer: nn.Module, text_encoder: nn.Module, scheduler):
+        super().__init__()
+        self.transformer, self.text_encoder = transformer, text_encoder
+        self.scheduler = scheduler
+
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        text = self.text_encoder(input_ids)
+        return self.transformer(hidden_states=noisy, encoder_hidden_states=text[0], pooled_projections=text[1], timestep=timesteps).sample
+
+
+def flow_matching_loss(model: TransformerDenoiser, batch, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Rectified-flow MSE at uniformly drawn ``s`` (see the module docstring)."""
+    latents, ids = batch
+    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
+    sigma = torch.rand(latents.shape[0], generator=generator, device="cpu").to(latents)
+    s = sigma.view(-1, *([1] * (latents.dim() - 1)))
+    pred = model((1 - s) * latents + s * noise, sigma * model.scheduler.config.num_train_timesteps, ids)
+    return F.mse_loss(pred.float(), (noise - latents).float())
 
 
 def tokenize(pipe, captions: list[str]) -> torch.Tensor:
@@ -83,15 +106,79 @@ def denoising_loss(model: Denoiser, batch, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
-def eval_denoising_loss(model: Denoiser, latents: torch.Tensor, ids: torch.Tensor, seed: int = 0, repeats: int = 2) -> float:
-    """Mean held-out noise-prediction loss with fixed noise/timesteps (comparable between runs)."""
+def eval_denoising_loss(model: nn.Module, latents: torch.Tensor, ids: torch.Tensor, seed: int = 0, repeats: int = 2,
+                        loss_fn=denoising_loss) -> float:
+    """Mean held-out loss (``loss_fn``: noise prediction by default) with fixed noise/timesteps (comparable between runs)."""
     g = torch.Generator().manual_seed(seed)
-    device = next(model.unet.parameters()).device
+    device = next(model.parameters()).device
     losses = []
     for _ in range(repeats):
         for i in range(0, len(latents), 32):
-            losses.append(denoising_loss(model, (latents[i:i + 32].to(device), ids[i:i + 32].to(device)), g).item())
+            losses.append(loss_fn(model, (latents[i:i + 32].to(device), ids[i:i + 32].to(device)), g).item())
     return float(np.mean(losses))
+
+
+class TimeUp(RuntimeError):
+    """Raised by :class:`Deadline` inside ``fit`` to stop a run at its wall-clock deadline."""
+
+
+class Deadline:
+    """``fit`` callback: records every step (time, metrics) and raises :class:`TimeUp` past ``deadline``.
+
+    ``deadline`` is a ``time.monotonic()`` value (``None``: never stops).
+    """
+
+    def __init__(self, deadline: float | None):
+        self.deadline = deadline
+        self.times: list[float] = []
+        self.history: list[dict] = []
+
+    def __call__(self, step: int, model: nn.Module, metrics: dict) -> None:
+        self.times.append(time.monotonic())
+        self.history.append(dict(metrics))
+        if self.deadline is not None and self.times[-1] > self.deadline:
+            raise TimeUp(f"deadline reached after step {step}")
+
+    def seconds_per_step(self, skip: int = 3) -> float:
+        """Median time between recorded steps, ignoring the first ``skip`` (warm-up, kernel selection)."""
+        gaps = np.diff(self.times[skip:]) if len(self.times) > skip + 1 else np.diff(self.times)
+        return float(np.median(gaps)) if len(gaps) else float("nan")
+
+
+@dataclass
+class BudgetedResult:
+    """What :func:`fit_within` returns: ``fit``'s numbers, and whether the deadline cut the run short."""
+
+    steps: int
+    final_loss: float
+    history: list
+    cut_short: bool
+    seconds: float
+    seconds_per_step: float
+
+
+def fit_within(model: nn.Module, loader, loss_fn, config, deadline: float | None, callbacks=(), eval_fn=None) -> BudgetedResult:
+    """``fit`` that stops at ``deadline`` (monotonic seconds); a cut run keeps its logged steps (``cut_short=True``)."""
+    clock = Deadline(deadline)
+    start = time.monotonic()
+    try:
+        result = fit(model, loader, loss_fn, config, callbacks=[*callbacks, clock], eval_fn=eval_fn)
+        return BudgetedResult(result.steps, result.final_loss, result.history, False, time.monotonic() - start, clock.seconds_per_step())
+    except TimeUp:
+        history = [h for h in clock.history if h["step"] % config.log_every == 0 or h is clock.history[-1]]
+        return BudgetedResult(len(clock.history), float(clock.history[-1]["loss"]), history, True, time.monotonic() - start,
+                              clock.seconds_per_step())
+
+
+def steps_for_seconds(seconds: float, seconds_per_step: float, lo: int = 1, hi: int = 10**6) -> int:
+    """How many steps of ``seconds_per_step`` fit in ``seconds`` (clipped to ``[lo, hi]``)."""
+    if not (seconds_per_step > 0):
+        return lo
+    return int(min(hi, max(lo, seconds // seconds_per_step)))
+
+
+def make_loader(*tensors: torch.Tensor, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
+    return _loader(*tensors, batch_size=batch_size, seed=seed)
 
 
 def _loader(*tensors: torch.Tensor, batch_size: int, seed: int) -> torch.utils.data.DataLoader:
@@ -100,23 +187,45 @@ def _loader(*tensors: torch.Tensor, batch_size: int, seed: int) -> torch.utils.d
                                        generator=torch.Generator().manual_seed(seed))
 
 
-def pretrain_base(pipe, config: PretrainConfig) -> dict:
-    """Train the VAE (reconstruction + KL), set its ``scaling_factor``, then UNet + text encoder on the base textures."""
-    images, captions, _ = make_split("train", config.n_images, config.pipeline.image_size)
-    x = torch.from_numpy(images)
-    vae_history: list = []
+def _budgeted(model: nn.Module, loader, loss_fn, config, seconds: float | None, probe_steps: int = 12):
+    """``config`` with ``max_steps`` sized so the run fits in ``seconds`` (step time measured on a copy), and its deadline."""
+    if seconds is None:
+        return config, None
+    start = time.monotonic()
+    probe = fit_within(copy.deepcopy(model), loader, loss_fn, replace(config, max_steps=probe_steps, output_dir=None, checkpoint_every=0,
+                                                                     resume=False, progress=False, log_every=probe_steps), None)
+    left = seconds - (time.monotonic() - start)
+    steps = steps_for_seconds(0.92 * left, probe.seconds_per_step, lo=2)
+    config = replace(config, max_steps=steps, warmup_steps=min(config.warmup_steps, steps // 5), log_every=max(1, steps // 60))
+    return config, start + seconds
+
+
+def pretrain_base(pipe, config: PretrainConfig, vae_seconds: float | None = None, unet_seconds: float | None = None,
+                  data: tuple | None = None) -> dict:
+    """Train the VAE (reconstruction + KL), set its ``scaling_factor``, then UNet + text encoder on the base textures.
+
+    With ``vae_seconds`` / ``unet_seconds`` each stage's ``max_steps`` is sized from a measured step time to end
+    inside that many seconds (a deadline stops it if the device slows down; the result then says ``cut_short``).
+    ``data``: ``(images, captions)`` instead of ``make_split("train", config.n_images, ...)``.
+    """
+    images, captions = data if data is not None else make_split("train", config.n_images, config.pipeline.image_size)[:2]
+    x = torch.as_tensor(images)
+    out: dict = {"vae_history": [], "vae_cut_short": False}
     if config.vae_steps:
         def vae_loss(vae, batch):
             (img,) = batch
             post = vae.encode(img).latent_dist
             rec = vae.decode(post.sample()).sample
             kl = post.kl().mean() / img[0].numel()
-            mse = F.mse_loss(rec, img)
-            return mse + config.kl_weight * kl, {"mse": mse.item()}
+            mse = F.mse_loss(rec.float(), img.float())
+            return mse + config.kl_weight * kl.float(), {"mse": mse.item()}
 
-        vae_cfg = replace(config.train, max_steps=config.vae_steps, output_dir=None, checkpoint_every=0, resume=False)
         pipe.vae.requires_grad_(True)
-        vae_history = fit(pipe.vae, _loader(x, batch_size=config.batch_size, seed=1), vae_loss, vae_cfg).history
+        vae_loader = _loader(x, batch_size=config.batch_size, seed=1)
+        vae_cfg = replace(config.train, max_steps=config.vae_steps, output_dir=None, checkpoint_every=0, resume=False)
+        vae_cfg, deadline = _budgeted(pipe.vae, vae_loader, vae_loss, vae_cfg, vae_seconds)
+        vae = fit_within(pipe.vae, vae_loader, vae_loss, vae_cfg, deadline)
+        out.update(vae_history=vae.history, vae_cut_short=vae.cut_short, vae_steps=vae.steps, vae_seconds=round(vae.seconds, 1))
     pipe.vae.requires_grad_(False).eval()
     pipe.vae.register_to_config(scaling_factor=1.0)
     latents = encode_latents(pipe.vae, x)
@@ -127,9 +236,13 @@ def pretrain_base(pipe, config: PretrainConfig) -> dict:
     ids = tokenize(pipe, ["" if d else c for c, d in zip(captions, drop)])
     model = Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler)
     model.requires_grad_(True)
-    result = fit(model, _loader(latents, ids, batch_size=config.batch_size, seed=2), denoising_loss, config.train)
+    loader = _loader(latents, ids, batch_size=config.batch_size, seed=2)
+    train_cfg, deadline = _budgeted(model, loader, denoising_loss, config.train, unet_seconds)
+    result = fit_within(model, loader, denoising_loss, train_cfg, deadline)
     model.requires_grad_(False).eval()
-    return {"vae_history": vae_history, "history": result.history, "scaling_factor": scaling, "final_loss": result.final_loss}
+    return {**out, "history": result.history, "scaling_factor": scaling, "final_loss": result.final_loss, "steps": result.steps,
+            "planned_steps": train_cfg.max_steps, "cut_short": result.cut_short, "seconds": round(result.seconds, 1),
+            "seconds_per_step": result.seconds_per_step}
 
 
 class _EMA:
@@ -161,23 +274,38 @@ def concept_data(pipe, config: FinetuneConfig, split: str = "concept_train") -> 
     return encode_latents(pipe.vae, images), tokenize(pipe, captions)
 
 
-def finetune(pipe, config: FinetuneConfig, eval_fn=None, data: tuple[torch.Tensor, torch.Tensor] | None = None) -> tuple[AdapterReport, TrainResult]:
-    """Wrap the UNet's attention projections with ``config.adapter`` and train only the adapter."""
-    latents, ids = data if data is not None else concept_data(pipe, config)
-    pipe.text_encoder.requires_grad_(False)
+def finetune(pipe, config: FinetuneConfig, eval_fn=None, data: tuple[torch.Tensor, torch.Tensor] | None = None,
+             deadline: float | None = None) -> tuple[AdapterReport, BudgetedResult]:
+    """Wrap the UNet's attention projections with ``config.adapter`` and train only the adapter (noise prediction).
+
+    ``deadline`` (``time.monotonic()`` seconds): stop there; the result then says ``cut_short``.
+    """
+    data = data if data is not None else concept_data(pipe, config)
     pipe.vae.requires_grad_(False)
-    report = apply(pipe.unet, core_method(config.adapter), rank=config.rank, alpha=config.alpha,
-                   targets=list(config.targets), **adapter_options(config))
     model = Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler)
+    return _train_adapter(model, pipe.unet, pipe.text_encoder, denoising_loss, data, config, eval_fn, deadline)
+
+
+def finetune_transformer(transformer: nn.Module, text_encoder: nn.Module, scheduler, data: tuple[torch.Tensor, torch.Tensor],
+                         config: FinetuneConfig, eval_fn=None, deadline: float | None = None) -> tuple[AdapterReport, BudgetedResult]:
+    """The same for an ``SD3Transformer2DModel`` (rectified-flow loss); ``data`` = ``(latents, token ids)``."""
+    model = TransformerDenoiser(transformer, text_encoder, scheduler)
+    return _train_adapter(model, transformer, text_encoder, flow_matching_loss, data, config, eval_fn, deadline)
+
+
+def _train_adapter(model: nn.Module, backbone: nn.Module, text_encoder: nn.Module, loss_fn, data, config: FinetuneConfig, eval_fn, deadline):
+    latents, ids = data
+    text_encoder.requires_grad_(False)
+    report = apply(backbone, config.adapter, rank=config.rank, alpha=config.alpha, targets=list(config.targets), **adapter_options(config))
     callbacks = []
     ema = _EMA(model, config.ema) if config.ema > 0 else None
     if ema is not None:
         callbacks.append(ema)
-    result = fit(model, _loader(latents, ids, batch_size=config.batch_size, seed=config.train.seed), denoising_loss,
-                 config.train, callbacks=callbacks, eval_fn=eval_fn)
+    result = fit_within(model, _loader(latents, ids, batch_size=config.batch_size, seed=config.train.seed), loss_fn,
+                        config.train, deadline, callbacks=callbacks, eval_fn=eval_fn)
     if ema is not None:
         ema.copy_to(model)
-    pipe.unet.eval()
+    backbone.eval()
     return report, result
 
 

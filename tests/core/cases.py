@@ -23,7 +23,13 @@ LAYERS = {
 
 RANK = 3
 NOLA_OPTIONS = {"num_basis_a": 7, "num_basis_b": 5}
-NERA_GRID = 8
+SPLINE_GRID = 8
+NERA_BASIS = 5 + 3 + 1  # grid_size + spline_order + the SiLU base term (NeRAOptions defaults)
+
+
+def _nera(out, c_in, k, r):
+    """Down KAN (c_in * prod(k) edges per hidden feature) + up KAN (r -> out), each with 2 normalisation vectors per input."""
+    return NERA_BASIS * r * (c_in * math.prod(k) + out) + 2 * (c_in + r)
 
 
 def _lora(out, fan_in, k, r):
@@ -49,10 +55,11 @@ METHODS = {
     "conv_dora": ({}, lambda o, i, k, r: _conv_lora(o, i, k, r) + o, {"conv2d_rect"}),
     "cp_dora": ({}, lambda o, i, k, r: _cp(o, i, k, r) + o, set()),
     "nola": (NOLA_OPTIONS, lambda o, i, k, r: NOLA_OPTIONS["num_basis_a"] + NOLA_OPTIONS["num_basis_b"], set()),
-    "nera": ({}, lambda o, i, k, r: r * (i * math.prod(k) + o + NERA_GRID + 1), {"conv2d_grouped"}),
+    "spline_lora": ({}, lambda o, i, k, r: r * (i * math.prod(k) + o + SPLINE_GRID + 1), {"conv2d_grouped"}),
+    "nera": ({}, _nera, {"embedding", "conv2d_grouped", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}),
 }
 
-NONLINEAR = {"nera"}
+NONLINEAR = {"spline_lora", "nera"}
 
 CASES = [(m, layer) for m, (_, _, unsupported) in METHODS.items() for layer in LAYERS if layer not in unsupported]
 UNSUPPORTED_CASES = [(m, layer) for m, (_, _, unsupported) in METHODS.items() for layer in unsupported]

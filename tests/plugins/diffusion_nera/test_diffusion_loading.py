@@ -9,7 +9,6 @@ import torch
 from lowrank_vision.core import adapter_layers, apply
 from lowrank_vision.plugins.diffusion_nera import export_diffusers, load_nera, save_nera, unload_nera
 from lowrank_vision.plugins.diffusion_nera.model import ATTENTION_TARGETS, load_pipeline
-from lowrank_vision.plugins.diffusion_nera.recipes import core_method
 
 PROMPT = ["a checkered red circle on the left"]
 TOL = 1e-5  # float32, same seed: the stock PEFT path and ours differ only by summation order
@@ -22,7 +21,7 @@ def _images(pipe):
 
 def _adapted(directory, method, **options):
     pipe = load_pipeline(directory)
-    apply(pipe.unet, core_method(method), rank=4, alpha=8.0, targets=list(ATTENTION_TARGETS), **options)
+    apply(pipe.unet, method, rank=4, alpha=8.0, targets=list(ATTENTION_TARGETS), **options)
     torch.manual_seed(1)
     with torch.no_grad():  # trained-looking weights (the up-projections start at zero)
         for layer in adapter_layers(pipe.unet, "default").values():

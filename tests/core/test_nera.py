@@ -1,4 +1,4 @@
-"""NeRA (KAN form): equal to a naive per-edge KAN reference, zero start, save/load, no merge, grid update."""
+"""NeRA (the paper's KAN form, ``nera``): equal to a naive per-edge KAN reference, zero start, save/load, no merge, grid update."""
 
 from __future__ import annotations
 
@@ -6,11 +6,10 @@ import pytest
 import torch
 from torch import nn
 
-import lowrank_vision.core.adapters.nera_kan  # noqa: F401  (registers "nera_kan")
 from lowrank_vision.core import adapter_layers, apply, count_parameters, get_adapter_class, load, merge, save
-from lowrank_vision.core.adapters.nera_kan import NeRAKANOptions
+from lowrank_vision.core.adapters.nera import NeRAOptions
 from lowrank_vision.core.functional.layout import geometry_of
-from lowrank_vision.core.functional.nera_kan import nera_kan_param_count
+from lowrank_vision.core.functional.nera import nera_param_count
 
 
 def naive_bspline(u: float, knots: list[float], i: int, k: int) -> float:
@@ -47,7 +46,7 @@ def _model(seed: int = 0) -> nn.Module:
 @pytest.mark.parametrize("order,grid_size", [(3, 5), (1, 4), (2, 3)])
 def test_matches_naive_kan_reference(order, grid_size):
     model = _model()
-    apply(model, "nera_kan", rank=3, alpha=6.0, targets=["0"], grid_size=grid_size, spline_order=order, grid_range=2.0)
+    apply(model, "nera", rank=3, alpha=6.0, targets=["0"], grid_size=grid_size, spline_order=order, grid_range=2.0)
     layer = adapter_layers(model, "default")["0"]
     with torch.no_grad():  # make every parameter non-trivial (the up layer starts at zero)
         for _, p in layer.adapter_parameters():
@@ -64,13 +63,13 @@ def test_matches_naive_kan_reference(order, grid_size):
 def test_starts_unchanged_param_count_and_no_merge():
     model, ref = _model(), _model()
     x = torch.randn(8, 6)
-    report = apply(model, "nera_kan", rank=2, targets=["0", "2"])
+    report = apply(model, "nera", rank=2, targets=["0", "2"])
     assert torch.equal(model(x), ref(x))
-    expected = nera_kan_param_count(6, 5, 2, 5, 3) + nera_kan_param_count(5, 4, 2, 5, 3)
+    expected = nera_param_count(6, 5, 2, 5, 3) + nera_param_count(5, 4, 2, 5, 3)
     assert report.adapter_params == expected == count_parameters(model)[0]
     assert expected == (2 * 6 * 9 + 12) + (5 * 2 * 9 + 4) + (2 * 5 * 9 + 10) + (4 * 2 * 9 + 4)
-    cls = get_adapter_class("nera_kan")
-    assert cls.param_count(geometry_of(nn.Linear(6, 5)), 2, NeRAKANOptions()) == nera_kan_param_count(6, 5, 2, 5, 3)
+    cls = get_adapter_class("nera")
+    assert cls.param_count(geometry_of(nn.Linear(6, 5)), 2, NeRAOptions()) == nera_param_count(6, 5, 2, 5, 3)
     with pytest.raises(TypeError, match="nonlinear"):
         merge(model)
 
@@ -100,7 +99,7 @@ def naive_kan_conv2d_down(x, base, coeff, scale, shift, stride, grid_size, order
 def test_conv_matches_naive_kan_convolution_and_grid_update():
     torch.manual_seed(3)
     model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2))
-    apply(model, "nera_kan", rank=2, alpha=2.0, targets=["0"], grid_size=3, spline_order=2)
+    apply(model, "nera", rank=2, alpha=2.0, targets=["0"], grid_size=3, spline_order=2)
     layer = adapter_layers(model, "default")["0"]
     with torch.no_grad():
         for _, p in layer.adapter_parameters():
@@ -123,19 +122,19 @@ def test_convs_start_unchanged_grouped_refused_bad_options_named():
     for conv in (nn.Conv1d(3, 4, 3, padding=1), nn.Conv2d(3, 4, 3, padding=1), nn.Conv3d(3, 4, 3, padding=1)):
         model, x = nn.Sequential(conv), torch.randn(2, 3, *([5] * (conv.weight.dim() - 2)))
         ref = model(x)
-        report = apply(model, "nera_kan", rank=2, targets=["0"])
+        report = apply(model, "nera", rank=2, targets=["0"])
         assert torch.equal(model(x), ref)
-        assert report.adapter_params == nera_kan_param_count(3, 4, 2, 5, 3, kernel_numel=3 ** (conv.weight.dim() - 2))
+        assert report.adapter_params == nera_param_count(3, 4, 2, 5, 3, kernel_numel=3 ** (conv.weight.dim() - 2))
     with pytest.raises(ValueError, match="ungrouped"):
-        apply(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "nera_kan", rank=2, targets=["0"])
-    with pytest.raises(ValueError, match="NeRAKANOptions.spline_order must be an integer >= 0"):
-        apply(_model(), "nera_kan", rank=2, targets=["0"], spline_order=-1)
+        apply(nn.Sequential(nn.Conv2d(4, 4, 3, groups=2)), "nera", rank=2, targets=["0"])
+    with pytest.raises(ValueError, match="NeRAOptions.spline_order must be an integer >= 0"):
+        apply(_model(), "nera", rank=2, targets=["0"], spline_order=-1)
 
 
 def test_training_lowers_loss_and_save_load_exact(tmp_path):
     torch.manual_seed(1)
     model = _model()
-    apply(model, "nera_kan", rank=2, targets=["0", "2"])
+    apply(model, "nera", rank=2, targets=["0", "2"])
     x, y = torch.randn(64, 6), torch.randn(64, 4)
     opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     losses = []
@@ -156,7 +155,7 @@ def test_training_lowers_loss_and_save_load_exact(tmp_path):
 def test_grid_update_keeps_function_and_fills_grid():
     torch.manual_seed(2)
     model = _model()
-    apply(model, "nera_kan", rank=3, targets=["0"], grid_size=8)
+    apply(model, "nera", rank=3, targets=["0"], grid_size=8)
     layer = adapter_layers(model, "default")["0"]
     with torch.no_grad():
         layer.up_spline.normal_(0, 0.2)
