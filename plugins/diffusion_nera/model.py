@@ -11,6 +11,8 @@ same tokenizer and a ``FlowMatchEulerDiscreteScheduler``.
 
 from __future__ import annotations
 
+import contextlib
+import warnings
 from pathlib import Path
 
 import torch
@@ -124,20 +126,31 @@ def load_sd3_pipeline(directory: str | Path, device: str = "cpu"):
     if not (directory / "model_index.json").is_file():
         raise FileNotFoundError(f"--base: {directory} is not a diffusers pipeline folder (no model_index.json)")
     extra = {} if (directory / "text_encoder_3").is_dir() else {"text_encoder_3": None, "tokenizer_3": None}
-    pipe = StableDiffusion3Pipeline.from_pretrained(str(directory), local_files_only=True, **extra)
+    with _quiet_dtype_deprecation():
+        pipe = StableDiffusion3Pipeline.from_pretrained(str(directory), local_files_only=True, torch_dtype=torch.float32, **extra)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 
 
+@contextlib.contextmanager
+def _quiet_dtype_deprecation():
+    """``torch_dtype`` works in every diffusers we support (>= 0.35); newer ones warn that ``dtype`` replaces it."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*deprecated", category=FutureWarning)
+        yield
+
+
 def load_pipeline(directory: str | Path, device: str = "cpu"):
-    """``StableDiffusionPipeline.from_pretrained(directory, local_files_only=True)`` with a clear error for a bad folder."""
+    """``StableDiffusionPipeline.from_pretrained(directory, local_files_only=True)`` in float32 (fp16-saved weights are
+    upcast, so they run on a CPU and train adapters in full precision) with a clear error for a bad folder."""
     from diffusers import StableDiffusionPipeline
 
     directory = Path(directory)
     if not (directory / "model_index.json").is_file():
         raise FileNotFoundError(f"--base: {directory} is not a diffusers pipeline folder (no model_index.json)")
-    pipe = StableDiffusionPipeline.from_pretrained(str(directory), local_files_only=True, safety_checker=None,
-                                                   feature_extractor=None, requires_safety_checker=False)
+    with _quiet_dtype_deprecation():
+        pipe = StableDiffusionPipeline.from_pretrained(str(directory), local_files_only=True, safety_checker=None, torch_dtype=torch.float32,
+                                                       feature_extractor=None, requires_safety_checker=False)
     pipe.set_progress_bar_config(disable=True)
     return pipe.to(device)
 

@@ -122,3 +122,12 @@ def test_dit_pipeline_nera_save_load_exact(tiny_sd3_dir, tiny_pipeline_dir, tmp_
     assert np.array_equal(_sd3_images(stock), expected)
     assert unload_nera(stock) == 8
     assert np.array_equal(_sd3_images(stock), base)
+
+
+def test_fp16_saved_pipeline_loads_in_float32(tiny_pipeline_dir, tmp_path):
+    """A base saved in half precision (what the GPU run brings back) loads as float32 with the same outputs up to fp16 rounding."""
+    pipe = load_pipeline(tiny_pipeline_dir)
+    pipe.to(torch.float16).save_pretrained(str(tmp_path / "fp16"))
+    half = load_pipeline(tmp_path / "fp16")
+    assert {p.dtype for name in ("unet", "vae", "text_encoder") for p in getattr(half, name).parameters()} == {torch.float32}
+    assert np.abs(_images(half) - _images(load_pipeline(tiny_pipeline_dir))).max() < 0.02
