@@ -122,6 +122,7 @@ def stage_base(out: Path, s: dict, device: str, clock: Clock, precision: str) ->
     val_loss = eval_denoising_loss(Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler), encode_latents(pipe.vae, val_images),
                                    tokenize(pipe, val_captions).to(device))
     pipe.to("cpu").save_pretrained(str(out / "base"), safe_serialization=True)
+    copy.deepcopy(pipe).to(torch.float16).save_pretrained(str(out / "base_fp16"), safe_serialization=True)  # small enough to come back
     n_params = {name: sum(p.numel() for p in getattr(pipe, name).parameters()) for name in ("unet", "vae", "text_encoder")}
     write_json(out / "base.json", {"config": asdict(config), "n_images": s["n_base"], "params": n_params, "val_denoising_loss": val_loss,
                                    "budget_s": round(seconds, 1), "retried_after": retried, **history})

@@ -1,10 +1,11 @@
 """diffusion_nera: NeRA in its KAN form (arXiv 2411.13901, FLORA paper), LoRA and DoRA on diffusers pipelines.
 
 Importing this package is cheap (no diffusers). :mod:`.model` builds a small Stable-Diffusion
-pipeline from configs; :mod:`.recipes` pre-trains it on procedural captioned scenes and fine-tunes
-the UNet's attention projections with core adapters; :mod:`.diffusers_io` writes LoRA/DoRA for a
-stock ``pipe.load_lora_weights`` and saves/loads NeRA (``load_nera``); the app is
-``lowrank-diffusion`` (:mod:`lowrank_vision.apps.diffusion`).
+pipeline (UNet) or a small Stable-Diffusion-3 pipeline (DiT: ``SD3Transformer2DModel``) from
+configs; :mod:`.recipes` pre-trains the UNet pipeline on procedural captioned scenes and fine-tunes
+the attention projections (``to_q``, ``to_k``, ``to_v``, ``to_out.0``) of the UNet or the transformer
+with core adapters; :mod:`.diffusers_io` writes LoRA/DoRA for a stock ``pipe.load_lora_weights`` and
+saves/loads NeRA (``load_nera``); the app is ``lowrank-diffusion`` (:mod:`lowrank_vision.apps.diffusion`).
 """
 
 from __future__ import annotations

@@ -35,7 +35,8 @@ from lowrank_vision.datasets.diffusion.procedural import make_split
 from .config import FinetuneConfig, PretrainConfig
 
 __all__ = ["Denoiser", "tokenize", "encode_latents", "denoising_loss", "pretrain_base", "finetune",
-           "eval_denoising_loss", "adapter_options", "TransformerDenoiser", "flow_matching_loss", "finetune_transformer", "Deadline", "TimeUp", "fit_within", "steps_for_seconds", "make_loader"]
+           "eval_denoising_loss", "adapter_options", "TransformerDenoiser", "flow_matching_loss", "finetune_transformer",
+           "sd3_concept_data", "Deadline", "TimeUp", "fit_within", "steps_for_seconds", "make_loader"]
 
 UNCOND_PROB = 0.1
 
@@ -60,26 +61,46 @@ class Denoiser(nn.Module):
 
 
 class TransformerDenoiser(nn.Module):
-    """SD3 transformer + text encoder as one module for ``fit``: predicts the flow velocity ``noise - x_0``."""
+    """SD3 transformer for ``fit``: predicts the flow velocity ``noise - x_0`` from precomputed prompt embeddings.
 
-    def __init__(self, transformer: nn.Module, text_encoder: nn.Module, scheduler):
+    The text encoders are frozen in fine-tuning, so the pipeline's own ``encode_prompt`` runs once per
+    caption (:func:`sd3_concept_data`) instead of every step.
+    """
+
+    def __init__(self, transformer: nn.Module, scheduler):
         super().__init__()
-        self.transformer, self.text_encoder = transformer, text_encoder
+        self.transformer = transformer
         self.scheduler = scheduler
 
-    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        text = self.text_encoder(input_ids)
-        return self.transformer(hidden_states=noisy, encoder_hidden_states=text[0], pooled_projections=text[1], timestep=timesteps).sample
+    def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, prompt_embeds: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
+        return self.transformer(hidden_states=noisy, encoder_hidden_states=prompt_embeds, pooled_projections=pooled, timestep=timesteps).sample
 
 
 def flow_matching_loss(model: TransformerDenoiser, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Rectified-flow MSE at uniformly drawn ``s`` (see the module docstring)."""
-    latents, ids = batch
+    """Rectified-flow MSE at uniformly drawn ``s`` (see the module docstring); ``batch = (latents, prompt_embeds, pooled)``."""
+    latents, prompt_embeds, pooled = batch
     noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
     sigma = torch.rand(latents.shape[0], generator=generator, device="cpu").to(latents)
     s = sigma.view(-1, *([1] * (latents.dim() - 1)))
-    pred = model((1 - s) * latents + s * noise, sigma * model.scheduler.config.num_train_timesteps, ids)
+    pred = model((1 - s) * latents + s * noise, sigma * model.scheduler.config.num_train_timesteps, prompt_embeds, pooled)
     return F.mse_loss(pred.float(), (noise - latents).float())
+
+
+@torch.no_grad()
+def sd3_concept_data(pipe, config: FinetuneConfig, split: str = "concept_train") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``(latents, prompt_embeds, pooled)`` of a split for the DiT pipeline (its VAE shift/scale, its ``encode_prompt``)."""
+    from .model import T5_TOKENS
+
+    size = pipe.transformer.config.sample_size * pipe.vae_scale_factor
+    images, captions, _ = make_split(split, config.n_images, size)
+    vae = pipe.vae
+    shift = vae.config.shift_factor or 0.0
+    latents = encode_latents(vae, images) / vae.config.scaling_factor
+    latents = (latents - shift) * vae.config.scaling_factor
+    device = next(pipe.transformer.parameters()).device
+    embeds, _, pooled, _ = pipe.encode_prompt(captions, None, None, device=device, do_classifier_free_guidance=False,
+                                              max_sequence_length=T5_TOKENS)
+    return latents, embeds.cpu(), pooled.cpu()
 
 
 def tokenize(pipe, captions: list[str]) -> torch.Tensor:
@@ -106,15 +127,14 @@ def denoising_loss(model: Denoiser, batch, generator: torch.Generator | None = N
 
 
 @torch.no_grad()
-def eval_denoising_loss(model: nn.Module, latents: torch.Tensor, ids: torch.Tensor, seed: int = 0, repeats: int = 2,
-                        loss_fn=denoising_loss) -> float:
-    """Mean held-out loss (``loss_fn``: noise prediction by default) with fixed noise/timesteps (comparable between runs)."""
+def eval_denoising_loss(model: nn.Module, *data: torch.Tensor, seed: int = 0, repeats: int = 2, loss_fn=denoising_loss) -> float:
+    """Mean held-out loss (``loss_fn``: noise prediction by default) on ``data`` tensors, with fixed noise/timesteps."""
     g = torch.Generator().manual_seed(seed)
     device = next(model.parameters()).device
     losses = []
     for _ in range(repeats):
-        for i in range(0, len(latents), 32):
-            losses.append(loss_fn(model, (latents[i:i + 32].to(device), ids[i:i + 32].to(device)), g).item())
+        for i in range(0, len(data[0]), 32):
+            losses.append(loss_fn(model, tuple(t[i:i + 32].to(device) for t in data), g).item())
     return float(np.mean(losses))
 
 
@@ -282,26 +302,28 @@ def finetune(pipe, config: FinetuneConfig, eval_fn=None, data: tuple[torch.Tenso
     """
     data = data if data is not None else concept_data(pipe, config)
     pipe.vae.requires_grad_(False)
-    model = Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler)
-    return _train_adapter(model, pipe.unet, pipe.text_encoder, denoising_loss, data, config, eval_fn, deadline)
+    pipe.text_encoder.requires_grad_(False)
+    return _train_adapter(Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler), pipe.unet, denoising_loss, data, config, eval_fn, deadline)
 
 
-def finetune_transformer(transformer: nn.Module, text_encoder: nn.Module, scheduler, data: tuple[torch.Tensor, torch.Tensor],
-                         config: FinetuneConfig, eval_fn=None, deadline: float | None = None) -> tuple[AdapterReport, BudgetedResult]:
-    """The same for an ``SD3Transformer2DModel`` (rectified-flow loss); ``data`` = ``(latents, token ids)``."""
-    model = TransformerDenoiser(transformer, text_encoder, scheduler)
-    return _train_adapter(model, transformer, text_encoder, flow_matching_loss, data, config, eval_fn, deadline)
+def finetune_transformer(pipe, config: FinetuneConfig, eval_fn=None, data: tuple | None = None,
+                         deadline: float | None = None) -> tuple[AdapterReport, BudgetedResult]:
+    """The same for the DiT pipeline's ``SD3Transformer2DModel`` (rectified-flow loss); ``data`` from :func:`sd3_concept_data`."""
+    data = data if data is not None else sd3_concept_data(pipe, config)
+    for name in ("vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
+        if getattr(pipe, name, None) is not None:
+            getattr(pipe, name).requires_grad_(False)
+    return _train_adapter(TransformerDenoiser(pipe.transformer, pipe.scheduler), pipe.transformer, flow_matching_loss, data, config,
+                          eval_fn, deadline)
 
 
-def _train_adapter(model: nn.Module, backbone: nn.Module, text_encoder: nn.Module, loss_fn, data, config: FinetuneConfig, eval_fn, deadline):
-    latents, ids = data
-    text_encoder.requires_grad_(False)
+def _train_adapter(model: nn.Module, backbone: nn.Module, loss_fn, data: tuple, config: FinetuneConfig, eval_fn, deadline):
     report = apply(backbone, config.adapter, rank=config.rank, alpha=config.alpha, targets=list(config.targets), **adapter_options(config))
     callbacks = []
     ema = _EMA(model, config.ema) if config.ema > 0 else None
     if ema is not None:
         callbacks.append(ema)
-    result = fit_within(model, _loader(latents, ids, batch_size=config.batch_size, seed=config.train.seed), loss_fn,
+    result = fit_within(model, _loader(*data, batch_size=config.batch_size, seed=config.train.seed), loss_fn,
                         config.train, deadline, callbacks=callbacks, eval_fn=eval_fn)
     if ema is not None:
         ema.copy_to(model)

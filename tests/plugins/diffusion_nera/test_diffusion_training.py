@@ -37,22 +37,20 @@ def test_configs_name_the_bad_field():
 
 
 @pytest.mark.parametrize("adapter,lr", [("lora", 3e-2), ("nera", 2e-2)])
-def test_transformer_few_steps_lower_the_loss(tiny_pipeline_dir, adapter, lr):
+def test_transformer_few_steps_lower_the_loss(tiny_sd3_dir, adapter, lr):
     """DiT path: adapters on every to_q/to_k/to_v/to_out.0 of a small SD3Transformer2DModel; the flow-matching loss drops."""
-    from lowrank_vision.plugins.diffusion_nera.model import build_transformer
-    from lowrank_vision.plugins.diffusion_nera.recipes import TransformerDenoiser, finetune_transformer, flow_matching_loss
+    from lowrank_vision.plugins.diffusion_nera.model import load_sd3_pipeline
+    from lowrank_vision.plugins.diffusion_nera.recipes import TransformerDenoiser, finetune_transformer, flow_matching_loss, sd3_concept_data
 
-    from .conftest import TINY
-
-    pipe = load_pipeline(tiny_pipeline_dir)
-    transformer, scheduler = build_transformer(PipelineConfig(**TINY), num_layers=2, seed=0)
+    pipe = load_sd3_pipeline(tiny_sd3_dir)
     config = FinetuneConfig(adapter=adapter, rank=4, n_images=8, batch_size=8, grid_size=3, spline_order=1,
                             train=TrainConfig(max_steps=6, lr=lr, warmup_steps=0, scheduler="constant", log_every=1, progress=False))
-    latents, ids = concept_data(pipe, config)
-    model = TransformerDenoiser(transformer, pipe.text_encoder, scheduler)
-    before = eval_denoising_loss(model, latents, ids, repeats=3, loss_fn=flow_matching_loss)
-    report, result = finetune_transformer(transformer, pipe.text_encoder, scheduler, (latents, ids), config)
-    after = eval_denoising_loss(model, latents, ids, repeats=3, loss_fn=flow_matching_loss)
+    data = sd3_concept_data(pipe, config)
+    assert data[1].shape[1:] == (12 + 4, 32) and data[2].shape[1:] == (32,)  # CLIP tokens + zero T5 tokens; two pooled CLIPs
+    model = TransformerDenoiser(pipe.transformer, pipe.scheduler)
+    before = eval_denoising_loss(model, *data, repeats=3, loss_fn=flow_matching_loss)
+    report, result = finetune_transformer(pipe, config, data=data)
+    after = eval_denoising_loss(model, *data, repeats=3, loss_fn=flow_matching_loss)
     assert result.steps == 6 and len(report.wrapped) == 8
     assert sorted({name.rsplit(".attn.", 1)[1] for name in report.wrapped}) == ["to_k", "to_out.0", "to_q", "to_v"]
     assert report.trainable_params == report.adapter_params
