@@ -58,17 +58,17 @@ def build_parser():
                                           ("--eval", int, 16, "samples per score (0: no scores)"), ("--seed", int, 0, "seed")):
             p.add_argument(flag, type=kind, default=default, help=text)
         p.add_argument("--precision", default="no", choices=["no", "bf16"])
-        p.add_argument("--base", default=None, help="diffusers pipeline folder (default: the shipped base)")
+        p.add_argument("--base", "--pretrained", dest="base", default=None, help="diffusers pipeline folder, read with from_pretrained(local_files_only=True) (default: the shipped base)")
     p = add_command(sub, "sample", _sample, help="sample prompts with the base (and an adapter)")
     p.add_argument("prompt", nargs="+")
     p.add_argument("--adapter", default=None, help="adapter folder (core format, diffusers LoRA, or NeRA)")
-    p.add_argument("--base", default=None, help="diffusers pipeline folder (default: the shipped base)")
+    p.add_argument("--base", "--pretrained", dest="base", default=None, help="diffusers pipeline folder, read with from_pretrained(local_files_only=True) (default: the shipped base)")
     [p.add_argument(flag, type=kind, default=default) for flag, kind, default in (("--steps", int, 20), ("--guidance", float, 3.0), ("--seed", int, 0))]
     p = add_command(sub, "export", lambda a: print_json(_c()[0].export(Path(a.adapter), Path(a.out), a.format, (a.base and Path(a.base)))),
                     help="write a trained adapter for stock diffusers (lora/dora) or load_nera (nera)", device=False)
     p.add_argument("adapter", help="core-format adapter folder (train's OUT/adapter)")
     p.add_argument("--format", default="diffusers", choices=["diffusers", "nera"])
-    p.add_argument("--base", default=None, help="diffusers pipeline folder the adapter was trained on (default: the shipped base)")
+    p.add_argument("--base", "--pretrained", dest="base", default=None, help="diffusers pipeline folder the adapter was trained on (default: the shipped base)")
     return parser
 
 

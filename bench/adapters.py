@@ -133,7 +133,7 @@ def cases(device: str) -> dict[str, ModelCase]:
 
 
 # -- variants -----------------------------------------------------------------------------------
-OUR_METHODS = ["lora", "cp_lora", "conv_lora", "dora", "cp_dora", "nera"]
+OUR_METHODS = ["lora", "cp_lora", "conv_lora", "dora", "cp_dora", "spline_lora", "nera"]
 
 
 def variant_names(compile_mode: bool) -> list[str]:

@@ -27,8 +27,10 @@ def test_errors_name_class_and_field():
         AdapterConfig(rank=0)
     with pytest.raises(ValueError, match=r"NOLAOptions.num_basis_a must be a positive integer, got 0"):
         apply(nn.Sequential(nn.Linear(4, 4)), "nola", rank=2, num_basis_a=0)
-    with pytest.raises(ValueError, match=r"NeRAOptions.grid_size must be an integer >= 2, got 1"):
-        apply(nn.Sequential(nn.Linear(4, 4)), "nera", rank=2, grid_size=1)
+    with pytest.raises(ValueError, match=r"SplineLoRAOptions.grid_size must be an integer >= 2, got 1"):
+        apply(nn.Sequential(nn.Linear(4, 4)), "spline_lora", rank=2, grid_size=1)
+    with pytest.raises(ValueError, match=r"NeRAOptions.grid_size must be an integer >= 1, got 0"):
+        apply(nn.Sequential(nn.Linear(4, 4)), "nera", rank=2, grid_size=0)
 
 
 def test_export_peft_refuses_mixed_dropout(tmp_path):
