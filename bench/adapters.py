@@ -346,6 +346,10 @@ def render_report(store: dict) -> str:
         "Regenerate with the commands in each section; raw numbers are in `docs/bench_results.json`;",
         "`python bench/adapters.py --report-only` re-renders this page.",
         "",
+        "**Rename (2026-12-02):** every `ours:nera:auto` row below was measured before `nera` became the paper's",
+        "KAN adapter; those rows are the LoRA-with-one-spline form now registered as `spline_lora`. The KAN form",
+        "has not been benchmarked here yet.",
+        "",
     ]
     summary = ROOT / "docs" / "benchmarks_notes.md"
     if summary.is_file():
