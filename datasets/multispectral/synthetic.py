@@ -1,8 +1,9 @@
 """Deterministic synthetic RGB+thermal detection scenes, written in ultralytics' multispectral layout.
 
-No package on the registries ships real RGB+thermal images with boxes (checked: flirpy,
-flirimageextractor, multispectral-pedestrian-detection, rgbt (boxes only); see the project's
-reference notes), so the embedded default is generated. Each image is 4 channels -- R, G, B,
+No package on the registries ships real RGB+thermal images with boxes (checked: flirpy 0.6.2 (only
+exiftool's metadata test JPEGs), flirimageextractor 1.5.11 and flirextractor 1.0.2 (code only),
+multispectral-pedestrian-detection 4.0.0 (an empty wheel), rgbt (tracking boxes only, no images);
+see the project's reference notes), so the embedded default is generated. Each image is 4 channels -- R, G, B,
 thermal -- with boxes of three classes that are warm in the thermal channel and variably visible
 in RGB. What makes it hard, after what real RGB-T drone/surveillance sets (LLVIP, DroneVehicle,
 KAIST) show:
