@@ -34,6 +34,9 @@ CPU latency (batch 1, 640 px, 2 threads) depends on the architecture only, so it
 rounds in rotating order, median and spread) into ``docs/results/detect/cpu_latency.json``, which
 the report reads.
 
+The report can be written again from the stage JSON alone (``<out>/<stage>/done.json``, small), e.g. after a
+new ``cpu_latency`` measurement: ``python3 bench/detect_gpu.py --stage report --out runs/detect_gpu``.
+
 Offline and without polars: ``amp=False`` (ultralytics' AMP check downloads weights), ``plots=False``,
 ``YOLO_OFFLINE=1``, and every trainer is :func:`detection_trainer` (reads ``results.csv`` without polars).
 """
@@ -79,7 +82,11 @@ def _lr_choice(args) -> dict:
     path = Path(args.docs) / "lr_search.json"
     if path.is_file():
         found = json.loads(path.read_text())
-        return {"optimizer": found["chosen"]["optimizer"], "lr0": found["chosen"]["lr0"], "source": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
+        d = found["data"]
+        scale = (f"candidates {[(r['optimizer'], r['lr0']) for r in found['runs']]} trained {found['epochs']} epochs each on "
+                 f"{d['n_train']} images at {d['size']} px, batch {found['batch']}, on a CPU; the GPU run reuses the choice at its larger scale")
+        return {"optimizer": found["chosen"]["optimizer"], "lr0": found["chosen"]["lr0"], "scale": scale,
+                "source": str(path.relative_to(ROOT) if path.is_relative_to(ROOT) else path)}
     return {"optimizer": DEFAULT_LR[0], "lr0": DEFAULT_LR[1], "source": "default (no lr_search.json: not chosen on val)"}
 
 
@@ -314,11 +321,16 @@ def _report(args) -> dict:
               f"{dc.get('n_train', '?')}, val {dc.get('n_val', '?')}); test class counts (vehicle, person, vessel) "
               f"{d.get('class_counts', {}).get('test', '?')}.",
               "- val mAP50: the validation split, on which ultralytics picked each best checkpoint.",
-              f"- optimizer / lr: {lr['optimizer']} lr0 {lr['lr0']} from `{lr['source']}` (chosen on val, never on test); "
+              f"- optimizer / lr: {lr['optimizer']} lr0 {lr['lr0']} from `{lr['source']}` (chosen on val, never on test"
+              + (f"; {lr['scale']}" if "scale" in lr else "") + "); "
               "distillation weights are DLRMamba's (1.0 / 0.5 / 0.1 / 1.5).",
               "- CPU latency: architecture only (batch 1, 640 px, 2 threads, fp32), measured on the development CPU by "
               "`python3 bench/detect_gpu.py --stage cpu_latency` (`detect/cpu_latency.json`): median of "
-              f"{cpu['rounds'] if cpu else '?'} interleaved rounds, with [min, max].",
+              f"{cpu['rounds'] if cpu else '?'} interleaved rounds, with [min, max]"
+              + (f"; that CPU ({cpu['cpu_count']} cores) was shared with other jobs (1-min load average "
+                 f"{cpu['load_average_1min_before_after'][0]:.1f} before, {cpu['load_average_1min_before_after'][1]:.1f} after), "
+                 "so absolute times are inflated and the per-round ratios spread" if cpu and "load_average_1min_before_after" in cpu else "")
+              + ".",
               "- GPU latency: batch 1, 640 px, fp32, on the (shared) H200 of this run: median [q1, q3] of 50 calls.", ""]
     at = _scale(args)["speed_imgsz"]
     lines += [f"| model | params | GFLOPs @{at} (conv/matmul + scan) | test mAP50 | test mAP50-95 | val mAP50 | CPU ms @{cpu['imgsz'] if cpu else '?'} "
@@ -345,7 +357,8 @@ def _report(args) -> dict:
         extra = ""
         if k == "cpu_speedup_student_vs_teacher" and cpu:
             sp = cpu["speedup_student_vs_teacher"]
-            extra = f" (per-round range {sp['min']:.2f}-{sp['max']:.2f})"
+            extra = f" (per-round range {sp['min']:.2f}-{sp['max']:.2f}"
+            extra += f"; ratio of the fastest runs {sp['of_fastest_runs']:.2f})" if "of_fastest_runs" in sp else ")"
         lines.append(f"- {labels[k]}: {_fmt(v, '.2f')}{extra}; goal {goal}: {verdict}")
     if ok["yolov8n"] and ok["student_sad"] and cpu:
         lines.append(f"- YOLOv8n beside them: test mAP50 {test('yolov8n'):.3f} at {cpu_ms('yolov8n'):.0f} ms CPU "
@@ -396,6 +409,7 @@ def _cpu_latency(args) -> dict:
     x = torch.rand(1, 4, imgsz, imgsz)
     times = {k: [] for k in models}
     order = list(models)
+    load_before = os.getloadavg()
     with torch.inference_mode():
         for m in models.values():  # warm-up
             m(x)
@@ -410,7 +424,9 @@ def _cpu_latency(args) -> dict:
     return {"command": "python3 bench/detect_gpu.py --stage cpu_latency --device cpu" + (" --smoke" if args.smoke else ""),
             "imgsz": imgsz, "threads": 2, "batch": 1, "rounds": rounds, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "models": summary,
-            "speedup_student_vs_teacher": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios)},
+            "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
+            "speedup_student_vs_teacher": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
+                                           "of_fastest_runs": min(times["teacher"]) / min(times["student_sad"])},
             "note": "weights are untrained (latency does not depend on them); the student is student_from_teacher(teacher, 0.5), "
                     "the architecture the distilled and the plain student share; the machine was shared with other jobs, "
                     "which the interleaving and the median are for"}
@@ -445,7 +461,7 @@ def _lr_search(args) -> dict:
         loss = [sum(t[f"val/{k}_loss"][i] for k in ("box", "cls", "dfl")) for i in range(len(t["epoch"]))]
         runs.append({"optimizer": opt, "lr0": lr0, "val_mAP50": max(t["metrics/mAP50(B)"]),
                      "val_mAP50-95": max(t["metrics/mAP50-95(B)"]), "val_loss": min(loss), "val_loss_last": loss[-1],
-                     "trained_now": not done, "seconds": time.time() - t0})
+                     "trained_now": not done, "train_seconds": t["time"][-1], "seconds_this_call": time.time() - t0})
         _log(f"lr_search {opt} {lr0}: val mAP50 {runs[-1]['val_mAP50']:.3f}, val loss {runs[-1]['val_loss']:.3f}")
     best = max(runs, key=lambda r: (round(r["val_mAP50"], 2), -r["val_loss"]))
     return {"command": "python3 bench/detect_gpu.py --stage lr_search --device cpu" + (" --smoke" if args.smoke else ""),
