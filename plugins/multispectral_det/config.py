@@ -10,13 +10,13 @@ sets to 300 on real data sets and the synthetic default does not need.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Literal
+from typing import Literal, Optional
+
 from lowrank_vision.core.validate import require
 
 from .ss2d import LOW_RANK_TARGETS
 
 __all__ = ["DetectTrainConfig", "DistillConfig", "BenchConfig"]
-
 
 
 @dataclass(frozen=True)
@@ -53,6 +53,11 @@ class DetectTrainConfig:
     """Early-stopping patience in epochs on validation fitness."""
     resume: bool = False
     """Continue ``<out>/<name>/weights/last.pt`` if an interrupted run left one (else start fresh)."""
+    time_s: Optional[float] = None
+    """Wall-clock training budget in seconds (ultralytics' ``time=``: after each epoch it resizes the epoch count
+    and the lr schedule to end on time, and stops at the budget); None trains for ``epochs``."""
+    cache: bool = False
+    """Keep decoded images in RAM (ultralytics' ``cache="ram"``): no TIFF decoding after the first epoch."""
 
     def __post_init__(self) -> None:
         require(self, "epochs", isinstance(self.epochs, int) and self.epochs >= 1, "an int >= 1")
@@ -66,12 +71,17 @@ class DetectTrainConfig:
         require(self, "mosaic", 0 <= self.mosaic <= 1, "in [0, 1]")
         require(self, "fraction", 0 < self.fraction <= 1, "in (0, 1]")
         require(self, "workers", isinstance(self.workers, int) and self.workers >= 0, "an int >= 0")
+        require(self, "time_s", self.time_s is None or self.time_s > 0, "None or > 0 seconds")
 
     def ultralytics_args(self) -> dict:
         """Keyword arguments for ``YOLO.train`` (offline-safe: no AMP check download, no plots, no fonts)."""
         args = asdict(self)
         args.pop("resume")
-        args.update(amp=False, plots=False, deterministic=True, verbose=False, exist_ok=True, cache=False, val=True)
+        time_s = args.pop("time_s")
+        if time_s is not None:
+            args["time"] = time_s / 3600.0
+        args["cache"] = "ram" if args["cache"] else False
+        args.update(amp=False, plots=False, deterministic=True, verbose=False, exist_ok=True, val=True)
         return args
 
 

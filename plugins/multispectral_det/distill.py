@@ -108,15 +108,14 @@ class SADLoss:
 
 def make_sad_trainer(teacher_checkpoint: Path, config: DistillConfig, teacher: Optional[nn.Module] = None) -> type:
     """A ``DetectionTrainer`` subclass that trains the low-rank student of ``teacher_checkpoint`` with :class:`SADLoss`."""
-    from ultralytics.models.yolo.detect import DetectionTrainer
     from ultralytics.utils.torch_utils import unwrap_model
 
-    from .ultralytics_host import load_detection_model
+    from .ultralytics_host import detection_trainer, load_detection_model
 
     def _teacher() -> nn.Module:
         return teacher if teacher is not None else load_detection_model(teacher_checkpoint)
 
-    class SADTrainer(DetectionTrainer):
+    class SADTrainer(detection_trainer()):
         """ultralytics' detection trainer with DLRMamba's student and loss."""
 
         def get_model(self, cfg=None, weights=None, verbose=True):

@@ -41,6 +41,9 @@ def _yolo(source: Union[str, Path]):
 
 
 def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str, device: str, trainer=None) -> dict:
+    from .ultralytics_host import detection_trainer
+
+    trainer = trainer or detection_trainer()
     last = Path(out_dir).resolve() / name / "weights" / "last.pt"
     if cfg.resume and last.is_file():  # continue an interrupted run from its last epoch (ultralytics' resume)
         yolo = _yolo(last)
@@ -50,7 +53,8 @@ def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str
         yolo.train(data=str(data_yaml), project=str(Path(out_dir).resolve()), name=name, device=device, trainer=trainer, **args)
     tr = yolo.trainer
     best = Path(tr.best) if Path(tr.best).exists() else Path(tr.last)
-    return {"checkpoint": str(best), "save_dir": str(tr.save_dir), "epochs": cfg.epochs,
+    return {"checkpoint": str(best), "save_dir": str(tr.save_dir), "epochs": cfg.epochs, "epochs_run": int(tr.epoch) + 1,
+            "epochs_planned": int(tr.epochs), "stopped_by_time": bool(cfg.time_s) and int(tr.epoch) + 1 < int(tr.epochs),
             "val_metrics": {k: float(v) for k, v in (tr.metrics or {}).items()}}
 
 

@@ -9,17 +9,26 @@ a module it does not know (``c2 = ch[f]``), and a YAML passes their input channe
 the previous layer's output channels at that point. Checkpoints (``best.pt``) pickle the classes
 under this package's module paths, so loading one needs this package installed (not registered).
 Importing the plugin registers automatically, right after ``ultralytics.nn.tasks`` is imported (``plugins/_on_import.py``).
+
+polars: ultralytics' trainer reads its own ``results.csv`` back with polars when it saves a checkpoint
+(``BaseTrainer.read_results_csv``), the only place training needs it. :func:`detection_trainer` is
+its ``DetectionTrainer`` with that one method reading the CSV with the standard library, so
+training works where polars is not installed (every recipe here trains through it).
 """
 
 from __future__ import annotations
 
+import csv
+import functools
+import io
 import os
 from pathlib import Path
 from typing import Union
 
 from torch import nn
 
-__all__ = ["register_ultralytics", "REGISTERED_MODULES", "load_detection_model", "save_detection_model", "offline_environment"]
+__all__ = ["register_ultralytics", "REGISTERED_MODULES", "load_detection_model", "save_detection_model", "offline_environment",
+           "detection_trainer", "read_results_csv"]
 
 
 def _modules() -> dict[str, type]:
@@ -49,6 +58,39 @@ def register_ultralytics() -> dict[str, type]:
                                "refusing to overwrite it")
         setattr(tasks, name, cls)
     return modules
+
+
+def read_results_csv(data: bytes) -> dict[str, list]:
+    """``{column: [values]}`` of an ultralytics ``results.csv`` (numbers as float), as its polars reader returns it."""
+    rows = list(csv.reader(io.StringIO(data.decode())))
+    if not rows:
+        return {}
+
+    def value(text: str):
+        try:
+            return float(text)
+        except ValueError:
+            return text.strip()
+
+    header = [h.strip() for h in rows[0]]
+    return {h: [value(r[i]) for r in rows[1:] if len(r) == len(header)] for i, h in enumerate(header)}
+
+
+@functools.cache
+def detection_trainer() -> type:
+    """ultralytics' ``DetectionTrainer`` whose ``results.csv`` reader needs no polars."""
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    class DetectionTrainerNoPolars(DetectionTrainer):
+        """``DetectionTrainer`` with a standard-library ``read_results_csv``."""
+
+        def read_results_csv(self):
+            try:
+                return read_results_csv(self.csv.read_bytes())
+            except (OSError, UnicodeDecodeError, csv.Error):
+                return {}
+
+    return DetectionTrainerNoPolars
 
 
 def load_detection_model(path: Union[str, Path]) -> nn.Module:

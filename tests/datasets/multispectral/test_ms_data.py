@@ -16,10 +16,29 @@ def test_render_is_deterministic_and_thermal_marks_objects():
     assert np.array_equal(a, b) and np.array_equal(la, lb) and ca == cb
     assert a.shape == (256, 256, 4) and a.dtype == np.uint8
     assert not np.array_equal(a, render_scene(SyntheticConfig(), "val", 3)[0])
-    inside = np.zeros((256, 256), bool)
-    for _, x, y, w, h in la:
-        inside[int((y - h / 2) * 256):int((y + h / 2) * 256), int((x - w / 2) * 256):int((x + w / 2) * 256)] = True
-    assert a[..., 3][inside].mean() > a[..., 3][~inside].mean() + 40  # targets are hot in thermal
+    gaps = []
+    for i in range(12):
+        img, labels, _ = render_scene(SyntheticConfig(), "train", i)
+        inside = np.zeros((256, 256), bool)
+        for _, x, y, w, h in labels:
+            inside[int((y - h / 2) * 256):int((y + h / 2) * 256), int((x - w / 2) * 256):int((x + w / 2) * 256)] = True
+        gaps.append(img[..., 3][inside].mean() - img[..., 3][~inside].mean())
+    assert np.median(gaps) > 40 and min(gaps) < 40  # targets are hot in thermal, but not always by much
+
+
+def test_hard_cases_occur_small_objects_cold_targets_hot_distractors():
+    widths, cold, crossover = [], 0, 0
+    for i in range(40):
+        _, labels, cond = render_scene(SyntheticConfig(), "train", i)
+        widths += (np.minimum(labels[:, 3], labels[:, 4]) * 256).tolist()
+        cold += cond["cold_objects"]
+        crossover += cond["crossover"]
+    assert np.percentile(widths, 10) < 8 and max(widths) > 25  # small objects and scale variation
+    assert cold > 10 and 2 < crossover < 18
+    quiet = SyntheticConfig(hot_distractors=0, clutter=0, objects=(1, 1), p_cold_target=0.0)
+    loud = SyntheticConfig(hot_distractors=3, clutter=0, objects=(1, 1), p_cold_target=0.0)
+    hot = [(render_scene(c, "train", i)[0][..., 3] > 200).sum() for c in (quiet, loud) for i in range(20)]
+    assert sum(hot[20:]) > 1.2 * sum(hot[:20])  # unlabelled hot things
 
 
 def test_class_counts_are_long_tailed_and_conditions_occur():
@@ -43,6 +62,10 @@ def test_write_dataset_layout_reads_back(tmp_path):
     text = (tmp_path / "ds/data.yaml").read_text()
     assert "channels: 4" in text and f"path: {(tmp_path / 'ds').resolve()}" in text
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # nothing half-written left
+    write_dataset(tmp_path / "ds2", TINY, workers=2)  # processes give the same files
+    for f in sorted((tmp_path / "ds/images").rglob("*.tif")):
+        assert f.read_bytes() == (tmp_path / "ds2/images" / f.relative_to(tmp_path / "ds/images")).read_bytes()
+    assert (tmp_path / "ds/conditions.json").read_text().replace("ds2", "ds") == (tmp_path / "ds2/conditions.json").read_text().replace("ds2", "ds")
 
 
 @pytest.mark.parametrize("line,match", [

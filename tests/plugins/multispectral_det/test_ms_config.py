@@ -11,6 +11,7 @@ from lowrank_vision.plugins.multispectral_det.config import BenchConfig, DetectT
     (DistillConfig, {"rank_ratio": 0.0}, r"DistillConfig.rank_ratio must be in \(0, 1\]"),
     (DistillConfig, {"targets": ("qkv",)}, "DistillConfig.targets must be a non-empty subset"),
     (DistillConfig, {"w_svd": -1.0}, "DistillConfig.w_svd must be >= 0"),
+    (DetectTrainConfig, {"time_s": 0}, "DetectTrainConfig.time_s must be None or > 0 seconds"),
     (BenchConfig, {"threads": 0}, "BenchConfig.threads must be an int >= 1"),
 ])
 def test_bad_values_name_the_field(cls, kwargs, match):
@@ -25,3 +26,10 @@ def test_paper_defaults_and_offline_arguments():
     args = DetectTrainConfig().ultralytics_args()
     assert args["amp"] is False and args["plots"] is False and "resume" not in args
     assert (args["optimizer"], args["lr0"], args["momentum"], args["weight_decay"], args["batch"]) == ("SGD", 0.01, 0.937, 5e-4, 8)
+
+
+def test_time_budget_and_ram_cache_map_to_ultralytics():
+    args = DetectTrainConfig(time_s=90.0, cache=True).ultralytics_args()
+    assert args["time"] == 90.0 / 3600 and args["cache"] == "ram" and "time_s" not in args
+    args = DetectTrainConfig().ultralytics_args()
+    assert "time" not in args and args["cache"] is False

@@ -93,6 +93,24 @@ def test_ultralytics_trains_teacher_and_distils_student_on_4_channel_tiffs(train
     assert set(metrics["per_class"]) <= {"vehicle", "person", "vessel"} and 0 <= metrics["mAP50"] <= 1
 
 
+def test_training_reads_its_results_csv_without_polars(trained_teacher, monkeypatch):
+    from ultralytics.models.yolo.detect import DetectionTrainer
+
+    from lowrank_vision.plugins.multispectral_det.ultralytics_host import detection_trainer
+
+    cls = detection_trainer()
+    trainer = cls.__new__(cls)
+    trainer.csv = Path(trained_teacher["save_dir"]) / "results.csv"
+    with open(trainer.csv) as f:
+        row = next(csv.DictReader(f))
+    monkeypatch.setitem(sys.modules, "polars", None)  # as on a machine without polars
+    with pytest.raises(ImportError):
+        DetectionTrainer.read_results_csv(trainer)
+    table = trainer.read_results_csv()
+    assert table["epoch"] == [1.0] and table["train/box_loss"] == [pytest.approx(float(row["train/box_loss"]))]
+    assert issubclass(cls, DetectionTrainer) and trained_teacher["epochs_run"] == 1
+
+
 def test_onnx_export_matches_pytorch_in_onnxruntime(trained_teacher, tmp_path):
     from lowrank_vision.plugins.multispectral_det.metrics import export_onnx, onnx_max_difference
     from lowrank_vision.plugins.multispectral_det.ultralytics_host import load_detection_model
