@@ -158,7 +158,7 @@ class DistillConfig:
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Point-cloud export: the field's density sampled on a grid."""
+    """Export of the field's geometry from its density sampled on a grid: a point cloud or a mesh."""
 
     resolution: int = 96
     """Grid points per axis inside the scene cube."""
@@ -166,11 +166,14 @@ class ExportConfig:
     """Keep grid points whose density ``trunc_exp(sigma_pre)`` exceeds this."""
     max_points: Optional[int] = 200000
     """Keep at most this many points (the densest); ``None``: all."""
+    kind: Literal["points", "mesh"] = "points"
+    """``points``: the grid points above the threshold; ``mesh``: the iso-surface at the threshold (marching cubes)."""
 
     def __post_init__(self) -> None:
         require(self, "resolution", isinstance(self.resolution, int) and 4 <= self.resolution <= 512, "an int in [4, 512]")
         require(self, "density_threshold", self.density_threshold > 0, "> 0")
         require(self, "max_points", self.max_points is None or self.max_points >= 1, "None or >= 1")
+        require(self, "kind", self.kind in ("points", "mesh"), "'points' or 'mesh'")
 
 
 def cpu_fit_config(kind: str = "hash", steps: int = 600, seed: int = 0, output_dir: Optional[str] = None) -> FitImagesConfig:

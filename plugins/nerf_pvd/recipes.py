@@ -42,7 +42,8 @@ from .metrics import psnr, ssim
 from .model import CameraRig, build_field, random_poses, rig_from_cameras
 from .render import RenderConfig, composite, render_image, render_rays, sample_along_rays
 
-__all__ = ["dataset_rays", "fit_images", "distill", "evaluate", "render_views", "export_points", "count_params"]
+__all__ = ["dataset_rays", "fit_images", "distill", "evaluate", "render_views", "density_grid", "export_points", "export_mesh",
+           "write_ply", "count_params"]
 
 
 def count_params(field: RadianceField) -> int:
@@ -243,10 +244,34 @@ def evaluate(field: RadianceField, data: PosedImages, render: RenderConfig, back
 
 
 @torch.no_grad()
-def render_views(field: RadianceField, rig: CameraRig, poses: Tensor, render: RenderConfig) -> list[Tensor]:
-    """Renders ``[H, W, 3]`` of ``field`` from each pose, at the rig's intrinsics."""
+def render_views(field: RadianceField, rig: CameraRig, poses: Tensor, render: RenderConfig, progress: bool = False) -> list[Tensor]:
+    """Renders ``[H, W, 3]`` of ``field`` from each pose, at the rig's intrinsics (a progress bar over poses if asked)."""
+    from tqdm.auto import tqdm
+
     render = replace(render, background=rig.background)
-    return [render_image(field, m, rig.height, rig.width, rig.intrinsics, render)["rgb"] for m in poses]
+    return [render_image(field, m, rig.height, rig.width, rig.intrinsics, render)["rgb"]
+            for m in tqdm(poses, desc="render", disable=not progress, leave=False)]
+
+
+@torch.no_grad()
+def density_grid(field: RadianceField, resolution: int, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Grid coordinates ``[R]`` along each axis of the scene cube and the density ``trunc_exp(sigma_pre)`` ``[R, R, R]``
+    indexed ``[x, y, z]``, evaluated one z slice at a time (a progress bar over the slices)."""
+    from tqdm.auto import tqdm
+
+    dev = next(field.parameters()).device
+    axis = torch.linspace(-field.bound, field.bound, resolution, device=dev)
+    slices = []
+    for z in tqdm(axis, desc="density grid", disable=not progress, leave=False):
+        grid = torch.stack(torch.meshgrid(axis, axis, z[None], indexing="ij"), -1).reshape(-1, 3)
+        slices.append(trunc_exp(field.density_pre(grid)).reshape(resolution, resolution))
+    return axis, torch.stack(slices, -1)
+
+
+def _colours_seen_from_above(field: RadianceField, pts: Tensor) -> Tensor:
+    down = torch.tensor([0.0, 0.0, -1.0], device=pts.device).expand_as(pts)
+    return torch.cat([field(pts[i:i + 65536], down[i:i + 65536]).rgb for i in range(0, pts.shape[0], 65536)]) \
+        if pts.shape[0] else pts.new_zeros(0, 3)
 
 
 @torch.no_grad()
@@ -255,28 +280,37 @@ def export_points(field: RadianceField, cfg: ExportConfig, progress: bool = True
 
     The colour is the field's colour seen from straight above (view direction -z).
     """
-    from tqdm.auto import tqdm
-
-    dev = next(field.parameters()).device
-    axis = torch.linspace(-field.bound, field.bound, cfg.resolution, device=dev)
-    pts, dens = [], []
-    for z in tqdm(axis, desc="export", disable=not progress):
-        grid = torch.stack(torch.meshgrid(axis, axis, z[None], indexing="ij"), -1).reshape(-1, 3)
-        sigma = trunc_exp(field.density_pre(grid))
-        keep = sigma > cfg.density_threshold
-        pts.append(grid[keep])
-        dens.append(sigma[keep])
-    pts, dens = torch.cat(pts), torch.cat(dens)
+    axis, dens = density_grid(field, cfg.resolution, progress)
+    keep = dens > cfg.density_threshold
+    idx = keep.nonzero()
+    pts, dens = axis[idx], dens[keep]
     if cfg.max_points is not None and pts.shape[0] > cfg.max_points:
         pts = pts[dens.topk(cfg.max_points).indices]
-    down = torch.tensor([0.0, 0.0, -1.0], device=dev).expand_as(pts)
-    colours = torch.cat([field(pts[i:i + 65536], down[i:i + 65536]).rgb for i in range(0, pts.shape[0], 65536)]) \
-        if pts.shape[0] else pts.new_zeros(0, 3)
-    return pts.cpu(), colours.cpu()
+    return pts.cpu(), _colours_seen_from_above(field, pts).cpu()
 
 
-def write_ply(path: str | Path, points: Tensor, colours: Tensor) -> Path:
-    """Binary little-endian PLY with ``x y z`` (float) and ``red green blue`` (uchar), written atomically."""
+@torch.no_grad()
+def export_mesh(field: RadianceField, cfg: ExportConfig, progress: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Triangle mesh of the iso-surface ``density = cfg.density_threshold`` (marching cubes, scikit-image).
+
+    Returns vertices ``[V, 3]`` (world units), faces ``[F, 3]`` (int) and vertex colours ``[V, 3]`` seen from above.
+    """
+    from skimage.measure import marching_cubes
+
+    axis, dens = density_grid(field, cfg.resolution, progress)
+    vol = dens.float().cpu().numpy()
+    if not vol.min() < cfg.density_threshold < vol.max():
+        raise ValueError(f"--threshold {cfg.density_threshold}: the field's density ({vol.min():.3g} .. {vol.max():.3g} on "
+                         "the grid) never crosses it, so there is no surface; choose a value inside that range")
+    step = float(axis[1] - axis[0])
+    verts, faces, _, _ = marching_cubes(vol, level=cfg.density_threshold, spacing=(step, step, step))
+    verts = torch.as_tensor(verts.copy(), dtype=torch.float32, device=axis.device) + axis[0]
+    return verts.cpu(), torch.as_tensor(faces.astype("int64")), _colours_seen_from_above(field, verts).cpu()
+
+
+def write_ply(path: str | Path, points: Tensor, colours: Tensor, faces: Optional[Tensor] = None) -> Path:
+    """Binary little-endian PLY: vertices ``x y z`` (float) ``red green blue`` (uchar), and triangles when ``faces``
+    ``[F, 3]`` are given (``vertex_indices``: uchar count + 3 ints); written atomically."""
     import numpy as np
 
     from lowrank_vision.core.files import atomic_path
@@ -289,7 +323,13 @@ def write_ply(path: str | Path, points: Tensor, colours: Tensor) -> Path:
     rec["red"], rec["green"], rec["blue"] = c[:, 0], c[:, 1], c[:, 2]
     header = ("ply\nformat binary_little_endian 1.0\n"
               f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n").encode("ascii")
+              "property uchar red\nproperty uchar green\nproperty uchar blue\n")
+    body = rec.tobytes()
+    if faces is not None:
+        tri = np.empty(faces.shape[0], dtype=[("n", "u1"), ("i", "<i4", 3)])
+        tri["n"], tri["i"] = 3, faces.numpy().astype(np.int32)
+        header += f"element face {faces.shape[0]}\nproperty list uchar int vertex_indices\n"
+        body += tri.tobytes()
     with atomic_path(path) as tmp:
-        tmp.write_bytes(header + rec.tobytes())
+        tmp.write_bytes((header + "end_header\n").encode("ascii") + body)
     return Path(path)
