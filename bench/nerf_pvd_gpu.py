@@ -51,6 +51,7 @@ from lowrank_vision.plugins.nerf_pvd.recipes import count_params, distill, evalu
 
 KINDS = ("hash", "mlp", "tensorf_vm", "grid")
 MAIN_PAIRS = (("hash", "mlp"), ("hash", "tensorf_vm"))
+FIGURE_STAGES = ("scratch_hash", "scratch_mlp", "pvd_hash_to_mlp", "scratch_tensorf_vm", "pvd_hash_to_tensorf_vm")
 REPO = Path(__file__).resolve().parent.parent
 LR_FACTORS = (0.5, 1.0, 2.0)
 CHECKPOINTS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # of a stage's seconds
@@ -274,10 +275,9 @@ class Runner:
                "test_psnr": final and final["psnr"], "test_ssim": final and final["ssim"]}
         if stage.startswith("pvd_"):
             res["teacher"] = stage[len("pvd_"):].split("_to_")[0]
-        elif final is not None:  # a diverged field is no teacher
+        if final is not None and (stage.startswith("scratch_") or stage in FIGURE_STAGES):  # teachers + the figure's fields
             fc = FieldConfig(kind=kind, **self.s.fields[kind])
-            rig = self.teacher_rig()
-            save_field(self.ckpt / f"{stage}.safetensors", field, fc, rig, {"stage": stage, "test_psnr": final["psnr"]})
+            save_field(self.ckpt / f"{stage}.safetensors", field, fc, self.teacher_rig(), {"stage": stage, "test_psnr": final["psnr"]})
             self.teachers.pop(kind, None)
         return res
 
@@ -404,11 +404,33 @@ def main(argv=None):
               + (f": test PSNR {res['test_psnr']} dB, {res['steps']} steps" if "test_psnr" in res else ""), flush=True)
         if name == "pvd_hash_to_tensorf_vm":  # the acceptance pairs are in: write the report once already
             write_report(s, docs, meta, skipped)
+    if s.deadline + 15 - time.perf_counter() > 5:  # a few seconds for the picture of the test views
+        try:
+            test_views_figure(s, docs)
+        except Exception as exc:  # the numbers matter more than the picture
+            print(f"[nerf_pvd_gpu] test-view figure skipped: {type(exc).__name__}: {exc}", flush=True)
     write_report(s, docs, meta, skipped)
     print(f"[nerf_pvd_gpu] done at t={time.perf_counter() - T_START:.0f} s of {a.budget_s:.0f}", flush=True)
 
 
 # ----------------------------------------------------------------------------- report
+
+
+def test_views_figure(s: Setup, docs: Path, n_views: int = 4) -> Path:
+    """Ground truth and renders of the acceptance runs on the first test views: ``nerf_pvd/test_views.png``."""
+    from lowrank_vision.plugins.nerf_pvd.metrics import comparison_figure
+
+    test = read_transforms(s.out / "scene", "test")
+    sub = replace(test, images=test.images[:n_views], c2w=test.c2w[:n_views], names=test.names[:n_views])
+    rows = [("ground truth", [torch.as_tensor(x) for x in sub.images])]
+    for stage in FIGURE_STAGES:
+        path = s.out / "ckpt" / f"{stage}.safetensors"
+        if path.is_file():
+            field = load_field(path, s.device)[0]
+            label = stage.replace("scratch_", "scratch ").replace("pvd_hash_to_", "PVD hash → ")
+            rows.append((label, evaluate(field, sub, s.render, 1.0, keep_images=n_views)["renders"]))
+    return comparison_figure(rows, docs / "nerf_pvd" / "test_views.png")
+
 
 
 def first_reach(curve, target):
@@ -501,6 +523,7 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"nerf_pvd on {dev}" + (" (smoke run)" if s.smoke else " (shared with another job)" if meta.get("gpu_shared") else ""), fontsize=9)
+    fig.tight_layout()
     save_figure(fig, sub / "psnr_vs_time.png")
     plt.close(fig)
     teacher = scratch.get("hash")
@@ -567,6 +590,9 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
     if skipped:
         md += ["## Not run in this budget", "", *[f"- `{k}`: {v}" for k, v in skipped.items()], ""]
     md += ["![test PSNR vs training seconds](nerf_pvd/psnr_vs_time.png)", ""]
+    if (sub / "test_views.png").is_file():
+        md += ["First test views: ground truth, the teacher, and each acceptance student from scratch and by PVD "
+               "(end of their runs).", "", "![test views](nerf_pvd/test_views.png)", ""]
     write_text(docs / "nerf_pvd.md", "\n".join(md))
 
 
