@@ -143,8 +143,12 @@ def _write_video(frames: list, path_stem: Path, fps: int = 12) -> Path:
 
 
 def render_cmd(checkpoint: Path, out: Path, n_frames: int = 24, elevation_deg: Optional[float] = None,
-               render: RenderConfig = RenderConfig(), device: str = "cpu") -> dict:
-    """An orbit around the rig's target: PNG frames plus ``orbit.mp4`` (or ``orbit.gif`` without imageio-ffmpeg)."""
+               render: RenderConfig = RenderConfig(), device: str = "cpu", size: Optional[int] = None) -> dict:
+    """An orbit around the rig's target: PNG frames plus ``orbit.mp4`` (or ``orbit.gif`` without imageio-ffmpeg).
+
+    ``size``: frame width in pixels (the intrinsics scale with it, so the field of view is the training cameras');
+    default: the training images' size.
+    """
     import math
 
     import numpy as np
@@ -155,7 +159,14 @@ def render_cmd(checkpoint: Path, out: Path, n_frames: int = 24, elevation_deg: O
 
     if n_frames < 1:
         raise ValueError(f"--frames must be >= 1, got {n_frames}")
+    if size is not None and not 8 <= size <= 4096:
+        raise ValueError(f"--size must be in [8, 4096] pixels, got {size}")
+    if elevation_deg is not None and not -89.0 <= elevation_deg <= 89.0:
+        raise ValueError(f"--elevation must be in [-89, 89] degrees, got {elevation_deg}")
     field, cfg, rig, _ = load_field(checkpoint, device)
+    if size is not None:
+        scale = size / rig.width
+        rig = replace(rig, width=size, height=max(1, round(rig.height * scale)), intrinsics=tuple(v * scale for v in rig.intrinsics))
     el = math.radians(elevation_deg if elevation_deg is not None else sum(rig.elevation_range) / 2)
     r = sum(rig.radius_range) / 2
     az = np.linspace(0, 2 * math.pi, n_frames, endpoint=False)
@@ -170,8 +181,8 @@ def render_cmd(checkpoint: Path, out: Path, n_frames: int = 24, elevation_deg: O
         with atomic_path(out / "frames" / f"frame_{k:03d}.png") as tmp:
             Image.fromarray((f.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
     video = _write_video(frames, out / "orbit")
-    return {"checkpoint": str(checkpoint), "frames": n_frames, "frames_dir": str(out / "frames"), "video": str(video),
-            "video_format": video.suffix.lstrip(".")}
+    return {"checkpoint": str(checkpoint), "frames": n_frames, "size": [rig.width, rig.height], "frames_dir": str(out / "frames"),
+            "video": str(video), "video_format": video.suffix.lstrip(".")}
 
 
 def export_cmd(checkpoint: Path, out: Path, cfg: ExportConfig = ExportConfig(), device: str = "cpu") -> dict:

@@ -116,7 +116,14 @@ def test_export_mesh_of_a_ball_is_read_back_by_open3d(tmp_path, capsys):
 def test_render_writes_an_mp4_with_every_frame_when_imageio_ffmpeg_is_there(tmp_path, capsys):
     imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
     ckpt = _ball_checkpoint(tmp_path / "ball.safetensors")
-    assert main(["render", "--checkpoint", str(ckpt), "--frames", "3", "--out", str(tmp_path / "r")]) == 0
+    assert main(["render", "--checkpoint", str(ckpt), "--frames", "3", "--size", "24", "--elevation", "20",
+                 "--out", str(tmp_path / "r")]) == 0
     res = json.loads(capsys.readouterr().out)
-    assert res["video_format"] == "mp4" and res["video"].endswith("orbit.mp4")
+    assert res["video_format"] == "mp4" and res["video"].endswith("orbit.mp4") and res["size"] == [24, 24]
     assert imageio_ffmpeg.count_frames_and_secs(res["video"])[0] == 3
+    from PIL import Image
+
+    frame = np.asarray(Image.open(tmp_path / "r" / "frames" / "frame_000.png"))
+    assert frame.shape == (24, 24, 3) and frame.min() < 200  # the ball is in view, not only the white background
+    assert main(["render", "--checkpoint", str(ckpt), "--size", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--size must be in [8, 4096]" in capsys.readouterr().err and not (tmp_path / "bad").exists()
