@@ -127,7 +127,11 @@ class DistillConfig:
     mlp_lr_scale: float = 0.1
     """Learning-rate multiplier for an MLP student (PVD: x0.1)."""
     active_learning: bool = False
-    """PVD-AL: mix the hardest rays of earlier steps into each batch and up-weight the hardest points."""
+    """PVD-AL: re-visit the hardest poses, mix the hardest rays of earlier steps into each batch, up-weight the hardest points."""
+    hard_poses_ratio: float = 0.25
+    """PVD-AL: share of each step's camera poses taken from the pool of the hardest poses seen so far."""
+    hard_poses_pool: int = 32
+    """PVD-AL: size of the pool of hardest poses kept."""
     hard_rays_ratio: float = 0.1
     """PVD-AL: share of each batch taken from the hard-ray pool."""
     hard_rays_pool: int = 16384
@@ -152,6 +156,8 @@ class DistillConfig:
         require(self, "density_clip", lo < hi, "(low, high) with low < high")
         require(self, "mlp_lr_scale", self.mlp_lr_scale > 0, "> 0")
         require(self, "hard_rays_ratio", 0 <= self.hard_rays_ratio < 1, "in [0, 1)")
+        require(self, "hard_poses_ratio", 0 <= self.hard_poses_ratio < 1, "in [0, 1)")
+        require(self, "hard_poses_pool", isinstance(self.hard_poses_pool, int) and self.hard_poses_pool >= 1, "an int >= 1")
         require(self, "hard_points_ratio", 0 <= self.hard_points_ratio <= 1, "in [0, 1]")
         require(self, "hard_rays_pool", isinstance(self.hard_rays_pool, int) and self.hard_rays_pool >= 1, "an int >= 1")
 

@@ -15,10 +15,13 @@ PVD choices the paper leaves open, made here:
 * point losses: the volume feature and the density on every point of rays that cross the scene cube;
   the colour only on points the teacher finds occupied (clipped density > lo), since colour in empty
   space never reaches an image;
-* PVD-AL (arXiv 2304.04012) is reduced to two of its three levels: a pool of the hardest rays
-  (largest RGB error seen so far) supplies ``hard_rays_ratio`` of every batch, and the
-  ``hard_points_ratio`` points with the largest point loss are weighted ``1 + hard_points_boost``.
-  Hard-image (pose) selection is not implemented.
+* PVD-AL (arXiv 2304.04012): the abstract names a three-level active learning without the levels'
+  details; the three levels here are views, rays and points. Views: a pool of the
+  ``hard_poses_pool`` camera poses with the largest mean RGB error (over their own rays) supplies
+  ``hard_poses_ratio`` of every step's poses (their pixels are drawn anew). Rays: a pool of the
+  hardest rays (largest RGB error seen so far) supplies ``hard_rays_ratio`` of every batch.
+  Points: the ``hard_points_ratio`` points with the largest point loss are weighted
+  ``1 + hard_points_boost``. The pools live in memory (a resumed run starts them empty).
 """
 
 from __future__ import annotations
@@ -156,9 +159,17 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
     pool: dict[str, Tensor] = {}
     stages_seen: dict[int, int] = {}
 
-    def make_rays(step: int, dev) -> tuple[Tensor, Tensor]:
+    n_hard_poses = int(cfg.hard_poses_ratio * cfg.poses_per_step) if cfg.active_learning else 0
+    reused_poses = [0]
+
+    def make_rays(step: int, dev) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Rays of this step, their poses, and how many leading rays came from the hard-ray pool."""
         g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
         poses = random_poses(rig, cfg.poses_per_step, g)
+        if n_hard_poses and "poses" in pool:
+            pick = torch.randperm(pool["poses"].shape[0], generator=g)[:n_hard_poses]
+            poses[: len(pick)] = pool["poses"][pick]
+            reused_poses[0] += len(pick)
         o_all, d_all = [], []
         for m in poses:
             o, d = camera_rays(m, rig.height, rig.width, *rig.intrinsics)
@@ -166,16 +177,17 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
             o_all.append(o[pick])
             d_all.append(d[pick])
         o, d = torch.cat(o_all)[: cfg.rays_per_step], torch.cat(d_all)[: cfg.rays_per_step]
+        k = 0
         if cfg.active_learning and "o" in pool:
             k = min(int(cfg.hard_rays_ratio * o.shape[0]), pool["o"].shape[0])
             pick = torch.randperm(pool["o"].shape[0], generator=g)[:k]
             o[:k], d[:k] = pool["o"][pick].cpu(), pool["d"][pick].cpu()
-        return o.to(dev), d.to(dev)
+        return o.to(dev), d.to(dev), poses, k
 
     def loss_fn(model, batch):
         step = int(batch[0])
         dev = next(model.parameters()).device
-        o, d = make_rays(step, dev)
+        o, d, poses, n_pool_rays = make_rays(step, dev)
         stage = _stage(step, cfg, both)
         stages_seen[stage] = stages_seen.get(stage, 0) + 1
         with torch.no_grad():
@@ -211,6 +223,16 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
                 pe = torch.cat([pool.get("e", ray_err[:0]), ray_err.detach()])
                 keep = pe.topk(min(cfg.hard_rays_pool, pe.numel())).indices
                 pool.update(o=po[0][keep], d=po[1][keep], e=pe[keep])
+                if n_hard_poses:  # a pose's error: the mean over its own rays (not those from the ray pool)
+                    owner = torch.arange(ray_err.shape[0], device=ray_err.device) // per_pose
+                    own = torch.arange(ray_err.shape[0], device=ray_err.device) >= n_pool_rays
+                    err = torch.zeros(len(poses), device=ray_err.device).index_add_(0, owner[own], ray_err[own].detach())
+                    cnt = torch.zeros(len(poses), device=ray_err.device).index_add_(0, owner[own], torch.ones_like(ray_err[own]))
+                    seen = cnt > 0
+                    cand = torch.cat([pool.get("poses", poses[:0]), poses[seen.cpu()]])
+                    ce = torch.cat([pool.get("pose_err", err[:0]), err[seen] / cnt[seen]])
+                    keep = ce.topk(min(cfg.hard_poses_pool, ce.numel())).indices
+                    pool.update(poses=cand[keep.cpu()], pose_err=ce[keep])
         loss = sum(parts.values())
         return loss, {"stage": stage, "psnr_vs_teacher": -10 * math.log10(max(ray_err.mean().item() / 3, 1e-10)),
                       **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
@@ -223,6 +245,7 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
               param_groups=_param_groups(student, lr), eval_fn=eval_fn, callbacks=callbacks)
     return res.model.eval(), {"seconds": time.perf_counter() - start, "steps": res.steps, "final_loss": res.final_loss,
                               "params": count_params(res.model), "stage_steps": stages_seen, "stage1_skipped": not both,
+                              "hard_poses_reused": reused_poses[0],
                               "history": res.history}
 
 
