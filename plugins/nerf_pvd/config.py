@@ -129,7 +129,8 @@ class DistillConfig:
     active_learning: bool = False
     """PVD-AL: re-visit the hardest poses, mix the hardest rays of earlier steps into each batch, up-weight the hardest points."""
     hard_poses_ratio: float = 0.25
-    """PVD-AL: share of each step's camera poses taken from the pool of the hardest poses seen so far."""
+    """PVD-AL: share of each step's camera poses taken from the pool of the hardest poses seen so far (rounded down:
+    with 4 poses per step, 0.25 re-visits one)."""
     hard_poses_pool: int = 32
     """PVD-AL: size of the pool of hardest poses kept."""
     hard_rays_ratio: float = 0.1

@@ -15,8 +15,8 @@ PVD choices the paper leaves open, made here:
 * point losses: the volume feature and the density on every point of rays that cross the scene cube;
   the colour only on points the teacher finds occupied (clipped density > lo), since colour in empty
   space never reaches an image;
-* PVD-AL (arXiv 2304.04012): the abstract names a three-level active learning without the levels'
-  details; the three levels here are views, rays and points. Views: a pool of the
+* PVD-AL (arXiv 2304.04012): three-level active learning, the levels being hard views (images /
+  poses), hard rays and hard points; how each is chosen is this module's choice. Views: a pool of the
   ``hard_poses_pool`` camera poses with the largest mean RGB error (over their own rays) supplies
   ``hard_poses_ratio`` of every step's poses (their pixels are drawn anew). Rays: a pool of the
   hardest rays (largest RGB error seen so far) supplies ``hard_rays_ratio`` of every batch.
