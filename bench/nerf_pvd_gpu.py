@@ -371,6 +371,8 @@ def main(argv=None):
             rest = [st for st in stages[i:] if st[3]]
             train_s = sum(sec * (len(LR_FACTORS) if w == "select" else 1) for _, w, sec, _ in rest)
             factor = min(1.0, (left - s.overhead * len(rest)) / train_s)
+            if name == "scratch_hash":  # every PVD stage needs the teacher: never skipped for time, only shortened
+                factor = max(factor, 0.2)
             if factor < 0.2:
                 skipped[name] = f"no time left (needed ~{seconds:.0f} s of training, {max(left, 0):.0f} s of the budget remained)"
                 continue
