@@ -136,6 +136,12 @@ def test_batched_hash_lookup_equals_the_level_by_level_reference():
     assert 0 < f.n_dense < f.levels
     x = torch.rand(300, 3) * 2.2 - 1.1  # some points outside the cube: clamped to its faces
     want = _hash_encode_one_level_at_a_time(f, x)
+    grads = []
     for batched in (False, True):  # the CPU path and the GPU path (two gathers over all levels)
         f.batch_levels = batched
-        assert torch.allclose(f.encode(x), want, atol=1e-5)
+        f.zero_grad()
+        got = f.encode(x)
+        assert torch.allclose(got, want, atol=1e-5)
+        (got ** 2).sum().backward()
+        grads.append(f.embeddings.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
