@@ -3,7 +3,7 @@
     make-scene [--width 64] [--views 40]                  generated scene: transforms.json + PNG splits
     train   [--data DIR] [--field hash|mlp|tensorf_vm|grid] [--steps N]
     distill [--teacher CKPT] [--student tensorf_vm] [--steps N] [--active-learning] [--data DIR]
-    eval | render | export [--checkpoint CKPT]            PSNR/SSIM; PNG frames + MP4 (GIF without imageio-ffmpeg); PLY
+    eval | render | export [--checkpoint CKPT]            PSNR/SSIM; orbit PNG frames + MP4 [--size PX]; PLY points [--mesh]
 Defaults: the generated scene (no --data), the shipped weights (no --teacher/--checkpoint)."""
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ from pathlib import Path
 from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
 
 FIELDS = ["hash", "mlp", "tensorf_vm", "grid"]
-
 
 def _ckpt(path):
     from lowrank_vision.plugins.nerf_pvd.weights import shipped_checkpoint
@@ -40,11 +39,11 @@ def evaluate(a):
     print_json(_cmds().eval_cmd(_ckpt(a.checkpoint), a.data and Path(a.data), Path(a.out), a.split, device=a.device))
 
 def render(a):
-    print_json(_cmds().render_cmd(_ckpt(a.checkpoint), Path(a.out), a.frames, device=a.device))
+    print_json(_cmds().render_cmd(_ckpt(a.checkpoint), Path(a.out), a.frames, a.elevation, size=a.size, device=a.device))
 
 def export(a):
-    from lowrank_vision.plugins.nerf_pvd.config import ExportConfig
-    print_json(_cmds().export_cmd(_ckpt(a.checkpoint), Path(a.out), ExportConfig(a.resolution, a.threshold), a.device))
+    cfg = _cmds().ExportConfig(a.resolution, a.threshold, kind="mesh" if a.mesh else "points")
+    print_json(_cmds().export_cmd(_ckpt(a.checkpoint), Path(a.out), cfg, a.device))
 
 def build_parser():
     parser, sub = make_parser("lowrank-nerf", __doc__)
@@ -65,15 +64,17 @@ def build_parser():
     sub.choices["distill"].add_argument("--active-learning", action="store_true", help="PVD-AL: hard rays and points")
     for name, func, hlp in (("eval", evaluate, "PSNR / SSIM of a checkpoint on a split"),
                             ("render", render, "orbit: PNG frames + MP4 (GIF without imageio-ffmpeg)"),
-                            ("export", export, "PLY point cloud of the dense regions")):
+                            ("export", export, "PLY point cloud (or --mesh: iso-surface) of the dense regions")):
         add_command(sub, name, func, help=hlp).add_argument("--checkpoint", help="field .safetensors (default: the shipped teacher)")
     sub.choices["eval"].add_argument("--data", help="dataset folder; default: the generated scene")
     sub.choices["eval"].add_argument("--split", choices=["train", "val", "test"], default="test")
-    sub.choices["render"].add_argument("--frames", type=int, default=24)
+    for flag, kw in (("--frames", dict(type=int, default=24)), ("--size", dict(type=int, help="frame width in px (default: as trained)")),
+                     ("--elevation", dict(type=float, help="degrees (default: mid training cameras)"))):
+        sub.choices["render"].add_argument(flag, **kw)
     sub.choices["export"].add_argument("--resolution", type=int, default=96)
     sub.choices["export"].add_argument("--threshold", type=float, default=5.0, help="density threshold")
+    sub.choices["export"].add_argument("--mesh", action="store_true", help="iso-surface mesh (marching cubes) instead of points")
     return parser
-
 
 def main(argv=None) -> int:
     return run(build_parser(), argv)

@@ -1,7 +1,7 @@
 """GPU acceptance of nerf_pvd: PVD distillation vs training from scratch, in ONE time-budgeted run.
 
-    python3 bench/nerf_pvd_gpu.py --device cuda --out runs/nerf_pvd_gpu --budget-s 480
-    python3 bench/nerf_pvd_gpu.py --device cpu --out /tmp/nerf_smoke --budget-s 150 --smoke   # rehearsal
+    python3 bench/nerf_pvd_gpu.py --device cuda --out runs/nerf_pvd_gpu --budget-s 420
+    python3 bench/nerf_pvd_gpu.py --device cpu --out /tmp/nerf_smoke --budget-s 200 --smoke   # rehearsal
 
 Everything (scene, every training, evaluation, plots, report) runs inside ``--budget-s`` seconds of
 wall-clock counted from the start of the process; each stage trains for SECONDS, not a fixed step
@@ -14,18 +14,22 @@ Stages, in order (the two pairs of the acceptance first):
 
 * ``scene``                      the default procedural scene (64 px; 40 train / 8 val / 8 test views);
 * ``scratch_hash``               the teacher, trained on the train images (its time is reported apart);
+                                 the teacher and the two scratch twins train under one rule: the same
+                                 generous time cap (cosine decay over it), so each ends (near-)converged;
 * ``sel_<stage>``                learning-rate choice for the next stage: three short runs (lr x0.5, x1,
                                  x2 of the default), scored on the VAL split; the best is used;
 * ``scratch_mlp``, ``pvd_hash_to_mlp``, ``scratch_tensorf_vm``, ``pvd_hash_to_tensorf_vm``;
 * extras, with short budgets and default learning rates: ``scratch_grid``, ``pvd_hash_to_grid`` and
   PVD from the other scratch-trained fields (mlp, tensorf_vm, grid) into every other architecture;
+  they share whatever time the main stages left, so the run uses its whole budget;
 * ``report``: ``docs/results/nerf_pvd.md``, ``docs/results/nerf_pvd/results.json`` (every stage's raw
   JSON) and ``docs/results/nerf_pvd/psnr_vs_time.png`` (with ``--smoke``: under ``<out>/report``).
 
 Every training run records the TEST PSNR at wall-clock checkpoints (the training time elapsed,
 evaluation excluded). The acceptance number: the first time the distilled student's test PSNR
 reaches the final test PSNR of the same architecture trained from scratch, against the time the
-scratch run first reached it. The test split is only measured, never used to choose anything.
+scratch run first reached it; a second, clearly named number does the same for a target 0.5 dB
+below. The test split is only measured, never used to choose anything.
 """
 
 from __future__ import annotations
@@ -51,10 +55,14 @@ from lowrank_vision.plugins.nerf_pvd.recipes import count_params, distill, evalu
 
 KINDS = ("hash", "mlp", "tensorf_vm", "grid")
 MAIN_PAIRS = (("hash", "mlp"), ("hash", "tensorf_vm"))
+FIGURE_STAGES = ("scratch_hash", "scratch_mlp", "pvd_hash_to_mlp", "scratch_tensorf_vm", "pvd_hash_to_tensorf_vm")
 REPO = Path(__file__).resolve().parent.parent
 LR_FACTORS = (0.5, 1.0, 2.0)
 CHECKPOINTS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # of a stage's seconds
-EXTRA_CHECKPOINTS = (0.1, 0.25, 0.5, 0.75)  # the short extra pairs: fewer evaluations
+TWIN_CHECKPOINTS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)  # scratch twins: their time to a target
+TEACHER_CHECKPOINTS = (0.25, 0.5, 0.75)  # the teacher: its plateau only (its time is not compared)
+EXTRA_CHECKPOINTS = (0.25, 0.5, 0.75)  # the short extra pairs: fewer evaluations
+WITHIN_DB = 0.5  # the second, clearly named number: time to within this many dB of the scratch twin's final PSNR
 
 # GPU sizes: paper-like where they fit a 64-px scene (see the report for each field's parameters)
 GPU_FIELDS = {
@@ -69,11 +77,16 @@ SMOKE_FIELDS = {
     "tensorf_vm": dict(tensorf_resolution=16, tensorf_density_rank=2, tensorf_app_rank=4),
     "grid": dict(grid_resolution=16),
 }
-# training seconds at --budget-s 480 (scaled with the budget); selection runs get SEL_S each
-PLAN_480 = {"scratch_hash": 80.0, "scratch_mlp": 45.0, "pvd_hash_to_mlp": 20.0, "scratch_tensorf_vm": 45.0,
-            "pvd_hash_to_tensorf_vm": 20.0, "scratch_grid": 10.0, "extra_pvd": 6.0}
-SEL_S_480 = 3.5
-OVERHEAD_480 = 90.0  # start-up, scene, calibrations, evaluations, report: not training time
+# Training seconds at --budget-s 420 (scaled with the budget). The teacher and both scratch twins train under ONE
+# rule, the same cap "converge" (cosine decay over it), so each twin's final PSNR is its (near-)converged from-scratch
+# number; the report shows how much each still gained over its last quarter. Selection runs get SEL_S each; the
+# extras share whatever the main stages leave (each capped at 3x "extra").
+REF_BUDGET = 420.0
+PLAN_REF = {"converge": 50.0, "pvd_main": 22.0, "extra": 4.0}
+SEL_S_REF = 2.0
+# not training time at REF_BUDGET: start-up + scene (~35 s on the GPU box), evaluations, calibrations, checkpoints,
+# the test-view figure, the report and a 25-s margin (measured on the shared H200: ~65 s fixed, ~8 s per main stage)
+OVERHEAD_REF = REF_BUDGET - (3 * PLAN_REF["converge"] + 2 * PLAN_REF["pvd_main"] + 4 * 3 * SEL_S_REF + 11 * PLAN_REF["extra"])
 
 
 @dataclass
@@ -87,17 +100,17 @@ class Setup:
     rays: int
     render: RenderConfig
     fields: dict
-    scale: float  # training seconds multiplier vs the 480-s plan
+    scale: float  # training seconds multiplier vs the plan at REF_BUDGET
     overhead: float  # seconds per stage that are not training (calibration, evaluations, checkpoint)
 
 
 def make_setup(a) -> Setup:
-    scale = max(0.05, (a.budget_s - OVERHEAD_480) / (480.0 - OVERHEAD_480))
+    scale = max(0.05, (a.budget_s - OVERHEAD_REF) / (REF_BUDGET - OVERHEAD_REF))
     if a.smoke:
         return Setup(a.device, Path(a.out), True, a.budget_s, T_START + a.budget_s - 8, SceneConfig(width=16, n_train=6, n_val=2, n_test=2),
                      128, RenderConfig(n_coarse=8, n_fine=8), SMOKE_FIELDS, scale, 1.5)
-    return Setup(a.device, Path(a.out), False, a.budget_s, T_START + a.budget_s - 20, SceneConfig(), 4096,
-                 RenderConfig(n_coarse=32, n_fine=32), GPU_FIELDS, scale, 5.0)
+    return Setup(a.device, Path(a.out), False, a.budget_s, T_START + a.budget_s - 25, SceneConfig(), 4096,
+                 RenderConfig(n_coarse=32, n_fine=32), GPU_FIELDS, scale, 8.0)
 
 
 def sync(device: str) -> None:
@@ -184,8 +197,9 @@ def calibrate(s: Setup, job) -> float:
     clock = Clock(s, 1e9, None, 1.0)
     _run(s, job, n, clock)
     t = clock.step_times
-    k = min(3, len(t) - 2)
-    return (len(t) - 1 - k) / max(t[-1] - t[k], 1e-6)
+    if len(t) < 4:  # stopped early (deadline): a conservative rate from whatever ran
+        return max(len(t), 1) / max(t[-1] if t else 1.0, 1e-3)
+    return (len(t) - 4) / max(t[-1] - t[3], 1e-6)
 
 
 def budgeted(s: Setup, job, seconds: float, data, background: float, rate: float | None = None,
@@ -274,10 +288,9 @@ class Runner:
                "test_psnr": final and final["psnr"], "test_ssim": final and final["ssim"]}
         if stage.startswith("pvd_"):
             res["teacher"] = stage[len("pvd_"):].split("_to_")[0]
-        elif final is not None:  # a diverged field is no teacher
+        if final is not None and (stage.startswith("scratch_") or stage in FIGURE_STAGES):  # teachers + the figure's fields
             fc = FieldConfig(kind=kind, **self.s.fields[kind])
-            rig = self.teacher_rig()
-            save_field(self.ckpt / f"{stage}.safetensors", field, fc, rig, {"stage": stage, "test_psnr": final["psnr"]})
+            save_field(self.ckpt / f"{stage}.safetensors", field, fc, self.teacher_rig(), {"stage": stage, "test_psnr": final["psnr"]})
             self.teachers.pop(kind, None)
         return res
 
@@ -290,15 +303,15 @@ class Runner:
 
 def stage_list(s: Setup, all_extras: bool = True):
     """(name, kind, planned seconds, main?) in run order."""
-    p = {k: v * s.scale for k, v in PLAN_480.items()}
-    sel = SEL_S_480 * s.scale
-    out = [("scratch_hash", "train", p["scratch_hash"], True)]
+    p = {k: v * s.scale for k, v in PLAN_REF.items()}
+    sel = SEL_S_REF * s.scale
+    out = [("scratch_hash", "train", p["converge"], True)]
     for t, st in MAIN_PAIRS:
-        out += [(f"sel_scratch_{st}", "select", sel, True), (f"scratch_{st}", "train", p[f"scratch_{st}"], True),
-                (f"sel_pvd_{t}_to_{st}", "select", sel, True), (f"pvd_{t}_to_{st}", "train", p[f"pvd_{t}_to_{st}"], True)]
-    out += [("scratch_grid", "train", p["scratch_grid"], False), ("pvd_hash_to_grid", "train", p["extra_pvd"], False)]
+        out += [(f"sel_scratch_{st}", "select", sel, True), (f"scratch_{st}", "train", p["converge"], True),
+                (f"sel_pvd_{t}_to_{st}", "select", sel, True), (f"pvd_{t}_to_{st}", "train", p["pvd_main"], True)]
+    out += [("scratch_grid", "train", p["extra"], False), ("pvd_hash_to_grid", "train", p["extra"], False)]
     if all_extras:
-        out += [(f"pvd_{t}_to_{st}", "train", p["extra_pvd"], False) for t, st in itertools.permutations(KINDS, 2)
+        out += [(f"pvd_{t}_to_{st}", "train", p["extra"], False) for t, st in itertools.permutations(KINDS, 2)
                 if t != "hash"]
     return out
 
@@ -316,7 +329,7 @@ def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="runs/nerf_pvd_gpu")
-    p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock seconds for everything, from process start")
+    p.add_argument("--budget-s", type=float, default=420.0, help="wall-clock seconds for everything, from process start")
     p.add_argument("--smoke", action="store_true", help="toy sizes (CPU rehearsal); the report goes under <out>/report")
     p.add_argument("--docs", default=None, help="folder of nerf_pvd.md (default: the repo's docs/results; <out>/report with --smoke)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
@@ -349,7 +362,11 @@ def main(argv=None):
     write_json(s.out / "meta.json", meta)
     t0 = time.perf_counter()
     if not (s.out / "scene" / "transforms.json").is_file():
-        make_scene(s.out / "scene", s.scene)
+        try:  # ray-traced on the GPU: seconds, not a minute on the CPU
+            make_scene(s.out / "scene", s.scene, device=a.device)
+        except Exception as exc:  # noqa: BLE001 - the CPU path is the tested one; never lose the run over the fast path
+            print(f"[nerf_pvd_gpu] scene on {a.device} failed ({type(exc).__name__}: {exc}); tracing it on the CPU", flush=True)
+            make_scene(s.out / "scene", s.scene)
     print(f"[nerf_pvd_gpu] scene ready in {time.perf_counter() - t0:.1f} s (t={time.perf_counter() - T_START:.0f} s)", flush=True)
     runner = Runner(s)
     stages = stage_list(s)
@@ -370,13 +387,15 @@ def main(argv=None):
             rest = [st for st in stages[i:] if st[3]]
             train_s = sum(sec * (len(LR_FACTORS) if w == "select" else 1) for _, w, sec, _ in rest)
             factor = min(1.0, (left - s.overhead * len(rest)) / train_s)
+            if name == "scratch_hash":  # every PVD stage needs the teacher: never skipped for time, only shortened
+                factor = max(factor, 0.2)
             if factor < 0.2:
                 skipped[name] = f"no time left (needed ~{seconds:.0f} s of training, {max(left, 0):.0f} s of the budget remained)"
                 continue
             seconds *= factor
-        else:
+        else:  # the extras share what the main stages left (the whole budget is used), each at most 3x its plan
             n_left = sum(1 for st in stages[i:] if not st[3])
-            avail = min(seconds, (left - s.overhead * n_left) / n_left)
+            avail = min(3 * seconds, (left - 0.5 * s.overhead * n_left) / n_left)
             if avail < 0.3 * seconds:
                 skipped[name] = f"no time left (needed ~{seconds:.1f} s, {max(left, 0):.0f} s of the budget remained)"
                 continue
@@ -388,7 +407,9 @@ def main(argv=None):
                 res = runner.select(name[4:], seconds)
                 chosen[name[4:]] = res["chosen_lr_factor"]
             else:
-                res = runner.train(name, seconds, chosen.get(name, 1.0), CHECKPOINTS if is_main else EXTRA_CHECKPOINTS)
+                marks = (TEACHER_CHECKPOINTS if name == "scratch_hash" else TWIN_CHECKPOINTS if name.startswith("scratch_")
+                         else CHECKPOINTS) if is_main else EXTRA_CHECKPOINTS
+                res = runner.train(name, seconds, chosen.get(name, 1.0), marks)
         except Exception as exc:  # one failing stage (e.g. out of memory) must not take the others down
             import traceback
 
@@ -404,6 +425,11 @@ def main(argv=None):
               + (f": test PSNR {res['test_psnr']} dB, {res['steps']} steps" if "test_psnr" in res else ""), flush=True)
         if name == "pvd_hash_to_tensorf_vm":  # the acceptance pairs are in: write the report once already
             write_report(s, docs, meta, skipped)
+    if T_START + s.budget - time.perf_counter() > 12:  # a few seconds for the picture of the test views
+        try:
+            test_views_figure(s, docs)
+        except Exception as exc:  # the numbers matter more than the picture
+            print(f"[nerf_pvd_gpu] test-view figure skipped: {type(exc).__name__}: {exc}", flush=True)
     write_report(s, docs, meta, skipped)
     print(f"[nerf_pvd_gpu] done at t={time.perf_counter() - T_START:.0f} s of {a.budget_s:.0f}", flush=True)
 
@@ -411,8 +437,31 @@ def main(argv=None):
 # ----------------------------------------------------------------------------- report
 
 
+def test_views_figure(s: Setup, docs: Path, n_views: int = 4) -> Path:
+    """Ground truth and renders of the acceptance runs on the first test views: ``nerf_pvd/test_views.png``."""
+    from lowrank_vision.plugins.nerf_pvd.metrics import comparison_figure
+
+    test = read_transforms(s.out / "scene", "test")
+    sub = replace(test, images=test.images[:n_views], c2w=test.c2w[:n_views], names=test.names[:n_views])
+    rows = [("ground truth", [torch.as_tensor(x) for x in sub.images])]
+    for stage in FIGURE_STAGES:
+        path = s.out / "ckpt" / f"{stage}.safetensors"
+        if path.is_file():
+            field = load_field(path, s.device)[0]
+            label = stage.replace("scratch_", "scratch ").replace("pvd_hash_to_", "PVD hash → ")
+            rows.append((label, evaluate(field, sub, s.render, 1.0, keep_images=n_views)["renders"]))
+    return comparison_figure(rows, docs / "nerf_pvd" / "test_views.png")
+
+
+
 def first_reach(curve, target):
     return next((p["seconds"] for p in curve if p["psnr"] >= target - 1e-9), None)
+
+
+def last_quarter_gain(r: dict):
+    """Final test PSNR minus the PSNR at the last checkpoint at or before 75 % of the run's training seconds."""
+    before = [p for p in r["curve"][:-1] if p["seconds"] <= 0.75 * r["train_seconds"] + 1e-9]
+    return None if not before or r["test_psnr"] is None else r["test_psnr"] - before[-1]["psnr"]
 
 
 def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
@@ -438,23 +487,26 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         return "–" if v is None else f"{v:.{digits}f}"
 
     # acceptance
-    acc_rows, verdicts = [], []
+    acc_rows, within_rows, verdicts = [], [], []
     for t, st in MAIN_PAIRS:
         name = f"pvd_{t}_to_{st}"
         twin, r = scratch.get(st), res.get(name)
         if twin is not None and twin["test_psnr"] is None:
             twin, skipped[f"scratch_{st}"] = None, "the scratch twin diverged"
         if twin is None or r is None:
-            acc_rows.append(f"| {t} → {st} | – | – | – | – | – | not run ({skipped.get(name) or skipped.get('scratch_' + st) or 'missing'}) |")
+            why = skipped.get(name) or skipped.get('scratch_' + st) or 'missing'
+            acc_rows.append(f"| {t} → {st} | – | – | – | – | – | not run ({why}) |")
+            within_rows.append(f"| {t} → {st} | – | – | – | not run ({why}) |")
             verdicts.append(f"{t} → {st}: not measured")
             continue
         target = twin["test_psnr"]
         twin_s = first_reach(twin["curve"], target)
         reach = first_reach(r["curve"], target)
+        best = max((p["psnr"] for p in r["curve"]), default=None)
         if reach is None:
-            best = max((p["psnr"] for p in r["curve"]), default=None)
             verdict = f"**not reached** (best {f(best)} dB in {r['train_seconds']:.1f} s)"
-            verdicts.append(f"{t} → {st}: the distilled student did not reach its scratch twin's {target:.2f} dB")
+            verdicts.append(f"{t} → {st}: the distilled student did not reach its scratch twin's {target:.2f} dB "
+                            f"(best {f(best)} dB)")
         else:
             speed = twin_s / max(reach, 1e-9)
             ok = speed >= 10
@@ -462,6 +514,18 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
             verdicts.append(f"{t} → {st}: {speed:.1f}× ({'met' if ok else 'missed'})")
         acc_rows.append(f"| {t} → {st} | {target:.2f} | {twin_s:.1f} | {twin['train_seconds']:.1f} | "
                         f"{f(reach, 1)} | {f(r['test_psnr'])} | {verdict} |")
+        near = target - WITHIN_DB
+        twin_near, reach_near = first_reach(twin["curve"], near), first_reach(r["curve"], near)
+        ratio = "not reached" if reach_near is None else f"{twin_near / max(reach_near, 1e-9):.1f}×"
+        within_rows.append(f"| {t} → {st} | {near:.2f} | {f(twin_near, 1)} | {f(reach_near, 1)} | {ratio} |")
+    conv_rows = []
+    for k in ("hash", *(st for _, st in MAIN_PAIRS)):
+        r = scratch.get(k)
+        if r is None or r["test_psnr"] is None:
+            continue
+        g = last_quarter_gain(r)
+        conv_rows.append(f"| scratch {k}{' (teacher)' if k == 'hash' else ''} | {r['budget_s']:.1f} | {r['train_seconds']:.1f} | "
+                         f"{r['steps']} | {r['test_psnr']:.2f} | {f(g)} dB | {'–' if g is None else 'yes' if g <= 0.2 else 'no'} |")
     # every pair
     rows = []
     for k, r in scratch.items():
@@ -501,6 +565,7 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
             ax.legend(fontsize=7)
         ax.grid(alpha=0.3)
     fig.suptitle(f"nerf_pvd on {dev}" + (" (smoke run)" if s.smoke else " (shared with another job)" if meta.get("gpu_shared") else ""), fontsize=9)
+    fig.tight_layout()
     save_figure(fig, sub / "psnr_vs_time.png")
     plt.close(fig)
     teacher = scratch.get("hash")
@@ -523,13 +588,16 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         "",
         f"Time budgets: the whole run had {s.budget:.0f} s of wall-clock; each stage trained for a number of SECONDS (its step count "
         "from a measured step rate, cosine learning-rate decay over those steps, PVD's stage boundaries at the paper's fractions "
-        "2k/30k and 5k/30k of them). The teacher of every `t → s` pair is the scratch-trained `t` of this run.",
+        "2k/30k and 5k/30k of them). The teacher of every `t → s` pair is the scratch-trained `t` of this run. "
+        "The teacher (scratch hash) and the two scratch twins (mlp, tensorf_vm) train under ONE rule, the same time cap, "
+        "chosen as generous as the budget allows so that each ends (near-)converged (see the convergence table); the extra "
+        "pairs share whatever time the main stages left.",
         "",
         "## Acceptance: hash → MLP and hash → TensoRF-VM",
         "",
         "Target = the test PSNR the same student architecture ends at when trained from scratch on the images. "
         "\"scratch s to target\" is the first evaluation at which the scratch run reached it; \"PVD s to target\" the first at "
-        "which the distilled student did (training seconds, evaluation excluded; granularity: the evaluation checkpoints). "
+        "which the distilled student did (training seconds from the call that builds the run, its set-up included, evaluation excluded; granularity: the evaluation checkpoints). "
         "Speed-up = their ratio; goal ≥ 10×. A distilled student can hardly end above its teacher, so a scratch twin "
         "that ends above the teacher's test PSNR cannot be reached by PVD from that teacher."
         + (f" The teacher (hash grid, trained on the images) is timed apart: {teacher['train_seconds']:.1f} s, "
@@ -539,7 +607,21 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         "|---|---|---|---|---|---|---|",
         *acc_rows,
         "",
-        "Verdict: " + "; ".join(verdicts) + ".",
+        "Verdict (the goal as the issue states it): " + "; ".join(verdicts) + ".",
+        "",
+        f"Second number, NOT the goal: the same timing for a target {WITHIN_DB} dB below the scratch twin's final test PSNR "
+        "(\"within 0.5 dB\"), since a student distilled from a teacher no better than the twin can at best tie it.",
+        "",
+        f"| pair | target − {WITHIN_DB} dB | scratch s to it | PVD s to it | speed-up (within {WITHIN_DB} dB) |",
+        "|---|---|---|---|---|",
+        *within_rows,
+        "",
+        "How converged the runs under the common cap were (test PSNR at the end, and what it gained over the last quarter "
+        "of the run's training seconds; ≤ 0.2 dB: plateaued):",
+        "",
+        "| run | cap s | trained s | steps | final test PSNR | gain over last quarter | plateaued? |",
+        "|---|---|---|---|---|---|---|",
+        *conv_rows,
         "",
         "## Every teacher → student pair the code supports",
         "",
@@ -567,6 +649,9 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
     if skipped:
         md += ["## Not run in this budget", "", *[f"- `{k}`: {v}" for k, v in skipped.items()], ""]
     md += ["![test PSNR vs training seconds](nerf_pvd/psnr_vs_time.png)", ""]
+    if (sub / "test_views.png").is_file():
+        md += ["First test views: ground truth, the teacher, and each acceptance student from scratch and by PVD "
+               "(end of their runs).", "", "![test views](nerf_pvd/test_views.png)", ""]
     write_text(docs / "nerf_pvd.md", "\n".join(md))
 
 

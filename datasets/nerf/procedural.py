@@ -186,9 +186,9 @@ def orbit_poses(n: int, radius: float, elevation_deg: float = 30.0) -> np.ndarra
     return np.stack([look_at(e) for e in eyes])
 
 
-def _trace(o: Tensor, d: Tensor, t_max: float, steps: int = 128) -> tuple[Tensor, Tensor]:
-    t = torch.zeros(o.shape[0])
-    hit = torch.zeros(o.shape[0], dtype=torch.bool)
+def _trace(o: Tensor, d: Tensor, t_max: float | Tensor, steps: int = 128) -> tuple[Tensor, Tensor]:
+    t = torch.zeros(o.shape[0], device=o.device)
+    hit = torch.zeros(o.shape[0], dtype=torch.bool, device=o.device)
     for _ in range(steps):
         dist, _ = _scene_sdf(o + d * t[:, None])
         hit |= dist < 1e-4
@@ -208,38 +208,51 @@ def _normal(p: Tensor) -> Tensor:
 _LIGHT = torch.tensor([0.5, -0.35, 0.8]) / math.sqrt(0.5 ** 2 + 0.35 ** 2 + 0.8 ** 2)
 
 
-def render_scene_views(c2w: np.ndarray, width: int, camera_angle_x: float, seed: int = 0) -> np.ndarray:
-    """RGBA float images ``[N, W, W, 4]`` of the scene seen by each camera-to-world matrix."""
+def render_scene_views(c2w: np.ndarray, width: int, camera_angle_x: float, seed: int = 0, views_per_batch: int = 64,
+                       device: str = "cpu") -> np.ndarray:
+    """RGBA float images ``[N, W, W, 4]`` of the scene seen by each camera-to-world matrix.
+
+    ``views_per_batch`` views are traced together (one set of tensor ops for all their rays); every ray's result
+    is the same as when its view is traced alone. ``device="cuda"`` traces on a GPU (much faster; its float
+    rounding may differ from the CPU's in the last bit, so "same seed -> same bytes" holds per device).
+    """
+    light = _LIGHT.to(device)
     focal = 0.5 * width / math.tan(0.5 * camera_angle_x)
     images = []
-    for m in c2w:
-        o, d = camera_rays(torch.as_tensor(m, dtype=torch.float32), width, width, focal, focal, width / 2, width / 2)
-        t, hit = _trace(o, d, t_max=float(np.linalg.norm(m[:3, 3])) + 3.0)
+    for k in range(0, len(c2w), views_per_batch):
+        group = c2w[k:k + views_per_batch]
+        rays = [camera_rays(torch.as_tensor(m, dtype=torch.float32, device=device), width, width, focal, focal, width / 2,
+                            width / 2) for m in group]
+        o, d = torch.cat([r[0] for r in rays]), torch.cat([r[1] for r in rays])
+        t_max = torch.cat([torch.full((r[0].shape[0],), float(np.linalg.norm(m[:3, 3])) + 3.0, device=device)
+                           for r, m in zip(rays, group)])
+        t, hit = _trace(o, d, t_max=t_max)
         p = o + d * t[:, None]
         _, obj = _scene_sdf(p)
         n = _normal(p)
-        lam = (n @ _LIGHT).clamp(min=0)
+        lam = (n @ light).clamp(min=0)
         so = p + n * 3e-3
-        ts, shadow_hit = _trace(so, _LIGHT.expand_as(so), t_max=4.0, steps=64)
+        ts, shadow_hit = _trace(so, light.expand_as(so), t_max=4.0, steps=64)
         lit = lam * (~shadow_hit).float()
         colour = _albedo(p, obj, seed) * (0.25 + 0.75 * lit[:, None])
-        half = _LIGHT - d
+        half = light - d
         half = half / half.norm(dim=-1, keepdim=True)
         spec = (n * half).sum(-1).clamp(min=0) ** 40 * lit * (obj == 0).float()
         colour = (colour + 0.6 * spec[:, None]).clamp(0, 1)
         colour = torch.where(hit[:, None] & torch.isfinite(colour), colour, torch.zeros_like(colour))
         rgba = torch.cat([colour, hit[:, None].float()], -1)
-        images.append(rgba.reshape(width, width, 4).numpy())
+        images.extend(rgba.reshape(len(group), width, width, 4).cpu().numpy())
     return np.stack(images)
 
 
-def make_scene(out_dir: str | Path, cfg: SceneConfig = SceneConfig()) -> dict:
+def make_scene(out_dir: str | Path, cfg: SceneConfig = SceneConfig(), device: str = "cpu") -> dict:
     """Write ``train/ val/ test/`` RGBA PNGs, Blender ``transforms_<split>.json`` and a nerfstudio ``transforms.json``.
 
     The Blender files give ``camera_angle_x`` and ``file_path`` without extension; ``transforms.json``
     gives ``fl_x, fl_y, cx, cy, w, h``, paths with extension and ``train/val/test_filenames``.
     Everything is written into a temporary folder that replaces ``out_dir`` at the end.
-    Returns a summary dict (paths, counts, bounds).
+    Returns a summary dict (paths, counts, bounds). ``device``: where the views are ray-traced (see
+    :func:`render_scene_views`).
     """
     from PIL import Image
 
@@ -254,7 +267,7 @@ def make_scene(out_dir: str | Path, cfg: SceneConfig = SceneConfig()) -> dict:
     with atomic_dir(out_dir) as tmp:
         for split, n in counts.items():
             poses = _random_poses(n, cfg, split_rngs[split])
-            images = render_scene_views(poses, cfg.width, cfg.camera_angle_x, cfg.seed)
+            images = render_scene_views(poses, cfg.width, cfg.camera_angle_x, cfg.seed, device=device)
             frames = []
             (tmp / split).mkdir()
             for k, (pose, img) in enumerate(zip(poses, images)):

@@ -2,8 +2,8 @@
 
 Outputs: checkpoints are single ``.safetensors`` files (:mod:`.model`); metrics are JSON; renders
 are PNG frames plus an orbit video (MP4 when ``imageio-ffmpeg`` is installed, else an animated GIF
-written by Pillow; the result says which); exports are binary PLY point clouds written by this
-package's own writer (the same file open3d reads).
+written by Pillow; the result says which); exports are binary PLY point clouds, or iso-surface meshes
+(marching cubes of scikit-image) with ``--mesh``, written by this package's own writer (files open3d reads).
 """
 
 from __future__ import annotations
@@ -143,8 +143,12 @@ def _write_video(frames: list, path_stem: Path, fps: int = 12) -> Path:
 
 
 def render_cmd(checkpoint: Path, out: Path, n_frames: int = 24, elevation_deg: Optional[float] = None,
-               render: RenderConfig = RenderConfig(), device: str = "cpu") -> dict:
-    """An orbit around the rig's target: PNG frames plus ``orbit.mp4`` (or ``orbit.gif`` without imageio-ffmpeg)."""
+               render: RenderConfig = RenderConfig(), device: str = "cpu", size: Optional[int] = None) -> dict:
+    """An orbit around the rig's target: PNG frames plus ``orbit.mp4`` (or ``orbit.gif`` without imageio-ffmpeg).
+
+    ``size``: frame width in pixels (the intrinsics scale with it, so the field of view is the training cameras');
+    default: the training images' size.
+    """
     import math
 
     import numpy as np
@@ -155,7 +159,14 @@ def render_cmd(checkpoint: Path, out: Path, n_frames: int = 24, elevation_deg: O
 
     if n_frames < 1:
         raise ValueError(f"--frames must be >= 1, got {n_frames}")
+    if size is not None and not 8 <= size <= 4096:
+        raise ValueError(f"--size must be in [8, 4096] pixels, got {size}")
+    if elevation_deg is not None and not -89.0 <= elevation_deg <= 89.0:
+        raise ValueError(f"--elevation must be in [-89, 89] degrees, got {elevation_deg}")
     field, cfg, rig, _ = load_field(checkpoint, device)
+    if size is not None:
+        scale = size / rig.width
+        rig = replace(rig, width=size, height=max(1, round(rig.height * scale)), intrinsics=tuple(v * scale for v in rig.intrinsics))
     el = math.radians(elevation_deg if elevation_deg is not None else sum(rig.elevation_range) / 2)
     r = sum(rig.radius_range) / 2
     az = np.linspace(0, 2 * math.pi, n_frames, endpoint=False)
@@ -164,28 +175,33 @@ def render_cmd(checkpoint: Path, out: Path, n_frames: int = 24, elevation_deg: O
 
     poses = torch.as_tensor(np.stack([look_at(target + r * np.array([math.cos(el) * math.cos(a), math.cos(el) * math.sin(a),
                                                                        math.sin(el)]), target) for a in az]), dtype=torch.float32)
-    frames = render_views(field, rig, poses, render)
+    frames = render_views(field, rig, poses, render, progress=True)
     out = Path(out)
     for k, f in enumerate(frames):
         with atomic_path(out / "frames" / f"frame_{k:03d}.png") as tmp:
             Image.fromarray((f.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)).save(tmp, format="PNG")
     video = _write_video(frames, out / "orbit")
-    return {"checkpoint": str(checkpoint), "frames": n_frames, "frames_dir": str(out / "frames"), "video": str(video),
-            "video_format": video.suffix.lstrip(".")}
+    return {"checkpoint": str(checkpoint), "frames": n_frames, "size": [rig.width, rig.height], "frames_dir": str(out / "frames"),
+            "video": str(video), "video_format": video.suffix.lstrip(".")}
 
 
 def export_cmd(checkpoint: Path, out: Path, cfg: ExportConfig = ExportConfig(), device: str = "cpu") -> dict:
-    """Point cloud of the field's dense regions as a PLY (x, y, z, red, green, blue)."""
+    """The field's dense regions as a PLY: a point cloud (x, y, z, red, green, blue) or, with ``cfg.kind == "mesh"``,
+    the iso-surface at the density threshold (marching cubes) with vertex colours; progress bar over the grid slices."""
     from .model import load_field
-    from .recipes import export_points, write_ply
+    from .recipes import export_mesh, export_points, write_ply
 
     field, fcfg, _, _ = load_field(checkpoint, device)
+    common = {"checkpoint": str(checkpoint), "kind": cfg.kind, "resolution": cfg.resolution, "density_threshold": cfg.density_threshold}
+    if cfg.kind == "mesh":
+        verts, faces, cols = export_mesh(field, cfg)
+        ply = write_ply(Path(out) / f"{fcfg.kind}_mesh.ply", verts, cols, faces)
+        return {**common, "ply": str(ply), "vertices": int(verts.shape[0]), "faces": int(faces.shape[0])}
     pts, cols = export_points(field, cfg)
     if pts.shape[0] == 0:
         raise ValueError(f"--threshold {cfg.density_threshold}: no point of the field is that dense; lower it")
     ply = write_ply(Path(out) / f"{fcfg.kind}_points.ply", pts, cols)
-    return {"checkpoint": str(checkpoint), "ply": str(ply), "points": int(pts.shape[0]), "resolution": cfg.resolution,
-            "density_threshold": cfg.density_threshold}
+    return {**common, "ply": str(ply), "points": int(pts.shape[0])}
 
 
 def demo(out_dir: Path, device: str = "cpu") -> dict:

@@ -127,7 +127,12 @@ class DistillConfig:
     mlp_lr_scale: float = 0.1
     """Learning-rate multiplier for an MLP student (PVD: x0.1)."""
     active_learning: bool = False
-    """PVD-AL: mix the hardest rays of earlier steps into each batch and up-weight the hardest points."""
+    """PVD-AL: re-visit the hardest poses, mix the hardest rays of earlier steps into each batch, up-weight the hardest points."""
+    hard_poses_ratio: float = 0.25
+    """PVD-AL: share of each step's camera poses taken from the pool of the hardest poses seen so far (rounded down:
+    with 4 poses per step, 0.25 re-visits one)."""
+    hard_poses_pool: int = 32
+    """PVD-AL: size of the pool of hardest poses kept."""
     hard_rays_ratio: float = 0.1
     """PVD-AL: share of each batch taken from the hard-ray pool."""
     hard_rays_pool: int = 16384
@@ -152,13 +157,15 @@ class DistillConfig:
         require(self, "density_clip", lo < hi, "(low, high) with low < high")
         require(self, "mlp_lr_scale", self.mlp_lr_scale > 0, "> 0")
         require(self, "hard_rays_ratio", 0 <= self.hard_rays_ratio < 1, "in [0, 1)")
+        require(self, "hard_poses_ratio", 0 <= self.hard_poses_ratio < 1, "in [0, 1)")
+        require(self, "hard_poses_pool", isinstance(self.hard_poses_pool, int) and self.hard_poses_pool >= 1, "an int >= 1")
         require(self, "hard_points_ratio", 0 <= self.hard_points_ratio <= 1, "in [0, 1]")
         require(self, "hard_rays_pool", isinstance(self.hard_rays_pool, int) and self.hard_rays_pool >= 1, "an int >= 1")
 
 
 @dataclass(frozen=True)
 class ExportConfig:
-    """Point-cloud export: the field's density sampled on a grid."""
+    """Export of the field's geometry from its density sampled on a grid: a point cloud or a mesh."""
 
     resolution: int = 96
     """Grid points per axis inside the scene cube."""
@@ -166,11 +173,14 @@ class ExportConfig:
     """Keep grid points whose density ``trunc_exp(sigma_pre)`` exceeds this."""
     max_points: Optional[int] = 200000
     """Keep at most this many points (the densest); ``None``: all."""
+    kind: Literal["points", "mesh"] = "points"
+    """``points``: the grid points above the threshold; ``mesh``: the iso-surface at the threshold (marching cubes)."""
 
     def __post_init__(self) -> None:
         require(self, "resolution", isinstance(self.resolution, int) and 4 <= self.resolution <= 512, "an int in [4, 512]")
         require(self, "density_threshold", self.density_threshold > 0, "> 0")
         require(self, "max_points", self.max_points is None or self.max_points >= 1, "None or >= 1")
+        require(self, "kind", self.kind in ("points", "mesh"), "'points' or 'mesh'")
 
 
 def cpu_fit_config(kind: str = "hash", steps: int = 600, seed: int = 0, output_dir: Optional[str] = None) -> FitImagesConfig:

@@ -17,7 +17,7 @@ Fields (paper sizes in brackets; the defaults here are small enough for a CPU):
   coefficients [128^3, SH degree 3; here at most degree 2].
 
 Choices the paper leaves open: every field uses the same density activation (``trunc_exp``, an
-exponential whose gradient is clamped) so that pre-activation densities are comparable across
+exponential clamped at 15 in value and gradient) so that pre-activation densities are comparable across
 architectures; the geometry feature has ``geo_feat_dim`` = 15 channels in every field that has one;
 the TensoRF geometry feature is a linear map of its appearance features (PVD's ``basis_mat``);
 view directions are encoded with 4 positional frequencies for the MLP colour heads.
@@ -37,20 +37,29 @@ __all__ = ["FieldOutput", "RadianceField", "MLPField", "HashGridField", "TensoRF
            "trunc_exp", "positional_encoding", "sh_basis"]
 
 
+_EXP_MAX = 15.0
+
+
 class _TruncExp(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x):
         ctx.save_for_backward(x)
-        return torch.exp(x)
+        return torch.exp(x.clamp(max=_EXP_MAX))
 
     @staticmethod
     def backward(ctx, g):
         (x,) = ctx.saved_tensors
-        return g * torch.exp(x.clamp(-15.0, 15.0))
+        return g * torch.exp(x.clamp(-15.0, _EXP_MAX))
 
 
 def trunc_exp(x: Tensor) -> Tensor:
-    """``exp(x)`` with the gradient computed from ``exp(clamp(x, -15, 15))`` (Instant-NGP's activation)."""
+    """``exp(min(x, 15))``, its gradient computed from ``exp(clamp(x, -15, 15))`` (Instant-NGP's activation).
+
+    Instant-NGP clamps only the gradient; the forward is clamped here too: ``exp(x)`` is ``inf`` in float32 for
+    ``x > 88`` (an MLP's density spikes there early in training) and ``inf * 0`` (a zero sample spacing, which rays
+    that graze the scene cube produce) is NaN. A density of ``e^15`` already makes any sample opaque, and above the
+    clamp the gradient still flows as if it were ``e^15`` (straight through).
+    """
     return _TruncExp.apply(x)
 
 

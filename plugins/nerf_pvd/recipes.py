@@ -15,10 +15,13 @@ PVD choices the paper leaves open, made here:
 * point losses: the volume feature and the density on every point of rays that cross the scene cube;
   the colour only on points the teacher finds occupied (clipped density > lo), since colour in empty
   space never reaches an image;
-* PVD-AL (arXiv 2304.04012) is reduced to two of its three levels: a pool of the hardest rays
-  (largest RGB error seen so far) supplies ``hard_rays_ratio`` of every batch, and the
-  ``hard_points_ratio`` points with the largest point loss are weighted ``1 + hard_points_boost``.
-  Hard-image (pose) selection is not implemented.
+* PVD-AL (arXiv 2304.04012): three-level active learning, the levels being hard views (images /
+  poses), hard rays and hard points; how each is chosen is this module's choice. Views: a pool of the
+  ``hard_poses_pool`` camera poses with the largest mean RGB error (over their own rays) supplies
+  ``hard_poses_ratio`` of every step's poses (their pixels are drawn anew). Rays: a pool of the
+  hardest rays (largest RGB error seen so far) supplies ``hard_rays_ratio`` of every batch.
+  Points: the ``hard_points_ratio`` points with the largest point loss are weighted
+  ``1 + hard_points_boost``. The pools live in memory (a resumed run starts them empty).
 """
 
 from __future__ import annotations
@@ -42,7 +45,8 @@ from .metrics import psnr, ssim
 from .model import CameraRig, build_field, random_poses, rig_from_cameras
 from .render import RenderConfig, composite, render_image, render_rays, sample_along_rays
 
-__all__ = ["dataset_rays", "fit_images", "distill", "evaluate", "render_views", "export_points", "count_params"]
+__all__ = ["dataset_rays", "fit_images", "distill", "evaluate", "render_views", "density_grid", "export_points", "export_mesh",
+           "write_ply", "count_params"]
 
 
 def count_params(field: RadianceField) -> int:
@@ -155,9 +159,17 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
     pool: dict[str, Tensor] = {}
     stages_seen: dict[int, int] = {}
 
-    def make_rays(step: int, dev) -> tuple[Tensor, Tensor]:
+    n_hard_poses = int(cfg.hard_poses_ratio * cfg.poses_per_step) if cfg.active_learning else 0
+    reused_poses = [0]
+
+    def make_rays(step: int, dev) -> tuple[Tensor, Tensor, Tensor, int]:
+        """Rays of this step, their poses, and how many leading rays came from the hard-ray pool."""
         g = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + step)
         poses = random_poses(rig, cfg.poses_per_step, g)
+        if n_hard_poses and "poses" in pool:
+            pick = torch.randperm(pool["poses"].shape[0], generator=g)[:n_hard_poses]
+            poses[: len(pick)] = pool["poses"][pick]
+            reused_poses[0] += len(pick)
         o_all, d_all = [], []
         for m in poses:
             o, d = camera_rays(m, rig.height, rig.width, *rig.intrinsics)
@@ -165,16 +177,17 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
             o_all.append(o[pick])
             d_all.append(d[pick])
         o, d = torch.cat(o_all)[: cfg.rays_per_step], torch.cat(d_all)[: cfg.rays_per_step]
+        k = 0
         if cfg.active_learning and "o" in pool:
             k = min(int(cfg.hard_rays_ratio * o.shape[0]), pool["o"].shape[0])
             pick = torch.randperm(pool["o"].shape[0], generator=g)[:k]
             o[:k], d[:k] = pool["o"][pick].cpu(), pool["d"][pick].cpu()
-        return o.to(dev), d.to(dev)
+        return o.to(dev), d.to(dev), poses, k
 
     def loss_fn(model, batch):
         step = int(batch[0])
         dev = next(model.parameters()).device
-        o, d = make_rays(step, dev)
+        o, d, poses, n_pool_rays = make_rays(step, dev)
         stage = _stage(step, cfg, both)
         stages_seen[stage] = stages_seen.get(stage, 0) + 1
         with torch.no_grad():
@@ -210,6 +223,16 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
                 pe = torch.cat([pool.get("e", ray_err[:0]), ray_err.detach()])
                 keep = pe.topk(min(cfg.hard_rays_pool, pe.numel())).indices
                 pool.update(o=po[0][keep], d=po[1][keep], e=pe[keep])
+                if n_hard_poses:  # a pose's error: the mean over its own rays (not those from the ray pool)
+                    owner = torch.arange(ray_err.shape[0], device=ray_err.device) // per_pose
+                    own = torch.arange(ray_err.shape[0], device=ray_err.device) >= n_pool_rays
+                    err = torch.zeros(len(poses), device=ray_err.device).index_add_(0, owner[own], ray_err[own].detach())
+                    cnt = torch.zeros(len(poses), device=ray_err.device).index_add_(0, owner[own], torch.ones_like(ray_err[own]))
+                    seen = cnt > 0
+                    cand = torch.cat([pool.get("poses", poses[:0]), poses[seen.cpu()]])
+                    ce = torch.cat([pool.get("pose_err", err[:0]), err[seen] / cnt[seen]])
+                    keep = ce.topk(min(cfg.hard_poses_pool, ce.numel())).indices
+                    pool.update(poses=cand[keep.cpu()], pose_err=ce[keep])
         loss = sum(parts.values())
         return loss, {"stage": stage, "psnr_vs_teacher": -10 * math.log10(max(ray_err.mean().item() / 3, 1e-10)),
                       **{f"loss_{k}": float(v.detach()) for k, v in parts.items()}}
@@ -222,6 +245,7 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
               param_groups=_param_groups(student, lr), eval_fn=eval_fn, callbacks=callbacks)
     return res.model.eval(), {"seconds": time.perf_counter() - start, "steps": res.steps, "final_loss": res.final_loss,
                               "params": count_params(res.model), "stage_steps": stages_seen, "stage1_skipped": not both,
+                              "hard_poses_reused": reused_poses[0],
                               "history": res.history}
 
 
@@ -243,10 +267,34 @@ def evaluate(field: RadianceField, data: PosedImages, render: RenderConfig, back
 
 
 @torch.no_grad()
-def render_views(field: RadianceField, rig: CameraRig, poses: Tensor, render: RenderConfig) -> list[Tensor]:
-    """Renders ``[H, W, 3]`` of ``field`` from each pose, at the rig's intrinsics."""
+def render_views(field: RadianceField, rig: CameraRig, poses: Tensor, render: RenderConfig, progress: bool = False) -> list[Tensor]:
+    """Renders ``[H, W, 3]`` of ``field`` from each pose, at the rig's intrinsics (a progress bar over poses if asked)."""
+    from tqdm.auto import tqdm
+
     render = replace(render, background=rig.background)
-    return [render_image(field, m, rig.height, rig.width, rig.intrinsics, render)["rgb"] for m in poses]
+    return [render_image(field, m, rig.height, rig.width, rig.intrinsics, render)["rgb"]
+            for m in tqdm(poses, desc="render", disable=not progress, leave=False)]
+
+
+@torch.no_grad()
+def density_grid(field: RadianceField, resolution: int, progress: bool = True) -> tuple[Tensor, Tensor]:
+    """Grid coordinates ``[R]`` along each axis of the scene cube and the density ``trunc_exp(sigma_pre)`` ``[R, R, R]``
+    indexed ``[x, y, z]``, evaluated one z slice at a time (a progress bar over the slices)."""
+    from tqdm.auto import tqdm
+
+    dev = next(field.parameters()).device
+    axis = torch.linspace(-field.bound, field.bound, resolution, device=dev)
+    slices = []
+    for z in tqdm(axis, desc="density grid", disable=not progress, leave=False):
+        grid = torch.stack(torch.meshgrid(axis, axis, z[None], indexing="ij"), -1).reshape(-1, 3)
+        slices.append(trunc_exp(field.density_pre(grid)).reshape(resolution, resolution))
+    return axis, torch.stack(slices, -1)
+
+
+def _colours_seen_from_above(field: RadianceField, pts: Tensor) -> Tensor:
+    down = torch.tensor([0.0, 0.0, -1.0], device=pts.device).expand_as(pts)
+    return torch.cat([field(pts[i:i + 65536], down[i:i + 65536]).rgb for i in range(0, pts.shape[0], 65536)]) \
+        if pts.shape[0] else pts.new_zeros(0, 3)
 
 
 @torch.no_grad()
@@ -255,28 +303,37 @@ def export_points(field: RadianceField, cfg: ExportConfig, progress: bool = True
 
     The colour is the field's colour seen from straight above (view direction -z).
     """
-    from tqdm.auto import tqdm
-
-    dev = next(field.parameters()).device
-    axis = torch.linspace(-field.bound, field.bound, cfg.resolution, device=dev)
-    pts, dens = [], []
-    for z in tqdm(axis, desc="export", disable=not progress):
-        grid = torch.stack(torch.meshgrid(axis, axis, z[None], indexing="ij"), -1).reshape(-1, 3)
-        sigma = trunc_exp(field.density_pre(grid))
-        keep = sigma > cfg.density_threshold
-        pts.append(grid[keep])
-        dens.append(sigma[keep])
-    pts, dens = torch.cat(pts), torch.cat(dens)
+    axis, dens = density_grid(field, cfg.resolution, progress)
+    keep = dens > cfg.density_threshold
+    idx = keep.nonzero()
+    pts, dens = axis[idx], dens[keep]
     if cfg.max_points is not None and pts.shape[0] > cfg.max_points:
         pts = pts[dens.topk(cfg.max_points).indices]
-    down = torch.tensor([0.0, 0.0, -1.0], device=dev).expand_as(pts)
-    colours = torch.cat([field(pts[i:i + 65536], down[i:i + 65536]).rgb for i in range(0, pts.shape[0], 65536)]) \
-        if pts.shape[0] else pts.new_zeros(0, 3)
-    return pts.cpu(), colours.cpu()
+    return pts.cpu(), _colours_seen_from_above(field, pts).cpu()
 
 
-def write_ply(path: str | Path, points: Tensor, colours: Tensor) -> Path:
-    """Binary little-endian PLY with ``x y z`` (float) and ``red green blue`` (uchar), written atomically."""
+@torch.no_grad()
+def export_mesh(field: RadianceField, cfg: ExportConfig, progress: bool = True) -> tuple[Tensor, Tensor, Tensor]:
+    """Triangle mesh of the iso-surface ``density = cfg.density_threshold`` (marching cubes, scikit-image).
+
+    Returns vertices ``[V, 3]`` (world units), faces ``[F, 3]`` (int) and vertex colours ``[V, 3]`` seen from above.
+    """
+    from skimage.measure import marching_cubes
+
+    axis, dens = density_grid(field, cfg.resolution, progress)
+    vol = dens.float().cpu().numpy()
+    if not vol.min() < cfg.density_threshold < vol.max():
+        raise ValueError(f"--threshold {cfg.density_threshold}: the field's density ({vol.min():.3g} .. {vol.max():.3g} on "
+                         "the grid) never crosses it, so there is no surface; choose a value inside that range")
+    step = float(axis[1] - axis[0])
+    verts, faces, _, _ = marching_cubes(vol, level=cfg.density_threshold, spacing=(step, step, step))
+    verts = torch.as_tensor(verts.copy(), dtype=torch.float32, device=axis.device) + axis[0]
+    return verts.cpu(), torch.as_tensor(faces.astype("int64")), _colours_seen_from_above(field, verts).cpu()
+
+
+def write_ply(path: str | Path, points: Tensor, colours: Tensor, faces: Optional[Tensor] = None) -> Path:
+    """Binary little-endian PLY: vertices ``x y z`` (float) ``red green blue`` (uchar), and triangles when ``faces``
+    ``[F, 3]`` are given (``vertex_indices``: uchar count + 3 ints); written atomically."""
     import numpy as np
 
     from lowrank_vision.core.files import atomic_path
@@ -289,7 +346,13 @@ def write_ply(path: str | Path, points: Tensor, colours: Tensor) -> Path:
     rec["red"], rec["green"], rec["blue"] = c[:, 0], c[:, 1], c[:, 2]
     header = ("ply\nformat binary_little_endian 1.0\n"
               f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\nend_header\n").encode("ascii")
+              "property uchar red\nproperty uchar green\nproperty uchar blue\n")
+    body = rec.tobytes()
+    if faces is not None:
+        tri = np.empty(faces.shape[0], dtype=[("n", "u1"), ("i", "<i4", 3)])
+        tri["n"], tri["i"] = 3, faces.numpy().astype(np.int32)
+        header += f"element face {faces.shape[0]}\nproperty list uchar int vertex_indices\n"
+        body += tri.tobytes()
     with atomic_path(path) as tmp:
-        tmp.write_bytes(header + rec.tobytes())
+        tmp.write_bytes((header + "end_header\n").encode("ascii") + body)
     return Path(path)

@@ -75,3 +75,55 @@ def test_every_command_on_a_tiny_scene(tmp_path, capsys):
 
     o3d = import_open3d()
     assert len(o3d.io.read_point_cloud(str(ply)).points) == res["points"]
+
+
+def _ball_checkpoint(path):
+    """A 24^3 dense grid holding a ball of radius 0.6 (sigma_pre = 6 on the sphere), seen by a 16-px rig."""
+    from lowrank_vision.plugins.nerf_pvd.config import FieldConfig
+    from lowrank_vision.plugins.nerf_pvd.fields import DenseSHGridField
+    from lowrank_vision.plugins.nerf_pvd.model import CameraRig, save_field
+
+    field = DenseSHGridField(resolution=24, sh_degree=0)
+    ax = torch.linspace(-1, 1, 24)
+    z, y, x = torch.meshgrid(ax, ax, ax, indexing="ij")  # grid_sample: the last volume dim is x
+    with torch.no_grad():
+        field.density.copy_((6.0 - 20.0 * ((x ** 2 + y ** 2 + z ** 2).sqrt() - 0.6))[None, None])
+    return save_field(path, field, FieldConfig(kind="grid", grid_resolution=24, grid_sh_degree=0),
+                      CameraRig(16, 16, (20.0, 20.0, 8.0, 8.0), (3.0, 3.0), (10.0, 60.0), (0.0, 0.0, 0.0)))
+
+
+def test_export_mesh_of_a_ball_is_read_back_by_open3d(tmp_path, capsys):
+    """The --mesh iso-surface of the ball lies on its sphere and open3d reads it back with the stated counts."""
+    from lowrank_vision.plugins._open3d import import_open3d
+
+    ckpt = _ball_checkpoint(tmp_path / "ball.safetensors")
+    thr = float(np.exp(6.0))
+    assert main(["export", "--checkpoint", str(ckpt), "--mesh", "--resolution", "32", "--threshold", str(thr),
+                 "--out", str(tmp_path / "m")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    mesh = import_open3d().io.read_triangle_mesh(res["ply"])
+    v = np.asarray(mesh.vertices)
+    assert res["kind"] == "mesh" and len(v) == res["vertices"] > 100 and len(mesh.triangles) == res["faces"] > 100
+    r = np.linalg.norm(v, axis=1)
+    assert abs(r.mean() - 0.6) < 0.02 and r.std() < 0.02  # on the sphere, within a fraction of a grid step
+    assert mesh.has_vertex_colors()
+    # a threshold the density never crosses: one clear line, exit 2, no file
+    assert main(["export", "--checkpoint", str(ckpt), "--mesh", "--threshold", "1e30", "--out", str(tmp_path / "n")]) == 2
+    err = [line for line in capsys.readouterr().err.strip().splitlines() if line.strip() and "density grid" not in line]  # the progress bar
+    assert len(err) == 1 and "never crosses it" in err[0] and not (tmp_path / "n").exists()
+
+
+def test_render_writes_an_mp4_with_every_frame_when_imageio_ffmpeg_is_there(tmp_path, capsys):
+    imageio_ffmpeg = pytest.importorskip("imageio_ffmpeg")
+    ckpt = _ball_checkpoint(tmp_path / "ball.safetensors")
+    assert main(["render", "--checkpoint", str(ckpt), "--frames", "3", "--size", "24", "--elevation", "20",
+                 "--out", str(tmp_path / "r")]) == 0
+    res = json.loads(capsys.readouterr().out)
+    assert res["video_format"] == "mp4" and res["video"].endswith("orbit.mp4") and res["size"] == [24, 24]
+    assert imageio_ffmpeg.count_frames_and_secs(res["video"])[0] == 3
+    from PIL import Image
+
+    frame = np.asarray(Image.open(tmp_path / "r" / "frames" / "frame_000.png"))
+    assert frame.shape == (24, 24, 3) and frame.min() < 200  # the ball is in view, not only the white background
+    assert main(["render", "--checkpoint", str(ckpt), "--size", "2", "--out", str(tmp_path / "bad")]) == 2
+    assert "--size must be in [8, 4096]" in capsys.readouterr().err and not (tmp_path / "bad").exists()

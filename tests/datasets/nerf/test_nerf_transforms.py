@@ -107,3 +107,13 @@ def test_scene_config_errors():
         SceneConfig(width=4)
     with pytest.raises(ValueError, match=r"SceneConfig.radius must be > 1.8"):
         SceneConfig(radius=1.0)
+
+
+def test_views_traced_together_equal_views_traced_alone():
+    from lowrank_vision.datasets.nerf.procedural import _random_poses, render_scene_views
+
+    cfg = SceneConfig(width=12)
+    poses = _random_poses(3, cfg, np.random.default_rng(3))
+    alone = render_scene_views(poses, 12, cfg.camera_angle_x, views_per_batch=1)
+    together = render_scene_views(poses, 12, cfg.camera_angle_x, views_per_batch=2)
+    assert together.shape == (3, 12, 12, 4) and np.array_equal(alone, together) and alone[..., 3].sum() > 0

@@ -89,15 +89,17 @@ def test_stage1_feature_loss_falls_between_feature_fields():
     assert all(math.isfinite(v) for v in losses)
 
 
-def test_pvd_al_mixes_hard_rays_and_trains():
+def test_pvd_al_mixes_hard_views_and_rays_and_trains():
     teacher = _analytic_teacher()
     cfg = replace(cpu_distill_config("grid", steps=6, active_learning=True),
                   student=FieldConfig(kind="grid", grid_resolution=12, grid_sh_degree=1), render=RENDER, rays_per_step=64,
-                  poses_per_step=2, hard_rays_ratio=0.5, hard_rays_pool=32)
+                  poses_per_step=2, hard_rays_ratio=0.5, hard_rays_pool=32, hard_poses_ratio=0.5, hard_poses_pool=4)
     cfg = replace(cfg, train=replace(cfg.train, progress=False, log_every=1))
     _, info = distill(teacher, RIG, cfg)
     assert info["steps"] == 6 and all(math.isfinite(h["loss"]) for h in info["history"])
+    assert info["hard_poses_reused"] == 5  # from step 2 on, one of the two poses of every step is a hard one seen before
     plain = replace(cfg, active_learning=False)
     _, info_plain = distill(teacher, RIG, plain)
+    assert info_plain["hard_poses_reused"] == 0
     # from step 2 on, half of each batch comes from the hard-ray pool (and hard points are up-weighted): losses differ
     assert info["history"][-1]["loss"] != info_plain["history"][-1]["loss"]

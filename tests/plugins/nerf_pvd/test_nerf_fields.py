@@ -136,6 +136,53 @@ def test_batched_hash_lookup_equals_the_level_by_level_reference():
     assert 0 < f.n_dense < f.levels
     x = torch.rand(300, 3) * 2.2 - 1.1  # some points outside the cube: clamped to its faces
     want = _hash_encode_one_level_at_a_time(f, x)
+    grads = []
     for batched in (False, True):  # the CPU path and the GPU path (two gathers over all levels)
         f.batch_levels = batched
-        assert torch.allclose(f.encode(x), want, atol=1e-5)
+        f.zero_grad()
+        got = f.encode(x)
+        assert torch.allclose(got, want, atol=1e-5)
+        (got ** 2).sum().backward()
+        grads.append(f.embeddings.grad.clone())
+    assert torch.allclose(grads[0], grads[1], atol=1e-6) and grads[0].abs().sum() > 0
+
+
+def _grazing_rays():
+    """Rays that clip a cube edge (~1.4e-6 inside it): their float32 samples coincide, so some deltas are exactly 0."""
+    d = torch.nn.functional.normalize(torch.tensor([[1.0, 0.0, -1.0]]), dim=-1).repeat(4, 1)
+    o = torch.tensor([-1.000001, 0.0, 3.0]).repeat(4, 1) + torch.tensor([0.0, 0.1, 0.0]) * torch.arange(4.0)[:, None]
+    return o, d
+
+
+def test_huge_density_with_zero_deltas_gives_finite_weights():
+    # exp(100) is inf in float32 and inf * 0 (a zero delta) was NaN: the weights must stay finite (the GPU run's NaN)
+    from lowrank_vision.plugins.nerf_pvd.render import _deltas, _weights
+
+    sigma = torch.tensor([[100.0, 100.0, 100.0], [-30.0, 95.0, 5.0]])
+    deltas = torch.tensor([[0.0, 0.0, 0.1], [0.0, 0.0, 0.0]])
+    w = _weights(sigma, deltas)
+    assert torch.isfinite(w).all() and torch.isfinite(trunc_exp(torch.tensor([1e4]))).all()
+    assert w[0].tolist() == pytest.approx([0.0, 0.0, 1.0], abs=1e-6)  # only the first point with a length is opaque
+    o, d = _grazing_rays()
+    t = torch.linspace(0, 1, 16).expand(4, 16) * 1.4e-6 + near_far_cube(o, d, 1.0)[0][:, None]
+    assert (_deltas(t, near_far_cube(o, d, 1.0)[1]) == 0).any()  # such rays exist: float32 cannot separate the samples
+
+
+def test_mlp_with_a_huge_density_init_trains_without_nan():
+    torch.manual_seed(0)
+    field = build_field(FieldConfig(kind="mlp", mlp_width=32, mlp_depth=2))
+    with torch.no_grad():
+        field.out.bias[0] = 100.0  # sigma_pre ~ 100 everywhere: exp overflows float32
+    o, d = _rays(60)
+    go, gd = _grazing_rays()
+    o, d = torch.cat([o, go]), torch.cat([d, gd])
+    target = torch.full((o.shape[0], 3), 0.25)
+    opt = torch.optim.Adam(field.parameters(), lr=1e-3, eps=1e-15)
+    for _ in range(3):
+        out = render_rays(field, o, d, RenderConfig(n_coarse=16, n_fine=16), training=True)
+        loss = torch.nn.functional.mse_loss(out["rgb"], target)
+        assert torch.isfinite(loss)
+        opt.zero_grad()
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in field.parameters() if p.grad is not None)
+        opt.step()
