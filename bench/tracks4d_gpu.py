@@ -146,7 +146,18 @@ def stage_data(out: Path, s: Sizes, clock: Clock, workers: int) -> dict:
     return res
 
 
+_POOL: dict = {}
+
+
 def load_pool(out: Path, device: str) -> dict:
+    key = (str(out), device)
+    if key not in _POOL:  # one copy per process: the lr search and the training share it
+        _POOL.clear()
+        _POOL[key] = _read_pool(out, device)
+    return _POOL[key]
+
+
+def _read_pool(out: Path, device: str) -> dict:
     z = np.load(out / "data" / "pool.npz")
     n = len(z["f_px"])
     return {"tracks": torch.from_numpy(z["tracks"]).to(device), "visible": torch.from_numpy(z["visible"]).to(device),
