@@ -168,8 +168,9 @@ def _read_pool(out: Path, device: str) -> dict:
 
 
 def _run_config(s: Sizes, lr: float, steps: int) -> TrainRunConfig:
-    train = TrainConfig(max_steps=max(steps, 2), lr=lr, warmup_steps=min(100, max(1, steps // 10)), log_every=max(1, steps // 60),
-                        eval_every=max(1, steps // 6), progress=False, mixed_precision=s.mixed_precision, weight_decay=0.01)
+    log_every = max(1, steps // 60)
+    train = TrainConfig(max_steps=max(steps, 2), lr=lr, warmup_steps=min(100, max(1, steps // 10)), log_every=log_every,
+                        eval_every=10 * log_every, progress=False, mixed_precision=s.mixed_precision, weight_decay=0.01)
     return TrainRunConfig(model=s.model, scene=s.scene, train=train, train_scenes=s.batch, val_scenes=min(8, s.val_scenes),
                           batch_size=s.batch, rigid_warmup_steps=int(0.3 * steps))
 
@@ -214,7 +215,8 @@ def timed_training(s: Sizes, lr: float, steps: int, hard_deadline: float, clock:
         live["times"].append(time.time())
         if scorer is not None and (step % check == 0 or step == steps):
             val = scorer(model)
-            live["checks"].append({"step": step, "val_depth_abs_rel": val["depth_abs_rel"], "val_reprojection_px": val["reprojection_px"]})
+            live["checks"].append({"step": step, "val_depth_abs_rel": val["depth_abs_rel"], "val_depth_corr": val["depth_corr"],
+                                   "val_reprojection_px": val["reprojection_px"]})
             if live["best_val"] is None or val["depth_abs_rel"] < live["best_val"]["depth_abs_rel"]:
                 live["best"] = {k: v.detach().clone() for k, v in model.state_dict().items()}
                 live["best_val"], live["best_step"] = val, step
@@ -412,6 +414,9 @@ def _plots(out: Path, docs: Path, report: dict) -> list[str]:
         ax[1].plot([x["step"] for x in train["val_checks"]], [x["val_depth_abs_rel"] for x in train["val_checks"]], "o-", c="k",
                    label=f"training, lr {train['lr']:g}")
         ax[1].axvline(train["best_step"], color="tab:red", ls=":", label="kept weights")
+        twin = ax[1].twinx()
+        twin.plot([x["step"] for x in train["val_checks"]], [x["val_depth_corr"] for x in train["val_checks"]], "s:", c="tab:purple", ms=3)
+        twin.set_ylabel("val depth correlation (purple)")
         ax[1].set_xlabel("step")
         ax[1].set_ylabel("val depth AbsRel (feed-forward)")
         ax[1].legend(fontsize=7)
@@ -419,6 +424,7 @@ def _plots(out: Path, docs: Path, report: dict) -> list[str]:
         ax[2].bar([f"{c['lr']:g}" for c in search], [c["val"]["depth_abs_rel"] for c in search], color="tab:blue")
         ax[2].set_title("lr search: best val depth AbsRel (short runs)")
         ax[2].set_xlabel("learning rate")
+        fig.tight_layout()
         made.append(str(save_figure(fig, docs / "train.png")))
     for key, title in (("dynamic", "held-out dynamic test scenes"), ("static", "held-out static test scenes")):
         d = report.get(key)
@@ -538,10 +544,10 @@ def stage_report(out: Path, s: Sizes, device: str, command: str, results_md: Pat
     return {"acceptance": report["acceptance"], "default_weights": report["default_weights"], "results_md": str(results_md)}
 
 
-_KEYS = ("depth_abs_rel", "depth_abs_rel_static", "depth_abs_rel_dynamic", "depth_delta_1_25", "ate", "rpe_trans", "rpe_rot_deg",
-         "reprojection_px", "seconds")
-_HEAD = ("| method | AbsRel all | AbsRel static | AbsRel dynamic | δ<1.25 | ATE | RPE-T | RPE-R (deg) | reprojection (px) | s/scene |\n"
-         "|---|---|---|---|---|---|---|---|---|---|\n")
+_KEYS = ("depth_abs_rel", "depth_abs_rel_static", "depth_abs_rel_dynamic", "depth_delta_1_25", "depth_corr", "ate", "rpe_trans",
+         "rpe_rot_deg", "reprojection_px", "seconds")
+_HEAD = ("| method | AbsRel all | AbsRel static | AbsRel dynamic | δ<1.25 | depth corr | ATE | RPE-T | RPE-R (deg) | reprojection (px) "
+         "| s/scene |\n|---|---|---|---|---|---|---|---|---|---|---|\n")
 _NAMES = {"feedforward": "feed-forward (GPU encoder)", "finetune": "+ test-time fine-tuning", "baseline": "per-scene optimisation",
           "feedforward_cpu_weights": "feed-forward (shipped CPU encoder)",
           "constant_depth": "constant depth (reference: no reconstruction)"}

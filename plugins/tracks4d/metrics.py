@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["depth_metrics", "umeyama", "camera_centers", "pose_metrics", "score", "plot_reconstruction", "plot_comparison"]
+__all__ = ["depth_metrics", "depth_correlation", "umeyama", "camera_centers", "pose_metrics", "score", "plot_reconstruction", "plot_comparison"]
 
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict:
@@ -35,6 +35,17 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict:
     if not rel:
         return {"abs_rel": float("nan"), "delta_1_25": float("nan")}
     return {"abs_rel": float(np.concatenate(rel).mean()), "delta_1_25": float(np.concatenate(good).mean())}
+
+
+def depth_correlation(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over frames of the Pearson correlation of predicted and true depth over ``mask`` (scale-free; near -1 when
+    the depth ordering is reversed, near 0 for a flat prediction)."""
+    corr = []
+    for t in range(pred.shape[0]):
+        m = mask[t] & (gt[t] > 0)
+        if m.sum() >= 3 and np.std(pred[t, m]) > 0 and np.std(gt[t, m]) > 0:
+            corr.append(np.corrcoef(np.asarray(pred[t, m], np.float64), np.asarray(gt[t, m], np.float64))[0, 1])
+    return float(np.mean(corr)) if corr else float("nan")
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
@@ -81,6 +92,7 @@ def score(recon: dict, ts) -> dict:
     out = {"reprojection_px": recon["reprojection_px"]}
     if "gt_depth" in gt:
         out.update({f"depth_{k}": v for k, v in depth_metrics(recon["depth"], gt["gt_depth"], vis).items()})
+        out["depth_corr"] = depth_correlation(recon["depth"], gt["gt_depth"], vis)
         if "gt_dynamic" in gt:
             dyn = np.broadcast_to(gt["gt_dynamic"][None], vis.shape)
             for name, m in (("static", vis & ~dyn), ("dynamic", vis & dyn)):

@@ -63,6 +63,8 @@ def test_baseline_recovers_a_static_scene():
 def test_metrics_are_zero_on_the_truth_and_invariant_to_similarity():
     s = make_scene(4, TINY_SCENE)
     assert metrics.depth_metrics(3.0 * s.depth, s.depth, s.visible)["abs_rel"] < 1e-12
+    assert metrics.depth_correlation(3.0 * s.depth, s.depth, s.visible) > 0.999
+    assert metrics.depth_correlation(20.0 - s.depth, s.depth, s.visible) < -0.999  # reversed ordering
     a = 0.4
     Q = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     # the same cameras in a world rotated by Q, moved and scaled by 2: x_cam = R Qᵀ (x'/2 - d) + t
