@@ -539,7 +539,8 @@ def stage_report(out: Path, s: Sizes, device: str, command: str, results_md: Pat
     report["default_weights"] = default_weights(out, report, s, command)
     report["scene_points"] = s.scene.points
     write_json(out / "report.json", report)
-    write_json(docs / "report.json", report)
+    if report.get("train") or report["dynamic"]:
+        write_json(docs / "report.json", report)
     write_results_md(report, results_md)
     return {"acceptance": report["acceptance"], "default_weights": report["default_weights"], "results_md": str(results_md)}
 
@@ -681,6 +682,10 @@ def _cpu_sections(root: Path) -> str:
                 parts.append(f"| {m['method']} | `lowrank-tracks4d predict VIDEO{flags[n]} --threads 1 --out docs/results/tracks4d/{n}` "
                              f"| {m['reprojection_px']:.3f} | {m['seconds']:.2f} |\n")
         parts.append("\n![city preview](tracks4d/city_encoder/preview.png)\n")
+        for n, what in (("city_encoder", "encoder"), ("city_per_scene", "per-scene optimisation")):
+            if (root / n / "preview.mp4").is_file():
+                parts.append(f"\nEvery frame, {what}: [`tracks4d/{n}/preview.mp4`](tracks4d/{n}/preview.mp4) (tracks in blue, "
+                             "re-projections in red over the video frame; top view of the points with the camera path).\n")
     return "".join(parts)
 
 
@@ -697,7 +702,12 @@ def write_results_md(report: dict, path: Path = RESULTS_MD) -> Path:
             "sideways-moving camera despite its two-start rigid stage, so its mean AbsRel can be far above its median: both are given. "
             "The encoder is trained without any ground truth (the paper's unsupervised losses), for minutes instead of the paper's days, "
             "on generated scenes only; the GPU section states for each acceptance target whether it was met.\n")
-    return write_text(path, head + (_gpu_section(report, rel) if report else "") + _cpu_sections(path.parent / "tracks4d") + tail)
+    if report.get("train") or report.get("dynamic"):
+        gpu = _gpu_section(report, rel)
+    else:
+        gpu = ("\n## GPU acceptance run\n\nNot run yet: `python3 bench/tracks4d_gpu.py --device cuda --out runs/tracks4d_gpu --budget-s 480` "
+               "(one process on one H200: data, lr search, training, evaluation, this page).\n")
+    return write_text(path, head + gpu + _cpu_sections(path.parent / "tracks4d") + tail)
 
 
 # ---------------------------------------------------------------- main

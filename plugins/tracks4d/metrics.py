@@ -206,7 +206,7 @@ def render_preview_frames(recon: dict, tracks: np.ndarray, visible: np.ndarray, 
     colors = "tab:gray" if dynamic is None else np.where(dynamic, "tab:orange", "tab:gray")
     out = []
     for t in range(T):
-        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=80)
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=72)
         if images is not None:
             a.imshow(images[t], cmap="gray", extent=(0, W, H, 0))
         v = visible[t]
@@ -244,7 +244,8 @@ def write_preview_video(frames: list[np.ndarray], path: Path, fps: float = 6.0) 
     except ImportError:
         cv2 = None
     if cv2 is not None:
-        h, w = frames[0].shape[:2]
+        h, w = (frames[0].shape[0] // 2) * 2, (frames[0].shape[1] // 2) * 2  # even sizes for the codec
+        frames = [f[:h, :w] for f in frames]
         try:
             with atomic_path(path) as tmp:
                 writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
