@@ -736,12 +736,13 @@ def main(argv=None) -> int:
     clock = Clock(args.budget_s)
     workers = args.workers or max(1, min(8, (os.cpu_count() or 2) // 2))
     command = "python3 bench/tracks4d_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
+    prior = json.loads((out / "stages.json").read_text())["stages"] if (out / "stages.json").is_file() else {}
     log = {}
     for stage in args.only or STAGES:
         done_file = out / f"{stage}.json"
         finished = done_file.is_file() and (stage == "data" or not json.loads(done_file.read_text()).get("cut_by_deadline", False))
         if stage != "report" and finished:
-            log[stage] = "skipped (done before)"
+            log[stage] = prior[stage] if isinstance(prior.get(stage), dict) else "skipped (done before)"  # timings of the run that did it
             continue
         start = clock.now()
         try:
