@@ -233,32 +233,50 @@ def render_preview_frames(recon: dict, tracks: np.ndarray, visible: np.ndarray, 
     return out
 
 
+def _write_h264(frames: list[np.ndarray], tmp: Path, fps: float) -> str:
+    import imageio_ffmpeg  # ffmpeg binary with libx264: browser-playable H.264
+
+    h, w = frames[0].shape[:2]
+    gen = imageio_ffmpeg.write_frames(str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+                                      ffmpeg_log_level="error")
+    gen.send(None)
+    for f in frames:
+        gen.send(np.ascontiguousarray(f))
+    gen.close()
+    return "imageio-ffmpeg-h264"
+
+
+def _write_mp4v(frames: list[np.ndarray], tmp: Path, fps: float) -> str:
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise OSError("OpenCV VideoWriter cannot open an mp4v stream")
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    return "opencv-mp4v"
+
+
 def write_preview_video(frames: list[np.ndarray], path: Path, fps: float = 6.0) -> dict:
-    """MP4 (OpenCV's 'mp4v' writer) of RGB frames; without OpenCV, or if it cannot write MP4, the frames as PNGs in
-    ``<path without suffix>_frames/`` instead. Returns ``{"path", "writer", "frames"}``."""
+    """MP4 of RGB frames: H.264 through imageio-ffmpeg when installed (plays in browsers), else MPEG-4 Part 2 through
+    OpenCV (``mp4v``; plays in VLC/ffplay); with neither, the frames as PNGs in ``<path without suffix>_frames/``.
+    Returns ``{"path", "writer", "frames"}``."""
     from lowrank_vision.core.files import atomic_dir, atomic_path
 
     path = Path(path)
-    try:
-        import cv2
-    except ImportError:
-        cv2 = None
-    if cv2 is not None:
-        h, w = (frames[0].shape[0] // 2) * 2, (frames[0].shape[1] // 2) * 2  # even sizes for the codec
-        frames = [f[:h, :w] for f in frames]
+    h, w = (frames[0].shape[0] // 2) * 2, (frames[0].shape[1] // 2) * 2  # even sizes for the codecs
+    even = [f[:h, :w] for f in frames]
+    for writer in (_write_h264, _write_mp4v):
         try:
             with atomic_path(path) as tmp:
-                writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
-                if not writer.isOpened():
-                    raise OSError("OpenCV VideoWriter cannot open an mp4v stream")
-                for f in frames:
-                    writer.write(np.ascontiguousarray(f[..., ::-1]))
-                writer.release()
+                name = writer(even, tmp, fps)
                 if tmp.stat().st_size == 0:
-                    raise OSError("OpenCV wrote an empty video")
-            return {"path": str(path), "writer": "opencv-mp4v", "frames": len(frames)}
-        except OSError:
-            pass
+                    raise OSError(f"{name} wrote an empty video")
+            return {"path": str(path), "writer": name, "frames": len(frames)}
+        except (ImportError, OSError, RuntimeError):
+            continue
     import matplotlib.image
 
     folder = path.with_name(path.stem + "_frames")
