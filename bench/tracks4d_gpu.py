@@ -703,7 +703,9 @@ def write_results_md(report: dict, path: Path = RESULTS_MD) -> Path:
             "The encoder is trained without any ground truth (the paper's unsupervised losses), for minutes instead of the paper's days, "
             "on generated scenes only; the GPU section states for each acceptance target whether it was met. *Depth corr* is the "
             "per-frame correlation of predicted and true depth (1: right ordering, -1: reversed, about 0: flat): an encoder can "
-            "order the depths right and still compress their range, and then its AbsRel stays near that of a constant depth. In "
+            "order the depths right and still distort them (the shipped CPU encoder spreads them too wide: far points with little "
+            "parallax land much too far), and per-frame median scaling cannot undo that, so its AbsRel stays near that of a "
+            "constant depth. In "
             "short CPU trials of the pool training the val AbsRel rose while the reprojection error fell, so the GPU run checks "
             "the val AbsRel ten times, keeps the best weights (early stopping on val) and plots both curves.\n")
     if report.get("train") or report.get("dynamic"):
