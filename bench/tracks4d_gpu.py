@@ -864,6 +864,7 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=4)
     ap.add_argument("--mixed-precision", choices=["no", "bf16"], default=None, help="trunk precision (default: bf16 on CUDA)")
     ap.add_argument("--workers", type=int, default=0, help="scene-generation processes (0: half the CPU cores, at most 8)")
+    ap.add_argument("--eval-workers", type=int, default=12, help="test-scene worker processes (one CPU core and a CUDA context each)")
     ap.add_argument("--results-md", default=None, help="results page (default docs/results/tracks4d.md; with --smoke OUT/tracks4d.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -894,7 +895,7 @@ def main(argv=None) -> int:
             elif stage == "train":
                 res = stage_train(out, s, clock, args.device, command)
             elif stage in ("eval", "static"):
-                res = stage_eval(out, s, clock, args.device, static=stage == "static")
+                res = stage_eval(out, s, clock, args.device, static=stage == "static", workers=args.eval_workers)
             else:
                 res = stage_report(out, s, args.device, command, results_md, args.smoke, args.budget_s, log)
             (out / f"{stage}_error.json").unlink(missing_ok=True)
