@@ -48,7 +48,7 @@ def build_parser():
     t.add_argument("--lr", type=float, default=None), t.add_argument("--rigid-warmup-steps", type=int, help="static-L1 steps first (default 500)")
     t.add_argument("--scenes", type=int, default=None, help="training scenes (default 256)")
     t.add_argument("--make-default-weights", action="store_true", help="select lr on val, score on test, write weights + card to --out")
-    p = add_command(sub, "predict", _cmd, help="reconstruct a video or track file: reconstruction.npz, metrics.json, PLY, preview.png")
+    p = add_command(sub, "predict", _cmd, help="reconstruct a video or track file: reconstruction.npz, metrics.json, PLY, preview.png/.mp4")
     p.add_argument("input", nargs="?", default=None, help="video, image folder or .npz tracks (default: a generated test scene)")
     p.add_argument("--per-scene-steps", type=int, default=0, help="use the per-scene optimisation baseline (N steps), not the encoder")
     e = add_command(sub, "eval", _cmd, help="held-out generated scenes: feed-forward vs fine-tuned vs per-scene optimisation")

@@ -140,7 +140,10 @@ def evaluate_scenes(model, split: str, count: int, scene: SceneConfig = SceneCon
 def predict(source: Optional[Path], out: Path, weights: Optional[Path] = None, finetune: FinetuneConfig = FinetuneConfig(),
             device: str = "cpu", lk: LKConfig = LKConfig(), video: VideoOptions = VideoOptions(),
             per_scene: Optional[BaselineConfig] = None) -> dict:
-    """Reconstruct one video / track file; writes reconstruction.npz, metrics.json, ply/, preview.png.
+    """Reconstruct one video / track file; writes reconstruction.npz, metrics.json, ply/, preview.png, preview.mp4.
+
+    preview.mp4 shows every frame (tracks and re-projections over the video frame, top view with the cameras);
+    where OpenCV cannot write MP4 the frames go to ``preview_frames/*.png`` instead (``preview_video`` says which).
 
     ``per_scene`` set: the per-scene optimisation baseline instead of the encoder (no weights used).
     """
@@ -171,11 +174,22 @@ def predict(source: Optional[Path], out: Path, weights: Optional[Path] = None, f
     ply = export_frames(out / "ply", rec, ts.visible, ts.image_size)
     dyn = ts.gt.get("gt_dynamic")
     preview = metrics.plot_reconstruction(rec, ts.tracks, ts.visible, out / "preview.png",
-                                          title=f"{described}: reprojection {rec['reprojection_px']:.2f} px", dynamic=dyn)
+                                          title=f"{Path(source).name if source else described}: reprojection {rec['reprojection_px']:.2f} px", dynamic=dyn)
+    images = None
+    if source is not None and (Path(source).is_dir() or Path(source).suffix.lower() in VIDEO_SUFFIXES):
+        from lowrank_vision.datasets.tracks.lk import read_video
+
+        start_frame, count, stride, max_side = video
+        images = read_video(source, start=start_frame, frames=count, stride=stride, max_side=max_side)
+        images = images if len(images) == ts.num_frames else None
+    report_method = "per-scene optimisation" if per_scene else ("encoder + fine-tuning" if finetune.steps else "encoder")
+    frames = metrics.render_preview_frames(rec, ts.tracks, ts.visible, ts.K, ts.image_size, images, dyn,
+                                           title=f"{Path(source).name if source else described} ({report_method})")
+    movie = metrics.write_preview_video(frames, out / "preview.mp4")
     report = {"source": described, "frames": ts.num_frames, "points": ts.num_points, "focal_known": ts.focal_known,
               "reprojection_px": rec["reprojection_px"], "seconds": seconds, "finetune_steps": finetune.steps,
-              "method": "per-scene optimisation" if per_scene else ("encoder + fine-tuning" if finetune.steps else "encoder"),
-              "ply_writer": ply["writer"], "preview": str(preview), "reconstruction": str(out / "reconstruction.npz")}
+              "method": report_method, "ply_writer": ply["writer"], "preview": str(preview), "preview_video": movie["path"], "preview_video_writer": movie["writer"],
+              "reconstruction": str(out / "reconstruction.npz")}
     if ts.gt:
         report["ground_truth"] = metrics.score(rec, ts)
     write_json(out / "metrics.json", report)

@@ -124,12 +124,17 @@ class FinetuneConfig:
     """'full' tunes every weight; 'lora' tunes LoRA adapters (lowrank_vision.core) on the linear layers."""
     rank: int = 8
     """LoRA rank when method='lora'."""
+    rigid_steps: int = 0
+    """First steps that fit the static basis alone with a plain L1 reprojection (as the baseline's rigid stage)
+    before the full loss; the lowest-loss iterate is picked after them."""
 
     def __post_init__(self) -> None:
         require(self, "steps", isinstance(self.steps, int) and self.steps >= 0, "an int >= 0")
         require(self, "lr", self.lr > 0, "> 0")
         require(self, "method", self.method in ("full", "lora"), "one of 'full', 'lora'")
         _pos_int(self, "rank")
+        require(self, "rigid_steps", isinstance(self.rigid_steps, int) and 0 <= self.rigid_steps < max(self.steps, 1),
+                "an int >= 0 and < steps")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from typing import Optional
 
 import numpy as np
 
-__all__ = ["depth_metrics", "umeyama", "camera_centers", "pose_metrics", "score", "plot_reconstruction", "plot_comparison"]
+__all__ = ["depth_metrics", "depth_correlation", "umeyama", "camera_centers", "pose_metrics", "score", "plot_reconstruction", "plot_comparison"]
 
 
 def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict:
@@ -35,6 +35,17 @@ def depth_metrics(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> dict:
     if not rel:
         return {"abs_rel": float("nan"), "delta_1_25": float("nan")}
     return {"abs_rel": float(np.concatenate(rel).mean()), "delta_1_25": float(np.concatenate(good).mean())}
+
+
+def depth_correlation(pred: np.ndarray, gt: np.ndarray, mask: np.ndarray) -> float:
+    """Mean over frames of the Pearson correlation of predicted and true depth over ``mask`` (scale-free; near -1 when
+    the depth ordering is reversed, near 0 for a flat prediction)."""
+    corr = []
+    for t in range(pred.shape[0]):
+        m = mask[t] & (gt[t] > 0)
+        if m.sum() >= 3 and np.std(pred[t, m]) > 0 and np.std(gt[t, m]) > 0:
+            corr.append(np.corrcoef(np.asarray(pred[t, m], np.float64), np.asarray(gt[t, m], np.float64))[0, 1])
+    return float(np.mean(corr)) if corr else float("nan")
 
 
 def umeyama(src: np.ndarray, dst: np.ndarray, with_scale: bool = True) -> tuple[float, np.ndarray, np.ndarray]:
@@ -81,6 +92,7 @@ def score(recon: dict, ts) -> dict:
     out = {"reprojection_px": recon["reprojection_px"]}
     if "gt_depth" in gt:
         out.update({f"depth_{k}": v for k, v in depth_metrics(recon["depth"], gt["gt_depth"], vis).items()})
+        out["depth_corr"] = depth_correlation(recon["depth"], gt["gt_depth"], vis)
         if "gt_dynamic" in gt:
             dyn = np.broadcast_to(gt["gt_dynamic"][None], vis.shape)
             for name, m in (("static", vis & ~dyn), ("dynamic", vis & dyn)):
@@ -165,3 +177,110 @@ def plot_comparison(summary: dict, path: Path, title: str = "") -> Path:
     fig.suptitle(title)
     fig.tight_layout()
     return save_figure(fig, path)
+
+
+def _reprojection(recon: dict, K: np.ndarray, t: int) -> np.ndarray:
+    """Pixels [N, 2] of frame ``t``'s points under the reconstructed camera (principal point of ``K``)."""
+    cam = recon["points"][t] @ recon["R"][t].T + recon["t"][t]
+    return recon["focal"][t] * cam[:, :2] / np.maximum(cam[:, 2:], 1e-6) + K[:2, 2]
+
+
+def render_preview_frames(recon: dict, tracks: np.ndarray, visible: np.ndarray, K: np.ndarray, image_size: tuple[int, int],
+                          images: Optional[list] = None, dynamic: Optional[np.ndarray] = None, title: str = "") -> list[np.ndarray]:
+    """One RGB uint8 picture per frame: observed tracks and their re-projections over the frame (or a blank canvas),
+    and a top view of that frame's points with the camera path (current camera in red). Same size for every frame."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = tracks.shape[0]
+    H, W = image_size
+    pts = recon["points"]
+    centers = camera_centers(recon["R"].astype(np.float64), recon["t"].astype(np.float64))
+    finite = np.isfinite(pts).all(-1)
+    (x0, x1), (z0, z1) = np.percentile(pts[..., 0][finite], [2, 98]), np.percentile(pts[..., 2][finite], [2, 98])
+    x0, x1 = min(x0, centers[:, 0].min()), max(x1, centers[:, 0].max())
+    z0, z1 = min(z0, centers[:, 2].min()), max(z1, centers[:, 2].max())
+    pad = 0.1 * max(x1 - x0, z1 - z0, 1e-6)
+    colors = "tab:gray" if dynamic is None else np.where(dynamic, "tab:orange", "tab:gray")
+    out = []
+    for t in range(T):
+        fig, (a, b) = plt.subplots(1, 2, figsize=(10, 4), dpi=72)
+        if images is not None:
+            a.imshow(images[t], cmap="gray", extent=(0, W, H, 0))
+        v = visible[t]
+        proj = _reprojection(recon, K, t)
+        err = np.linalg.norm(proj[v] - tracks[t, v], axis=1).mean() if v.any() else float("nan")
+        a.scatter(tracks[t, v, 0], tracks[t, v, 1], s=9, c="tab:blue", label="track")
+        a.scatter(proj[v, 0], proj[v, 1], s=7, c="tab:red", marker="x", label="re-projection")
+        a.set_xlim(0, W)
+        a.set_ylim(H, 0)
+        a.set_title(f"frame {t}: {v.sum()} tracks, reprojection {err:.2f} px", fontsize=9)
+        a.legend(fontsize=7, loc="lower right")
+        b.scatter(pts[t, :, 0], pts[t, :, 2], s=4, c=colors)
+        b.plot(centers[:, 0], centers[:, 2], "k.-", ms=2, lw=0.8)
+        b.plot(centers[t, 0], centers[t, 2], "o", c="tab:red", ms=6)
+        b.set_xlim(x0 - pad, x1 + pad)
+        b.set_ylim(z0 - pad, z1 + pad)
+        b.set_xlabel("x")
+        b.set_ylabel("z")
+        b.set_title("top view" + (" (orange: moving)" if dynamic is not None else ""), fontsize=9)
+        fig.suptitle(title, fontsize=10)
+        fig.canvas.draw()
+        out.append(np.asarray(fig.canvas.buffer_rgba())[..., :3].copy())
+        plt.close(fig)
+    return out
+
+
+def _write_h264(frames: list[np.ndarray], tmp: Path, fps: float) -> str:
+    import imageio_ffmpeg  # ffmpeg binary with libx264: browser-playable H.264
+
+    h, w = frames[0].shape[:2]
+    gen = imageio_ffmpeg.write_frames(str(tmp), (w, h), fps=fps, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+                                      ffmpeg_log_level="error")
+    gen.send(None)
+    for f in frames:
+        gen.send(np.ascontiguousarray(f))
+    gen.close()
+    return "imageio-ffmpeg-h264"
+
+
+def _write_mp4v(frames: list[np.ndarray], tmp: Path, fps: float) -> str:
+    import cv2
+
+    h, w = frames[0].shape[:2]
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (w, h))
+    if not writer.isOpened():
+        raise OSError("OpenCV VideoWriter cannot open an mp4v stream")
+    for f in frames:
+        writer.write(np.ascontiguousarray(f[..., ::-1]))
+    writer.release()
+    return "opencv-mp4v"
+
+
+def write_preview_video(frames: list[np.ndarray], path: Path, fps: float = 6.0) -> dict:
+    """MP4 of RGB frames: H.264 through imageio-ffmpeg when installed (plays in browsers), else MPEG-4 Part 2 through
+    OpenCV (``mp4v``; plays in VLC/ffplay); with neither, the frames as PNGs in ``<path without suffix>_frames/``.
+    Returns ``{"path", "writer", "frames"}``."""
+    from lowrank_vision.core.files import atomic_dir, atomic_path
+
+    path = Path(path)
+    h, w = (frames[0].shape[0] // 2) * 2, (frames[0].shape[1] // 2) * 2  # even sizes for the codecs
+    even = [f[:h, :w] for f in frames]
+    for writer in (_write_h264, _write_mp4v):
+        try:
+            with atomic_path(path) as tmp:
+                name = writer(even, tmp, fps)
+                if tmp.stat().st_size == 0:
+                    raise OSError(f"{name} wrote an empty video")
+            return {"path": str(path), "writer": name, "frames": len(frames)}
+        except (ImportError, OSError, RuntimeError):
+            continue
+    import matplotlib.image
+
+    folder = path.with_name(path.stem + "_frames")
+    with atomic_dir(folder) as tmp:
+        for i, f in enumerate(frames):
+            matplotlib.image.imsave(tmp / f"frame_{i:04d}.png", f)
+    return {"path": str(folder), "writer": "png-frames", "frames": len(frames)}

@@ -231,7 +231,7 @@ def finetune(model: TracksTo4DNet, batch: dict, config: FinetuneConfig, loss_cfg
 
         apply(tuned, "lora", rank=config.rank, targets=["*.linear1", "*.linear2"], trainable=("frame_head.*", "point_head.*"))
     params = [p for p in tuned.parameters() if p.requires_grad]
-    return _optimise(tuned, params, batch, config.steps, config.lr, loss_cfg)
+    return _optimise(tuned, params, batch, config.steps, config.lr, loss_cfg, rigid_steps=config.rigid_steps)
 
 
 def _start_directions(count: int) -> list[tuple[float, float]]:

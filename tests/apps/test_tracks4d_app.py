@@ -56,6 +56,12 @@ def test_make_scenes_then_predict_writes_every_output(tiny_weights, tmp_path, ca
     assert m["reprojection_px"] > 0 and "depth_abs_rel" in m["ground_truth"]
     assert (out / "preview.png").stat().st_size > 1000 and len(list((out / "ply").glob("frame_*.ply"))) == T
     assert (out / "ply" / "cameras.ply").read_bytes().startswith(b"ply")
+    assert m["preview_video"] == str(out / "preview.mp4") and m["preview_video_writer"] in ("imageio-ffmpeg-h264", "opencv-mp4v")
+    cv2 = pytest.importorskip("cv2")
+    cap, frames = cv2.VideoCapture(str(out / "preview.mp4")), 0
+    while cap.read()[0]:
+        frames += 1
+    assert frames == T
 
 
 def test_eval_compares_three_methods(tiny_weights, tmp_path, capsys):
@@ -82,6 +88,22 @@ def test_extract_tracks_and_predict_on_frames(tiny_weights, tmp_path, capsys):
     assert main(["predict", str(tmp_path / "x" / "tracks.npz"), "--weights", str(tiny_weights), "--out", str(tmp_path / "p"),
                  "--threads", "1"]) == 0
     assert json.loads((tmp_path / "p" / "metrics.json").read_text())["focal_known"] is False
+    assert main(["predict", str(folder), "--stride", "1", "--weights", str(tiny_weights), "--out", str(tmp_path / "v"), "--threads", "1"]) == 0
+    m = json.loads((tmp_path / "v" / "metrics.json").read_text())
+    assert m["frames"] == 8 and m["source"].startswith("video") and (tmp_path / "v" / "preview.mp4").stat().st_size > 1000
+
+
+def test_preview_falls_back_to_png_frames_without_a_video_writer(tmp_path, monkeypatch):
+    import sys
+
+    from lowrank_vision.plugins.tracks4d.metrics import write_preview_video
+
+    monkeypatch.setitem(sys.modules, "cv2", None)  # import cv2 -> ImportError
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)
+    frames = [np.full((20, 30, 3), i * 40, np.uint8) for i in range(3)]
+    res = write_preview_video(frames, tmp_path / "preview.mp4")
+    assert res["writer"] == "png-frames" and not (tmp_path / "preview.mp4").exists()
+    assert sorted(p.name for p in (tmp_path / "preview_frames").iterdir()) == ["frame_0000.png", "frame_0001.png", "frame_0002.png"]
 
 
 def test_parser_lists_every_command():
@@ -94,3 +116,22 @@ def test_predict_with_the_per_scene_baseline_needs_no_weights(tmp_path):
                  "--threads", "1"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     assert m["method"] == "per-scene optimisation" and m["source"].startswith("generated test scene")
+
+
+@pytest.mark.parametrize("blocked", ["imageio_ffmpeg", "cv2"])
+def test_preview_video_with_either_writer_has_every_frame(blocked, tmp_path, monkeypatch):
+    import sys
+
+    from lowrank_vision.plugins.tracks4d.metrics import write_preview_video
+
+    cv2 = pytest.importorskip("cv2")
+    pytest.importorskip("imageio_ffmpeg")
+    monkeypatch.setitem(sys.modules, blocked, None)
+    frames = [np.full((21, 31, 3), i * 40, np.uint8) for i in range(4)]  # odd sizes are cropped to even ones
+    res = write_preview_video(frames, tmp_path / "preview.mp4")
+    assert res["writer"] == ("opencv-mp4v" if blocked == "imageio_ffmpeg" else "imageio-ffmpeg-h264")
+    monkeypatch.setitem(sys.modules, "cv2", cv2)
+    cap, n = cv2.VideoCapture(str(tmp_path / "preview.mp4")), 0
+    while cap.read()[0]:
+        n += 1
+    assert n == 4

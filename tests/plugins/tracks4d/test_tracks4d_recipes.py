@@ -50,6 +50,15 @@ def test_finetune_full_and_lora_lower_the_loss():
     assert all(not hasattr(m, "adapter_parameters") for m in net.modules())  # the original stays untouched
 
 
+def test_finetune_rigid_steps_fit_the_static_basis_first():
+    b = prepare([make_scene(12, TINY_SCENE).to_trackset()])
+    net = TracksTo4DNet(SMALL)
+    _, curve = finetune(net, b, FinetuneConfig(steps=20, lr=3e-3, rigid_steps=8))
+    assert len(curve) == 20 - 8 + 1  # the full loss is recorded (and the iterate picked) only after the rigid steps
+    with pytest.raises(ValueError, match="FinetuneConfig.rigid_steps must be an int >= 0 and < steps"):
+        FinetuneConfig(steps=10, rigid_steps=10)
+
+
 def test_baseline_recovers_a_static_scene():
     ts = make_scene(200000, SceneConfig(frames=12, points=48, dynamic_fraction=0.0, noise_px=0.3)).to_trackset()
     b = prepare([ts])
@@ -63,6 +72,8 @@ def test_baseline_recovers_a_static_scene():
 def test_metrics_are_zero_on_the_truth_and_invariant_to_similarity():
     s = make_scene(4, TINY_SCENE)
     assert metrics.depth_metrics(3.0 * s.depth, s.depth, s.visible)["abs_rel"] < 1e-12
+    assert metrics.depth_correlation(3.0 * s.depth, s.depth, s.visible) > 0.999
+    assert metrics.depth_correlation(20.0 - s.depth, s.depth, s.visible) < -0.999  # reversed ordering
     a = 0.4
     Q = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
     # the same cameras in a world rotated by Q, moved and scaled by 2: x_cam = R Qᵀ (x'/2 - d) + t
