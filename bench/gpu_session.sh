@@ -6,8 +6,11 @@
 #   JOB=A bash bench/gpu_session.sh     # nerf_pvd + tracks4d
 #   JOB=B bash bench/gpu_session.sh     # multispectral_det + diffusion_nera
 # On the device (fresh machine, Python 3.12, torch 2.11): pure-python wheels in .whl (ultralytics,
-# ultralytics-thop, diffusers, importlib_metadata) go to /tmp/site first; see the header of
-# bench/gpu_new_plugins.sh for what last session's single combined job taught.
+# ultralytics-thop, diffusers, importlib_metadata) go to /tmp/site first, then
+#   pip install --no-index --no-deps --no-build-isolation -e .
+# Lesson of session 3 (all three benches in one job, fixed step counts): stages that count steps overran and a fresh
+# machine keeps nothing, so every bench now trains for seconds inside its own --budget-s and writes its report itself.
+# Seen on 2026-12-02: JOB=A 421 s and 404 s wall (BUDGET 465 / 420), JOB=B 423 s (BUDGET 470), pip install 5-6 s.
 set -u
 OUT=${OUT:-runs/gpu_out}; JOB=${JOB:-A}; BUDGET=${BUDGET:-480}
 mkdir -p "$OUT"
