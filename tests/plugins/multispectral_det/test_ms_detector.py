@@ -143,3 +143,16 @@ def test_plugin_import_is_cheap_and_registers_once_ultralytics_is_imported():
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
     assert out == ["False", "lowrank-detect", "VSSBlock", "RGBIRFusion"]
+
+
+def test_interleaved_latency_times_every_model_each_round_and_restores_threads():
+    from lowrank_vision.plugins.multispectral_det.metrics import interleaved_cpu_latency
+
+    before = torch.get_num_threads()
+    small, big = torch.nn.Conv2d(4, 4, 1), torch.nn.Sequential(*[torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(8)])
+    r = interleaved_cpu_latency({"small": small, "big": big}, imgsz=64, threads=1, warmup=1, rounds=5, channels=4)
+    assert set(r) == {"small", "big"} and all(len(v["latency_runs_ms"]) == 5 for v in r.values())
+    assert r["small"]["min_ms"] <= r["small"]["latency_ms"] <= r["small"]["max_ms"]
+    assert r["big"]["latency_ms"] > r["small"]["latency_ms"] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="models must name at least one model"):
+        interleaved_cpu_latency({})
