@@ -156,3 +156,20 @@ def test_interleaved_latency_times_every_model_each_round_and_restores_threads()
     assert r["big"]["latency_ms"] > r["small"]["latency_ms"] and torch.get_num_threads() == before
     with pytest.raises(ValueError, match="models must name at least one model"):
         interleaved_cpu_latency({})
+
+
+def test_evaluate_by_condition_splits_the_generated_test_set(trained_teacher, tiny_data, tmp_path):
+    import json
+
+    from lowrank_vision.plugins.multispectral_det.recipes import CONDITIONS, evaluate_by_condition
+
+    table = json.loads((Path(tiny_data).parent / "conditions.json").read_text())["images"]
+    test = {k: c for k, c in table.items() if k.startswith("train/")}
+    result = evaluate_by_condition(trained_teacher["checkpoint"], tiny_data, tmp_path / "by", split="train", imgsz=64)
+    expected = {c: sum(v[c] for v in test.values()) for c in CONDITIONS}
+    expected["clear"] = sum(not any(v[c] for c in CONDITIONS) for v in test.values())
+    assert {k: v["images"] for k, v in result.items()} == {k: n for k, n in expected.items() if n}
+    assert all(0 <= v["mAP50"] <= 1 for v in result.values())
+    assert not list((tmp_path / "by").glob(".*"))  # nothing half-written
+    with pytest.raises(ValueError, match="split must be one of the generated splits"):
+        evaluate_by_condition(trained_teacher["checkpoint"], tiny_data, tmp_path / "by", split="holdout")
