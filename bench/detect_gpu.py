@@ -16,7 +16,8 @@ GPU stages (``<out>/<stage>/done.json`` written at once; a finished stage is ski
 3. ``pair_b``   the rank-0.5 student (SVD-initialised from the teacher) with structure-aware
                 distillation, and the same student without it (all alignment weights 0), side by side.
 4. ``eval``     test-split mAP50 / mAP50-95 (ultralytics' validator), params, GFLOPs at 640, GPU
-                latency (batch 1, 640, fp32), ONNX export of the distilled student checked in onnxruntime.
+                latency (batch 1, 640, fp32), ONNX export of the distilled student checked in onnxruntime,
+                then test mAP per condition (night / fog / glare / crossover / clear) while time is left.
 5. ``report``   ``docs/results/detect.md`` + ``docs/results/detect/gpu_results.json`` + ``tradeoff.png``.
 
 Time: ``--budget-s`` is the wall clock of the whole run; after ``data`` the rest is split between the
@@ -226,7 +227,7 @@ def _eval(args) -> dict:
     from lowrank_vision.core import count_parameters
     from lowrank_vision.core.files import write_json
     from lowrank_vision.plugins.multispectral_det.metrics import count_flops, export_onnx, onnx_max_difference
-    from lowrank_vision.plugins.multispectral_det.recipes import evaluate
+    from lowrank_vision.plugins.multispectral_det.recipes import evaluate, evaluate_by_condition
     from lowrank_vision.plugins.multispectral_det.ultralytics_host import load_detection_model
 
     out = Path(args.out)
@@ -251,6 +252,12 @@ def _eval(args) -> dict:
         student = load_detection_model(rows["student_sad"]["checkpoint"])
         onnx_path = export_onnx(student, out / "eval" / "student_sad.onnx", sc["imgsz"], 4)
         rows["onnx"] = {"path": str(onnx_path), "imgsz": sc["imgsz"], **onnx_max_difference(student, onnx_path, sc["imgsz"], 4)}
+        write_json(out / "eval" / "partial.json", rows)
+    for name in ("student_sad", "teacher", "yolov8n", "student_plain"):  # last: what the deadline may cut
+        if not rows[name].get("missing"):
+            rows[name]["by_condition"] = evaluate_by_condition(rows[name]["checkpoint"], data_yaml, out / "eval" / "by_condition" / name,
+                                                               "test", imgsz=sc["imgsz"], batch=32, device=args.device)
+            write_json(out / "eval" / "partial.json", rows)
     return rows
 
 
@@ -371,6 +378,14 @@ def _report(args) -> dict:
                      + ("" if "onnx" in ev else ", and the ONNX check did not run") + ".")
     if cut:
         lines.append(f"- Cut short at the time budget (stopped, last checkpoint evaluated): {', '.join(cut)}.")
+    conds = [k for k in TRAINED if ok[k] and "by_condition" in ev[k]]
+    if conds:
+        keys = list(ev[conds[0]]["by_condition"])
+        counts = ", ".join(f"{c} {ev[conds[0]]['by_condition'][c]['images']}" for c in keys)
+        lines += ["", f"Test mAP50 by condition (test images per condition: {counts}; an image can have several conditions; "
+                  "`clear`: none of them):", "", "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
+        for k in conds:
+            lines.append(f"| {NAMES[k]} | " + " | ".join(f"{ev[k]['by_condition'][c]['mAP50']:.3f}" for c in keys) + " |")
     lines += ["", "Every trainer had a wall-clock budget (ultralytics' `time=`), so the epoch counts are what fitted in "
               "the budget while sharing the GPU, not converged training; the comparison is between models given the "
               "same time, and the students start from the teacher's weights (SVD of its SS2D matrices), so they "

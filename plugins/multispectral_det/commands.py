@@ -190,15 +190,14 @@ def bench(out_dir: PathLike, weights: Optional[Sequence[PathLike]] = None, confi
     """Parameters, GFLOPs and CPU latency (batch 1) of each model (default: shipped teacher and student)."""
     from lowrank_vision.core import count_parameters
 
-    from .metrics import count_flops, cpu_latency
+    from .metrics import count_flops, interleaved_cpu_latency
 
     out_dir = Path(out_dir)
     weights = [Path(w) for w in (weights or [DEFAULT_TEACHER, DEFAULT_STUDENT])]
-    rows = []
-    for w in weights:
-        model = resolve_model(w)
-        rows.append({"name": w.stem, "weights": str(w), "parameters": count_parameters(model)[1],
-                     **count_flops(model, config.imgsz), **cpu_latency(model, config.imgsz, config.threads, config.warmup, config.repeats)})
+    models = {f"{i}:{w.stem}": resolve_model(w) for i, w in enumerate(weights)}
+    latency = interleaved_cpu_latency(models, config.imgsz, config.threads, config.warmup, config.repeats)
+    rows = [{"name": w.stem, "weights": str(w), "parameters": count_parameters(m)[1], **count_flops(m, config.imgsz),
+             **latency[k]} for (k, m), w in zip(models.items(), weights)]
     if len(rows) > 1:
         for r in rows[1:]:
             r["speedup_vs_first"] = rows[0]["latency_ms"] / r["latency_ms"]

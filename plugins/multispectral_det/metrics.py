@@ -6,7 +6,8 @@
   its shapes (``6 * K * E * N * L`` per SS2D: decay exp, two multiply-adds for the state and one
   for the read-out), which the counter does not see.
 * CPU latency: median wall time of a batch-1 forward pass at ``imgsz`` with ``threads`` CPU
-  threads, in ``torch.inference_mode``, after warm-up.
+  threads, in ``torch.inference_mode``, after warm-up; models that are compared are timed in
+  interleaved rounds (:func:`interleaved_cpu_latency`), with the spread.
 * ONNX: ``torch.onnx.export`` (TorchScript exporter, opset 17; the scan runs in its chunked
   form while exporting) and the largest absolute difference from PyTorch in onnxruntime.
 
@@ -18,7 +19,7 @@ from __future__ import annotations
 import statistics
 import time
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from lowrank_vision.core.files import atomic_path, save_figure
 
 from .model import ss2d_modules
 
-__all__ = ["count_flops", "cpu_latency", "export_onnx", "onnx_max_difference", "plot_detections",
+__all__ = ["count_flops", "cpu_latency", "interleaved_cpu_latency", "export_onnx", "onnx_max_difference", "plot_detections",
            "plot_tradeoff", "ExportWrapper"]
 
 
@@ -70,24 +71,42 @@ def count_flops(model: nn.Module, imgsz: int, channels: Optional[int] = None) ->
 
 
 @torch.inference_mode()
-def cpu_latency(model: nn.Module, imgsz: int = 640, threads: int = 2, warmup: int = 1, repeats: int = 3,
-                channels: Optional[int] = None) -> dict:
-    """Median CPU latency (ms) of a batch-1 forward pass at ``imgsz`` with ``threads`` threads."""
-    model = ExportWrapper(model.float().eval().cpu())
-    x = torch.rand(1, channels or _channels(model.model), imgsz, imgsz)
+def interleaved_cpu_latency(models: Mapping[str, nn.Module], imgsz: int = 640, threads: int = 2, warmup: int = 1,
+                            rounds: int = 3, channels: Optional[int] = None) -> dict[str, dict]:
+    """CPU latency (ms) of batch-1 forward passes, the models timed in turn for ``rounds`` rounds (rotating order).
+
+    Interleaving makes every model see the same background load (on a shared machine a model timed
+    alone in a quiet or a busy minute would be favoured or penalised); each model gets the median
+    over rounds (``latency_ms``), the spread (``min_ms``, ``max_ms``) and every run.
+    """
+    if not models:
+        raise ValueError("interleaved_cpu_latency: models must name at least one model")
+    wrapped = {k: ExportWrapper(m.float().eval().cpu()) for k, m in models.items()}
+    first = next(iter(models.values()))
+    x = torch.rand(1, channels or _channels(first), imgsz, imgsz)
+    names = list(wrapped)
+    times = {k: [] for k in names}
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
         for _ in range(warmup):
-            model(x)
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            model(x)
-            times.append((time.perf_counter() - t0) * 1000)
+            for m in wrapped.values():
+                m(x)
+        for r in range(rounds):
+            for k in names[r % len(names):] + names[:r % len(names)]:
+                t0 = time.perf_counter()
+                wrapped[k](x)
+                times[k].append((time.perf_counter() - t0) * 1000)
     finally:
         torch.set_num_threads(before)
-    return {"latency_ms": statistics.median(times), "latency_runs_ms": times, "imgsz": imgsz, "threads": threads}
+    return {k: {"latency_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "latency_runs_ms": v,
+                "imgsz": imgsz, "threads": threads, "rounds": rounds} for k, v in times.items()}
+
+
+def cpu_latency(model: nn.Module, imgsz: int = 640, threads: int = 2, warmup: int = 1, repeats: int = 3,
+                channels: Optional[int] = None) -> dict:
+    """Median CPU latency (ms) of a batch-1 forward pass at ``imgsz`` with ``threads`` threads."""
+    return interleaved_cpu_latency({"model": model}, imgsz, threads, warmup, repeats, channels)["model"]
 
 
 @torch.no_grad()

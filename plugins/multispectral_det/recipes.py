@@ -6,6 +6,8 @@
   distillation (:mod:`.distill`); all alignment weights 0 gives the same student trained on the
   task loss only (the ablation's "low-rank, no distillation").
 * :func:`evaluate` -- mAP50 and mAP50-95 (COCO-style, ultralytics' validator) on a split.
+* :func:`evaluate_by_condition` -- the same on the images of a generated split that share a condition
+  (night, fog, glare, thermal crossover, or none of them: ``clear``), from its ``conditions.json``.
 
 Offline: ``amp=False`` (ultralytics' AMP check downloads weights), ``plots=False`` (plots download a
 font), ``YOLO_OFFLINE=1`` (no connectivity probes), and every data YAML carries an absolute ``path``.
@@ -19,7 +21,9 @@ from typing import Optional, Union
 from .config import DetectTrainConfig, DistillConfig
 from .ultralytics_host import offline_environment
 
-__all__ = ["train_detector", "distill_student", "evaluate", "check_data_yaml"]
+__all__ = ["train_detector", "distill_student", "evaluate", "evaluate_by_condition", "check_data_yaml", "CONDITIONS"]
+
+CONDITIONS = ("night", "fog", "glare", "crossover")
 
 
 def check_data_yaml(data_yaml: Union[str, Path]) -> Path:
@@ -98,3 +102,44 @@ def evaluate(checkpoint: Union[str, Path], data_yaml: Union[str, Path], split: s
                  for i, c in enumerate(m.box.ap_class_index)}
     return {"split": split, "mAP50": float(m.box.map50), "mAP50-95": float(m.box.map), "precision": float(m.box.mp),
             "recall": float(m.box.mr), "per_class": per_class, "checkpoint": str(checkpoint)}
+
+
+def evaluate_by_condition(checkpoint: Union[str, Path], data_yaml: Union[str, Path], work_dir: Union[str, Path], split: str = "test",
+                          imgsz: int = 256, batch: int = 8, device: str = "cpu") -> dict:
+    """mAP50 / mAP50-95 per condition of a generated data set's ``split`` (``{condition: {"images": n, ...}}``).
+
+    Each subset is a data set under ``work_dir/<condition>`` whose files link to the originals (no copies).
+    Conditions with no image in ``split`` are left out.
+    """
+    import json
+    import os
+
+    from lowrank_vision.core.files import atomic_dir, write_text
+    from lowrank_vision.datasets.multispectral.labels import read_data_yaml
+
+    data_yaml = Path(data_yaml).resolve()
+    table = data_yaml.parent / "conditions.json"
+    if not table.is_file():
+        raise FileNotFoundError(f"{table} does not exist (evaluate_by_condition needs a set written by write_dataset)")
+    images = {k.split("/", 1)[1]: c for k, c in json.loads(table.read_text())["images"].items() if k.startswith(f"{split}/")}
+    if not images:
+        raise ValueError(f"evaluate_by_condition: split must be one of the generated splits, got {split!r} (no images)")
+    groups = {c: [s for s, cond in images.items() if cond[c]] for c in CONDITIONS}
+    groups["clear"] = [s for s, cond in images.items() if not any(cond[c] for c in CONDITIONS)]
+    data = read_data_yaml(data_yaml)
+    names = "".join(f"  {i}: {n}\n" for i, n in data["names"].items())
+    out = {}
+    for cond, stems in groups.items():
+        if not stems:
+            continue
+        target = Path(work_dir).resolve() / cond
+        with atomic_dir(target) as tmp:
+            for kind, suffix in (("images", ".tif"), ("labels", ".txt")):
+                (tmp / kind / "val").mkdir(parents=True)
+                for stem in stems:
+                    os.symlink(data_yaml.parent / kind / split / f"{stem}{suffix}", tmp / kind / "val" / f"{stem}{suffix}")
+            write_text(tmp / "data.yaml", f"path: {target}\ntrain: images/val\nval: images/val\nchannels: {data['channels']}\n"
+                                          f"nc: {data['nc']}\nnames:\n{names}")
+        m = evaluate(checkpoint, target / "data.yaml", "val", imgsz=imgsz, batch=batch, device=device)
+        out[cond] = {"images": len(stems), "mAP50": m["mAP50"], "mAP50-95": m["mAP50-95"], "per_class": m["per_class"]}
+    return out

@@ -119,7 +119,7 @@ def make_default_weights(work_dir: Union[str, Path], data_config=None, train_con
     from .config import DetectTrainConfig, DistillConfig
     from lowrank_vision.core import count_parameters
 
-    from .metrics import cpu_latency
+    from .metrics import interleaved_cpu_latency
     from .recipes import distill_student, evaluate, train_detector
 
     work_dir = Path(work_dir)
@@ -136,14 +136,18 @@ def make_default_weights(work_dir: Union[str, Path], data_config=None, train_con
     from .ultralytics_host import load_detection_model
 
     out_dir = Path(out_dir)
+    runs = {"teacher": teacher_run, "student": student_run}
+    models = {k: load_detection_model(r["checkpoint"]) for k, r in runs.items()}
+    latency = interleaved_cpu_latency(models, train_config.imgsz, threads=2, warmup=1, rounds=9)
     with atomic_dir(out_dir) as tmp:
         for key, run, target in (("teacher", teacher_run, DEFAULT_TEACHER), ("student", student_run, DEFAULT_STUDENT)):
-            model = load_detection_model(run["checkpoint"])
+            model = models[key]
             card[key]["test"] = evaluate(run["checkpoint"], data["data_yaml"], "test", imgsz=train_config.imgsz, device=device)
             card[key]["val"] = {k: v for k, v in evaluate(run["checkpoint"], data["data_yaml"], "val", imgsz=train_config.imgsz,
                                                           device=device).items() if k in ("mAP50", "mAP50-95")}
             card[key]["parameters"] = count_parameters(model)[1]
-            card[key]["cpu_latency_ms_at_%d" % train_config.imgsz] = cpu_latency(model, train_config.imgsz, 2, 1, 5)["latency_ms"]
+            card[key]["cpu_latency_ms_at_%d" % train_config.imgsz] = latency[key]["latency_ms"]
+            card[key]["cpu_latency_spread_ms"] = [latency[key]["min_ms"], latency[key]["max_ms"]]
             save_weights(model, tmp / target.name, {"command": command, "imgsz": train_config.imgsz})
         write_json(tmp / "card.json", card)
         write_text(tmp / "README.md", _card_text(card))
@@ -163,6 +167,7 @@ def _card_text(card: dict) -> str:
     lines += ["", "The student starts from the teacher's weights (SVD of its SS2D matrices) and trains for its own epochs "
               "on top, so on this short CPU recipe it can score above its under-trained teacher; the converged comparison "
               "is the GPU run (`bench/detect_gpu.py`, docs/results/detect.md). CPU latency is at the training size and "
-              "measured on whatever machine ran the command.", "",
+              "measured on whatever machine ran the command: median of 9 rounds that time teacher and student in turn "
+              "(min-max in card.json).", "",
               "Data: `" + json.dumps(card["data"]["config"]) + "`", ""]
     return "\n".join(lines)

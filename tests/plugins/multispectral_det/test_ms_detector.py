@@ -143,3 +143,33 @@ def test_plugin_import_is_cheap_and_registers_once_ultralytics_is_imported():
     env = {**os.environ, "YOLO_OFFLINE": "1"}
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, env=env).stdout.split()
     assert out == ["False", "lowrank-detect", "VSSBlock", "RGBIRFusion"]
+
+
+def test_interleaved_latency_times_every_model_each_round_and_restores_threads():
+    from lowrank_vision.plugins.multispectral_det.metrics import interleaved_cpu_latency
+
+    before = torch.get_num_threads()
+    small, big = torch.nn.Conv2d(4, 4, 1), torch.nn.Sequential(*[torch.nn.Conv2d(4, 4, 3, padding=1) for _ in range(8)])
+    r = interleaved_cpu_latency({"small": small, "big": big}, imgsz=64, threads=1, warmup=1, rounds=5, channels=4)
+    assert set(r) == {"small", "big"} and all(len(v["latency_runs_ms"]) == 5 for v in r.values())
+    assert r["small"]["min_ms"] <= r["small"]["latency_ms"] <= r["small"]["max_ms"]
+    assert r["big"]["latency_ms"] > r["small"]["latency_ms"] and torch.get_num_threads() == before
+    with pytest.raises(ValueError, match="models must name at least one model"):
+        interleaved_cpu_latency({})
+
+
+def test_evaluate_by_condition_splits_the_generated_test_set(trained_teacher, tiny_data, tmp_path):
+    import json
+
+    from lowrank_vision.plugins.multispectral_det.recipes import CONDITIONS, evaluate_by_condition
+
+    table = json.loads((Path(tiny_data).parent / "conditions.json").read_text())["images"]
+    test = {k: c for k, c in table.items() if k.startswith("train/")}
+    result = evaluate_by_condition(trained_teacher["checkpoint"], tiny_data, tmp_path / "by", split="train", imgsz=64)
+    expected = {c: sum(v[c] for v in test.values()) for c in CONDITIONS}
+    expected["clear"] = sum(not any(v[c] for c in CONDITIONS) for v in test.values())
+    assert {k: v["images"] for k, v in result.items()} == {k: n for k, n in expected.items() if n}
+    assert all(0 <= v["mAP50"] <= 1 for v in result.values())
+    assert not list((tmp_path / "by").glob(".*"))  # nothing half-written
+    with pytest.raises(ValueError, match="split must be one of the generated splits"):
+        evaluate_by_condition(trained_teacher["checkpoint"], tiny_data, tmp_path / "by", split="holdout")
