@@ -7,7 +7,6 @@ a synthetic RGB+thermal default is generated; without --weights the shipped weig
 from __future__ import annotations
 
 import sys
-
 from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
 
 __all__ = ["main", "build_parser"]
@@ -25,7 +24,7 @@ def _cmd(name: str):
             "make-data": lambda: c.make_data(a.out, SyntheticConfig(a.train, a.val, a.val, a.size, a.seed)),
             "train-teacher": lambda: c.train_teacher(a.out, a.model, a.data, train, a.device),
             "distill": lambda: c.distill(a.out, a.teacher, a.data, DistillConfig(rank_ratio=a.rank_ratio, train=train, **off), a.device),
-            "val": lambda: c.val(a.out, a.weights, a.data, a.split, a.imgsz, a.device),
+            "val": lambda: c.val(a.out, a.weights, a.data, a.split, a.imgsz, a.device, a.by_condition),
             "predict": lambda: c.predict(a.out, a.images or None, a.weights, a.imgsz, a.conf, device=a.device),
             "export": lambda: c.export(a.out, a.weights, a.format, a.imgsz),
             "bench": lambda: c.bench(a.out, a.weights, BenchConfig(imgsz=a.imgsz, threads=a.threads or 2, repeats=a.repeats)),
@@ -41,7 +40,7 @@ def build_parser():
     p.add_argument("--train", type=int, default=240, help="training images (default 240; val and test get --val)")
     p.add_argument("--val", type=int, default=60, help="validation and test images each (default 60)")
     p.add_argument("--size", type=int, default=256, help="image side, multiple of 32 (default 256)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0)  # make-data's; train-teacher and distill get theirs below
     for name, help_ in (("train-teacher", "train the full-rank DLRMamba teacher (or yolov8n) with ultralytics"),
                         ("distill", "train the low-rank student with structure-aware distillation from a teacher")):
         p = add_command(sub, name, _cmd(name), help=help_)
@@ -62,6 +61,7 @@ def build_parser():
         p.add_argument("--imgsz", type=int, default=640 if name == "bench" else 128)
     sub.choices["val"].add_argument("--data", default=None, help="data YAML (default: synthetic)")
     sub.choices["val"].add_argument("--split", default="test", choices=["train", "val", "test"])
+    sub.choices["val"].add_argument("--by-condition", action="store_true", help="also mAP per condition (night, fog...)")
     sub.choices["predict"].add_argument("images", nargs="*", help="4-channel TIFFs (default: synthetic test scenes)")
     sub.choices["predict"].add_argument("--conf", type=float, default=0.1, help="score threshold (default 0.1)")
     sub.choices["export"].add_argument("format", nargs="?", default="onnx", choices=["onnx"])

@@ -99,9 +99,10 @@ def distill(out_dir: PathLike, teacher: Optional[PathLike] = None, data_yaml: Op
 
 
 def val(out_dir: PathLike, weights: Optional[PathLike] = None, data_yaml: Optional[PathLike] = None, split: str = "test",
-        imgsz: int = 128, device: str = "cpu") -> dict:
-    """mAP50 / mAP50-95 of ``weights`` (default: the shipped student) on a split."""
-    from .recipes import evaluate
+        imgsz: int = 128, device: str = "cpu", by_condition: bool = False) -> dict:
+    """mAP50 / mAP50-95 of ``weights`` (default: the shipped student) on a split; with ``by_condition`` also
+    per condition (night, fog, glare, crossover, clear) of a generated set, under ``by_condition`` in the result."""
+    from .recipes import evaluate, evaluate_by_condition
 
     if split not in ("train", "val", "test"):
         raise ValueError(f"--split must be train, val or test, got {split!r}")
@@ -110,6 +111,8 @@ def val(out_dir: PathLike, weights: Optional[PathLike] = None, data_yaml: Option
     data_yaml = data_yaml or default_data(out_dir)
     result = evaluate(ckpt, data_yaml, split, imgsz=imgsz, device=device)
     result.update(weights=str(weights or DEFAULT_STUDENT), data_yaml=str(data_yaml))
+    if by_condition:
+        result["by_condition"] = evaluate_by_condition(ckpt, data_yaml, out_dir / "by_condition", split, imgsz, device=device)
     write_json(out_dir / "result.json", result)
     return result
 

@@ -49,8 +49,10 @@ def test_every_command_short(tmp_path, capsys):
     student = _run(["distill", "--out", str(tmp_path / "s"), "--teacher", teacher["checkpoint"], "--rank-ratio", "0.5", *tiny], capsys)
     assert student["distilled"] and student["rank_ratio"] == 0.5
     ckpt = student["checkpoint"]
-    scores = _run(["val", "--out", str(tmp_path / "v"), "--weights", ckpt, "--data", data, "--imgsz", "64"], capsys)
+    scores = _run(["val", "--out", str(tmp_path / "v"), "--weights", ckpt, "--data", data, "--imgsz", "64", "--by-condition"], capsys)
     assert 0 <= scores["mAP50"] <= 1 and (tmp_path / "v/result.json").is_file()
+    by_condition = scores["by_condition"]  # each test image is "clear" or in the subset of every condition it has
+    assert sum(c["images"] for c in by_condition.values()) >= 2 and all(0 <= c["mAP50"] <= 1 for c in by_condition.values())
     image = str(tmp_path / "data/images/test/test_00000.tif")
     shown = _run(["predict", image, "--out", str(tmp_path / "p"), "--weights", ckpt, "--imgsz", "64", "--conf", "0.0"], capsys)
     png = tmp_path / "p/test_00000.png"
