@@ -14,15 +14,13 @@ Why the CPU encoder was weak, and what this run changes (choices, not tuned on t
   (parallel worker processes), each used with a random subset of its tracks and random left-right mirroring;
   every scene with the default 35 % moving tracks (``STATIC_EVERY = 0``: the run at 7e3f8cb had a fifth of the pool
   static, and static training scenes drive the encoder into the depth-reversed solution: small CPU runs on val,
-  batch 16, 300 rigid steps, val depth corr -0.44 with a fifth static vs +0.03 without; the static *test* scenes
-  are still evaluated);
+  batch 16, val depth corr after 300 rigid steps -0.44 with a fifth static vs +0.03 without, after 800 steps
+  (480 rigid) -0.48 vs +0.90; the static *test* scenes are still evaluated);
 * length and size: 1,500 steps x 4 scenes, a 41k-parameter net -> batches of 64 scenes for the whole window,
   a 1.2M-parameter encoder (width 128, 3 blocks, K = 12; the paper's 8M-parameter model cannot be trained
   usefully in a few minutes and would not ship small), bf16 trunk with float32 heads and geometry;
-* the rigid warm-up (static basis only, plain L1 reprojection) keeps 30 % of the steps, the first half of it with
-  rotation-only cameras (translation held at zero: the run at 7e3f8cb without it trained into the depth-reversed
-  solution, val depth corr -0.51 at step 112; see plugins/tracks4d/recipes.py); loss weights stay the paper's; depth scale: the initial
-  back-projection depth (5 units) matches the scenes' 4-10 units.
+* the rigid warm-up (static basis only, plain L1 reprojection) keeps 30 % of the steps; loss weights stay the
+  paper's; depth scale: the initial back-projection depth (5 units) matches the scenes' 4-10 units.
 
 The learning rate is chosen on the *val* scenes (runs of equal step count, at least 200 steps each on the GPU, lowest
 val depth AbsRel of the feed-forward output) among 3e-4 and 1e-3 (2e-3, the top candidate of the first GPU run, made the
@@ -183,7 +181,7 @@ def _run_config(s: Sizes, lr: float, steps: int) -> TrainRunConfig:
     train = TrainConfig(max_steps=max(steps, 2), lr=lr, warmup_steps=min(100, max(1, steps // 10)), log_every=log_every,
                         eval_every=10 * log_every, progress=False, mixed_precision=s.mixed_precision, weight_decay=0.01)
     return TrainRunConfig(model=s.model, scene=s.scene, train=train, train_scenes=s.batch, val_scenes=min(8, s.val_scenes),
-                          batch_size=s.batch, rigid_warmup_steps=int(0.3 * steps), rotation_first_steps=int(0.15 * steps))
+                          batch_size=s.batch, rigid_warmup_steps=int(0.3 * steps))
 
 
 class ValScorer:
@@ -723,7 +721,7 @@ def _gpu_section(r: dict, rel: str) -> str:
         parts.append(f"\n**Training.** Encoder with {t['parameters']:,} parameters ({t['model_config']['width']} wide, "
                      f"{t['model_config']['depth']} blocks, K = {t['model_config']['num_basis']}), {t['mixed_precision']} trunk, batches of "
                      f"{t['batch']} scenes: {t['steps']} steps ({t['samples']:,} scene samples) in {t['seconds']:.0f} s, "
-                     f"{1000 * t['step_time']:.0f} ms/step, the first 30 % with the rigid warm-up (its first half with rotation-only cameras); stop: {t['stop']}. Data: a pool of "
+                     f"{1000 * t['step_time']:.0f} ms/step, the first 30 % with the rigid warm-up; stop: {t['stop']}. Data: a pool of "
                      f"{d.get('scenes', '?')} generated train scenes ({100 * d.get('static_fraction', 0):.0f} % static) made by "
                      f"{d.get('workers', '?')} processes in {d.get('seconds', 0):.0f} s, each sample a random {r['scene_points']} of its "
                      f"{d.get('scene_config', {}).get('points', '?')} tracks, randomly mirrored left-right. Weights: float16, "

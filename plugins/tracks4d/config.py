@@ -108,9 +108,9 @@ class TrainRunConfig:
     at the first step of the resumed run."""
     rotation_first_steps: int = 0
     """First steps of the rigid warm-up in which the cameras only rotate (translation held at zero), so that the
-    shared image motion goes to the rotation and the translation's sign comes from parallax; without it a pool
-    with static scenes trained into the depth-reversed solution (the docstring of recipes.py). 0 keeps the recipe
-    of the shipped CPU weights; at most ``rigid_warmup_steps``."""
+    shared image motion goes to the rotation and the translation's sign comes from parallax (the docstring of
+    recipes.py: it fixes per-scene fits but did not keep the encoder out of the depth-reversed solution on small
+    CPU runs, hence off by default); at most ``rigid_warmup_steps``."""
 
     def __post_init__(self) -> None:
         _pos_int(self, "train_scenes", "val_scenes", "batch_size")

@@ -12,17 +12,20 @@ Training uses :func:`lowrank_vision.core.train.fit` (AdamW, warm-up + cosine). T
 same motion model's parameters directly for one scene (:class:`~.model.SceneParameters`), and keeps the
 iterate with the lowest loss, as test-time fine-tuning does.
 
-Rotation-first rigid stage (``rotation_only``, a choice of ours: the depth-reversal fix). From the symmetric
-start (identity cameras, every track at one depth) a camera translation and a camera rotation move every point
-alike, so the first gradient steps let the translation explain the shared image motion. For a camera that
-sweeps sideways while turning towards a fixated point (the generator's look-at sweep, and most hand-held
-clips), the shared motion of a scene that lies mostly *beyond* the fixated point has the sign of a translation
-opposite to the true one; the parallax left over is then fitted with the depth order reversed (the Necker /
-bas-relief ambiguity of nearly affine views), a worse local minimum that the rest of training does not leave.
-Fitting pure rotations first lets the rotation take the shared motion, so the translation's sign comes from
-the parallax. Per-scene rigid fits from the symmetric start (200 Adam steps, 12 val scenes of each kind): mean
-depth correlation -0.78 (static scenes) / -0.27 (35 % moving tracks) without, +0.68 / +0.77 with the first 100
-steps rotation-only, and a lower rigid loss (static: 7.97e-3 -> 5.43e-3).
+Rotation-first rigid stage (``rotation_only``, a choice of ours against the depth reversal, off by default).
+From the symmetric start (identity cameras, every track at one depth) a camera translation and a camera rotation
+move every point alike, so the first gradient steps let the translation explain the shared image motion. For a
+camera that sweeps sideways while turning towards a fixated point (the generator's look-at sweep, and many
+hand-held clips), the shared motion of a scene that lies mostly *beyond* the fixated point has the sign of a
+translation opposite to the true one; the parallax left over is then fitted with the depth order reversed (the
+Necker / bas-relief ambiguity of nearly affine views), a worse local minimum. Fitting pure rotations first lets
+the rotation take the shared motion, so the translation's sign comes from the parallax. Per-scene rigid fits
+from the symmetric start (200 Adam steps, 12 val scenes of each kind): mean depth correlation -0.78 (static
+scenes) / -0.27 (35 % moving tracks) without, +0.68 / +0.77 with the first 100 steps rotation-only, and a lower
+rigid loss (static: 7.97e-3 -> 5.43e-3). For the *encoder* it did not help (small CPU runs on val scenes, batch
+16, 800 steps, 480 rigid, 160 of them rotation-only: val depth correlation -0.52 vs -0.48 without when a fifth
+of the training scenes is static, +0.75 vs +0.90 when none is); what reverses the encoder is static training
+scenes (bench/tracks4d_gpu.py trains without them).
 """
 
 from __future__ import annotations
