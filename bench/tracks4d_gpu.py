@@ -15,7 +15,9 @@ Why the CPU encoder was weak, and what this run changes (choices, not tuned on t
   every scene with the default 35 % moving tracks (``STATIC_EVERY = 0``: the run at 7e3f8cb had a fifth of the pool
   static, and static training scenes drive the encoder into the depth-reversed solution: small CPU runs on val,
   batch 16, val depth corr after 300 rigid steps -0.44 with a fifth static vs +0.03 without, after 800 steps
-  (480 rigid) -0.48 vs +0.90; the static *test* scenes are still evaluated);
+  (480 rigid) -0.48 vs +0.90; the static *test* scenes are still evaluated). Not enough on its own: the 1.2M-parameter
+  encoder below reversed without static scenes too (same CPU runs: -0.40 at step 180, -0.61 at step 240), as did the
+  ``--smoke`` one; the 41k-parameter default (``ModelConfig()``) did not, on 16 x 64 and on 24 x 128 scenes (+0.61);
 * length and size: 1,500 steps x 4 scenes, a 41k-parameter net -> batches of 64 scenes for the whole window,
   a 1.2M-parameter encoder (width 128, 3 blocks, K = 12; the paper's 8M-parameter model cannot be trained
   usefully in a few minutes and would not ship small), bf16 trunk with float32 heads and geometry;
