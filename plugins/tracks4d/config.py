@@ -106,10 +106,17 @@ class TrainRunConfig:
     rigid stage; stands in for the paper's pose pre-training phase). Without it the CPU encoder settled in the
     depth-reversed solution (val AbsRel 2.01 -> 0.23 with 500 of 1500 steps). After a resume the count restarts
     at the first step of the resumed run."""
+    rotation_first_steps: int = 0
+    """First steps of the rigid warm-up in which the cameras only rotate (translation held at zero), so that the
+    shared image motion goes to the rotation and the translation's sign comes from parallax (the docstring of
+    recipes.py: it fixes per-scene fits but did not keep the encoder out of the depth-reversed solution on small
+    CPU runs, hence off by default); at most ``rigid_warmup_steps``."""
 
     def __post_init__(self) -> None:
         _pos_int(self, "train_scenes", "val_scenes", "batch_size")
         require(self, "rigid_warmup_steps", isinstance(self.rigid_warmup_steps, int) and self.rigid_warmup_steps >= 0, "an int >= 0")
+        require(self, "rotation_first_steps", isinstance(self.rotation_first_steps, int)
+                and 0 <= self.rotation_first_steps <= self.rigid_warmup_steps, f"an int in [0, rigid_warmup_steps={self.rigid_warmup_steps}]")
 
 
 @dataclass(frozen=True)
