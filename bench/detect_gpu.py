@@ -334,9 +334,7 @@ def _report(args) -> dict:
               "- CPU latency: architecture only (batch 1, 640 px, 2 threads, fp32), measured on the development CPU by "
               "`python3 bench/detect_gpu.py --stage cpu_latency` (`detect/cpu_latency.json`): median of "
               f"{cpu['rounds'] if cpu else '?'} interleaved rounds, with [min, max]"
-              + (f"; that CPU ({cpu['cpu_count']} cores) was shared with other jobs (1-min load average "
-                 f"{cpu['load_average_1min_before_after'][0]:.1f} before, {cpu['load_average_1min_before_after'][1]:.1f} after), "
-                 "so absolute times are inflated and the per-round ratios spread" if cpu and "load_average_1min_before_after" in cpu else "")
+              + (_cpu_load_note(cpu) if cpu and "load_average_1min_before_after" in cpu else "")
               + ".",
               "- GPU latency: batch 1, 640 px, fp32, on the (shared) H200 of this run: median [q1, q3] of 50 calls.", ""]
     at = _scale(args)["speed_imgsz"]
@@ -443,8 +441,19 @@ def _cpu_latency(args) -> dict:
             "speedup_student_vs_teacher": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                            "of_fastest_runs": min(times["teacher"]) / min(times["student_sad"])},
             "note": "weights are untrained (latency does not depend on them); the student is student_from_teacher(teacher, 0.5), "
-                    "the architecture the distilled and the plain student share; the machine was shared with other jobs, "
-                    "which the interleaving and the median are for"}
+                    "the architecture the distilled and the plain student share; the rounds are interleaved and the median "
+                    "reported so that other load on the machine hits every model alike"}
+
+
+def _cpu_load_note(cpu: dict) -> str:
+    """What the load average says about the latency rounds: the load BEFORE them is other jobs' (the one after includes
+    the rounds' own threads); busy above one running job per two cores."""
+    before, after = cpu["load_average_1min_before_after"]
+    load = f"1-min load average {before:.1f} before, {after:.1f} after"
+    if before > cpu["cpu_count"] / 2:
+        return (f"; that CPU ({cpu['cpu_count']} cores) was shared with other jobs ({load}), "
+                "so absolute times are inflated and the per-round ratios spread")
+    return f"; that CPU ({cpu['cpu_count']} cores) was otherwise quiet ({load})"
 
 
 def _lr_search(args) -> dict:
