@@ -80,13 +80,16 @@ class Sizes:
     finetune_val_scenes: int = 4  # val scenes on which the fine-tuning variants are compared
 
 
-def sizes(smoke: bool, device: str, mixed_precision: str | None = None) -> Sizes:
+def sizes(smoke: bool, device: str, mixed_precision: str | None = None, model_size: str = "large") -> Sizes:
+    """``model_size``: "large" (1.2 M parameters, width 128, 3 blocks, K = 12) or "default" (``ModelConfig()``, 41 k,
+    the shipped encoder's size; the one that kept depth ordered right in CPU val runs, see the module docstring)."""
     mp = mixed_precision or ("bf16" if device.startswith("cuda") else "no")
     if smoke:
         return Sizes(ModelConfig(width=16, depth=1, heads=2, mlp_ratio=2, octaves=4, num_basis=4, conv_kernel=5),
                      SceneConfig(frames=8, points=24), 32, 96, 8, (1e-3, 3e-3), 6, 2, 2, 2, FinetuneConfig(steps=5, lr=1e-4),
                      BaselineConfig(steps=30), mp)
-    return Sizes(ModelConfig(width=128, depth=3, heads=8, mlp_ratio=4, octaves=10, num_basis=12, conv_kernel=15),
+    large = ModelConfig(width=128, depth=3, heads=8, mlp_ratio=4, octaves=10, num_basis=12, conv_kernel=15)
+    return Sizes(large if model_size == "large" else ModelConfig(),
                  SceneConfig(frames=24, points=128), 160, 40000, 64, (3e-4, 1e-3), 200, 16, 8, 4,
                  FinetuneConfig(steps=200, lr=1e-4), BaselineConfig(), mp, 3)
 
@@ -883,6 +886,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mixed-precision", choices=["no", "bf16"], default=None, help="trunk precision (default: bf16 on CUDA)")
     ap.add_argument("--workers", type=int, default=0, help="scene-generation processes (0: half the CPU cores, at most 8)")
     ap.add_argument("--eval-workers", type=int, default=12, help="test-scene worker processes (one CPU core and a CUDA context each)")
+    ap.add_argument("--model-size", choices=["large", "default"], default="large", help="encoder size (see sizes())")
     ap.add_argument("--results-md", default=None, help="results page (default docs/results/tracks4d.md; with --smoke OUT/tracks4d.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -892,7 +896,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_md = Path(args.results_md) if args.results_md else (out / "tracks4d.md" if args.smoke else RESULTS_MD)
-    s = sizes(args.smoke, args.device, args.mixed_precision)
+    s = sizes(args.smoke, args.device, args.mixed_precision, args.model_size)
     clock = Clock(args.budget_s)
     workers = args.workers or max(1, min(8, (os.cpu_count() or 2) // 2))
     command = "python3 bench/tracks4d_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)
