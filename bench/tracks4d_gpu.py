@@ -58,6 +58,7 @@ RESULTS_MD = ROOT / "docs" / "results" / "tracks4d.md"
 STAGES = ("data", "lr_search", "train", "eval", "static", "report")
 # end of each stage's window, as a fraction of the usable budget (budget minus a safety margin)
 # (eval runs the dynamic and the static test scenes together in parallel worker processes; static only summarises)
+EXCLUSIVE = False  # --exclusive: the GPU ran nothing else (only changes what the report says)
 STATIC_EVERY = 0  # every n-th pool seed is a static scene (0: none; see the module docstring)
 WINDOWS = {"data": 0.07, "lr_search": 0.25, "train": 0.72, "eval": 0.95, "static": 0.96, "report": 1.0}
 
@@ -624,7 +625,7 @@ def default_weights(out: Path, report: dict, s: Sizes, command: str) -> dict | N
         "training": {k: train[k] for k in ("steps", "planned_steps", "stop", "seconds", "batch", "samples", "mixed_precision", "parameters")},
         "test_feedforward": dyn["feedforward"],
         "test_comparison": {"scenes": dyn["scenes"], "summary": {m: dyn[m] for m in ("feedforward", "finetune", "baseline")}},
-        "device": report["device"], "torch": torch.__version__, "gpu_shared": True,
+        "device": report["device"], "torch": torch.__version__, "gpu_shared": report["gpu_shared"],
     }
     folder = out / "default_weights"
     weights = save_weights(folder / "tracks4d_small.safetensors", model, {"card": "README.md", "command": command, "data": record["data"]},
@@ -641,7 +642,7 @@ def default_weights(out: Path, report: dict, s: Sizes, command: str) -> dict | N
         f"Made by `{command}` (this file, `tracks4d_small.json` and the weights are written by that command).\n\n"
         f"Model: {tr['parameters']:,} parameters ({asdict(s.model)}), stored in float16 ({record['weights_bytes']:,} bytes). "
         f"Training: {tr['steps']} steps of {tr['batch']} scenes ({tr['mixed_precision']} trunk), stop: {tr['stop']}, "
-        f"{tr['seconds']:.0f} s on a GPU shared with another job.\n\n"
+        f"{tr['seconds']:.0f} s on a GPU {'shared with another job' if report['gpu_shared'] else 'of its own'}.\n\n"
         f"Data: a pool of {data['scenes']} generated train scenes (seeds {data['train_seeds'][0]}..{data['train_seeds'][1]}, "
         f"{100 * data['static_fraction']:.0f} % static, {data['scene_config']['points']} tracks of which a random "
         f"{s.scene.points} per sample, random left-right mirroring); val seeds {search['val_seeds'][0]}..{search['val_seeds'][-1]}, "
@@ -662,7 +663,7 @@ def default_weights(out: Path, report: dict, s: Sizes, command: str) -> dict | N
 
 
 def stage_report(out: Path, s: Sizes, device: str, command: str, results_md: Path, smoke: bool, budget: float, log: dict) -> dict:
-    report = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu", "gpu_shared": device.startswith("cuda"),
+    report = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu", "gpu_shared": device.startswith("cuda") and not EXCLUSIVE,
               "command": command, "smoke": smoke, "budget_s": budget, "stages": log, "out": str(out)}
     for name in ("data", "lr_search", "train", "finetune_search", "eval", "static"):
         f = out / f"{name}.json"
@@ -707,9 +708,12 @@ def _ok(flag) -> str:
 def _gpu_section(r: dict, rel: str) -> str:
     acc, parts = r.get("acceptance", {}), []
     total = max((v.get("ended_at_s", 0) for v in r["stages"].values() if isinstance(v, dict)), default=0.0)
-    parts.append(f"\n## GPU acceptance run (one {r['device']}, shared with another job)\n\nCommand: `{r['command']}`, one process, "
-                 f"budget {r['budget_s']:.0f} s wall-clock for everything (data, lr search, training, evaluation, report); the GPU and its "
-                 "CPU cores were shared with another plugin's run at the same time, so every time below is a shared-GPU time. Raw JSON: "
+    shared = r.get("gpu_shared", True)
+    parts.append(f"\n## GPU acceptance run (one {r['device']}{', shared with another job' if shared else ', not shared'})\n\n"
+                 f"Command: `{r['command']}`, one process, "
+                 f"budget {r['budget_s']:.0f} s wall-clock for everything (data, lr search, training, evaluation, report); "
+                 + ("the GPU and its CPU cores were shared with another plugin's run at the same time, so every time below is a "
+                    "shared-GPU time. " if shared else "no other job ran on the machine. ") + "Raw JSON: "
                  f"`{rel}/report.json` (and `{r['out']}/` on the run's machine: per-scene JSON, `train.json`, `lr_search.json`).\n\n"
                  f"| stage | seconds | ended at (s) | deadline (s) | note |\n|---|---|---|---|---|\n")
     for st, v in r["stages"].items():
@@ -886,6 +890,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mixed-precision", choices=["no", "bf16"], default=None, help="trunk precision (default: bf16 on CUDA)")
     ap.add_argument("--workers", type=int, default=0, help="scene-generation processes (0: half the CPU cores, at most 8)")
     ap.add_argument("--eval-workers", type=int, default=12, help="test-scene worker processes (one CPU core and a CUDA context each)")
+    ap.add_argument("--exclusive", action="store_true", help="the GPU is not shared with another job (said in the report)")
     ap.add_argument("--model-size", choices=["large", "default"], default="large", help="encoder size (see sizes())")
     ap.add_argument("--results-md", default=None, help="results page (default docs/results/tracks4d.md; with --smoke OUT/tracks4d.md)")
     args = ap.parse_args(argv)
@@ -896,6 +901,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_md = Path(args.results_md) if args.results_md else (out / "tracks4d.md" if args.smoke else RESULTS_MD)
+    global EXCLUSIVE
+    EXCLUSIVE = args.exclusive
     s = sizes(args.smoke, args.device, args.mixed_precision, args.model_size)
     clock = Clock(args.budget_s)
     workers = args.workers or max(1, min(8, (os.cpu_count() or 2) // 2))
