@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-__all__ = ["require", "is_int"]
+__all__ = ["require", "is_int", "require_ints"]
 
 
 def require(obj: Any, name: str, ok: bool, expected: str) -> None:
@@ -21,3 +21,10 @@ def require(obj: Any, name: str, ok: bool, expected: str) -> None:
 def is_int(value: Any, minimum: Optional[int] = None) -> bool:
     """A real int (``bool`` excluded), at least ``minimum`` when given."""
     return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def require_ints(obj: Any, *names: str, minimum: int = 1, expected: Optional[str] = None) -> None:
+    """:func:`require` that each named field is an int (not a bool) >= ``minimum``; ``expected`` defaults to
+    ``"an int >= <minimum>"``."""
+    for name in names:
+        require(obj, name, is_int(getattr(obj, name), minimum), expected or f"an int >= {minimum}")

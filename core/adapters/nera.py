@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..functional import nera as F_kan
 from ..functional.layout import LayerGeometry
+from ..validate import is_int, require
 from .base import AdapterLayer
 from .registry import register_adapter
 
@@ -36,14 +37,11 @@ class NeRAOptions:
     """Std of the down layer's initial spline coefficients times ``sqrt(d_in * (G + k))``."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.grid_size, bool) or not isinstance(self.grid_size, int) or self.grid_size < 1:
-            raise ValueError(f"NeRAOptions.grid_size must be an integer >= 1, got {self.grid_size!r}")
-        if isinstance(self.spline_order, bool) or not isinstance(self.spline_order, int) or self.spline_order < 0:
-            raise ValueError(f"NeRAOptions.spline_order must be an integer >= 0, got {self.spline_order!r}")
-        if not (isinstance(self.grid_range, (int, float)) and self.grid_range > 0):
-            raise ValueError(f"NeRAOptions.grid_range must be a positive number, got {self.grid_range!r}")
-        if not (isinstance(self.spline_init_scale, (int, float)) and self.spline_init_scale >= 0):
-            raise ValueError(f"NeRAOptions.spline_init_scale must be a number >= 0, got {self.spline_init_scale!r}")
+        require(self, "grid_size", is_int(self.grid_size, 1), "an integer >= 1")
+        require(self, "spline_order", is_int(self.spline_order, 0), "an integer >= 0")
+        require(self, "grid_range", isinstance(self.grid_range, (int, float)) and self.grid_range > 0, "a positive number")
+        require(self, "spline_init_scale", isinstance(self.spline_init_scale, (int, float)) and self.spline_init_scale >= 0,
+                "a number >= 0")
 
     @property
     def num_basis(self) -> int:

@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from ..functional import lora as F_lora
 from ..functional import spline_lora as F_spline
 from ..functional.layout import LayerGeometry
+from ..validate import is_int, require
 from .base import AdapterLayer
 from .registry import register_adapter
 
@@ -30,10 +31,9 @@ class SplineLoRAOptions:
     """Knots span ``[-grid_range, grid_range]``."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.grid_size, bool) or not isinstance(self.grid_size, int) or self.grid_size < 2:
-            raise ValueError(f"SplineLoRAOptions.grid_size must be an integer >= 2, got {self.grid_size!r}")
-        if isinstance(self.grid_range, bool) or not isinstance(self.grid_range, (int, float)) or not self.grid_range > 0:
-            raise ValueError(f"SplineLoRAOptions.grid_range must be a positive number, got {self.grid_range!r}")
+        require(self, "grid_size", is_int(self.grid_size, 2), "an integer >= 2")
+        positive = not isinstance(self.grid_range, bool) and isinstance(self.grid_range, (int, float)) and self.grid_range > 0
+        require(self, "grid_range", positive, "a positive number")
 
 
 @register_adapter("spline_lora")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Literal, Optional, get_args
 
 from lowrank_vision.core.train import TrainConfig
-from lowrank_vision.core.validate import require
+from lowrank_vision.core.validate import is_int, require
 
 __all__ = ["SpecViTConfig", "DataConfig", "RecipeConfig", "train_config", "DEFAULT_LR", "Method", "Variant"]
 
@@ -21,10 +21,6 @@ Variant = Literal["lola_specvit_tiny", "lola_specvit_small", "lola_specvit_base"
 
 DEFAULT_LR: dict[str, float] = {"lora": 5e-3, "full": 2e-3, "hybridsn": 2e-3}
 """Peak AdamW learning rate per method (chosen on the val blocks of the synthetic default)."""
-
-
-def _positive_int(value: object) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 @dataclass(frozen=True)
@@ -57,13 +53,13 @@ class SpecViTConfig:
     """Dropout in the MLPs and before the head."""
 
     def __post_init__(self) -> None:
-        require(self, "in_chans", _positive_int(self.in_chans), "an int >= 1")
+        require(self, "in_chans", is_int(self.in_chans, 1), "an int >= 1")
         require(self, "num_classes", isinstance(self.num_classes, int) and self.num_classes >= 0, "an int >= 0")
         require(self, "img_size", isinstance(self.img_size, int) and self.img_size >= 3, "an int >= 3")
         require(self, "spectral_kernels", len(self.spectral_kernels) == len(self.frontend_channels), f"one kernel per front-end layer ({len(self.frontend_channels)})")
         require(self, "num_heads", len(self.num_heads) == len(self.depths), f"one count per stage ({len(self.depths)})")
         require(self, "num_heads", all((self.embed_dim * 2**i) % h == 0 for i, h in enumerate(self.num_heads)), f"divisors of the stage widths {[self.embed_dim * 2**i for i in range(len(self.depths))]}")
-        require(self, "window_size", _positive_int(self.window_size), "an int >= 1")
+        require(self, "window_size", is_int(self.window_size, 1), "an int >= 1")
         require(self, "band_dropout", 0.0 <= self.band_dropout < 1.0, "in [0, 1)")
         require(self, "drop_rate", 0.0 <= self.drop_rate < 1.0, "in [0, 1)")
 
@@ -86,8 +82,8 @@ class DataConfig:
     """Scale each principal component to unit variance."""
 
     def __post_init__(self) -> None:
-        require(self, "pca_components", _positive_int(self.pca_components), "an int >= 1")
-        require(self, "patch", _positive_int(self.patch) and self.patch % 2 == 1, "an odd int >= 1")
+        require(self, "pca_components", is_int(self.pca_components, 1), "an int >= 1")
+        require(self, "patch", is_int(self.patch, 1) and self.patch % 2 == 1, "an odd int >= 1")
         require(self, "block", isinstance(self.block, int) and self.block >= 2, "an int >= 2")
         require(self, "fractions", len(self.fractions) == 3 and min(self.fractions) >= 0 and abs(sum(self.fractions) - 1) < 1e-6, "3 non-negative numbers summing to 1")
 
@@ -143,12 +139,12 @@ class RecipeConfig:
     def __post_init__(self) -> None:
         require(self, "model", self.model in get_args(Variant), f"one of {get_args(Variant)}")
         require(self, "method", self.method in get_args(Method), f"one of {get_args(Method)}")
-        require(self, "rank", _positive_int(self.rank), "an int >= 1")
+        require(self, "rank", is_int(self.rank, 1), "an int >= 1")
         require(self, "alpha", self.alpha > 0, "> 0")
-        require(self, "cycle_steps", _positive_int(self.cycle_steps), "an int >= 1")
+        require(self, "cycle_steps", is_int(self.cycle_steps, 1), "an int >= 1")
         require(self, "cycle_mult", self.cycle_mult >= 1, ">= 1")
         require(self, "f_min", 0.0 <= self.f_min <= 1.0, "in [0, 1]")
-        require(self, "batch_size", _positive_int(self.batch_size), "an int >= 1")
+        require(self, "batch_size", is_int(self.batch_size, 1), "an int >= 1")
         require(self, "label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1)")
         if self.train is None:
             object.__setattr__(self, "train", train_config(self.method))

@@ -12,18 +12,12 @@ from dataclasses import asdict, dataclass, field
 from typing import Literal, Optional
 
 from lowrank_vision.core.train import TrainConfig
-from lowrank_vision.core.validate import require
+from lowrank_vision.core.validate import require, require_ints
 
 __all__ = ["SPANConfig", "DSCLoRAConfig", "SRTrainConfig", "TrainConfig", "SCALES", "sr_train_defaults"]
 
 SCALES = (2, 3, 4)
 """Upscaling factors SPAN is built for."""
-
-
-def _positive_int(cfg: object, *names: str) -> None:
-    for name in names:
-        value = getattr(cfg, name)
-        require(cfg, name, isinstance(value, int) and not isinstance(value, bool) and value >= 1, "a positive int")
 
 
 @dataclass(frozen=True)
@@ -45,7 +39,7 @@ class SPANConfig:
 
     def __post_init__(self) -> None:
         require(self, "scale", self.scale in SCALES, "2, 3 or 4")
-        _positive_int(self, "channels", "in_channels", "out_channels", "gain")
+        require_ints(self, "channels", "in_channels", "out_channels", "gain", expected="a positive int")
         require(self, "img_range", self.img_range > 0, "> 0")
 
     def to_dict(self) -> dict:
@@ -74,7 +68,7 @@ class DSCLoRAConfig:
     """Features are average-pooled to at most this side before the HW x HW affinity."""
 
     def __post_init__(self) -> None:
-        _positive_int(self, "block_rank", "tail_rank", "affinity_side")
+        require_ints(self, "block_rank", "tail_rank", "affinity_side", expected="a positive int")
         for name in ("block_alpha", "tail_alpha"):
             require(self, name, getattr(self, name) > 0, "> 0")
         for name in ("lambda_rec", "lambda_ts", "lambda_ad"):
@@ -124,7 +118,7 @@ class SRTrainConfig:
 
     def __post_init__(self) -> None:
         require(self, "scale", self.scale in SCALES, "2, 3 or 4")
-        _positive_int(self, "channels", "batch_size")
+        require_ints(self, "channels", "batch_size", expected="a positive int")
         require(self, "lr_patch", isinstance(self.lr_patch, int) and self.lr_patch >= 8, "an int >= 8")
         require(self, "num_workers", isinstance(self.num_workers, int) and self.num_workers >= 0, "an int >= 0")
         require(self, "train_form", self.train_form in ("branches", "deployed"), "'branches' or 'deployed'")

@@ -11,16 +11,10 @@ from typing import Literal
 
 from lowrank_vision.core.train import TrainConfig
 from lowrank_vision.datasets.tracks.synthetic import SceneConfig
-from lowrank_vision.core.validate import require
+from lowrank_vision.core.validate import require, require_ints
 
 __all__ = ["ModelConfig", "LossConfig", "TrainRunConfig", "FinetuneConfig", "BaselineConfig", "paper_model"]
 
-
-
-def _pos_int(obj, *names: str) -> None:
-    for n in names:
-        v = getattr(obj, n)
-        require(obj, n, isinstance(v, int) and not isinstance(v, bool) and v >= 1, "an int >= 1")
 
 
 @dataclass(frozen=True)
@@ -49,7 +43,7 @@ class ModelConfig:
     """γ = gamma_scale · (ELU(x) + 1) + 1e-5, in normalised image units (paper: scale 1)."""
 
     def __post_init__(self) -> None:
-        _pos_int(self, "width", "depth", "heads", "mlp_ratio", "octaves", "num_basis", "conv_kernel")
+        require_ints(self, "width", "depth", "heads", "mlp_ratio", "octaves", "num_basis", "conv_kernel")
         require(self, "width", self.width % self.heads == 0, f"divisible by heads={self.heads}")
         require(self, "conv_kernel", self.conv_kernel % 2 == 1, "odd")
         require(self, "focal_range", 0 <= self.focal_range < 1, "in [0, 1)")
@@ -113,7 +107,7 @@ class TrainRunConfig:
     CPU runs, hence off by default); at most ``rigid_warmup_steps``."""
 
     def __post_init__(self) -> None:
-        _pos_int(self, "train_scenes", "val_scenes", "batch_size")
+        require_ints(self, "train_scenes", "val_scenes", "batch_size")
         require(self, "rigid_warmup_steps", isinstance(self.rigid_warmup_steps, int) and self.rigid_warmup_steps >= 0, "an int >= 0")
         require(self, "rotation_first_steps", isinstance(self.rotation_first_steps, int)
                 and 0 <= self.rotation_first_steps <= self.rigid_warmup_steps, f"an int in [0, rigid_warmup_steps={self.rigid_warmup_steps}]")
@@ -139,7 +133,7 @@ class FinetuneConfig:
         require(self, "steps", isinstance(self.steps, int) and self.steps >= 0, "an int >= 0")
         require(self, "lr", self.lr > 0, "> 0")
         require(self, "method", self.method in ("full", "lora"), "one of 'full', 'lora'")
-        _pos_int(self, "rank")
+        require_ints(self, "rank")
         require(self, "rigid_steps", isinstance(self.rigid_steps, int) and 0 <= self.rigid_steps < max(self.steps, 1),
                 "an int >= 0 and < steps")
 
@@ -160,7 +154,7 @@ class BaselineConfig:
     """Initial camera sweeps tried in the rigid stage (+x, -x, +y, -y, diagonals; at most 8)."""
 
     def __post_init__(self) -> None:
-        _pos_int(self, "steps", "num_basis")
+        require_ints(self, "steps", "num_basis")
         require(self, "rigid_fraction", 0.0 <= self.rigid_fraction < 1.0, "in [0, 1)")
         require(self, "starts", isinstance(self.starts, int) and 1 <= self.starts <= 8, "an int in [1, 8]")
         require(self, "lr", self.lr > 0, "> 0")
