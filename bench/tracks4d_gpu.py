@@ -58,7 +58,6 @@ RESULTS_MD = ROOT / "docs" / "results" / "tracks4d.md"
 STAGES = ("data", "lr_search", "train", "eval", "static", "report")
 # end of each stage's window, as a fraction of the usable budget (budget minus a safety margin)
 # (eval runs the dynamic and the static test scenes together in parallel worker processes; static only summarises)
-EXCLUSIVE = False  # --exclusive: the GPU ran nothing else (only changes what the report says)
 STATIC_EVERY = 0  # every n-th pool seed is a static scene (0: none; see the module docstring)
 WINDOWS = {"data": 0.07, "lr_search": 0.25, "train": 0.72, "eval": 0.95, "static": 0.96, "report": 1.0}
 
@@ -662,8 +661,10 @@ def default_weights(out: Path, report: dict, s: Sizes, command: str) -> dict | N
                     "not worse, and the file is < 5 MB"}
 
 
-def stage_report(out: Path, s: Sizes, device: str, command: str, results_md: Path, smoke: bool, budget: float, log: dict) -> dict:
-    report = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu", "gpu_shared": device.startswith("cuda") and not EXCLUSIVE,
+def stage_report(out: Path, s: Sizes, device: str, command: str, results_md: Path, smoke: bool, budget: float, log: dict,
+                 exclusive: bool = False) -> dict:
+    """``exclusive``: the GPU ran nothing else (only changes what the report says)."""
+    report = {"device": torch.cuda.get_device_name(0) if device.startswith("cuda") else "cpu", "gpu_shared": device.startswith("cuda") and not exclusive,
               "command": command, "smoke": smoke, "budget_s": budget, "stages": log, "out": str(out)}
     for name in ("data", "lr_search", "train", "finetune_search", "eval", "static"):
         f = out / f"{name}.json"
@@ -901,8 +902,6 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_md = Path(args.results_md) if args.results_md else (out / "tracks4d.md" if args.smoke else RESULTS_MD)
-    global EXCLUSIVE
-    EXCLUSIVE = args.exclusive
     s = sizes(args.smoke, args.device, args.mixed_precision, args.model_size)
     clock = Clock(args.budget_s)
     workers = args.workers or max(1, min(8, (os.cpu_count() or 2) // 2))
@@ -926,7 +925,7 @@ def main(argv=None) -> int:
             elif stage in ("eval", "static"):
                 res = stage_eval(out, s, clock, args.device, static=stage == "static", workers=args.eval_workers)
             else:
-                res = stage_report(out, s, args.device, command, results_md, args.smoke, args.budget_s, log)
+                res = stage_report(out, s, args.device, command, results_md, args.smoke, args.budget_s, log, args.exclusive)
             (out / f"{stage}_error.json").unlink(missing_ok=True)
         except Exception as exc:  # one failing stage must not stop the report of the others
             import traceback
