@@ -130,17 +130,22 @@ class SLTrain(DeltaAdapter):
         return out if bias is None else out + channel_view(bias, self.geometry, out)
 
     def memory(self) -> dict[str, int]:
-        """:func:`core.functional.sltrain.sltrain_memory` for this layer, in its parameters' dtype."""
+        """:func:`core.functional.sltrain.sltrain_memory` for this layer in its parameters' dtype, plus the bytes of the
+        wrapped layer's dense weight, which this shell keeps (frozen: no gradient, no optimizer state) so that
+        ``remove`` can give the original layer back."""
         g = self.geometry
-        return F_sl.sltrain_memory(g, self.rank, self.delta.support.numel(), value_bytes=self.delta.lora_A.element_size(),
-                                   index_bytes=self.delta.support.element_size())
+        report = F_sl.sltrain_memory(g, self.rank, self.delta.support.numel(), value_bytes=self.delta.lora_A.element_size(),
+                                     index_bytes=self.delta.support.element_size())
+        weight = self.root.weight
+        return {**report, "wrapped_dense_weight_bytes": weight.numel() * weight.element_size()}
 
 
 def memory_report(model: nn.Module, adapter_name: Optional[str] = None) -> dict[str, Any]:
     """Per-layer and total bytes of every SLTrain layer of ``model`` against the dense weights they stand for.
 
     ``ratio`` is SLTrain's training memory for the weights (values, gradients, Adam states, support
-    indices) over a dense layer's (values, gradients, Adam states).
+    indices) over a dense layer's (values, gradients, Adam states); ``wrapped_dense_weight_bytes`` is what the
+    frozen original weights still take beside it in this adapter form.
     """
     from ..inject import adapter_layers  # inject imports the adapters package
 
