@@ -14,9 +14,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Optional
 
-from torch import Tensor, nn
-
 import torch
+from torch import Tensor, nn
 
 from ..functional import hypelora as F_hyper
 from ..functional.layout import LayerGeometry
