@@ -2,7 +2,9 @@
 
 Math, and how one network serves layers of different shapes, are in ``core.functional.hypelora``.
 Sharing: the layers wrapped by one ``apply`` call (one adapter, one options object) share one
-:class:`HyperNetwork` module; the first layer built owns it. It is a submodule of every layer (so
+:class:`HyperNetwork` module; the first layer built owns it. That call also gives the options a fresh
+``network_id`` (saved with the adapter), so ``load`` rebuilds the same grouping even when one adapter
+name was spread over several ``apply`` calls (one network per call). It is a submodule of every layer (so
 ``.to()``, ``state_dict`` and ``deepcopy`` keep it shared) but only its owner lists it in
 ``adapter_parameters``, so ``save`` writes it once (under the owner's name), ``load`` fills it once and
 parameter counts count it once. Each layer has its own ``layer_embedding`` (``embed_dim`` numbers).
@@ -11,6 +13,7 @@ The update is linear in the weight (``dW = scale * B A``): it merges exactly and
 
 from __future__ import annotations
 
+import uuid
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -19,7 +22,7 @@ from torch import Tensor, nn
 
 from ..functional import hypelora as F_hyper
 from ..functional.layout import LayerGeometry
-from ..validate import require_ints
+from ..validate import require, require_ints
 from .base import DeltaAdapter, LowRankDelta
 from .lora import LoRADelta
 from .registry import register_adapter
@@ -39,9 +42,14 @@ class HypeLoRAOptions:
     """Hidden width of the hyper-network."""
     chunk_size: int = 16
     """Columns of ``A`` / rows of ``B`` generated per chunk."""
+    network_id: Optional[str] = None
+    """Which shared network the layers belong to; ``None`` gets a fresh id when ``apply`` builds the network (written
+    to the saved config, so ``load`` groups the layers as they were)."""
 
     def __post_init__(self) -> None:
         require_ints(self, "embed_dim", "code_dim", "hidden_dim", "chunk_size", minimum=1, expected="an integer >= 1")
+        require(self, "network_id", self.network_id is None or (isinstance(self.network_id, str) and self.network_id != ""),
+                "None or a non-empty string")
 
 
 class HyperNetwork(nn.Module):
@@ -73,6 +81,8 @@ def shared_hypernetwork(options: HypeLoRAOptions, rank: int, *, dtype=None, devi
         return network, False
     network = HyperNetwork(options, rank, dtype=dtype, device=device)
     options.__dict__[_SHARED] = network
+    if options.network_id is None:
+        options.network_id = uuid.uuid4().hex[:12]
     return network, True
 
 

@@ -364,3 +364,21 @@ def test_hypelora_rank_is_one_per_network():
     with pytest.raises(ValueError, match="need one rank, got 2 after 4"):
         shared_hypernetwork(options, 2)
     assert math.isclose(F_hyper.chunk_codes(3, 4)[0, 1].item(), 1.0)  # cos(0) of the first chunk
+
+
+def test_hypelora_adapter_spread_over_two_apply_calls_loads_back_as_two_networks(tmp_path):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 4), nn.Linear(4, 4))
+    apply(model, "hypelora", rank=2, targets=["0", "1"])
+    apply(model, "hypelora", rank=2, targets=["2"])  # same adapter name, a second network
+    assert model[0].delta.hypernetwork is model[1].delta.hypernetwork is not model[2].delta.hypernetwork
+    assert model[0].options.network_id != model[2].options.network_id
+    randomize_adapter(model)
+    x = torch.randn(3, 4)
+    expected = model(x).detach()
+    save(model, tmp_path / "a")
+    fresh = nn.Sequential(nn.Linear(4, 6), nn.Linear(6, 4), nn.Linear(4, 4))
+    fresh.load_state_dict({k.replace(".base_layer", ""): v for k, v in model.state_dict().items() if ".delta." not in k})
+    load(fresh, tmp_path / "a")
+    assert fresh[0].delta.hypernetwork is fresh[1].delta.hypernetwork is not fresh[2].delta.hypernetwork
+    assert torch.equal(fresh(x), expected)
