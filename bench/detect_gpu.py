@@ -3,6 +3,7 @@
     python3 bench/detect_gpu.py --device cuda --out runs/detect_gpu --budget-s 465 --exclusive   # the GPU run (every GPU stage)
     python3 bench/detect_gpu.py --stage lr_search --device cpu     # here, before: lr/optimizer chosen on val
     python3 bench/detect_gpu.py --stage cpu_latency --device cpu   # here, before: CPU latency (architecture only)
+    python3 bench/detect_gpu.py --stage sad_check --device cpu     # here, before: SAD term scales, pairing, val check
     python3 bench/detect_gpu.py --smoke --device cpu --out /tmp/detect_smoke --budget-s 400   # CPU rehearsal
 
 GPU stages (``<out>/<stage>/done.json``, and one ``<out>/<run>/done.json`` per trained model, written at once;
@@ -34,7 +35,9 @@ acceptance numbers (the models train side by side).
 Chosen on the validation split, never on test: the optimizer/lr (``lr_search``, run here on the CPU, its JSON
 ``docs/results/detect/lr_search.json`` read by the GPU run), each run's checkpoint (best val fitness), the
 teacher's stopping epoch (val mAP50 plateau). The SAD weights are the paper's (1.0 / 0.5 / 0.1 / 1.5);
-``--align-norm`` picks how each alignment term is scaled (:class:`DistillConfig.align_norm`).
+``--align-norm`` picks how each alignment term is scaled (:class:`DistillConfig.align_norm`); by default the one
+``sad_check`` (run here on the CPU: term scales at the paper's weights, layer pairing, plain vs SAD on val) chose on
+val, from ``docs/results/detect/sad_check.json``.
 
 CPU latency (batch 1, 640 px, 2 threads) depends on the architecture only, so it is measured here
 (``cpu_latency``) into ``docs/results/detect/cpu_latency.json``, which the report reads. The report can be written
@@ -58,7 +61,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_STAGES = ("data", "teacher", "students", "eval", "report")
-LOCAL_STAGES = ("lr_search", "cpu_latency")
+LOCAL_STAGES = ("lr_search", "cpu_latency", "sad_check")
 SEEDS = (0, 1)
 GROUPS = {"teacher": ("teacher",), "yolov8n": tuple(f"yolov8n_s{s}" for s in SEEDS),
           "student_sad": tuple(f"student_sad_s{s}" for s in SEEDS), "student_plain": tuple(f"student_plain_s{s}" for s in SEEDS)}
@@ -358,6 +361,7 @@ def _report(args) -> dict:
     eval_cut = ev is None
     ev = ev or (json.loads(partial.read_text()) if partial.is_file() else {"test": {}, "architectures": {}})
     runs = {r: _done(out, r) for r in RUNS}
+    args.align_norm = next((runs[r]["align_norm"] for r in GROUPS["student_sad"] if (runs[r] or {}).get("align_norm")), args.align_norm)
     stage_json = {k: _done(out, k) for k in ("data", "teacher_stage", "students_stage")}
     cpu_path = docs / "cpu_latency.json"
     cpu = json.loads(cpu_path.read_text()) if cpu_path.is_file() else None
@@ -435,6 +439,7 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               "by its truncated SVD (DLRMamba's L_SVD pulls the student's factors to exactly these SVD factors, so the paper's "
               "student starts there); the seed changes data order and augmentation only. SAD: DLRMamba's weights 1.0 / 0.5 / 0.1 / 1.5 "
               f"(task / SVD / state / feature), alignment terms scaled `{args.align_norm}` (`DistillConfig.align_norm`).",
+              *_sad_check_lines(args),
               f"- YOLOv8n (ultralytics, 4 input channels, from scratch): the students' {args.student_epochs} epochs, seeds {list(SEEDS)}.",
               "- The four students trained side by side in separate processes (as did YOLOv8n beside the teacher), so training "
               "wall times are shared-GPU times and no acceptance number depends on them.",
@@ -531,6 +536,26 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
     if png:
         lines += ["", "![mAP50 vs CPU latency](detect/tradeoff.png)"]
     return lines + [""]
+
+
+def _sad_check_lines(args) -> list[str]:
+    """What ``--stage sad_check`` (CPU, before the GPU run) found, if its JSON is there."""
+    path = Path(args.docs) / "sad_check.json"
+    if not path.is_file():
+        return [f"- `align_norm` {args.align_norm}: no `detect/sad_check.json` (not chosen on val)."]
+    c = json.loads(path.read_text())
+    sc = c["scales_at_svd_init"]
+
+    def w(norm):
+        return " / ".join(f"{sc[norm]['weighted'][k]:.2g}" for k in ("svd", "state", "feat"))
+
+    val = ", ".join(f"{k} {v['best_val_mAP50']:.3f}" for k, v in c["val"].items())
+    return [f"- SAD checked on the CPU first (`{c['command']}`, `detect/sad_check.json`; the shipped DLRMamba-t teacher, val mAP50 "
+            f"{c['teacher_val_mAP50']:.3f}, {c['data']['n_train']} train / {c['data']['n_val']} val images at {c['data']['size']} px): at the "
+            f"student's SVD initialisation the task loss is {sc['mse']['task_per_image']:.2f} per image and the weighted SVD / state / "
+            f"feature terms are {w('mse')} as mean squares and {w('relative')} relative to the teacher's energy (the SVD term starts at 0 "
+            f"by construction); best val mAP50 in {c['train']['epochs']} epochs: {val}; `align_norm` chosen on val: "
+            f"{c['chosen_align_norm']}" + ("" if c["chosen_align_norm"] == args.align_norm else f" (this run used {args.align_norm})") + "."]
 
 
 def _mean_range(x: dict) -> str:
@@ -641,6 +666,76 @@ def _lr_search(args) -> dict:
                          "broken by the lowest val loss (box + cls + dfl)"}
 
 
+def _sad_check(args) -> dict:
+    """SAD on the CPU at small scale, before any GPU time: the scale of each term at the paper's weights under both
+    ``align_norm`` choices, which teacher/student layers and state modes are paired, and (on val) whether it helps."""
+    import torch
+
+    from lowrank_vision.datasets.multispectral import SyntheticConfig, write_dataset
+    from lowrank_vision.datasets.multispectral.synthetic import render_scene
+    from lowrank_vision.plugins.multispectral_det.config import DetectTrainConfig, DistillConfig
+    from lowrank_vision.plugins.multispectral_det.distill import SADLoss
+    from lowrank_vision.plugins.multispectral_det.model import ss2d_modules, student_from_teacher
+    from lowrank_vision.plugins.multispectral_det.recipes import distill_student, evaluate
+    from lowrank_vision.plugins.multispectral_det.weights import WEIGHTS_DIR, as_ultralytics_checkpoint, load_weights
+
+    torch.set_num_threads(2)
+    torch.manual_seed(0)
+    work = Path(args.out) / "sad_check"
+    data = SyntheticConfig(n_train=8, n_val=4, n_test=4, size=64) if args.smoke else SyntheticConfig(n_train=64, n_val=48, n_test=8, size=128)
+    yaml = write_dataset(work / "data", data)["data_yaml"]
+    shipped = WEIGHTS_DIR / "dlrmamba_t_teacher.safetensors"
+    ckpt = as_ultralytics_checkpoint(shipped, work / "teacher.pt")
+    teacher_val = evaluate(ckpt, yaml, "val", imgsz=data.size, batch=8)["mAP50"]
+
+    # scales: one batch of 8 val images, student at its SVD initialisation, both models in eval mode (same BN statistics)
+    from types import SimpleNamespace
+
+    teacher = load_weights(shipped)
+    teacher.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
+    scenes = [render_scene(data, "val", i) for i in range(8)]
+    img = torch.stack([torch.from_numpy(im).permute(2, 0, 1).float() / 255 for im, _, _ in scenes])
+    labels = [torch.from_numpy(lab) for _, lab, _ in scenes]
+    batch = {"img": img, "cls": torch.cat([lb[:, :1] for lb in labels]), "bboxes": torch.cat([lb[:, 1:] for lb in labels]),
+             "batch_idx": torch.cat([torch.full((len(lb),), float(i)) for i, lb in enumerate(labels)])}
+    scales = {}
+    for norm in ("mse", "relative"):
+        cfg = DistillConfig(align_norm=norm)
+        student = student_from_teacher(teacher, cfg.rank_ratio).eval()
+        loss = SADLoss(student, teacher, cfg)
+        task, _ = loss.task(student(img), batch)
+        with torch.no_grad():
+            teacher(img)
+        terms = {k: float(v) for k, v in loss.alignment().items()}
+        pairs = [{"student": f"{s.d_state} state modes, A_log {tuple(s.A_log.shape)}", "teacher": f"{t.d_state} state modes",
+                  "states": [tuple(s.last_states.shape), tuple(t.last_states.shape)]} for s, t in loss.pairs]
+        loss._clear()
+        weights = {"svd": cfg.w_svd, "state": cfg.w_state, "feat": cfg.w_feat}
+        scales[norm] = {"task_per_image": float(task.sum()) / len(img), "terms": terms,
+                        "weighted": {k: weights[k] * v for k, v in terms.items()}}
+    names = [n for n, _ in ss2d_modules(teacher)]
+
+    # on val: the shipped teacher's students, plain vs SAD under each align_norm, same epochs, same init, same seed
+    epochs = 1 if args.smoke else args.sad_epochs
+    tr = DetectTrainConfig(epochs=epochs, imgsz=data.size, batch=8, mosaic=0.0, close_mosaic=0, warmup_epochs=0.5,
+                           optimizer="AdamW", lr0=0.002, cache=True)
+    variants = {"plain": DistillConfig(w_svd=0.0, w_state=0.0, w_feat=0.0, train=tr), "sad_mse": DistillConfig(train=tr),
+                "sad_relative": DistillConfig(align_norm="relative", train=tr)}
+    val = {}
+    for name, cfg in variants.items():
+        r = distill_student(ckpt, yaml, cfg, work / "runs", name, "cpu")
+        val[name] = {"val_mAP50_per_epoch": _val_curve(Path(r["save_dir"])), "best_val_mAP50": max(_val_curve(Path(r["save_dir"])))}
+        _log(f"sad_check {name}: val mAP50 per epoch {val[name]['val_mAP50_per_epoch']}")
+    chosen = max(("mse", "relative"), key=lambda n: val[f"sad_{n}"]["best_val_mAP50"])
+    return {"command": "python3 bench/detect_gpu.py --stage sad_check --device cpu" + (" --smoke" if args.smoke else ""),
+            "teacher": f"{shipped.relative_to(ROOT) if shipped.is_relative_to(ROOT) else shipped} (the shipped DLRMamba-t teacher)",
+            "teacher_val_mAP50": teacher_val, "data": asdict(data), "paired_layers": names, "pairs": pairs,
+            "pairing": "student and teacher SS2D layers paired by module name (the same name, in module order, checked); the "
+                       "state target is the teacher's first N_s modes, the ones the student's A_log, B and C rows were cut from",
+            "scales_at_svd_init": scales, "train": asdict(tr), "val": val, "chosen_align_norm": chosen,
+            "criterion": "best val mAP50 over the epochs, SAD variants only (the paper's weights unchanged)"}
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -653,24 +748,31 @@ def main(argv=None) -> int:
                    help="all: the GPU stages in order; lr_search / cpu_latency run on the development CPU")
     p.add_argument("--student-epochs", type=int, default=6, help="epochs of every student and of YOLOv8n")
     p.add_argument("--students-s", type=float, default=175.0, help="wall clock of the students stage (the teacher gets the rest)")
-    p.add_argument("--align-norm", default="relative", choices=("mse", "relative"), help="DistillConfig.align_norm of the SAD students")
+    p.add_argument("--align-norm", default=None, choices=("mse", "relative"),
+                   help="DistillConfig.align_norm of the SAD students (default: the one sad_check chose on val, else mse)")
     p.add_argument("--exclusive", action="store_true", help="say in the report that nothing else ran on the GPU (the caller knows)")
     p.add_argument("--smoke", action="store_true", help="tiny CPU rehearsal of every code path (writes under --out)")
     p.add_argument("--rounds", type=int, default=15, help="cpu_latency: interleaved rounds")
     p.add_argument("--lr-epochs", type=int, default=10, help="lr_search: epochs per candidate")
+    p.add_argument("--sad-epochs", type=int, default=4, help="sad_check: epochs per student variant")
     args = p.parse_args(argv)
     t_start = time.time()
     os.environ.setdefault("YOLO_OFFLINE", "1")
     out = Path(args.out)
     args.docs = str(out / "docs" if args.smoke else ROOT / "docs" / "results" / "detect")
     args.report = str(out / "docs" / "detect.md" if args.smoke else ROOT / "docs" / "results" / "detect.md")
+    if args.align_norm is None:
+        check = Path(args.docs) / "sad_check.json"
+        args.align_norm = json.loads(check.read_text())["chosen_align_norm"] if check.is_file() else "mse"
     if args.stage in LOCAL_STAGES:
         from lowrank_vision.core.files import write_json
 
-        result = _cpu_latency(args) if args.stage == "cpu_latency" else _lr_search(args)
+        result = {"cpu_latency": _cpu_latency, "lr_search": _lr_search, "sad_check": _sad_check}[args.stage](args)
         write_json(Path(args.docs) / f"{args.stage}.json", result)
         print(json.dumps({k: v for k, v in result.items() if k != "models"} | ({"models": {k: v["median_ms"] for k, v in result["models"].items()}} if "models" in result else {}), indent=1))
         return 0
+    if (out / "pair_a" / "done.json").is_file():
+        raise SystemExit(f"{out} holds stage JSON of the previous protocol (pair_a/pair_b): give a fresh --out")
     end = t_start + args.budget_s - 10
     sc = _scale(args)
     for stage in GPU_STAGES if args.stage == "all" else (args.stage,):
