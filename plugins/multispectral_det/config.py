@@ -56,6 +56,8 @@ class DetectTrainConfig:
     time_s: Optional[float] = None
     """Wall-clock training budget in seconds (ultralytics' ``time=``: after each epoch it resizes the epoch count
     and the lr schedule to end on time, and stops at the budget); None trains for ``epochs``."""
+    save_period: int = -1
+    """Also keep ``weights/epoch<i>.pt`` (``i`` counts from 0) after every ``save_period`` epochs (-1: off)."""
     cache: bool = False
     """Keep decoded images in RAM (ultralytics' ``cache="ram"``): no TIFF decoding after the first epoch."""
 
@@ -71,6 +73,8 @@ class DetectTrainConfig:
         require(self, "mosaic", 0 <= self.mosaic <= 1, "in [0, 1]")
         require(self, "fraction", 0 < self.fraction <= 1, "in (0, 1]")
         require(self, "workers", isinstance(self.workers, int) and self.workers >= 0, "an int >= 0")
+        require(self, "save_period", isinstance(self.save_period, int) and (self.save_period >= 1 or self.save_period == -1),
+                "-1 or an int >= 1")
         require(self, "time_s", self.time_s is None or self.time_s > 0, "None or > 0 seconds")
 
     def ultralytics_args(self) -> dict:
@@ -101,6 +105,10 @@ class DistillConfig:
     """Weight of the hidden-state alignment (DLRMamba: 0.1)."""
     w_feat: float = 1.5
     """Weight of the SS2D output (feature) reconstruction (DLRMamba: 1.5)."""
+    align_norm: Literal["mse", "relative"] = "mse"
+    """Scale of each alignment term (the paper writes squared norms and leaves it open): ``mse`` = mean over entries;
+    ``relative`` = squared error over the teacher target's squared norm, so the three terms are unit-free and on
+    comparable scales (under ``mse`` the hidden states are ~1e-4 in size and their term vanishes next to the others)."""
     train: DetectTrainConfig = field(default_factory=DetectTrainConfig)
     """The ultralytics run that trains the student."""
 
@@ -111,6 +119,7 @@ class DistillConfig:
         for name in ("w_task", "w_svd", "w_state", "w_feat"):
             require(self, name, getattr(self, name) >= 0, ">= 0")
         require(self, "w_task", self.w_task > 0, "> 0")
+        require(self, "align_norm", self.align_norm in ("mse", "relative"), "'mse' or 'relative'")
 
     @property
     def distills(self) -> bool:

@@ -8,7 +8,9 @@ Loss (the paper's weights are :class:`.config.DistillConfig`'s defaults)::
 * ``L_SVD``: for every factorised matrix ``W_s = U_s V_s`` of the student, ``MSE(U_s, (U_t sqrt(S_t))_{:r})
   + MSE(V_s, (sqrt(S_t) V_t^T)_{:r})`` against the truncated SVD of the teacher's matrix (the
   teacher targets are computed once). The paper writes squared Frobenius norms; a mean over entries
-  is used so that layers of different size weigh alike, averaged over matrices.
+  is used so that layers of different size weigh alike, averaged over matrices (``align_norm="mse"``);
+  ``align_norm="relative"`` divides each squared error by the target's squared norm instead (unit-free terms:
+  the hidden states are ~1e-4 in size, so their mean-square term vanishes next to the others).
 * ``L_state``: ``MSE(h_s, P h_t)`` over all time steps, directions, channels and the student's
   state modes, ``P`` = the selection of the student's modes (:func:`.ss2d.teacher_state_projection`).
 * ``L_feat``: ``MSE(Y_s, Y_t)`` on every SS2D output.
@@ -70,18 +72,25 @@ class SADLoss:
         for s, t in self.pairs:
             s.record = t.record = config.distills
 
+    def _distance(self, student: list[torch.Tensor], target: list[torch.Tensor]) -> torch.Tensor:
+        """Mean squared error over all entries (``mse``), or squared error over the target's squared norm (``relative``)."""
+        if self.config.align_norm == "mse":
+            return sum(F.mse_loss(s, t) for s, t in zip(student, target))
+        err = sum((s.float() - t.float()).pow(2).sum() for s, t in zip(student, target))
+        return err / sum(t.float().pow(2).sum() for t in target).clamp_min(1e-12)
+
     def alignment(self) -> dict[str, torch.Tensor]:
         """The three alignment terms from the last student and teacher forward passes."""
         device = next(iter(self.pairs))[0].Ds.device
         zero = torch.zeros((), device=device)
-        svd = sum((F.mse_loss(m.u, u.to(device)) + F.mse_loss(m.v, v.to(device)) for m, u, v in self.svd_targets), zero)
+        svd = sum((self._distance([m.u, m.v], [u.to(device), v.to(device)]) for m, u, v in self.svd_targets), zero)
         svd = svd / max(1, len(self.svd_targets))
         state, feat = zero, zero
         for s, t in self.pairs:
             if s.last_states is None or t.last_states is None:
                 raise RuntimeError("SADLoss: SS2D states were not recorded in the last forward pass")
-            state = state + F.mse_loss(s.last_states, teacher_state_projection(t.last_states, s.d_state))
-            feat = feat + F.mse_loss(s.last_output, t.last_output)
+            state = state + self._distance([s.last_states], [teacher_state_projection(t.last_states, s.d_state)])
+            feat = feat + self._distance([s.last_output], [t.last_output])
         n = max(1, len(self.pairs))
         return {"svd": svd, "state": state / n, "feat": feat / n}
 
@@ -120,8 +129,9 @@ def make_sad_trainer(teacher_checkpoint: Path, config: DistillConfig, teacher: O
 
         def get_model(self, cfg=None, weights=None, verbose=True):
             base = _teacher()
-            if base.yaml.get("channels") != self.data["channels"] or base.nc != self.data["nc"]:
-                raise ValueError(f"teacher {teacher_checkpoint} has {base.yaml.get('channels')} channels / {base.nc} classes, "
+            nc = getattr(base, "nc", None) or base.yaml.get("nc")  # a model rebuilt from shipped weights has no .nc
+            if base.yaml.get("channels") != self.data["channels"] or nc != self.data["nc"]:
+                raise ValueError(f"teacher {teacher_checkpoint} has {base.yaml.get('channels')} channels / {nc} classes, "
                                  f"data has {self.data['channels']} / {self.data['nc']}")
             student = student_from_teacher(base, config.rank_ratio) if config.rank_ratio < 1 else base
             for p in student.parameters():

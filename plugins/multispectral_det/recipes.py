@@ -16,12 +16,14 @@ font), ``YOLO_OFFLINE=1`` (no connectivity probes), and every data YAML carries 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Union
+from typing import Callable, Mapping, Optional, Union
 
 from .config import DetectTrainConfig, DistillConfig
 from .ultralytics_host import offline_environment
 
-__all__ = ["train_detector", "distill_student", "evaluate", "evaluate_by_condition", "check_data_yaml", "CONDITIONS"]
+__all__ = ["train_detector", "distill_student", "evaluate", "evaluate_by_condition", "check_data_yaml", "plateau_stopper", "CONDITIONS"]
+
+Callbacks = Optional[Mapping[str, Callable]]
 
 CONDITIONS = ("night", "fog", "glare", "crossover")
 
@@ -44,10 +46,36 @@ def _yolo(source: Union[str, Path]):
     return YOLO(str(source), task="detect")
 
 
-def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str, device: str, trainer=None) -> dict:
+def plateau_stopper(patience: int = 3, min_delta: float = 0.005, metric: str = "metrics/mAP50(B)") -> Callable:
+    """An ultralytics ``on_fit_epoch_end`` callback: stop training once ``metric`` (validation) has not beaten its
+    best by ``min_delta`` for ``patience`` epochs. ``trainer.plateau`` records ``{"epoch", "best", "best_epoch"}``
+    when it fires (ultralytics' own ``patience`` watches its fitness, mostly mAP50-95, and keeps no record). Calls made
+    while ``trainer.stop`` is already set are ignored: ultralytics runs the event once more after training, on best.pt."""
+    if not (isinstance(patience, int) and patience >= 1) or min_delta < 0:
+        raise ValueError(f"plateau_stopper: patience must be an int >= 1 and min_delta >= 0, got {patience!r}, {min_delta!r}")
+    state = {"best": float("-inf"), "best_epoch": 0}
+
+    def on_fit_epoch_end(trainer) -> None:
+        if trainer.stop:  # stopping anyway (last epoch, time up), or ultralytics' final_eval re-running the event on best.pt
+            return
+        value = float((trainer.metrics or {}).get(metric, float("nan")))
+        epoch = int(trainer.epoch) + 1
+        if value > state["best"] + min_delta:
+            state.update(best=value, best_epoch=epoch)
+        elif epoch - state["best_epoch"] >= patience:
+            trainer.stop = True
+            trainer.plateau = {"epoch": epoch, "best": state["best"], "best_epoch": state["best_epoch"]}
+
+    return on_fit_epoch_end
+
+
+def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str, device: str, trainer=None,
+         callbacks: Callbacks = None) -> dict:
     from .ultralytics_host import detection_trainer
 
     trainer = trainer or detection_trainer()
+    for event, fn in (callbacks or {}).items():
+        yolo.add_callback(event, fn)
     last = Path(out_dir).resolve() / name / "weights" / "last.pt"
     if cfg.resume and last.is_file():  # continue an interrupted run from its last epoch (ultralytics' resume)
         yolo = _yolo(last)
@@ -59,18 +87,20 @@ def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str
     best = Path(tr.best) if Path(tr.best).exists() else Path(tr.last)
     return {"checkpoint": str(best), "save_dir": str(tr.save_dir), "epochs": cfg.epochs, "epochs_run": int(tr.epoch) + 1,
             "epochs_planned": int(tr.epochs), "stopped_by_time": bool(cfg.time_s) and int(tr.epoch) + 1 < int(tr.epochs),
-            "val_metrics": {k: float(v) for k, v in (tr.metrics or {}).items()}}
+            "val_metrics": {k: float(v) for k, v in (tr.metrics or {}).items()}, "plateau": getattr(tr, "plateau", None)}
 
 
 def train_detector(model: Union[str, Path], data_yaml: Union[str, Path], cfg: DetectTrainConfig, out_dir: Union[str, Path],
-                   name: str = "train", device: str = "cpu") -> dict:
-    """Train ``model`` (YAML or ``.pt``) on ``data_yaml``; returns the best checkpoint path and validation metrics."""
+                   name: str = "train", device: str = "cpu", callbacks: Callbacks = None) -> dict:
+    """Train ``model`` (YAML or ``.pt``) on ``data_yaml``; returns the best checkpoint path and validation metrics.
+
+    ``callbacks``: ``{ultralytics event: function(trainer)}``, e.g. ``{"on_fit_epoch_end": plateau_stopper()}``."""
     data_yaml = check_data_yaml(data_yaml)
-    return _run(_yolo(model), data_yaml, cfg, Path(out_dir), name, device)
+    return _run(_yolo(model), data_yaml, cfg, Path(out_dir), name, device, callbacks=callbacks)
 
 
 def distill_student(teacher_checkpoint: Union[str, Path], data_yaml: Union[str, Path], cfg: DistillConfig,
-                    out_dir: Union[str, Path], name: str = "distill", device: str = "cpu") -> dict:
+                    out_dir: Union[str, Path], name: str = "distill", device: str = "cpu", callbacks: Callbacks = None) -> dict:
     """Train the rank-``cfg.rank_ratio`` student of ``teacher_checkpoint`` (SVD-initialised) with DLRMamba's loss."""
     from . import model_yaml
     from .distill import make_sad_trainer
@@ -80,8 +110,9 @@ def distill_student(teacher_checkpoint: Union[str, Path], data_yaml: Union[str, 
         raise FileNotFoundError(f"teacher checkpoint {teacher_checkpoint} does not exist")
     data_yaml = check_data_yaml(data_yaml)
     trainer = make_sad_trainer(teacher_checkpoint, cfg)
-    result = _run(_yolo(model_yaml("dlrmamba-n-lr50")), data_yaml, cfg.train, Path(out_dir), name, device, trainer=trainer)
-    result.update(rank_ratio=cfg.rank_ratio, distilled=cfg.distills,
+    result = _run(_yolo(model_yaml("dlrmamba-n-lr50")), data_yaml, cfg.train, Path(out_dir), name, device, trainer=trainer,
+                  callbacks=callbacks)
+    result.update(rank_ratio=cfg.rank_ratio, distilled=cfg.distills, align_norm=cfg.align_norm,
                   weights={"task": cfg.w_task, "svd": cfg.w_svd, "state": cfg.w_state, "feat": cfg.w_feat})
     return result
 

@@ -13,6 +13,8 @@ from lowrank_vision.plugins.multispectral_det.config import BenchConfig, DetectT
     (DistillConfig, {"w_svd": -1.0}, "DistillConfig.w_svd must be >= 0"),
     (DetectTrainConfig, {"time_s": 0}, "DetectTrainConfig.time_s must be None or > 0 seconds"),
     (BenchConfig, {"threads": 0}, "BenchConfig.threads must be an int >= 1"),
+    (DistillConfig, {"align_norm": "l1"}, "DistillConfig.align_norm must be 'mse' or 'relative'"),
+    (DetectTrainConfig, {"save_period": 0}, "DetectTrainConfig.save_period must be -1 or an int >= 1"),
 ])
 def test_bad_values_name_the_field(cls, kwargs, match):
     with pytest.raises(ValueError, match=match):
@@ -32,4 +34,5 @@ def test_time_budget_and_ram_cache_map_to_ultralytics():
     args = DetectTrainConfig(time_s=90.0, cache=True).ultralytics_args()
     assert args["time"] == 90.0 / 3600 and args["cache"] == "ram" and "time_s" not in args
     args = DetectTrainConfig().ultralytics_args()
-    assert "time" not in args and args["cache"] is False
+    assert "time" not in args and args["cache"] is False and args["save_period"] == -1
+    assert DetectTrainConfig(save_period=1).ultralytics_args()["save_period"] == 1

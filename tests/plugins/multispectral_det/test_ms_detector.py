@@ -173,3 +173,54 @@ def test_evaluate_by_condition_splits_the_generated_test_set(trained_teacher, ti
     assert not list((tmp_path / "by").glob(".*"))  # nothing half-written
     with pytest.raises(ValueError, match="split must be one of the generated splits"):
         evaluate_by_condition(trained_teacher["checkpoint"], tiny_data, tmp_path / "by", split="holdout")
+
+
+def test_sad_relative_alignment_is_unit_free_and_brings_the_state_term_to_the_feature_terms_scale():
+    from types import SimpleNamespace
+
+    from lowrank_vision.plugins.multispectral_det.distill import SADLoss
+
+    torch.manual_seed(0)
+    teacher = _detection_model()
+    teacher.args = SimpleNamespace(box=7.5, cls=0.5, dfl=1.5)
+    student = student_from_teacher(teacher, 0.5)
+    img = torch.rand(2, 4, 64, 64)
+    terms = {}
+    for norm in ("mse", "relative"):
+        loss = SADLoss(student, teacher, DistillConfig(align_norm=norm))
+        student.eval()(img)  # both in eval mode: the untrained BatchNorms' running statistics are the same
+        teacher.eval()(img)
+        terms[norm] = {k: v.item() for k, v in loss.alignment().items()}
+    # mean squares: the hidden states are tiny, so their term is orders of magnitude below the feature term
+    assert terms["mse"]["state"] < 1e-2 * terms["mse"]["feat"]
+    # relative: both are fractions of the teacher's energy, within an order of magnitude of each other, in (0, 2)
+    assert 0.1 < terms["relative"]["state"] / terms["relative"]["feat"] < 10
+    assert 0 < terms["relative"]["state"] < 2 and 0 < terms["relative"]["feat"] < 2
+    # unit-free: scaling student and teacher outputs alike leaves the relative term unchanged
+    pairs = SADLoss(student, teacher, DistillConfig(align_norm="relative"))
+    s, t = torch.randn(3, 5), torch.randn(3, 5)
+    assert pairs._distance([3 * s], [3 * t]).item() == pytest.approx(pairs._distance([s], [t]).item(), rel=1e-5)
+    assert pairs._distance([t], [t]).item() == 0.0
+
+
+def test_plateau_stopper_stops_after_patience_epochs_without_gain():
+    from types import SimpleNamespace
+
+    from lowrank_vision.plugins.multispectral_det.recipes import plateau_stopper
+
+    callback = plateau_stopper(patience=2, min_delta=0.01)
+    trainer = SimpleNamespace(stop=False, epoch=0, metrics={})
+    stopped_at = None
+    for epoch, value in enumerate([0.1, 0.5, 0.505, 0.509, 0.9]):
+        trainer.epoch, trainer.metrics = epoch, {"metrics/mAP50(B)": value}
+        callback(trainer)
+        if trainer.stop:
+            stopped_at = epoch + 1
+            break
+    assert stopped_at == 4  # best 0.5 at epoch 2; epochs 3 and 4 gain < 0.01
+    assert trainer.plateau == {"epoch": 4, "best": 0.5, "best_epoch": 2}
+    trainer.epoch, trainer.metrics = 4, {"metrics/mAP50(B)": 0.5}  # ultralytics' final_eval: same event, stop already set
+    callback(trainer)
+    assert trainer.plateau == {"epoch": 4, "best": 0.5, "best_epoch": 2}
+    with pytest.raises(ValueError, match="patience must be an int >= 1"):
+        plateau_stopper(patience=0)
