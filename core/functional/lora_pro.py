@@ -44,9 +44,10 @@ def solve_sylvester_spd(left: Tensor, right: Tensor, rhs: Tensor) -> Tensor:
 def adjusted_gradients(
     lora_a: Tensor, lora_b: Tensor, bt_g: Tensor, g_at: Tensor, scale: float, *, damping: float = 1e-6
 ) -> tuple[Tensor, Tensor]:
-    """LoRA-Pro's ``(g_A, g_B)`` from ``B^T g`` (``[r, n]``) and ``g A^T`` (``[m, r]``); computed in float32."""
+    """LoRA-Pro's ``(g_A, g_B)`` from ``B^T g`` (``[r, n]``) and ``g A^T`` (``[m, r]``); computed in float32 or wider."""
     dtype = lora_a.dtype
-    a, b, bt_g, g_at = lora_a.float(), lora_b.float(), bt_g.float(), g_at.float()
+    work = torch.promote_types(dtype, torch.float32)
+    a, b, bt_g, g_at = lora_a.to(work), lora_b.to(work), bt_g.to(work), g_at.to(work)
     btb = _damped_gram(b.t() @ b, damping)
     aat = _damped_gram(a @ a.t(), damping)
     grad_a = torch.linalg.solve(btb, bt_g) / scale
