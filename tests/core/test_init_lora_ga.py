@@ -15,7 +15,7 @@ torch.set_num_threads(1)
 
 def _net(seed=0):
     torch.manual_seed(seed)
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Identity(),
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
                          nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
 
 
@@ -35,29 +35,29 @@ def test_lora_ga_leaves_the_output_unchanged_and_uses_the_gradient_svd():
     x = torch.randn(4, 3, 6, 6)
     expected = reference.eval()(x)
     batches = _batches()
-    report = apply(model, "lora", rank=2, alpha=4, targets=["0", "4", "8"], init="lora_ga", init_data=batches, init_loss=_loss)
+    report = apply(model, "lora", rank=2, alpha=4, targets=["0", "3", "7"], init="lora_ga", init_data=batches, init_loss=_loss)
     assert report.method == "lora" and len(report.wrapped) == 3
     assert torch.allclose(model.eval()(x), expected, atol=1e-5)
     assert torch.equal(model[1].running_mean, reference[1].running_mean)
 
     # B spans the top-2 left singular vectors of the mean full gradient (computed here independently)
     reference.train()
-    weight = reference[4].weight
+    weight = reference[3].weight
     grads = []
     for batch in batches:
         reference.zero_grad()
         _loss(reference, batch).backward()
         grads.append(weight.grad.reshape(8, -1).clone())
     u = torch.linalg.svd(torch.stack(grads).mean(0))[0][:, :2]
-    lora_b = adapter_layers(model, "default")["4"].delta.lora_B.detach()
+    lora_b = adapter_layers(model, "default")["3"].delta.lora_B.detach()
     lora_b = lora_b / lora_b.norm(dim=0, keepdim=True)
     assert torch.allclose((u.t() @ lora_b).abs(), torch.eye(2), atol=1e-4)
-    a = adapter_layers(model, "default")["4"].delta.lora_A.detach()
+    a = adapter_layers(model, "default")["3"].delta.lora_A.detach()
     assert a.abs().sum() > 0 and lora_b.abs().sum() > 0
     # only the adapters train; no .grad left behind
     assert all(p.grad is None for p in model.parameters())
     assert {n for n, p in model.named_parameters() if p.requires_grad} == {
-        f"{i}.delta.lora_{f}" for i in ("0", "4", "8") for f in "AB"}
+        f"{i}.delta.lora_{f}" for i in ("0", "3", "7") for f in "AB"}
 
 
 def test_lora_ga_first_steps_beat_plain_lora_on_the_same_batch():
@@ -66,7 +66,7 @@ def test_lora_ga_first_steps_beat_plain_lora_on_the_same_batch():
     for init in (None, "lora_ga"):
         model = _net().eval()
         kwargs = {} if init is None else {"init": init, "init_data": batches, "init_loss": _loss}
-        apply(model, "lora", rank=2, alpha=2, targets=["0", "4", "8"], **kwargs)
+        apply(model, "lora", rank=2, alpha=2, targets=["0", "3", "7"], **kwargs)
         opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
         for _ in range(3):
             opt.zero_grad()
