@@ -12,7 +12,8 @@ member's low-rank term. The objective needs no gradient (e.g. accuracy)::
 
 ``forward(*inputs)`` returns the model output with a leading population axis ``[P, batch, ...]``.
 Layers that mix samples across the batch (BatchNorm in train mode) would mix members: put the model in
-``eval()`` mode or use per-sample normalisation. The noise of step ``t`` is drawn from a generator seeded
+``eval()`` mode or use per-sample normalisation. Perturbed layers must see batch-first inputs (the population
+is split off axis 0 of each layer's input). The noise of step ``t`` is drawn from a generator seeded
 by ``(seed, t)``, so a run resumed from ``state_dict()`` draws exactly the noise the uninterrupted run draws.
 """
 
