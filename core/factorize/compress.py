@@ -127,7 +127,10 @@ def _candidates(model: nn.Module, targets, exclude) -> tuple[dict[str, nn.Module
     if any(isinstance(m, AdapterLayer) for m in model.modules()):
         raise ValueError("model carries adapters; merge them in (core.remove(model, keep_merged=True)) or remove them before compressing")
     chosen, skipped = {}, {}
+    inside = tuple(f"{name}." for name, m in model.named_modules() if isinstance(m, FACTORIZED_TYPES))
     for name, module in model.named_modules():
+        if inside and name.startswith(inside):  # the factors of a layer already compressed
+            continue
         if not isinstance(module, DENSE_TYPES) or not _matches(name, targets) or (exclude and _matches(name, exclude)):
             continue
         if isinstance(module, CONV_TYPES) and module.groups != 1:
@@ -224,6 +227,10 @@ def compress(
     if isinstance(ranks, Mapping):
         targets = list(ranks)
     layers, skipped = _candidates(model, targets, exclude)
+    if isinstance(ranks, Mapping):
+        unknown = sorted(set(ranks) - set(layers) - set(skipped))
+        if unknown:
+            raise ValueError(f"ranks names {unknown[:5]}, which are not ungrouped Linear/Conv layers of the model (or are already factorised)")
     names = list(layers)
     spectra = [F_fact.singular_values(layer.weight) for layer in layers.values()]
     shapes = [(int(layer.weight.shape[0]), int(layer.weight[0].numel())) for layer in layers.values()]

@@ -186,8 +186,9 @@ def cp_als(tensor: Tensor, rank: int, *, iterations: int = 100, seed: int = 0, t
     Initialised from the leading left singular vectors of each unfolding (random columns beyond them,
     from ``seed``); each sweep solves every factor in turn with the others fixed; stops when the
     relative fit changes by less than ``tol``. The scale is spread evenly over the factors at the end.
+    Runs on the CPU in float64 (kernels are small); the factors come back on the tensor's device and dtype.
     """
-    x = tensor.detach().to(torch.float64)
+    x = tensor.detach().to("cpu", torch.float64)
     dims = x.dim()
     generator = torch.Generator().manual_seed(seed)
     factors = []
@@ -214,7 +215,7 @@ def cp_als(tensor: Tensor, rank: int, *, iterations: int = 100, seed: int = 0, t
         previous = error
     norms = torch.stack([f.norm(dim=0).clamp_min(1e-300) for f in factors])  # [dims, R]
     share = norms.prod(0).pow(1.0 / dims)
-    return [(f / n * share).to(tensor.dtype) for f, n in zip(factors, norms)]
+    return [(f / n * share).to(tensor.device, tensor.dtype) for f, n in zip(factors, norms)]
 
 
 # -- ordered ranks (Maestro) -----------------------------------------------------------------------

@@ -145,7 +145,10 @@ class MarkBoard:
         set_active(model, sorted(others) + chosen)
 
     def distribute(self, model: nn.Module, bits: Sequence[int]) -> nn.Module:
-        """A plain copy of ``model`` carrying signature ``bits`` merged into its weights (no adapter modules left)."""
+        """A plain copy of ``model`` carrying signature ``bits`` merged into its weights (no adapter modules left).
+
+        Other adapters that are active on ``model`` are merged into the copy too; inactive ones are dropped.
+        """
         bits = self._bits(bits)
         copy_ = copy.deepcopy(model)
         self.set_signature(copy_, bits)
@@ -197,7 +200,7 @@ class MarkBoard:
 
 
 def _inputs_of(data) -> Tensor:
-    if isinstance(data, (tuple, list)) and data and isinstance(data[0], Tensor) and data[0].dim() > 1 and len(data) == 2:
+    if isinstance(data, (tuple, list)) and data:  # (inputs, labels): the labels are not used
         data = data[0]
     if not isinstance(data, Tensor):
         raise TypeError(f"inputs must be a tensor of clean inputs [N, ...], got {type(data).__name__}")

@@ -152,7 +152,18 @@ def test_unreachable_budget_and_bad_arguments(trained):
         factorize.compress(small, budget=0.5, ranks=4)
     with pytest.raises(ValueError, match="matched no"):
         factorize.compress(small, ranks=2, targets="nothing*")
+    with pytest.raises(ValueError, match=r"ranks names \['conv9'\]"):
+        factorize.compress(small, ranks={"conv2": 4, "conv9": 4})
     assert all(type(m) in (SmallCNN, nn.Conv2d, nn.Linear) for m in small.modules())  # untouched
+
+
+def test_compressing_twice_leaves_the_factors_alone(trained):
+    model, *_ = trained
+    small = copy.deepcopy(model)
+    factorize.compress(small, ranks={"conv2": 8, "conv3": 8})
+    second = factorize.compress(small, ranks=4)
+    assert [row.name for row in second.layers] == ["conv1", "fc1", "fc2"]
+    assert small.conv2.rank == 8 and isinstance(small.conv2.down, nn.Conv2d)
 
 
 # -- layer types and formats --------------------------------------------------------------------------
