@@ -20,11 +20,29 @@ __all__ = ["make_trigger_key", "stamp", "pick_target_classes", "target_rates", "
 
 
 def make_trigger_key(
-    input_shape: Sequence[int], n_bits: int, *, fraction: float, strength: float, generator: torch.Generator
+    input_shape: Sequence[int], n_bits: int, *, fraction: float, strength: float, generator: torch.Generator, kind: str = "scatter"
 ) -> tuple[Tensor, Tensor]:
-    """``(masks [n_bits, *shape] bool, patterns [n_bits, *shape])``: about ``fraction`` of the elements, values ``+-strength``."""
+    """``(masks [n_bits, *shape] bool, patterns [n_bits, *shape])`` with values ``+-strength`` under the mask.
+
+    ``kind="scatter"``: about ``fraction`` of all elements, anywhere. ``kind="patch"`` (inputs ``[C, *spatial]``):
+    one square (cube) window per bit covering about ``fraction`` of the spatial positions, all channels, at a
+    random place -- a local pattern that convolutions can pick up wherever it lands.
+    """
     shape = (n_bits, *input_shape)
-    masks = torch.rand(shape, generator=generator) < fraction
+    if kind == "patch":
+        spatial = list(input_shape[1:])
+        if not spatial:
+            raise ValueError(f"patch triggers need inputs [C, *spatial], got shape {tuple(input_shape)}")
+        side = [max(1, round(s * fraction ** (1 / len(spatial)))) for s in spatial]
+        masks = torch.zeros(shape, dtype=torch.bool)
+        for bit in range(n_bits):
+            corner = [int(torch.randint(0, s - w + 1, (), generator=generator)) for s, w in zip(spatial, side)]
+            window = (bit, slice(None), *[slice(c, c + w) for c, w in zip(corner, side)])
+            masks[window] = True
+    elif kind == "scatter":
+        masks = torch.rand(shape, generator=generator) < fraction
+    else:
+        raise ValueError(f"kind must be 'scatter' or 'patch', got {kind!r}")
     signs = torch.randint(0, 2, shape, generator=generator).float() * 2 - 1
     return masks, signs * strength
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import asdict, dataclass, field
-from typing import Callable, Optional, Sequence, Union
+from typing import Callable, Literal, Optional, Sequence, Union
 
 import torch
 import torch.nn.functional as F
@@ -55,8 +55,10 @@ class MarkBoardConfig:
     """Rank of each LoRA branch."""
     targets: Optional[tuple[str, ...]] = None
     """Layer names (globs) that carry the branches; ``None``: every Linear/Conv (``core.apply`` rules)."""
+    trigger_kind: Literal["scatter", "patch"] = "scatter"
+    """``scatter``: random input elements (any input shape); ``patch``: one random window per bit (inputs [C, *spatial], for CNNs)."""
     trigger_fraction: float = 0.1
-    """Share of input elements the trigger stamp overwrites."""
+    """Share of input elements (``scatter``) or of spatial positions (``patch``) the trigger stamp overwrites."""
     trigger_strength: float = 3.0
     """Stamp values are +-strength times the clean inputs' standard deviation."""
     verify_per_bit: int = 32
@@ -87,6 +89,8 @@ class MarkBoardConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
                 raise ValueError(f"MarkBoardConfig.{name} must be a positive number, got {value!r}")
+        if self.trigger_kind not in ("scatter", "patch"):
+            raise ValueError(f"MarkBoardConfig.trigger_kind must be 'scatter' or 'patch', got {self.trigger_kind!r}")
         if isinstance(self.targets, str):
             object.__setattr__(self, "targets", (self.targets,))
 
@@ -231,7 +235,7 @@ def embed(model: nn.Module, inputs: Tensor, config: MarkBoardConfig = MarkBoardC
     num_classes = num_classes or base_logits.shape[-1]
     scale = float(train_inputs.std())
     masks, patterns = F_wm.make_trigger_key(tuple(inputs.shape[1:]), config.n_bits, fraction=config.trigger_fraction,
-                                            strength=config.trigger_strength * scale, generator=generator)
+                                            strength=config.trigger_strength * scale, generator=generator, kind=config.trigger_kind)
     targets = F_wm.pick_target_classes(config.n_bits, num_classes, generator)
     verify_inputs = torch.stack([F_wm.stamp(held_out, masks[i], patterns[i]) for i in range(config.n_bits)])
     board = MarkBoard(config, masks, patterns, targets, verify_inputs)

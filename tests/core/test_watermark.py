@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from lowrank_vision.core import AdapterLayer, count_parameters, watermark
+from lowrank_vision.core.functional import watermark as F_wm
 
 from .test_factorize import accuracy, make_task, train
 
@@ -118,3 +119,19 @@ def test_bad_input(marked, tmp_path):
         board.set_signature(classifier(), [0] * N_BITS)
     with pytest.raises(watermark.MarkBoardFileError, match="does not exist"):
         watermark.load(classifier(), tmp_path / "none")
+
+
+@pytest.mark.parametrize("shape", [(3, 12, 12), (2, 8, 8, 8)])
+def test_patch_triggers_are_one_window_over_all_channels(shape):
+    g = torch.Generator().manual_seed(0)
+    masks, patterns = F_wm.make_trigger_key(shape, 4, fraction=0.25, strength=2.0, generator=g, kind="patch")
+    assert masks.shape == (4, *shape) and set(patterns.abs().unique().tolist()) == {2.0}
+    for mask in masks:
+        assert torch.equal(mask, mask[:1].expand_as(mask))  # every channel
+        spatial = mask[0]
+        side = round(shape[1] * 0.25 ** (1 / (len(shape) - 1)))
+        assert int(spatial.sum()) == side ** (len(shape) - 1)
+        ranges = [spatial.nonzero()[:, d] for d in range(spatial.dim())]
+        assert all(int(r.max() - r.min()) + 1 == side for r in ranges)  # one contiguous window
+    with pytest.raises(ValueError, match="patch triggers need inputs"):
+        F_wm.make_trigger_key((144,), 2, fraction=0.1, strength=1.0, generator=g, kind="patch")
