@@ -7,7 +7,7 @@ Budgets (``budget=``):
   shared out by WeLore's heavy-tail rule (one global threshold on normalised singular values,
   ``core.functional.factorize.heavy_tail_threshold``).
 * ``ErrorBudget(0.3)``: every layer keeps the smallest rank whose relative Frobenius error is at
-  most 0.3.
+  most 0.3 (a bound on the matrix form; Tucker and CP at the same parameters report their own error).
 * ``ranks=`` (instead of a budget): an int for every layer or ``{layer name: rank}``.
 
 A layer whose factorised form would not save parameters stays dense (reported with the reason).
@@ -26,7 +26,7 @@ from __future__ import annotations
 import fnmatch
 import math
 from dataclasses import asdict, dataclass, field
-from typing import Iterator, Mapping, Optional, Sequence, Union
+from typing import Mapping, Optional, Sequence, Union
 
 import torch
 from torch import nn
@@ -196,10 +196,6 @@ def _build(layer: nn.Module, rank: int, conv_format: str, cp_iterations: int) ->
     return CPConv.from_dense(layer, cp_rank).load_factors(factors, bias), "cp"
 
 
-def _rank_of(built: nn.Module) -> int:
-    return built.rank
-
-
 def compress(
     model: nn.Module,
     budget: Union[None, float, ParamBudget, ErrorBudget] = None,
@@ -227,7 +223,8 @@ def compress(
     if isinstance(ranks, Mapping):
         targets = list(ranks)
     layers, skipped = _candidates(model, targets, exclude)
-    if isinstance(ranks, Mapping):
+    if isinstance(ranks, Mapping):  # exact names only (a glob on "conv" would also reach "block.conv")
+        layers = {n: m for n, m in layers.items() if n in ranks}
         unknown = sorted(set(ranks) - set(layers) - set(skipped))
         if unknown:
             raise ValueError(f"ranks names {unknown[:5]}, which are not ungrouped Linear/Conv layers of the model (or are already factorised)")
@@ -256,7 +253,7 @@ def compress(
         built, fmt = _build(layer, rank, conv_format, cp_iterations)
         with torch.no_grad():
             err = float((built.dense_weight() - layer.weight).norm() / layer.weight.norm().clamp_min(1e-30))
-        rows.append(LayerCompression(name, type(layer).__name__, fmt, _rank_of(built), full, n_before, param_count(built), err))
+        rows.append(LayerCompression(name, type(layer).__name__, fmt, built.rank, full, n_before, param_count(built), err))
         replacements[id(layer)] = built
     replace_modules(model, replacements)
     return CompressionReport(rows, before, _total_params(model), description, threshold, skipped)
@@ -310,21 +307,20 @@ class OrderedRankDropout:
             layer.active_rank = layer.rank
 
 
-def _iter_truncations(layers: dict[str, LowRankLayer], ranks) -> Iterator[tuple[str, LowRankLayer, int]]:
+def _target_ranks(layers: dict[str, LowRankLayer], ranks) -> dict[str, object]:
+    """``{name: requested rank}`` from an int, a fraction or a mapping (validated by the caller)."""
     if isinstance(ranks, Mapping):
         unknown = sorted(set(ranks) - set(layers))
         if unknown:
             raise ValueError(f"ranks names layers that are not LowRankLayers: {unknown[:5]}; factorised layers: {sorted(layers)[:8]}")
-        for name, rank in ranks.items():
-            yield name, layers[name], rank
-        return
-    for name, layer in layers.items():
-        if isinstance(ranks, float) and not isinstance(ranks, bool):
-            if not 0 < ranks <= 1:
-                raise ValueError(f"a fractional ranks must be in (0, 1], got {ranks!r}")
-            yield name, layer, max(1, math.ceil(ranks * layer.rank))
-        else:
-            yield name, layer, min(ranks, layer.rank) if isinstance(ranks, int) and not isinstance(ranks, bool) else ranks
+        return dict(ranks)
+    if isinstance(ranks, float):
+        if not 0 < ranks <= 1:
+            raise ValueError(f"a fractional ranks must be in (0, 1], got {ranks!r}")
+        return {name: max(1, math.ceil(ranks * layer.rank)) for name, layer in layers.items()}
+    if isinstance(ranks, int) and not isinstance(ranks, bool) and ranks >= 1:
+        return {name: min(ranks, layer.rank) for name, layer in layers.items()}
+    raise ValueError(f"ranks must be a positive int, a float in (0, 1] or {{layer name: rank}}, got {ranks!r}")
 
 
 def truncate(model: nn.Module, ranks: Union[int, float, Mapping[str, int]]) -> dict[str, int]:
@@ -335,7 +331,8 @@ def truncate(model: nn.Module, ranks: Union[int, float, Mapping[str, int]]) -> d
     """
     layers = _low_rank_layers(model)
     replacements, out = {}, {}
-    for name, layer, rank in _iter_truncations(layers, ranks):
+    for name, rank in _target_ranks(layers, ranks).items():
+        layer = layers[name]
         if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= layer.rank:
             raise ValueError(f"rank for {name!r} must be an integer in 1..{layer.rank}, got {rank!r}")
         replacements[id(layer)] = layer.truncate(rank)

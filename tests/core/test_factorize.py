@@ -287,3 +287,10 @@ def test_load_into_another_architecture_fails_and_leaves_the_model_as_it_was(tra
     assert all(torch.equal(state[k], v) for k, v in other.state_dict().items())
     with pytest.raises(factorize.CompressedFileError, match="does not exist"):
         factorize.load(SmallCNN(), tmp_path / "missing")
+
+
+def test_rank_mapping_names_exact_layers():
+    model = nn.Sequential(nn.Linear(8, 8), nn.Sequential(nn.Linear(8, 8)))
+    report = factorize.compress(model, ranks={"0": 2})  # "0" must not reach "1.0" as a glob would
+    assert [row.name for row in report.layers] == ["0"]
+    assert isinstance(model[0], factorize.LowRankLayer) and isinstance(model[1][0], nn.Linear)

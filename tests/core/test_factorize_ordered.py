@@ -113,6 +113,8 @@ def test_truncate_bad_input(models, tmp_path):
         factorize.truncate(model, {"2": 65})
     with pytest.raises(ValueError, match="not LowRankLayers"):
         factorize.truncate(model, {"4": 2})
+    with pytest.raises(ValueError, match="ranks must be a positive int"):
+        factorize.truncate(model, 0)
     with pytest.raises(ValueError, match="no LowRankLayer"):
         factorize.truncate(mlp(), 2)
     factorize.truncate(model, 0.25)  # a truncated model saves and loads like a compressed one
