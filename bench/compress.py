@@ -131,8 +131,12 @@ def stage_compression() -> dict:
             row = {"budget": budget, "format": fmt, "fraction": report.fraction, "accuracy": accuracy(small, xt, yt),
                    "seconds": seconds, "ranks": {r.name: r.rank for r in report.layers}, "errors": {r.name: r.relative_error for r in report.layers}}
             if fmt == "matrix":
+                held = copy.deepcopy(small)
                 result = factorize.distill(small, model, unlabelled, steps=100, lr=1e-3)
-                row.update(distilled=accuracy(small, xt, yt), distill_loss=[result.loss_before, result.loss_after])
+                row.update(distilled=accuracy(small, xt, yt), distill_loss=[result.loss_before, result.loss_after],
+                           weight_error=list(result.weight_error))
+                regularised = factorize.distill(held, model, unlabelled, steps=100, lr=1e-3, weight_regularization=1.0)
+                row.update(distilled_wpr=accuracy(held, xt, yt), weight_error_wpr=list(regularised.weight_error))
                 uniform = copy.deepcopy(model)
                 uniform_report = factorize.compress(uniform, ranks=uniform_ranks(model, budget))
                 row.update(uniform_fraction=uniform_report.fraction, uniform_accuracy=accuracy(uniform, xt, yt),
@@ -268,18 +272,22 @@ def render(results: dict) -> str:
              "[results/compression/results.json](results/compression/results.json).", "",
              "![accuracy against parameters kept, and against the share of rank kept](results/compression/compression.png)", ""]
     lines += [f"**Compression** ({c['task']}; {c['params']:,} parameters, test accuracy {c['base_accuracy']:.3f}).", "",
-              "| kept params (budget) | format | kept (measured) | test acc | + PELA distillation | uniform ranks, same budget |",
-              "|---:|---|---:|---:|---:|---:|"]
+              "| kept params (budget) | format | kept (measured) | test acc | + PELA distillation | + PELA with weight regularisation 1.0 | uniform ranks, same budget |",
+              "|---:|---|---:|---:|---:|---:|---:|"]
     for r in c["budgets"]:
         pela = f"{r['distilled']:.3f}" if "distilled" in r else ""
+        wpr = f"{r['distilled_wpr']:.3f}" if "distilled_wpr" in r else ""
         uniform = f"{r['uniform_accuracy']:.3f} ({r['uniform_fraction']:.2f})" if "uniform_accuracy" in r else ""
-        lines.append(f"| {r['budget']:.2f} | {r['format']} | {r['fraction']:.3f} | {r['accuracy']:.3f} | {pela} | {uniform} |")
+        lines.append(f"| {r['budget']:.2f} | {r['format']} | {r['fraction']:.3f} | {r['accuracy']:.3f} | {pela} | {wpr} | {uniform} |")
     at = {(r["budget"], r["format"]): r for r in c["budgets"]}
     half, third = at[(0.5, "matrix")], at[(0.3, "matrix")]
     lines += ["", f"At half the parameters the WeLore ranks lose {100 * (c['base_accuracy'] - half['accuracy']):.1f} points "
               f"(a uniform share of every layer's rank at the same budget loses {100 * (c['base_accuracy'] - half['uniform_accuracy']):.1f}); "
               f"at 0.3 of the parameters PELA distillation (100 steps on 1,024 unlabelled inputs) wins back "
-              f"{100 * (third['distilled'] - third['accuracy']):.1f} of the {100 * (c['base_accuracy'] - third['accuracy']):.1f} points lost."]
+              f"{100 * (third['distilled'] - third['accuracy']):.1f} of the {100 * (c['base_accuracy'] - third['accuracy']):.1f} points lost. "
+              f"There the mean relative weight error of the factorised layers goes from {third['weight_error'][0]:.3f} (the SVD cut) to "
+              f"{third['weight_error'][1]:.3f} with plain distillation and to {third['weight_error_wpr'][1]:.3f} with the weight regularisation "
+              f"(the SVD cut is already the closest rank-r weight, so the term can only hold the factors near it)."]
     lines += ["", "Error budgets (matrix form): " + "; ".join(
         f"max relative error {r['max_error']:g} keeps {r['fraction']:.3f} of the parameters at test accuracy {r['accuracy']:.3f}" for r in c["error_budgets"]) + ".",
         "", "The report of `compress(model, budget=0.5)`:", "", "```", c["report_at_half"], "```", ""]
