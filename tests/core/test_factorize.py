@@ -301,3 +301,15 @@ def test_rank_mapping_names_exact_layers():
     report = factorize.compress(model, ranks={"0": 2})  # "0" must not reach "1.0" as a glob would
     assert [row.name for row in report.layers] == ["0"]
     assert isinstance(model[0], factorize.LowRankLayer) and isinstance(model[1][0], nn.Linear)
+
+
+@pytest.mark.parametrize("fmt", ["matrix", "tucker", "cp"])
+def test_factorised_layers_trace_with_fullgraph(fmt):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(4, 8, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(8 * 36, 10))
+    factorize.compress(model, ranks=3, conv_format=fmt, cp_iterations=5)
+    x = torch.randn(2, 4, 6, 6)
+    compiled = torch.compile(model, fullgraph=True, backend="eager")  # dynamo tracing without graph breaks; no codegen
+    torch.testing.assert_close(compiled(x), model(x))
+    model[3].active_rank = 2  # ordered ranks: a plain int attribute, no randomness in the forward
+    torch.testing.assert_close(compiled(x), model(x))
