@@ -61,10 +61,40 @@ PURPOSE = {
     "hypelora": "Fine-tuning with one hyper-network generating every layer's A and B from a layer embedding (HypeLoRA)",
 }
 
-# LEAD: rows for the other core tools (core.factorize compression, core.watermark MarkBoard) go here, one dict per
-# tool with the keys of OTHER_COLUMNS; they are rendered under "Other core tools" below the families table.
-OTHER_CORE_TOOLS: list[dict[str, str]] = []
+# Tools of the core that are not adapter families; their parameter cells are measured in other_core_tools().
 OTHER_COLUMNS = ("tool", "what it is for", "entry point", "parameters on Linear(768, 768)", "merges", "layer types")
+
+
+def other_core_tools() -> list[dict[str, str]]:
+    """core.factorize and core.watermark: what each is for, with parameters counted on Linear(768, 768) at ``RANK``."""
+    from lowrank_vision.core import factorize
+
+    dense = nn.Sequential(nn.Linear(768, 768))
+    before = sum(p.numel() for p in dense.parameters())
+    factorize.compress(dense, ranks=RANK)
+    after = sum(p.numel() for p in dense.parameters())
+    branch = nn.Sequential(nn.Linear(768, 768))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        branch_params = apply(branch, "lora", rank=RANK).adapter_params
+    return [
+        {"tool": "core.factorize (compression)",
+         "what it is for": "Making a trained model smaller: Linear/Conv layers replaced by low-rank factors, rank per layer from "
+                           "the singular values (WeLore threshold under a parameter or error budget), Tucker-2/CP for conv "
+                           "kernels, PELA feature distillation, Maestro ordered ranks + truncate",
+         "entry point": "core.factorize.compress(model, budget=0.5)",
+         "parameters on Linear(768, 768)": f"{after:,} at rank {RANK}, replacing {before:,}",
+         "merges": "n/a: it replaces the layer (its factors multiply back to a dense weight)",
+         "layer types": "Linear, Conv1d/2d/3d (ungrouped); Tucker/CP on convs; grouped/transposed convs and Embedding skipped"},
+        {"tool": "core.watermark (Hot-Swap MarkBoard)",
+         "what it is for": "Signing distributed models: an n-bit owner signature held by n of 2n swappable LoRA branches, "
+                           "verified black-box from outputs on secret triggers, re-signed per user without retraining",
+         "entry point": "core.watermark.embed(model, inputs, MarkBoardConfig(n_bits=8))",
+         "parameters on Linear(768, 768)": f"{branch_params:,} per branch at rank {RANK}; a signature installs n branches, "
+                                           "the owner keeps 2n; the merged copy adds 0",
+         "merges": "yes (distribute merges the n branches into a plain copy)",
+         "layer types": "those of core lora; triggers need float inputs"},
+    ]
 
 
 def purpose(name: str) -> str:
@@ -147,7 +177,7 @@ def measure() -> dict:
             "unsupported_reasons": {t: why for t, (ok, why) in layers.items() if not ok},
         })
     return {"rank": RANK, "probe_rank": PROBE_RANK, "reference_layers": list(REFERENCE_LAYERS), "layer_types": list(PROBE_LAYERS),
-            "torch": torch.__version__, "families": rows, "other_core_tools": OTHER_CORE_TOOLS}
+            "torch": torch.__version__, "families": rows, "other_core_tools": other_core_tools()}
 
 
 def merge_cell(merge_result: dict) -> str:
@@ -182,8 +212,7 @@ def render(result: dict) -> str:
         "",
         "## Other core tools",
         "",
-        "<!-- LEAD: rows for core.factorize (compression) and core.watermark (MarkBoard) come from OTHER_CORE_TOOLS in",
-        "     bench/families_table.py; add them there and re-run the command so this page stays generated. -->",
+        "Tools that are not adapter families (their parameter cells measured by the same command):",
         "",
     ]
     if result["other_core_tools"]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
-__all__ = ["require", "is_int", "require_ints"]
+__all__ = ["require", "is_int", "is_number", "require_ints"]
 
 
 def require(obj: Any, name: str, ok: bool, expected: str) -> None:
@@ -21,6 +21,11 @@ def require(obj: Any, name: str, ok: bool, expected: str) -> None:
 def is_int(value: Any, minimum: Optional[int] = None) -> bool:
     """A real int (``bool`` excluded), at least ``minimum`` when given."""
     return isinstance(value, int) and not isinstance(value, bool) and (minimum is None or value >= minimum)
+
+
+def is_number(value: Any) -> bool:
+    """A real int or float (``bool`` excluded)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def require_ints(obj: Any, *names: str, minimum: int = 1, expected: Optional[str] = None) -> None:

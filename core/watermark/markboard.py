@@ -33,16 +33,12 @@ from torch import Tensor, nn
 from ..adapters import AdapterLayer
 from ..functional import watermark as F_wm
 from ..inject import adapter_layers, apply, remove, set_active
+from ..validate import is_number, require, require_ints
 
 __all__ = ["MarkBoardConfig", "MarkBoard", "Verification", "embed", "BRANCH_PREFIX"]
 
 BRANCH_PREFIX = "markboard_"
 Predictor = Union[nn.Module, Callable[[Tensor], Tensor]]
-
-
-def _positive_int(cls: str, name: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{cls}.{name} must be a positive integer, got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -79,18 +75,15 @@ class MarkBoardConfig:
     """Seeds the trigger key, the target classes and the training draws."""
 
     def __post_init__(self) -> None:
-        for name in ("n_bits", "rank", "verify_per_bit", "steps", "batch_size", "triggers_per_bit"):
-            _positive_int("MarkBoardConfig", name, getattr(self, name))
-        for name, low, high in (("trigger_fraction", 0.0, 1.0), ("min_rate", 0.0, 1.0)):
+        require_ints(self, "n_bits", "rank", "verify_per_bit", "steps", "batch_size", "triggers_per_bit",
+                     expected="a positive integer")
+        for name in ("trigger_fraction", "min_rate"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not low < value <= high:
-                raise ValueError(f"MarkBoardConfig.{name} must be a number in ({low:g}, {high:g}], got {value!r}")
+            require(self, name, is_number(value) and 0.0 < value <= 1.0, "a number in (0, 1]")
         for name in ("trigger_strength", "lr", "fidelity_weight"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-                raise ValueError(f"MarkBoardConfig.{name} must be a positive number, got {value!r}")
-        if self.trigger_kind not in ("scatter", "patch"):
-            raise ValueError(f"MarkBoardConfig.trigger_kind must be 'scatter' or 'patch', got {self.trigger_kind!r}")
+            require(self, name, is_number(value) and value > 0, "a positive number")
+        require(self, "trigger_kind", self.trigger_kind in ("scatter", "patch"), "'scatter' or 'patch'")
         if isinstance(self.targets, str):
             object.__setattr__(self, "targets", (self.targets,))
 
