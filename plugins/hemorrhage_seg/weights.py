@@ -139,13 +139,21 @@ def make_weights(work: str | os.PathLike | None = None, into: str | os.PathLike 
     return result
 
 
+def _round(v, digits: int):
+    return None if v is None else round(v, digits)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def bundle_metadata(meta: dict, result: dict) -> dict:
     """``meta`` with ``eval_metrics`` and ``eval_data`` from a :func:`make_weights` result (held-out seed)."""
     held = result[f"heldout_sah_seed{HELDOUT_SEED}"]
     meta = dict(meta)
     meta["eval_metrics"] = {"mean_dice": round(held["cp_lora_r8"]["dice_mean"], 4),
                             "mean_dice_pretrained_only": round(held["pretrained_only"]["dice_mean"], 4),
-                            "volume_pearson_r": round(held["cp_lora_r8"]["volume_pearson_r"], 4),
+                            "volume_pearson_r": _round(held["cp_lora_r8"]["volume_pearson_r"], 4),
                             "volume_mae_ml": round(held["cp_lora_r8"]["volume_mae_ml"], 2)}
     meta["eval_data"] = (f"{held['cp_lora_r8']['n_cases']} synthetic SAH volumes of seed {HELDOUT_SEED} (preset cpu), held out: "
                          f"used neither for training (seed {TRAIN_SEED}) nor for choosing hyper-parameters (seeds "
@@ -158,7 +166,7 @@ def weights_card(result: dict) -> str:
     def row(key: str, role: str) -> str:
         b, a = result[key]["pretrained_only"], result[key]["cp_lora_r8"]
         return (f"| {key.rsplit('seed', 1)[1]} | {role} | {a['n_cases']} | {b['dice_mean']:.3f} | {a['dice_mean']:.3f} | "
-                f"{b['volume_pearson_r']:.2f} -> {a['volume_pearson_r']:.2f} | {b['volume_mae_ml']:.1f} -> {a['volume_mae_ml']:.1f} |\n")
+                f"{_fmt(b['volume_pearson_r'])} -> {_fmt(a['volume_pearson_r'])} | {b['volume_mae_ml']:.1f} -> {a['volume_mae_ml']:.1f} |\n")
 
     cfg, pre = PRESETS["cpu"], result.get("pretrain")
     trained = ("" if pre is None else

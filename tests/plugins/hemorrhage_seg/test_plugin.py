@@ -329,3 +329,24 @@ def test_finetune_adapter_init_does_not_depend_on_the_global_rng(monkeypatch):
     assert all(torch.equal(states[0][k], states[1][k]) for k in states[0])
     other, _ = recipes.finetune(base, None, [0, 1], "cp_lora", 4, replace(cfg, train=replace(cfg.train, seed=5)), progress=False)
     assert any(not torch.equal(states[0][k], v) for k, v in other.state_dict().items())
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 5])
+def test_summary_with_too_few_cases_states_it_and_has_no_nan(n):
+    """Before, 2 held-out cases gave NaN for two of the three tertile Dice values (collapsed edges)."""
+    from lowrank_vision.plugins.hemorrhage_seg.metrics import results_table
+
+    cases = [{"dice": 0.5 + 0.1 * i, "true_ml": 2.0 + i, "pred_ml": 2.5 + i} for i in range(n)]
+    s = summarize_cases(cases)
+    assert s["tertiles"].startswith("too few cases") and s["dice_small"] is None and s["dice_large"] is None
+    assert s["dice_mean"] == pytest.approx(np.mean([c["dice"] for c in cases]))
+    assert s["volume_pearson_r"] is None if n == 1 else s["volume_pearson_r"] == pytest.approx(1.0)
+    assert not any(isinstance(v, float) and np.isnan(v) for v in s.values())
+    row = {"strategy": "full", "rank": None, "trainable_params": 10, "trainable_pct_of_full": 100.0, **s}
+    assert "n/a" in results_table([row]) and "nan" not in results_table([row])
+
+
+def test_summary_with_equal_volumes_states_why_tertiles_are_missing():
+    cases = [{"dice": 0.5, "true_ml": 3.0, "pred_ml": 3.0}] * 7
+    s = summarize_cases(cases)
+    assert "too alike" in s["tertiles"] and s["dice_medium"] is None and s["volume_pearson_r"] is None
