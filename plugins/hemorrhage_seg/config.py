@@ -128,6 +128,13 @@ class SegExperimentConfig:
         require(self, "data", not any(s % self.net.divisor for s in self.data.shape), f"a grid whose shape is a multiple of {self.net.divisor} (the UNet's stride product)")
         require(self, "train", isinstance(self.pretrain, TrainConfig) and isinstance(self.train, TrainConfig), "a TrainConfig")
 
+    @property
+    def grid(self):
+        """The network's canonical grid: RAS axes at the synthetic data's spacing (stored in every checkpoint)."""
+        from lowrank_vision.datasets.ct.geometry import CanonicalGrid
+
+        return CanonicalGrid(self.data.spacing)
+
     def lr_for(self, strategy: str) -> float:
         """Fine-tuning learning rate of ``strategy``: per-method override, else ``adapter_lr`` (adapters), else ``train.lr``."""
         if strategy in ADAPTER_METHODS:

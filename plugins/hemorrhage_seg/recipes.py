@@ -34,10 +34,10 @@ from lowrank_vision.datasets.ct.readers import blood_volume_ml
 
 from .config import ADAPTER_METHODS, FINETUNE_STRATEGIES, MODULE_GROUPS, SegExperimentConfig, UNetConfig
 from .metrics import dice, plot_dice_vs_params, results_table, summarize_cases
-from .model import DECODER_REGEX, MultiViewUNet, build_network, load_checkpoint, pad_to_multiple, save_checkpoint
+from .model import DECODER_REGEX, MultiViewUNet, build_network, checkpoint_grid, load_checkpoint, pad_to_multiple, save_checkpoint
 
 __all__ = ["apply_strategy", "make_synthetic_data", "load_dataset", "seg_loss", "predict_volume", "volume_probability",
-           "evaluate", "segment_file", "pretrain", "finetune", "fold_indices", "cross_validate", "compare"]
+           "evaluate", "segment_volume", "segment_file", "pretrain", "finetune", "fold_indices", "cross_validate", "compare"]
 
 
 # ----------------------------------------------------------------------------- fine-tuning strategies
@@ -87,11 +87,11 @@ def make_synthetic_data(cfg: SegExperimentConfig, root: str | os.PathLike, progr
     return tbi, sah
 
 
-def load_dataset(folder: str | os.PathLike, windows: Sequence[str], progress: bool = False):
-    """The image/mask pairs of ``folder`` (any layout the CT readers know), windowed, in memory."""
+def load_dataset(folder: str | os.PathLike, windows: Sequence[str], grid=None, progress: bool = False):
+    """The image/mask pairs of ``folder`` (any layout the CT readers know) on the canonical ``grid``, windowed, in memory."""
     from lowrank_vision.datasets.ct.readers import CTSegmentationDataset, find_image_mask_pairs
 
-    return CTSegmentationDataset(find_image_mask_pairs(folder), windows=windows, progress=progress)
+    return CTSegmentationDataset(find_image_mask_pairs(folder), windows=windows, grid=grid, progress=progress)
 
 
 # ----------------------------------------------------------------------------- loss and inference
@@ -148,34 +148,57 @@ def volume_probability(model: nn.Module, image: torch.Tensor, arch: UNetConfig, 
     return torch.sigmoid(logits.float())[crop][0, 0].cpu()
 
 
-def evaluate(model: nn.Module, dataset, divisor: int, indices: Optional[Sequence[int]] = None, progress: bool = False) -> list[dict]:
-    """Per-case ``{"name", "dice", "true_ml", "pred_ml"}`` over ``indices`` of ``dataset``."""
+def evaluate(model: nn.Module, dataset, arch: UNetConfig, indices: Optional[Sequence[int]] = None, progress: bool = False) -> list[dict]:
+    """Per-case ``{"name", "dice", "true_ml", "pred_ml"}`` over ``indices`` of ``dataset``, measured on each
+    file's own grid (a prediction on the canonical grid is mapped back first)."""
     from tqdm.auto import tqdm
+
+    from lowrank_vision.datasets.ct.geometry import from_canonical
 
     out = []
     for i in tqdm(list(indices if indices is not None else range(len(dataset))), desc="eval", disable=not progress):
         item = dataset[i]
-        pred = predict_volume(model, item["image"], divisor)
-        true = item["label"][0].numpy() > 0.5
-        sp = item["spacing"].tolist()
+        prob = volume_probability(model, item["image"], arch)
+        if dataset.on_file_grid(i):
+            pred, true, sp = prob.numpy() > 0.5, item["label"][0].numpy() > 0.5, item["spacing"].tolist()
+        else:
+            pred = from_canonical(prob, dataset.grid_maps[i]).numpy() > 0.5
+            true, sp = dataset.file_label(i)
         out.append({"name": dataset.names[i], "dice": dice(pred, true), "true_ml": blood_volume_ml(true, sp),
                     "pred_ml": blood_volume_ml(pred, sp)})
     return out
 
 
 @torch.no_grad()
-def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, model: nn.Module, arch: UNetConfig,
-                 windows: Sequence[str], threshold: float = 0.5, max_whole_voxels: int = 160 * 160 * 48) -> dict:
-    """Segment one NIfTI CT volume (HU) and write the uint8 mask with the input's affine/header."""
-    from lowrank_vision.datasets.ct.readers import load_nifti, save_mask_like, window_hu
+def segment_volume(hu: np.ndarray, affine: np.ndarray, model: nn.Module, arch: UNetConfig, windows: Sequence[str], grid=None,
+                   threshold: float = 0.5, max_whole_voxels: int = 160 * 160 * 48) -> np.ndarray:
+    """uint8 mask on the exact grid of ``hu`` (HU, (x, y, z), voxel-to-world ``affine``): the volume goes to the
+    model's canonical ``grid`` (None: its own grid), the probability comes back before thresholding."""
+    from lowrank_vision.datasets.ct.geometry import from_canonical, to_canonical
+    from lowrank_vision.datasets.ct.readers import window_hu
 
-    hu, affine, header = load_nifti(in_path)
-    prob = volume_probability(model, window_hu(hu, windows), arch, max_whole_voxels).numpy()
-    mask = (prob > threshold).astype(np.uint8)
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    if grid is None:
+        return (volume_probability(model, window_hu(hu, windows), arch, max_whole_voxels) > threshold).numpy().astype(np.uint8)
+    x, gm = to_canonical(hu, affine, grid)
+    prob = volume_probability(model, window_hu(x, windows), arch, max_whole_voxels)
+    return (from_canonical(prob, gm) > threshold).numpy().astype(np.uint8)
+
+
+@torch.no_grad()
+def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, model: nn.Module, arch: UNetConfig,
+                 windows: Sequence[str], grid=None, threshold: float = 0.5, max_whole_voxels: int = 160 * 160 * 48) -> dict:
+    """Segment one CT volume in HU (NIfTI file or DICOM series folder) and write the uint8 NIfTI mask on the
+    input's exact grid (its affine, and its header for a NIfTI input)."""
+    from lowrank_vision.datasets.ct.geometry import axis_codes, voxel_spacing
+    from lowrank_vision.datasets.ct.readers import load_ct, save_mask_like
+
+    hu, affine, header = load_ct(in_path)
+    mask = segment_volume(hu, affine, model, arch, windows, grid, threshold, max_whole_voxels)
+    spacing = voxel_spacing(affine)
     save_mask_like(mask, header, affine, out_path)
     return {"input": str(in_path), "output": str(out_path), "blood_ml": blood_volume_ml(mask, spacing),
-            "voxels": int(mask.sum()), "spacing_mm": [float(s) for s in spacing]}
+            "voxels": int(mask.sum()), "spacing_mm": [float(s) for s in spacing], "shape": list(mask.shape),
+            "orientation": axis_codes(affine), "model_grid": grid.to_dict() if grid is not None else "the input's own grid"}
 
 
 # ----------------------------------------------------------------------------- training
@@ -195,18 +218,18 @@ def pretrain(cfg: SegExperimentConfig, data_root: str | os.PathLike, out_path: s
     from lowrank_vision.core import count_parameters
 
     tbi_root, sah_root = make_synthetic_data(cfg, data_root, progress)
-    tbi = load_dataset(tbi_root, cfg.windows, progress)
+    tbi = load_dataset(tbi_root, cfg.windows, cfg.grid, progress)
     torch.manual_seed(cfg.pretrain.seed)
     net = build_network(cfg.net)
     held = [i for i in range(len(tbi)) if i % 5 == 4] or [len(tbi) - 1]
     train = [i for i in range(len(tbi)) if i not in held]
     res = _fit(net, tbi, train, cfg.pretrain, cfg.batch_size, progress)
     net = res.model.cpu()
-    save_checkpoint(net, cfg.net, out_path, cfg.windows, extra={"trained_on": "synthetic TBI", "steps": res.steps})
-    sah = load_dataset(sah_root, cfg.windows)
+    save_checkpoint(net, cfg.net, out_path, cfg.windows, extra={"trained_on": "synthetic TBI", "steps": res.steps}, grid=cfg.grid)
+    sah = load_dataset(sah_root, cfg.windows, cfg.grid)
     return {"checkpoint": str(out_path), "steps": res.steps, "final_loss": res.final_loss,
-            "tbi_heldout_dice": summarize_cases(evaluate(net, tbi, cfg.net.divisor, held))["dice_mean"],
-            "sah_dice_pretrained_only": summarize_cases(evaluate(net, sah, cfg.net.divisor))["dice_mean"],
+            "tbi_heldout_dice": summarize_cases(evaluate(net, tbi, cfg.net, held))["dice_mean"],
+            "sah_dice_pretrained_only": summarize_cases(evaluate(net, sah, cfg.net))["dice_mean"],
             "params": count_parameters(net)[1]}
 
 
@@ -237,7 +260,7 @@ def cross_validate(base: nn.Module, dataset, strategy: str, rank: Optional[int],
     for test in fold_indices(len(dataset), cfg.folds, cfg.seed):
         train = [i for i in range(len(dataset)) if i not in test]
         model, n_train = finetune(base, dataset, train, strategy, rank, cfg, progress=progress)
-        cases += evaluate(model, dataset, cfg.net.divisor, test)
+        cases += evaluate(model, dataset, cfg.net, test)
     full = count_parameters(base)[1]
     return {"strategy": strategy, "rank": rank if strategy in ADAPTER_METHODS else None, "trainable_params": n_train,
             "trainable_pct_of_full": 100.0 * n_train / full, **summarize_cases(cases), "cases": cases}
@@ -250,11 +273,11 @@ def compare(cfg: SegExperimentConfig, base_ckpt: str | os.PathLike, data_root: s
 
     from lowrank_vision.core.files import write_json, write_text
 
-    base, arch, _ = load_checkpoint(base_ckpt)
+    base, arch, ckpt = load_checkpoint(base_ckpt)
     if arch != cfg.net:
         raise ValueError(f"checkpoint {base_ckpt} holds {arch}, but the experiment config expects {cfg.net}")
     _, sah_root = make_synthetic_data(cfg, data_root, progress)
-    sah = load_dataset(sah_root, cfg.windows)
+    sah = load_dataset(sah_root, cfg.windows, checkpoint_grid(ckpt))
     grid = [(s, r) for s in cfg.strategies for r in (cfg.ranks if s in ADAPTER_METHODS else (None,))]
     rows = [cross_validate(base, sah, s, r, cfg, progress=False) for s, r in tqdm(grid, desc="compare", disable=not progress)]
     out = Path(out_dir)
