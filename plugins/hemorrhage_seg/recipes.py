@@ -37,7 +37,7 @@ from .metrics import dice, plot_dice_vs_params, results_table, summarize_cases
 from .model import DECODER_REGEX, MultiViewUNet, build_network, checkpoint_grid, load_checkpoint, pad_to_multiple, save_checkpoint
 
 __all__ = ["apply_strategy", "make_synthetic_data", "load_dataset", "seg_loss", "predict_volume", "volume_probability",
-           "evaluate", "segment_volume", "segment_file", "pretrain", "finetune", "fold_indices", "cross_validate", "compare"]
+           "evaluate", "segment_volume", "segment_file", "NotHeadCTWarning", "pretrain", "finetune", "fold_indices", "cross_validate", "compare"]
 
 
 # ----------------------------------------------------------------------------- fine-tuning strategies
@@ -184,21 +184,37 @@ def segment_volume(hu: np.ndarray, affine: np.ndarray, model: nn.Module, arch: U
     return (from_canonical(prob, gm) > threshold).numpy().astype(np.uint8)
 
 
+class NotHeadCTWarning(UserWarning):
+    """The input of ``predict`` does not look like a head CT, or its predicted blood volume is implausible."""
+
+
 @torch.no_grad()
 def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, model: nn.Module, arch: UNetConfig,
                  windows: Sequence[str], grid=None, threshold: float = 0.5, max_whole_voxels: int = 160 * 160 * 48) -> dict:
     """Segment one CT volume in HU (NIfTI file or DICOM series folder) and write the uint8 NIfTI mask on the
-    input's exact grid (its affine, and its header for a NIfTI input)."""
+    input's exact grid (its affine, and its header for a NIfTI input).
+
+    The input is checked first (:func:`lowrank_vision.datasets.ct.checks.head_ct_check`: extent, field of view,
+    HU histogram) and the predicted blood volume after; every finding is a sentence in ``warnings`` of the
+    returned report and one :class:`NotHeadCTWarning`.
+    """
+    from lowrank_vision.datasets.ct.checks import blood_volume_check, head_ct_check
     from lowrank_vision.datasets.ct.geometry import axis_codes, voxel_spacing
     from lowrank_vision.datasets.ct.readers import load_ct, save_mask_like
 
     hu, affine, header = load_ct(in_path)
+    check = head_ct_check(hu, affine)
     mask = segment_volume(hu, affine, model, arch, windows, grid, threshold, max_whole_voxels)
     spacing = voxel_spacing(affine)
     save_mask_like(mask, header, affine, out_path)
-    return {"input": str(in_path), "output": str(out_path), "blood_ml": blood_volume_ml(mask, spacing),
-            "voxels": int(mask.sum()), "spacing_mm": [float(s) for s in spacing], "shape": list(mask.shape),
-            "orientation": axis_codes(affine), "model_grid": grid.to_dict() if grid is not None else "the input's own grid"}
+    blood_ml = blood_volume_ml(mask, spacing)
+    found = [f"input does not look like a head CT: {r}" for r in check["reasons"]] + blood_volume_check(blood_ml)
+    if found:
+        warnings.warn(f"{in_path}: " + "; ".join(found), NotHeadCTWarning, stacklevel=2)
+    return {"input": str(in_path), "output": str(out_path), "blood_ml": blood_ml, "voxels": int(mask.sum()),
+            "spacing_mm": [float(s) for s in spacing], "shape": list(mask.shape), "orientation": axis_codes(affine),
+            "model_grid": grid.to_dict() if grid is not None else "the input's own grid", "warnings": found,
+            "input_check": check["measures"]}
 
 
 # ----------------------------------------------------------------------------- training

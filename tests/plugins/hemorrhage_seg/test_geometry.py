@@ -140,3 +140,39 @@ def test_dicom_series_input_gives_the_same_mask_in_world_space(tmp_path, shipped
     assert np.allclose(got.affine, ref.affine, atol=1e-3)
     assert np.asarray(ref.dataobj).sum() > 20 and np.array_equal(np.asarray(got.dataobj), np.asarray(ref.dataobj))
     assert res["shape"] == list(image.shape) and res["spacing_mm"] == pytest.approx(list(NATIVE.spacing), abs=1e-4)
+
+
+def test_predict_warns_on_a_chest_ct_and_not_on_a_head_ct(tmp_path, shipped):
+    import warnings
+
+    from lowrank_vision.datasets.ct.phantom import HEAD_PRESETS, HeadCTConfig, synthesize_chest, synthesize_head
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import NotHeadCTWarning
+
+    model, arch, windows, grid = shipped
+    chest_cfg = HeadCTConfig(shape=(128, 128, 6), spacing=(2.8, 2.8, 5.0), centre_mm=(0.0, 0.0, 0.0))
+    save_nifti(synthesize_chest(0, chest_cfg), chest_cfg.affine, tmp_path / "chest.nii.gz")
+    with pytest.warns(NotHeadCTWarning, match="does not look like a head CT"):
+        res = segment_file(tmp_path / "chest.nii.gz", tmp_path / "chest_mask.nii.gz", model, arch, windows, grid)
+    assert any("body width" in w for w in res["warnings"]) and res["input_check"]["width_mm"] > 300
+    head, _, _ = synthesize_head("sah", 0, seed=4)
+    save_nifti(head, HEAD_PRESETS["small"].affine, tmp_path / "head.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotHeadCTWarning)
+        res = segment_file(tmp_path / "head.nii.gz", tmp_path / "head_mask.nii.gz", model, arch, windows, grid)
+    assert res["warnings"] == [] and res["input_check"]["width_mm"] < 200
+
+
+def test_implausible_blood_volume_warns(tmp_path):
+    """A network that calls everything brain-like blood: the head passes the input check, the volume does not."""
+    from lowrank_vision.datasets.ct.phantom import HEAD_PRESETS, synthesize_head
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import NotHeadCTWarning
+
+    class Everything(BloodWindow):
+        def forward(self, x):
+            return (x[:, 0:1] - 0.2) * 50 + self.offset
+
+    head, _, _ = synthesize_head("tbi", 0, seed=4)
+    save_nifti(head, HEAD_PRESETS["small"].affine, tmp_path / "head.nii.gz")
+    with pytest.warns(NotHeadCTWarning, match="implausible"):
+        res = segment_file(tmp_path / "head.nii.gz", tmp_path / "m.nii.gz", Everything(), UNetConfig(), ("brain", "subdural"), None)
+    assert res["blood_ml"] > 150 and len(res["warnings"]) == 1
