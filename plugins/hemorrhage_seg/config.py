@@ -91,7 +91,15 @@ class SegExperimentConfig:
     windows: tuple[str, ...] = ("brain", "subdural")
     """HU windows used as input channels."""
     batch_size: int = 2
-    """Volumes per batch (whole volumes, no patches) in pre-training and fine-tuning."""
+    """Volumes or patches per batch in pre-training and fine-tuning."""
+    patch: tuple[int, int, int] = (96, 96, 32)
+    """Training crop in voxels of the canonical grid (foreground-aware random crops, multiples of the UNet's stride
+    product); shrunk to the volumes where they are smaller."""
+    whole_volume_voxels: int = 160 * 160 * 48
+    """Cases that all share one shape of at most this many voxels (a multiple of the stride product) train as whole
+    volumes instead of patches."""
+    samples_per_case: int = 4
+    """Random crops per case and pass over the data (patch training)."""
     pretrain: TrainConfig = field(default_factory=lambda: trainer(300, 3e-3))
     """Trainer of the TBI pre-training."""
     train: TrainConfig = field(default_factory=lambda: trainer(150, 3e-3))
@@ -127,6 +135,9 @@ class SegExperimentConfig:
         require(self, "windows", self.net.in_channels == len(self.windows), f"{self.net.in_channels} names (net.in_channels)")
         require(self, "data", not any(s % self.net.divisor for s in self.data.shape), f"a grid whose shape is a multiple of {self.net.divisor} (the UNet's stride product)")
         require(self, "train", isinstance(self.pretrain, TrainConfig) and isinstance(self.train, TrainConfig), "a TrainConfig")
+        require(self, "patch", len(self.patch) == 3 and all(int(p) >= self.net.divisor and int(p) % self.net.divisor == 0
+                                                             for p in self.patch), f"3 multiples of {self.net.divisor} (the UNet's stride product)")
+        require(self, "samples_per_case", int(self.samples_per_case) >= 1, ">= 1")
 
     @property
     def grid(self):

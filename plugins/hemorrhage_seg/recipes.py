@@ -7,7 +7,10 @@ paper: 3 folds) and pools the held-out predictions; ``compare`` runs the strateg
 
 Choices the paper leaves open: loss = soft Dice (over the batch) + binary cross-entropy with a
 positive-class weight of 10 (blood is ~1 % of the voxels; unweighted BCE stalled at p < 0.5); AdamW with
-cosine decay; whole volumes as batches (no patches); folds from a seeded permutation of the cases;
+cosine decay; every volume on the model's canonical grid (checkpoint ``geometry``); small volumes of one
+shape as whole-volume batches, others as foreground-aware random patches (:func:`training_set`), with
+whole-volume or sliding-window prediction (:func:`volume_probability`) and metrics on each file's own grid;
+folds from a seeded permutation of the cases;
 probability threshold 0.5. Adapters go on every convolution and transposed convolution of the chosen
 ``modules`` (``all``, ``encoder`` or ``decoder``; the paper compares "different modules" without saying
 which) with alpha = ``alpha_over_rank`` * rank (default 1, so over-parameterised ranks are not damped;
@@ -37,7 +40,7 @@ from .metrics import dice, plot_dice_vs_params, results_table, summarize_cases
 from .model import DECODER_REGEX, MultiViewUNet, build_network, checkpoint_grid, load_checkpoint, pad_to_multiple, save_checkpoint
 
 __all__ = ["apply_strategy", "make_synthetic_data", "load_dataset", "seg_loss", "predict_volume", "volume_probability",
-           "evaluate", "segment_volume", "segment_file", "NotHeadCTWarning", "pretrain", "finetune", "fold_indices", "cross_validate", "compare"]
+           "evaluate", "training_set", "segment_volume", "segment_file", "NotHeadCTWarning", "pretrain", "finetune", "fold_indices", "cross_validate", "compare"]
 
 
 # ----------------------------------------------------------------------------- fine-tuning strategies
@@ -220,12 +223,33 @@ def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, model:
 # ----------------------------------------------------------------------------- training
 
 
-def _fit(model, dataset, indices, tc: TrainConfig, batch_size: int, progress: bool = True):
-    from torch.utils.data import DataLoader, Subset
+def training_set(dataset, indices: Sequence[int], cfg: SegExperimentConfig, seed: int = 0):
+    """``(torch Dataset, "whole volumes" | "patches")`` for training on ``indices`` of a cached ``dataset``: whole
+    volumes when they all share one small shape that the UNet takes (see ``cfg.whole_volume_voxels``), else
+    foreground-aware random crops of ``cfg.patch`` (shrunk to the largest volume, rounded up to the stride product)."""
+    from torch.utils.data import Subset
+
+    from lowrank_vision.datasets.ct.patches import RandomPatches
+
+    sub = Subset(dataset, list(indices))
+    d = cfg.net.divisor
+    shapes = {tuple(dataset[i]["image"].shape[-3:]) for i in indices}
+    if len(shapes) == 1:
+        (shape,) = shapes
+        if int(np.prod(shape)) <= cfg.whole_volume_voxels and all(n % d == 0 for n in shape):
+            return sub, "whole volumes"
+    largest = [max(s[k] for s in shapes) for k in range(3)]
+    roi = [min(int(p), -(-n // d) * d) for p, n in zip(cfg.patch, largest)]
+    return RandomPatches(sub, roi, cfg.samples_per_case, seed=seed), "patches"
+
+
+def _fit(model, dataset, indices, tc: TrainConfig, cfg: SegExperimentConfig, progress: bool = True):
+    from torch.utils.data import DataLoader
 
     from lowrank_vision.core.train import fit
 
-    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=True, drop_last=len(indices) > batch_size)
+    data, _ = training_set(dataset, indices, cfg, seed=tc.seed)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size)
     return fit(model, loader, seg_loss, replace(tc, progress=tc.progress and progress))
 
 
@@ -239,7 +263,7 @@ def pretrain(cfg: SegExperimentConfig, data_root: str | os.PathLike, out_path: s
     net = build_network(cfg.net)
     held = [i for i in range(len(tbi)) if i % 5 == 4] or [len(tbi) - 1]
     train = [i for i in range(len(tbi)) if i not in held]
-    res = _fit(net, tbi, train, cfg.pretrain, cfg.batch_size, progress)
+    res = _fit(net, tbi, train, cfg.pretrain, cfg, progress)
     net = res.model.cpu()
     save_checkpoint(net, cfg.net, out_path, cfg.windows, extra={"trained_on": "synthetic TBI", "steps": res.steps}, grid=cfg.grid)
     sah = load_dataset(sah_root, cfg.windows, cfg.grid)
@@ -258,7 +282,7 @@ def finetune(base: nn.Module, dataset, indices, strategy: str, rank: Optional[in
     torch.manual_seed(cfg.train.seed)  # the adapters' random init must not depend on what ran before in the process
     n_train = apply_strategy(model, strategy, rank, modules=cfg.modules, alpha=alpha)
     if strategy != "none":
-        model = _fit(model, dataset, indices, replace(cfg.train, lr=cfg.lr_for(strategy)), cfg.batch_size, progress).model
+        model = _fit(model, dataset, indices, replace(cfg.train, lr=cfg.lr_for(strategy)), cfg, progress).model
     return model.cpu(), n_train
 
 
