@@ -19,6 +19,7 @@ from typing import Literal, Optional, Sequence, get_args
 
 from lowrank_vision.core.train import TrainConfig
 from lowrank_vision.core.validate import require
+from lowrank_vision.datasets.ct.phantom import HeadCTConfig
 from lowrank_vision.datasets.ct.synthetic import SyntheticCTConfig
 
 __all__ = ["UNetConfig", "SegExperimentConfig", "PRESETS", "FINETUNE_STRATEGIES", "ADAPTER_METHODS", "MODULE_GROUPS",
@@ -80,8 +81,10 @@ def trainer(steps: int, lr: float, **options) -> TrainConfig:
 class SegExperimentConfig:
     """Everything one TBI -> SAH experiment needs; presets in :data:`PRESETS`."""
 
-    data: SyntheticCTConfig = field(default_factory=SyntheticCTConfig)
-    """Synthetic volume grid and imaging settings."""
+    data: SyntheticCTConfig | HeadCTConfig = field(default_factory=SyntheticCTConfig)
+    """Synthetic volume grid and imaging settings: the low-resolution generator (:mod:`...datasets.ct.synthetic`) or
+    the realistic head (:mod:`...datasets.ct.phantom`) drawn directly on the canonical grid; its spacing is the
+    network's canonical spacing."""
     n_tbi: int = 40
     """TBI (pre-training) cases; every 5th is held out for the TBI Dice."""
     n_sah: int = 30
@@ -175,6 +178,12 @@ PRESETS: dict[str, SegExperimentConfig] = {
         data=SyntheticCTConfig(shape=(64, 64, 24), spacing=(2.8, 2.8, 7.0)),
         n_tbi=124, n_sah=30, pretrain=trainer(2000, 2e-3), train=trainer(300, 2e-3), batch_size=4, ranks=(4, 16, 48),
         net=UNetConfig(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 1), num_res_units=2),
+        adapter_lr=1e-2, adapter_lr_by_method=_CP_LR),
+    # real geometry (GPU): realistic heads drawn on a 1 x 1 x 5 mm canonical grid, patch training, sliding-window eval
+    "real": SegExperimentConfig(
+        data=HeadCTConfig(shape=(192, 224, 32), spacing=(1.0, 1.0, 5.0)),
+        n_tbi=64, n_sah=30, pretrain=trainer(1500, 2e-3), train=trainer(150, 2e-3), batch_size=4, patch=(96, 96, 32),
+        samples_per_case=8, ranks=(4, 16, 48), net=UNetConfig(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 1), num_res_units=2),
         adapter_lr=1e-2, adapter_lr_by_method=_CP_LR),
 }
 

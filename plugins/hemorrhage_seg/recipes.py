@@ -82,9 +82,15 @@ def apply_strategy(model: nn.Module, strategy: str, rank: int | None = None, mod
 
 def make_synthetic_data(cfg: SegExperimentConfig, root: str | os.PathLike, progress: bool = True) -> tuple[Path, Path]:
     """Write (or reuse) the TBI and SAH NIfTI folders of ``cfg.seed`` under ``root``."""
+    from lowrank_vision.datasets.ct.phantom import HeadCTConfig, write_head_dataset
     from lowrank_vision.datasets.ct.synthetic import write_synthetic_dataset
 
     root = Path(root)
+    if isinstance(cfg.data, HeadCTConfig):
+        workers = max(1, min(16, (os.cpu_count() or 1) - 1))
+        tbi = write_head_dataset(root / "tbi", "tbi", cfg.n_tbi, cfg.seed, cfg.data, progress=progress, workers=workers)
+        sah = write_head_dataset(root / "sah", "sah", cfg.n_sah, cfg.seed, cfg.data, progress=progress, workers=workers)
+        return tbi, sah
     tbi = write_synthetic_dataset(root / "tbi", "tbi", cfg.n_tbi, cfg.seed, cfg.data, progress=progress)
     sah = write_synthetic_dataset(root / "sah", "sah", cfg.n_sah, cfg.seed, cfg.data, progress=progress)
     return tbi, sah
@@ -243,6 +249,11 @@ def training_set(dataset, indices: Sequence[int], cfg: SegExperimentConfig, seed
     return RandomPatches(sub, roi, cfg.samples_per_case, seed=seed), "patches"
 
 
+def _eval_device(tc: TrainConfig) -> str:
+    """Where held-out cases are predicted: the GPU when the trainer may use one (training returns CPU models)."""
+    return "cuda" if not tc.cpu and torch.cuda.is_available() else "cpu"
+
+
 def _fit(model, dataset, indices, tc: TrainConfig, cfg: SegExperimentConfig, progress: bool = True):
     from torch.utils.data import DataLoader
 
@@ -267,10 +278,13 @@ def pretrain(cfg: SegExperimentConfig, data_root: str | os.PathLike, out_path: s
     net = res.model.cpu()
     save_checkpoint(net, cfg.net, out_path, cfg.windows, extra={"trained_on": "synthetic TBI", "steps": res.steps}, grid=cfg.grid)
     sah = load_dataset(sah_root, cfg.windows, cfg.grid)
-    return {"checkpoint": str(out_path), "steps": res.steps, "final_loss": res.final_loss,
-            "tbi_heldout_dice": summarize_cases(evaluate(net, tbi, cfg.net, held))["dice_mean"],
-            "sah_dice_pretrained_only": summarize_cases(evaluate(net, sah, cfg.net))["dice_mean"],
-            "params": count_parameters(net)[1]}
+    on = net.to(_eval_device(cfg.pretrain))
+    m = {"checkpoint": str(out_path), "steps": res.steps, "final_loss": res.final_loss,
+         "tbi_heldout_dice": summarize_cases(evaluate(on, tbi, cfg.net, held))["dice_mean"],
+         "sah_dice_pretrained_only": summarize_cases(evaluate(on, sah, cfg.net))["dice_mean"],
+         "params": count_parameters(net)[1]}
+    net.cpu()
+    return m
 
 
 def finetune(base: nn.Module, dataset, indices, strategy: str, rank: Optional[int], cfg: SegExperimentConfig,
@@ -300,7 +314,7 @@ def cross_validate(base: nn.Module, dataset, strategy: str, rank: Optional[int],
     for test in fold_indices(len(dataset), cfg.folds, cfg.seed):
         train = [i for i in range(len(dataset)) if i not in test]
         model, n_train = finetune(base, dataset, train, strategy, rank, cfg, progress=progress)
-        cases += evaluate(model, dataset, cfg.net, test)
+        cases += evaluate(model.to(_eval_device(cfg.train)), dataset, cfg.net, test)
     full = count_parameters(base)[1]
     return {"strategy": strategy, "rank": rank if strategy in ADAPTER_METHODS else None, "trainable_params": n_train,
             "trainable_pct_of_full": 100.0 * n_train / full, **summarize_cases(cases), "cases": cases}
