@@ -1,5 +1,16 @@
-"""Full-size TBI -> SAH comparison for docs/results/hemorrhage.md (preset ``gpu``), in stages that each
-fit in a 10-minute job.
+"""TBI -> SAH comparisons for the hemorrhage plugin on a GPU.
+
+Real geometry (issue 18), one resumable entry point, preset ``real`` (realistic heads on a 1 x 1 x 5 mm grid):
+
+    python3 bench/hemorrhage_gpu.py --device cuda --out runs/hemorrhage_gpu --budget-s 300
+
+runs the stages data -> pretrain -> tune -> compare -> accept -> report (:func:`real_main`),
+each within its share of the time budget, each skipped when its JSON exists; the report is
+docs/results/hemorrhage_real.md with raw JSON, PNG and fp16 weights under docs/results/hemorrhage_real/.
+``--smoke`` rehearses everything on a CPU at toy size.
+
+Low-resolution preset ``gpu`` (the older run in docs/results/hemorrhage.md), in stages that each
+fit in a 10-minute job:
 
     python bench/hemorrhage_gpu.py pretrain --out runs/hseg_gpu                       # TBI UNet
     python bench/hemorrhage_gpu.py compare  --out runs/hseg_gpu --strategies none full decoder cp_lora cp_dora
@@ -19,11 +30,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import torch
 
 
@@ -33,6 +46,9 @@ def main(argv=None) -> int:
     from lowrank_vision.plugins.hemorrhage_seg.metrics import plot_dice_vs_params, results_table
     from lowrank_vision.plugins.hemorrhage_seg.recipes import compare, pretrain
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if not argv or argv[0].startswith("-"):  # the real-geometry run
+        return real_main(argv)
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("stage", choices=["pretrain", "compare", "report"])
     ap.add_argument("--out", default="runs/hseg_gpu")
@@ -114,6 +130,263 @@ def acceptance(rows: list[dict]) -> dict:
     res["params_le_5pct"] = res["cp_params_pct_of_full"] <= 5.0
     res["pass"] = res["gain_over_none_ge_0.15"] and res["within_0.03_of_full"] and res["params_le_5pct"]
     return res
+
+
+# ----------------------------------------------------------------------------- real geometry (issue 18)
+
+REAL_STRATEGIES = (("none", None), ("full", None), ("cp_lora", 4), ("cp_lora", 16), ("lora_c", 4), ("conv_lora", 4), ("dora_c", 4))
+"""The grid of the 300 s run (CP-LoRA, LoRA-C, convLoRA, DoRA, full); convDoRA/CP-DoRA left out for time."""
+TUNE_LRS = {"full": (1e-3, 4e-3), "cp_lora": (3e-2, 1e-1), "lora_c": (3e-3, 1e-2), "conv_lora": (3e-3, 1e-2)}
+"""Rates tried on the tuning cases; each DoRA variant takes the rate chosen for its LoRA sibling (a budget choice)."""
+SIBLING = {"dora_c": "lora_c"}
+SHARES = {"data": 0.22, "pretrain": 0.25, "tune": 0.15, "compare": 0.28, "accept": 0.07}
+
+
+def _real_config(smoke: bool, cuda: bool):
+    from lowrank_vision.datasets.ct.phantom import HeadCTConfig
+    from lowrank_vision.plugins.hemorrhage_seg.config import PRESETS, UNetConfig
+
+    cfg = replace(PRESETS["real"], n_tbi=40, n_sah=24)
+    if smoke:
+        cfg = replace(cfg, data=HeadCTConfig(shape=(48, 56, 16), spacing=(4.0, 4.0, 10.0), subsample_mm=(4.0, 4.0, 10.0)), n_tbi=6,
+                      n_sah=6, patch=(32, 32, 16), net=UNetConfig(channels=(4, 8, 16), strides=(2, 2)), batch_size=2, samples_per_case=2)
+    mp = "bf16" if cuda else "no"
+    return replace(cfg, pretrain=replace(cfg.pretrain, cpu=not cuda, progress=False, mixed_precision=mp),
+                   train=replace(cfg.train, cpu=not cuda, progress=False, mixed_precision=mp))
+
+
+def _steps_for(seconds: float, step_s: float, lo: int, hi: int) -> int:
+    return int(max(lo, min(hi, seconds / max(step_s, 1e-4))))
+
+
+def _time_steps(cfg, base, dataset, indices, strategy="full") -> tuple[float, float]:
+    """``(seconds per optimizer step, fixed seconds per fine-tuning call)`` of ``strategy``, from runs of 2 and 10 steps."""
+    from lowrank_vision.plugins.hemorrhage_seg.config import trainer
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import finetune
+
+    tc = replace(trainer(1, 1e-3), cpu=cfg.train.cpu, progress=False, mixed_precision=cfg.train.mixed_precision)
+    finetune(base, dataset, indices, strategy, 4, replace(cfg, train=tc))  # warm-up (CUDA context, cuDNN autotune)
+    times = []
+    for n in (2, 10):
+        t0 = time.time()
+        finetune(base, dataset, indices, strategy, 4, replace(cfg, train=replace(tc, max_steps=n)))
+        times.append(time.time() - t0)
+    step = max((times[1] - times[0]) / 8, 1e-4)
+    return step, max(times[0] - 2 * step, 0.0)
+
+
+def real_main(argv) -> int:
+    ap = argparse.ArgumentParser(description="hemorrhage_seg at real geometry (issue 18): data, pretrain, tune, compare, accept, report")
+    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    ap.add_argument("--out", default="runs/hemorrhage_gpu")
+    ap.add_argument("--budget-s", type=float, default=300.0)
+    ap.add_argument("--smoke", action="store_true", help="toy sizes, for a CPU rehearsal")
+    ap.add_argument("--docs", default="docs/results", help="where hemorrhage_real.md and hemorrhage_real/ go")
+    args = ap.parse_args(argv)
+    cuda = args.device == "cuda"
+    if cuda and not torch.cuda.is_available():
+        print("--device cuda but no GPU is visible", file=sys.stderr)
+        return 2
+    torch.set_num_threads(4 if not args.smoke else 1)
+    cfg = _real_config(args.smoke, cuda)
+    out, t_start = Path(args.out), time.time()
+    out.mkdir(parents=True, exist_ok=True)
+    budget = {}
+    order = ("data", "pretrain", "tune", "compare", "accept")
+    for k, stage in enumerate(order):
+        if (out / f"{stage}.json").is_file():
+            print(f"{stage}: done already", flush=True)
+            continue
+        left = args.budget_s - (time.time() - t_start) - 5.0  # 5 s for the report
+        budget[stage] = max(0.0, left) * SHARES[stage] / sum(SHARES[s] for s in order[k:])
+        t0 = time.time()
+        res = STAGES[stage](cfg, out, budget[stage], args)
+        res["seconds"] = round(time.time() - t0, 1)
+        res["budget_s"] = round(budget[stage], 1)
+        from lowrank_vision.core.files import write_json
+
+        write_json(out / f"{stage}.json", res, indent=1)
+        print(f"{stage}: {res['seconds']} s (budget {budget[stage]:.0f} s)", flush=True)
+        if stage != order[-1]:  # a run killed later still leaves a report of what it reached
+            stage_report(cfg, out, args, time.time() - t_start, quiet=True)
+    stage_report(cfg, out, args, time.time() - t_start)
+    return 0
+
+
+def stage_data(cfg, out, seconds, args) -> dict:
+    from lowrank_vision.datasets.ct.phantom import HEAD_PRESETS, HeadCTConfig, write_head_dataset
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import make_synthetic_data
+
+    make_synthetic_data(cfg, out / "data", progress=False)
+    workers = max(1, min(16, (os.cpu_count() or 1) - 1))
+    write_head_dataset(out / "data" / "sah_tune", "sah", 9 if not args.smoke else 4, cfg.seed + 1, cfg.data, progress=False, workers=workers)
+    geos = {"thick": HEAD_PRESETS["thick"], "iso": HEAD_PRESETS["iso"]}
+    if args.smoke:
+        geos = {"thick": HeadCTConfig(shape=(96, 112, 16), spacing=(2.0, 2.0, 10.0), subsample_mm=(2.0, 2.0, 10.0)),
+                "iso": HeadCTConfig(shape=(48, 56, 44), spacing=(4.0, 4.0, 4.0), flip=(False, True, False), subsample_mm=(4.0, 4.0, 4.0))}
+    for name, g in geos.items():
+        write_head_dataset(out / "data" / f"accept_{name}", "sah", 4 if not args.smoke else 2, 1000 + cfg.seed, g, progress=False,
+                           workers=workers)
+    return {"n_tbi": cfg.n_tbi, "n_sah": cfg.n_sah, "grid": list(cfg.data.shape), "spacing_mm": list(cfg.data.spacing),
+            "accept_geometries": {k: {"shape": list(g.shape), "spacing_mm": list(g.spacing), "flip": list(g.flip)} for k, g in geos.items()}}
+
+
+def stage_pretrain(cfg, out, seconds, args) -> dict:
+    from lowrank_vision.plugins.hemorrhage_seg.config import trainer
+    from lowrank_vision.plugins.hemorrhage_seg.model import build_network
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import load_dataset, pretrain
+
+    t0 = time.time()
+    tbi = load_dataset(out / "data" / "tbi", cfg.windows, cfg.grid)
+    step_s, fixed_s = _time_steps(cfg, build_network(cfg.net), tbi, list(range(min(4, len(tbi)))))
+    eval_s = 10.0 if not args.smoke else 2.0  # held-out TBI and all SAH cases, once
+    steps = _steps_for(0.9 * (seconds - (time.time() - t0)) - eval_s - fixed_s, step_s, 20, 4000)
+    cfg = replace(cfg, pretrain=replace(trainer(steps, cfg.pretrain.lr), cpu=cfg.pretrain.cpu, progress=False, mixed_precision=cfg.pretrain.mixed_precision))
+    m = pretrain(cfg, out / "data", out / "tbi_unet.pt", progress=False)
+    return {**m, "seconds_per_step": step_s, "seconds_fixed_per_call": fixed_s, "steps_chosen_for_budget": steps}
+
+
+def _finetune_steps(cfg, out, seconds, runs, args) -> int:
+    from lowrank_vision.plugins.hemorrhage_seg.model import load_checkpoint
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import load_dataset
+
+    base, _, _ = load_checkpoint(out / "tbi_unet.pt")
+    sah = load_dataset(out / "data" / "sah", cfg.windows, cfg.grid)
+    t0 = time.time()
+    step_s, fixed_s = _time_steps(cfg, base, sah, list(range(min(4, len(sah)))), "conv_dora")
+    eval_s = 1.0 if not args.smoke else 0.3  # predicting a few held-out cases
+    return _steps_for((seconds - (time.time() - t0)) / runs - eval_s - fixed_s, step_s, 10, 300)
+
+
+def stage_tune(cfg, out, seconds, args) -> dict:
+    """Learning rate of each strategy on separate SAH tuning data (seed + 1): train on 6, validate on 3."""
+    from lowrank_vision.plugins.hemorrhage_seg.config import trainer
+    from lowrank_vision.plugins.hemorrhage_seg.metrics import summarize_cases
+    from lowrank_vision.plugins.hemorrhage_seg.model import load_checkpoint
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import evaluate, finetune, load_dataset
+
+    strategies = list(TUNE_LRS)
+    runs = sum(len(v) for v in TUNE_LRS.values())
+    steps = _finetune_steps(cfg, out, 0.85 * seconds, runs, args)
+    base, _, _ = load_checkpoint(out / "tbi_unet.pt")
+    dev = "cuda" if args.device == "cuda" else "cpu"
+    data = load_dataset(out / "data" / "sah_tune", cfg.windows, cfg.grid)
+    n_val = max(1, len(data) // 3)
+    train, val = list(range(len(data) - n_val)), list(range(len(data) - n_val, len(data)))
+    grid, chosen = {}, {}
+    for s in strategies:
+        for lr in TUNE_LRS[s]:
+            tc = replace(trainer(steps, lr), cpu=cfg.train.cpu, progress=False, mixed_precision=cfg.train.mixed_precision)
+            model, _ = finetune(base, data, train, s, 4, replace(cfg, train=tc, adapter_lr=lr, adapter_lr_by_method=()))
+            grid[f"{s}@{lr:g}"] = summarize_cases(evaluate(model.to(dev), data, cfg.net, val))["dice_mean"]
+        chosen[s] = max(TUNE_LRS[s], key=lambda lr: grid[f"{s}@{lr:g}"])
+    chosen.update({d: chosen[s] for d, s in SIBLING.items()})
+    return {"steps": steps, "validation_dice": grid, "chosen_lr": chosen, "train_cases": len(train), "validation_cases": len(val)}
+
+
+def stage_compare(cfg, out, seconds, args) -> dict:
+    from lowrank_vision.plugins.hemorrhage_seg.config import trainer
+    from lowrank_vision.plugins.hemorrhage_seg.model import load_checkpoint
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import cross_validate, load_dataset
+
+    tune = json.loads((out / "tune.json").read_text())
+    runs = cfg.folds * sum(1 for s, _ in REAL_STRATEGIES if s != "none")
+    steps = _finetune_steps(cfg, out, 0.9 * seconds, runs, args)
+    base, _, _ = load_checkpoint(out / "tbi_unet.pt")
+    sah = load_dataset(out / "data" / "sah", cfg.windows, cfg.grid)
+    rows = []
+    for s, r in REAL_STRATEGIES:
+        lr = tune["chosen_lr"].get(s, cfg.train.lr)
+        c = replace(cfg, train=replace(trainer(steps, lr), cpu=cfg.train.cpu, progress=False, mixed_precision=cfg.train.mixed_precision), adapter_lr=lr, adapter_lr_by_method=())
+        row = cross_validate(base, sah, s, r, c, progress=False)
+        row["lr"] = lr if s != "none" else None
+        rows.append(row)
+        print(f"  {s} r{r}: Dice {row['dice_mean']:.3f}", flush=True)
+    return {"steps": steps, "rows": rows}
+
+
+def stage_accept(cfg, out, seconds, args) -> dict:
+    """The best CP-LoRA (<= 5 % of full) fine-tuned on all SAH cases, scored on unseen heads at scanner geometries
+    through the predict path (canonical grid and back); writes fp16 weights for shipping."""
+    from lowrank_vision.core import save
+    from lowrank_vision.plugins.hemorrhage_seg.config import trainer
+    from lowrank_vision.plugins.hemorrhage_seg.metrics import dice
+    from lowrank_vision.plugins.hemorrhage_seg.model import load_checkpoint, save_checkpoint
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import finetune, load_dataset, segment_volume
+    from lowrank_vision.datasets.ct.readers import find_image_mask_pairs, load_nifti
+
+    comp = json.loads((out / "compare.json").read_text())
+    tune = json.loads((out / "tune.json").read_text())
+    verdict = acceptance([{k: v for k, v in r.items() if k != "cases"} for r in comp["rows"]])
+    rank = verdict.get("cp_lora_rank") or 4
+    base, arch, _ = load_checkpoint(out / "tbi_unet.pt")
+    sah = load_dataset(out / "data" / "sah", cfg.windows, cfg.grid)
+    lr = tune["chosen_lr"]["cp_lora"]
+    c = replace(cfg, train=replace(trainer(comp["steps"], lr), cpu=cfg.train.cpu, progress=False, mixed_precision=cfg.train.mixed_precision), adapter_lr=lr, adapter_lr_by_method=())
+    model, _ = finetune(base, sah, range(len(sah)), "cp_lora", rank, c)
+    dev = "cuda" if args.device == "cuda" else "cpu"
+    model, base = model.to(dev).eval(), base.to(dev).eval()
+    res = {"cp_lora_rank": rank, "lr": lr}
+    for geo in ("thick", "iso"):
+        per = []
+        for pair in find_image_mask_pairs(out / "data" / f"accept_{geo}"):
+            hu, aff, _ = load_nifti(pair["image"])
+            truth = load_nifti(pair["label"])[0] > 0
+            per.append({"name": pair["name"], "dice_cp_lora": dice(segment_volume(hu, aff, model, arch, cfg.windows, cfg.grid), truth),
+                        "dice_pretrained_only": dice(segment_volume(hu, aff, base, arch, cfg.windows, cfg.grid), truth)})
+        res[geo] = {"cases": per, "dice_cp_lora": float(np.mean([p["dice_cp_lora"] for p in per])),
+                    "dice_pretrained_only": float(np.mean([p["dice_pretrained_only"] for p in per]))}
+    wdir = Path(args.docs) / "hemorrhage_real" / "weights"
+    save_checkpoint(base.cpu(), arch, wdir / "tbi_unet.pt", cfg.windows, extra={"trained_on": "realistic synthetic TBI"}, half=True,
+                    grid=cfg.grid)
+    save(model.cpu(), wdir / f"sah_cp_lora_r{rank}")
+    res["weights"] = str(wdir)
+    return res
+
+
+def stage_report(cfg, out, args, elapsed: float, quiet: bool = False) -> None:
+    from lowrank_vision.core.files import write_json, write_text
+    from lowrank_vision.plugins.hemorrhage_seg.metrics import plot_dice_vs_params, results_table
+
+    docs = Path(args.docs)
+    res = {k: json.loads((out / f"{k}.json").read_text()) for k in SHARES if (out / f"{k}.json").is_file()}
+    rows = [{k: v for k, v in r.items() if k != "cases"} for r in res.get("compare", {}).get("rows", [])]
+    verdict = acceptance(rows) if rows else {"checked": False}
+    raw = docs / "hemorrhage_real"
+    write_json(raw / "results.json", {"stages": res, "acceptance": verdict, "smoke": args.smoke, "budget_s": args.budget_s}, indent=1)
+    if rows:
+        plot_dice_vs_params(rows, raw / "dice_vs_params.png")
+    pre, tune, acc = res.get("pretrain", {}), res.get("tune", {}), res.get("accept", {})
+    cut = [k for k in SHARES if k not in res]
+    lines = [f"# Hemorrhage segmentation at real geometry{' (SMOKE rehearsal, toy sizes: not a result)' if args.smoke else ''}", "",
+             f"Written by `python3 bench/hemorrhage_gpu.py --device {args.device} --out {args.out} --budget-s {args.budget_s:g}"
+             f"{' --smoke' if args.smoke else ''}` ({elapsed:.0f} s wall in this call). Raw JSON: `hemorrhage_real/results.json`.", "",
+             f"Data: realistic synthetic heads (`lowrank_vision.datasets.ct.phantom`) drawn on the canonical grid "
+             f"{cfg.data.shape} of {cfg.data.spacing} mm; {cfg.n_tbi} TBI cases (every 5th held out), {cfg.n_sah} SAH cases in "
+             f"{cfg.folds}-fold CV; learning rates chosen on separate SAH tuning cases (seed {cfg.seed + 1}).", ""]
+    if cut:
+        lines += [f"**Stages not reached in this budget: {', '.join(cut)}.**", ""]
+    if pre:
+        lines += [f"Pre-training: {pre['steps']} steps ({pre['seconds_per_step']:.3f} s/step) in {pre['seconds']} s; TBI held-out Dice "
+                  f"{pre['tbi_heldout_dice']:.3f}; SAH Dice before adaptation {pre['sah_dice_pretrained_only']:.3f}.", ""]
+    if tune:
+        lines += [f"Tuning ({tune['steps']} steps each): chosen lr {json.dumps(tune['chosen_lr'])}; validation Dice "
+                  f"{json.dumps({k: round(v, 3) for k, v in tune['validation_dice'].items()})}.", ""]
+    if rows:
+        lines += [f"Comparison ({res['compare']['steps']} fine-tuning steps per fold):", "", results_table(rows), "",
+                  "![Dice vs trainable parameters](hemorrhage_real/dice_vs_params.png)", "", f"Acceptance check: `{json.dumps(verdict)}`", ""]
+    if acc:
+        for geo in ("thick", "iso"):
+            g = acc[geo]
+            lines.append(f"- unseen SAH heads at geometry `{geo}` ({len(g['cases'])} cases, predict path): CP-LoRA r{acc['cp_lora_rank']} "
+                         f"Dice {g['dice_cp_lora']:.3f}, pre-trained only {g['dice_pretrained_only']:.3f}")
+        lines += ["", f"fp16 weights: `{acc['weights']}` (base with `geometry`, CP-LoRA adapter).", ""]
+    write_text(docs / "hemorrhage_real.md", "\n".join(lines))
+    if not quiet:
+        print("\n".join(lines))
+
+
+STAGES = {"data": stage_data, "pretrain": stage_pretrain, "tune": stage_tune, "compare": stage_compare, "accept": stage_accept}
 
 
 if __name__ == "__main__":

@@ -7,10 +7,10 @@ Layouts found automatically under a root folder (image and mask files matched by
 * PhysioNet CT-ICH: ``ct_scans/`` + ``masks/``
 * BHSD: ``images/`` + ``ground truths/`` (also ``ground_truths/``, ``labels/``, ``masks/``)
 
-Loading for training goes through MONAI dictionary transforms (``LoadImaged``,
-``EnsureChannelFirstd``, optional ``Orientationd``/``Spacingd``) followed by HU windowing; ``predict``
-reads with nibabel and keeps the file's affine and header, so an output mask lies exactly on its
-input. Multi-class masks (BHSD, INSTANCE) are binarised (any hemorrhage class > 0).
+Loading for training (:class:`CTSegmentationDataset`) and prediction reads with nibabel (NIfTI) or MONAI's
+``PydicomReader`` (DICOM series, :func:`load_ct`) and brings volumes to the model's canonical grid with
+:mod:`.geometry`; an output mask is mapped back and written with its input's affine and header, so it
+lies exactly on its input. :func:`monai_load_transforms` is the same loading as MONAI transforms. Multi-class masks (BHSD, INSTANCE) are binarised (any hemorrhage class > 0).
 
 HU windows (centre, width): brain 40/80, subdural 80/200, bone 600/2800. Each window maps
 ``[centre - width/2, centre + width/2]`` to ``[0, 1]`` with clipping and becomes one input channel
@@ -29,7 +29,7 @@ import torch
 
 __all__ = [
     "HU_WINDOWS", "window_hu", "HUWindowd", "blood_volume_ml", "find_image_mask_pairs", "check_nifti", "load_nifti",
-    "check_pair", "CTSegmentationDataset", "monai_load_transforms", "load_dicom_series", "save_nifti", "save_mask_like",
+    "check_pair", "CTSegmentationDataset", "monai_load_transforms", "load_dicom_series", "load_ct", "save_nifti", "save_mask_like",
 ]
 
 HU_WINDOWS: dict[str, tuple[float, float]] = {"brain": (40.0, 80.0), "subdural": (80.0, 200.0), "bone": (600.0, 2800.0)}
@@ -183,26 +183,38 @@ def monai_load_transforms(windows: Sequence[str] = ("brain", "subdural"), orient
 
 
 class CTSegmentationDataset(torch.utils.data.Dataset):
-    """Image/mask pairs loaded once through MONAI transforms and kept in memory.
+    """Image/mask pairs loaded once, brought to ``grid`` and kept in memory (a cached dataset).
 
-    Items are ``{"image": (C, x, y, z), "label": (1, x, y, z), "spacing": (3,)}``; an item depends only
-    on its index (no random augmentation), so the shared trainer resumes it exactly.
+    With a ``grid`` (:class:`lowrank_vision.datasets.ct.geometry.CanonicalGrid`, the model's canonical
+    orientation and spacing) each image is reoriented and resampled there (:func:`..geometry.to_canonical`)
+    and its mask with it (resampled as a fraction, > 0.5); without one the file's own grid is kept.
+    Items are ``{"image": (C, x, y, z), "label": (1, x, y, z), "spacing": (3,)}`` (``spacing`` of the grid
+    the item is on); ``grid_maps[i]`` maps item ``i`` back to its file's grid and ``pairs[i]`` names the files,
+    so metrics can be taken on the original grid. An item depends only on its index (no random
+    augmentation), so the shared trainer resumes it exactly.
     """
 
-    def __init__(self, pairs: Sequence[dict], windows: Sequence[str] = ("brain", "subdural"),
-                 orientation: Optional[str] = None, spacing: Optional[Sequence[float]] = None, progress: bool = False):
+    def __init__(self, pairs: Sequence[dict], windows: Sequence[str] = ("brain", "subdural"), grid=None, progress: bool = False):
         from tqdm.auto import tqdm
+
+        from .geometry import to_canonical, voxel_spacing
 
         if not pairs:
             raise ValueError("pairs is empty: no image/mask pairs to load")
-        load = monai_load_transforms(windows, orientation, spacing)
-        self.items, self.names = [], []
+        self.items, self.names, self.grid_maps, self.pairs = [], [], [], list(pairs)
         for pair in tqdm(pairs, desc="load CT", disable=not progress):
             check_pair(pair["image"], pair["label"])
-            d = load({"image": pair["image"], "label": pair["label"]})
-            img, lab = torch.as_tensor(d["image"]).float(), torch.as_tensor(d["label"]).float()
-            sp = _spacing_of(d["image"], pair["image"])
-            self.items.append({"image": img.as_subclass(torch.Tensor), "label": lab.as_subclass(torch.Tensor), "spacing": sp})
+            hu, affine, _ = load_nifti(pair["image"])
+            lab = load_nifti(pair["label"])[0] > 0
+            if grid is None:
+                img, mask, gm, sp = torch.from_numpy(hu), torch.from_numpy(lab).float(), None, voxel_spacing(affine)
+            else:
+                img, gm = to_canonical(hu, affine, grid)
+                mask = (to_canonical(lab.astype(np.float32), affine, grid)[0] > 0.5).float()
+                sp = gm.canonical_spacing
+            self.items.append({"image": window_hu(img, windows), "label": mask[None].contiguous(),
+                               "spacing": torch.tensor(sp, dtype=torch.float32)})
+            self.grid_maps.append(gm)
             self.names.append(pair.get("name", Path(pair["image"]).name))
 
     def __len__(self) -> int:
@@ -211,13 +223,26 @@ class CTSegmentationDataset(torch.utils.data.Dataset):
     def __getitem__(self, i: int) -> dict:
         return self.items[i]
 
+    def on_file_grid(self, i: int) -> bool:
+        """Whether item ``i`` lies exactly on its file's grid (no reorientation, no resampling)."""
+        gm = self.grid_maps[i]
+        return gm is None or (gm.canonical_shape == gm.input_shape and np.array_equal(gm.to_ras, [[0, 1], [1, 1], [2, 1]]))
 
-def _spacing_of(meta_tensor, path) -> torch.Tensor:
-    aff = getattr(meta_tensor, "affine", None)
-    if aff is None:
-        aff = check_nifti(path).affine
-    aff = torch.as_tensor(np.asarray(aff), dtype=torch.float64)
-    return torch.linalg.norm(aff[:3, :3], dim=0).float()
+    def file_label(self, i: int) -> tuple[np.ndarray, tuple[float, float, float]]:
+        """The mask of item ``i`` on its file's own grid (bool) and that grid's spacing."""
+        from .geometry import voxel_spacing
+
+        lab, affine, _ = load_nifti(self.pairs[i]["label"])
+        return lab > 0, voxel_spacing(affine)
+
+
+def load_ct(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray, object]:
+    """A CT volume in HU from a NIfTI file or a DICOM series folder: ``(array float32 (x, y, z), affine, header or None)``."""
+    p = Path(path)
+    if p.is_dir():
+        hu, affine = load_dicom_series(p)
+        return hu, affine, None
+    return load_nifti(p)
 
 
 def load_dicom_series(folder: str | os.PathLike) -> tuple[np.ndarray, np.ndarray]:

@@ -58,22 +58,23 @@ def finetune(cfg: SegExperimentConfig, out: Path, method: str = "cp_lora", rank:
     from lowrank_vision.core.files import write_json
 
     from .metrics import summarize_cases
-    from .model import load_checkpoint, save_checkpoint
+    from .model import checkpoint_grid, load_checkpoint, save_checkpoint
     from .recipes import evaluate, finetune as finetune_copy, fold_indices, load_dataset, make_synthetic_data
 
     out = Path(out)
     base_path = base_for(base, out)
     net, arch, ckpt = load_checkpoint(base_path)
+    grid = checkpoint_grid(ckpt)
     cfg = replace(cfg, net=arch, windows=tuple(ckpt["windows"]))
-    sah = load_dataset(Path(data) if data is not None else make_synthetic_data(cfg, out / "data")[1], cfg.windows)
+    sah = load_dataset(Path(data) if data is not None else make_synthetic_data(cfg, out / "data")[1], cfg.windows, grid)
     test = fold_indices(len(sah), cfg.folds, cfg.seed)[0]
     model, n_train = finetune_copy(net, sah, [i for i in range(len(sah)) if i not in test], method, rank, cfg)
     if method in ADAPTER_METHODS:
         saved = save(model, out / f"sah_{method}_r{rank}")
     else:
-        saved = save_checkpoint(model, arch, out / f"sah_{method}.pt", cfg.windows)
-    before = summarize_cases(evaluate(net, sah, arch.divisor, test))
-    after = summarize_cases(evaluate(model, sah, arch.divisor, test))
+        saved = save_checkpoint(model, arch, out / f"sah_{method}.pt", cfg.windows, grid=grid)
+    before = summarize_cases(evaluate(net, sah, arch, test))
+    after = summarize_cases(evaluate(model, sah, arch, test))
     m = {"base": str(base_path), "method": method, "rank": rank if method in ADAPTER_METHODS else None, "saved": str(saved),
          "trainable_params": n_train, "total_params_base": count_parameters(net)[1], "heldout_cases": len(test),
          "dice_before": before["dice_mean"], "dice_after": after["dice_mean"], "heldout": after}
@@ -116,8 +117,8 @@ def predict(out: Path, input: Optional[Path] = None, output: Optional[Path] = No
         image, mask, info = synthesize_case("sah", 1000, 0, data)
         input = save_nifti(image, data.affine, out / "example_sah.nii.gz")
         result = {"truth": str(save_nifti(mask, data.affine, out / "example_sah_truth.nii.gz")), "true_blood_ml": info["blood_ml"]}
-    model, arch, windows = load_model(base, _adapter_for(base, adapter, no_adapter))
-    m = segment_file(input, output or out / "example_sah_mask.nii.gz", model.to(device), arch, windows)
+    model, arch, windows, grid = load_model(base, _adapter_for(base, adapter, no_adapter))
+    m = segment_file(input, output or out / "example_sah_mask.nii.gz", model.to(device), arch, windows, grid)
     return {**m, **result}
 
 
@@ -134,11 +135,11 @@ def evaluate(out: Path, data: Optional[Path] = None, base: Optional[Path] = None
 
     out = Path(out)
     chosen = _adapter_for(base, adapter, no_adapter)
-    model, arch, windows = load_model(base, chosen)
+    model, arch, windows, grid = load_model(base, chosen)
     cpu = PRESETS["cpu"]
     folder = Path(data) if data is not None else write_synthetic_dataset(out / "data" / f"sah_seed{HELDOUT_SEED}", "sah", cpu.n_sah,
                                                                           HELDOUT_SEED, cpu.data, progress=False)
-    cases = evaluate_cases(model.to(device), load_dataset(folder, windows), arch.divisor, progress=True)
+    cases = evaluate_cases(model.to(device), load_dataset(folder, windows, grid), arch, progress=True)
     m = {"data": str(folder), "base": str(base or "shipped"), "adapter": str(chosen), **summarize_cases(cases), "cases": cases}
     write_json(out / "eval.json", m, indent=1)
     return {k: v for k, v in m.items() if k != "cases"}
@@ -164,10 +165,10 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
     from .weights import DEFAULT_ADAPTER, HELDOUT_SEED, load_model, sah_cases
 
     out = Path(out_dir)
-    base, arch, windows = load_model()
-    adapted, _, _ = load_model(adapter=DEFAULT_ADAPTER, merge=False)
+    base, arch, windows, grid = load_model()
+    adapted = load_model(adapter=DEFAULT_ADAPTER, merge=False)[0]
     base, adapted = base.to(device), adapted.to(device)
-    cases = sah_cases(HELDOUT_SEED, out / "data", base, adapted, arch.divisor, windows)
+    cases = sah_cases(HELDOUT_SEED, out / "data", base, adapted, arch, windows, grid)
     before, after = summarize_cases(cases["pretrained_only"]), summarize_cases(cases["cp_lora_r8"])
     # the figure shows the case with the median Dice change (a typical case, not the best one)
     order = np.argsort([a["dice"] - b["dice"] for a, b in zip(cases["cp_lora_r8"], cases["pretrained_only"])])

@@ -19,6 +19,7 @@ from typing import Literal, Optional, Sequence, get_args
 
 from lowrank_vision.core.train import TrainConfig
 from lowrank_vision.core.validate import require
+from lowrank_vision.datasets.ct.phantom import HeadCTConfig
 from lowrank_vision.datasets.ct.synthetic import SyntheticCTConfig
 
 __all__ = ["UNetConfig", "SegExperimentConfig", "PRESETS", "FINETUNE_STRATEGIES", "ADAPTER_METHODS", "MODULE_GROUPS",
@@ -80,8 +81,10 @@ def trainer(steps: int, lr: float, **options) -> TrainConfig:
 class SegExperimentConfig:
     """Everything one TBI -> SAH experiment needs; presets in :data:`PRESETS`."""
 
-    data: SyntheticCTConfig = field(default_factory=SyntheticCTConfig)
-    """Synthetic volume grid and imaging settings."""
+    data: SyntheticCTConfig | HeadCTConfig = field(default_factory=SyntheticCTConfig)
+    """Synthetic volume grid and imaging settings: the low-resolution generator (:mod:`...datasets.ct.synthetic`) or
+    the realistic head (:mod:`...datasets.ct.phantom`) drawn directly on the canonical grid; its spacing is the
+    network's canonical spacing."""
     n_tbi: int = 40
     """TBI (pre-training) cases; every 5th is held out for the TBI Dice."""
     n_sah: int = 30
@@ -91,7 +94,15 @@ class SegExperimentConfig:
     windows: tuple[str, ...] = ("brain", "subdural")
     """HU windows used as input channels."""
     batch_size: int = 2
-    """Volumes per batch (whole volumes, no patches) in pre-training and fine-tuning."""
+    """Volumes or patches per batch in pre-training and fine-tuning."""
+    patch: tuple[int, int, int] = (96, 96, 32)
+    """Training crop in voxels of the canonical grid (foreground-aware random crops, multiples of the UNet's stride
+    product); shrunk to the volumes where they are smaller."""
+    whole_volume_voxels: int = 160 * 160 * 48
+    """Cases that all share one shape of at most this many voxels (a multiple of the stride product) train as whole
+    volumes instead of patches."""
+    samples_per_case: int = 4
+    """Random crops per case and pass over the data (patch training)."""
     pretrain: TrainConfig = field(default_factory=lambda: trainer(300, 3e-3))
     """Trainer of the TBI pre-training."""
     train: TrainConfig = field(default_factory=lambda: trainer(150, 3e-3))
@@ -127,6 +138,16 @@ class SegExperimentConfig:
         require(self, "windows", self.net.in_channels == len(self.windows), f"{self.net.in_channels} names (net.in_channels)")
         require(self, "data", not any(s % self.net.divisor for s in self.data.shape), f"a grid whose shape is a multiple of {self.net.divisor} (the UNet's stride product)")
         require(self, "train", isinstance(self.pretrain, TrainConfig) and isinstance(self.train, TrainConfig), "a TrainConfig")
+        require(self, "patch", len(self.patch) == 3 and all(int(p) >= self.net.divisor and int(p) % self.net.divisor == 0
+                                                             for p in self.patch), f"3 multiples of {self.net.divisor} (the UNet's stride product)")
+        require(self, "samples_per_case", int(self.samples_per_case) >= 1, ">= 1")
+
+    @property
+    def grid(self):
+        """The network's canonical grid: RAS axes at the synthetic data's spacing (stored in every checkpoint)."""
+        from lowrank_vision.datasets.ct.geometry import CanonicalGrid
+
+        return CanonicalGrid(self.data.spacing)
 
     def lr_for(self, strategy: str) -> float:
         """Fine-tuning learning rate of ``strategy``: per-method override, else ``adapter_lr`` (adapters), else ``train.lr``."""
@@ -157,6 +178,12 @@ PRESETS: dict[str, SegExperimentConfig] = {
         data=SyntheticCTConfig(shape=(64, 64, 24), spacing=(2.8, 2.8, 7.0)),
         n_tbi=124, n_sah=30, pretrain=trainer(2000, 2e-3), train=trainer(300, 2e-3), batch_size=4, ranks=(4, 16, 48),
         net=UNetConfig(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 1), num_res_units=2),
+        adapter_lr=1e-2, adapter_lr_by_method=_CP_LR),
+    # real geometry (GPU): realistic heads drawn on a 1 x 1 x 5 mm canonical grid, patch training, sliding-window eval
+    "real": SegExperimentConfig(
+        data=HeadCTConfig(shape=(192, 224, 32), spacing=(1.0, 1.0, 5.0)),
+        n_tbi=64, n_sah=30, pretrain=trainer(1500, 2e-3), train=trainer(150, 2e-3), batch_size=4, patch=(96, 96, 32),
+        samples_per_case=8, ranks=(4, 16, 48), net=UNetConfig(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 1), num_res_units=2),
         adapter_lr=1e-2, adapter_lr_by_method=_CP_LR),
 }
 

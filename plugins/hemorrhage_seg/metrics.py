@@ -4,6 +4,9 @@ Pearson correlation and mean absolute error; the results table and the plots.
 
 Choices: Dice of two empty masks is 1.0; tertile edges are the 1/3 and 2/3 quantiles of the *true*
 volumes of the evaluated cases (the paper stratifies by annotated volume; exact edges not public).
+Few cases: tertiles need at least :data:`MIN_CASES_FOR_TERTILES` cases and three distinct groups, otherwise
+the tertile Dice values are ``None`` and ``tertiles`` says why; the Pearson r is ``None`` when either volume
+list is constant (or has one case). No summary value is ever NaN.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from typing import Sequence
 
 import numpy as np
 
-__all__ = ["dice", "summarize_cases", "results_table", "plot_dice_vs_params", "plot_slices_before_after"]
+__all__ = ["dice", "summarize_cases", "MIN_CASES_FOR_TERTILES", "results_table", "plot_dice_vs_params", "plot_slices_before_after"]
 
 
 def dice(pred: np.ndarray, true: np.ndarray) -> float:
@@ -25,23 +28,38 @@ def dice(pred: np.ndarray, true: np.ndarray) -> float:
     return 1.0 if denom == 0 else float(2.0 * np.logical_and(p, t).sum() / denom)
 
 
+MIN_CASES_FOR_TERTILES = 6
+"""Fewest evaluated cases for Dice by volume tertile (two per tertile)."""
+
+
 def summarize_cases(cases: Sequence[dict]) -> dict:
-    """Aggregate per-case ``{"dice", "true_ml", "pred_ml"}`` into the paper's summary metrics."""
+    """Aggregate per-case ``{"dice", "true_ml", "pred_ml"}`` into the paper's summary metrics (see module doc)."""
     if not cases:
         raise ValueError("cases is empty: nothing to summarize")
     d = np.array([c["dice"] for c in cases], float)
     t = np.array([c["true_ml"] for c in cases], float)
     p = np.array([c["pred_ml"] for c in cases], float)
-    lo, hi = np.quantile(t, [1 / 3, 2 / 3])
-    tert = np.where(t <= lo, 0, np.where(t <= hi, 1, 2))
-    out = {"n_cases": int(len(d)), "dice_mean": float(d.mean()), "dice_std": float(d.std()),
-           "tertile_edges_ml": [float(lo), float(hi)]}
-    for k, name in enumerate(("small", "medium", "large")):
-        sel = d[tert == k]
-        out[f"dice_{name}"] = float(sel.mean()) if sel.size else float("nan")
+    out = {"n_cases": int(len(d)), "dice_mean": float(d.mean()), "dice_std": float(d.std())}
+    names = ("small", "medium", "large")
+    tert = None
+    if len(d) < MIN_CASES_FOR_TERTILES:
+        why = f"too few cases for volume tertiles ({len(d)} < {MIN_CASES_FOR_TERTILES})"
+    else:
+        lo, hi = np.quantile(t, [1 / 3, 2 / 3])
+        tert = np.where(t <= lo, 0, np.where(t <= hi, 1, 2))
+        counts = np.bincount(tert, minlength=3)
+        why = None if counts.min() > 0 else f"true volumes too alike for three tertiles (cases per tertile {counts.tolist()})"
+        out["tertile_edges_ml"] = [float(lo), float(hi)]
+    out["tertiles"] = why or "ok"
+    for k, name in enumerate(names):
+        out[f"dice_{name}"] = float(d[tert == k].mean()) if why is None else None
     out["volume_mae_ml"] = float(np.abs(p - t).mean())
-    out["volume_pearson_r"] = float(np.corrcoef(p, t)[0, 1]) if p.std() > 0 and t.std() > 0 else float("nan")
+    out["volume_pearson_r"] = float(np.corrcoef(p, t)[0, 1]) if len(d) > 1 and p.std() > 0 and t.std() > 0 else None
     return out
+
+
+def _num(v, fmt: str) -> str:
+    return "n/a" if v is None else format(v, fmt)
 
 
 def results_table(rows: Sequence[dict]) -> str:
@@ -50,8 +68,8 @@ def results_table(rows: Sequence[dict]) -> str:
     head += "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|\n"
     body = "".join(
         f"| {r['strategy']} | {r['rank'] if r['rank'] is not None else '-'} | {r['trainable_params']:,} | {r['trainable_pct_of_full']:.2f} | "
-        f"{r['dice_mean']:.3f} ± {r['dice_std']:.3f} | {r['dice_small']:.3f} | {r['dice_medium']:.3f} | {r['dice_large']:.3f} | "
-        f"{r['volume_pearson_r']:.3f} | {r['volume_mae_ml']:.2f} |\n" for r in rows)
+        f"{r['dice_mean']:.3f} ± {r['dice_std']:.3f} | {_num(r['dice_small'], '.3f')} | {_num(r['dice_medium'], '.3f')} | "
+        f"{_num(r['dice_large'], '.3f')} | {_num(r['volume_pearson_r'], '.3f')} | {r['volume_mae_ml']:.2f} |\n" for r in rows)
     return head + body
 
 

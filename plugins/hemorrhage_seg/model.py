@@ -7,8 +7,11 @@ along y, sagittal: along x), and the three per-voxel probabilities are averaged.
 is returned as a logit, ``log(p / (1 - p))``, so the same loss and threshold serve both networks.
 Training uses the mean of the three per-view losses and the loss of the fused output.
 
-A checkpoint is a ``torch.save`` dict ``{"format", "arch", "windows", "state_dict"}``; loading it into
-another architecture raises a ``ValueError`` that names both.
+A checkpoint is a ``torch.save`` dict ``{"format", "arch", "windows", "geometry", "state_dict"}``; ``geometry``
+is the canonical grid the network was trained on (``{"orientation": "RAS", "spacing_mm": [...]}``, see
+:mod:`lowrank_vision.datasets.ct.geometry`): every volume is brought there before the network sees it.
+A checkpoint without it (written before geometry was stored) is used on each volume's own grid.
+Loading a checkpoint into another architecture raises a ``ValueError`` that names both.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from lowrank_vision.core.files import write_bytes
 from .config import UNetConfig
 
 __all__ = ["MultiViewUNet", "build_network", "save_checkpoint", "load_checkpoint", "save_torch", "DECODER_REGEX",
-           "pad_to_multiple"]
+           "pad_to_multiple", "checkpoint_grid"]
 
 CHECKPOINT_FORMAT = "lowrank_vision.hemorrhage_seg.unet/1"
 # Up-path modules of a MONAI UNet: model.2, model.1.submodule.2, model.1.submodule.1.submodule.2, ...
@@ -99,11 +102,26 @@ def pad_to_multiple(x: torch.Tensor, multiple: int) -> tuple[torch.Tensor, tuple
 
 
 def save_checkpoint(model: nn.Module, cfg: UNetConfig, path: str | os.PathLike, windows: Sequence[str], extra: dict | None = None,
-                    half: bool = False) -> Path:
-    """Write the base network (no adapters) atomically; ``half`` stores float16 weights."""
+                    half: bool = False, grid=None) -> Path:
+    """Write the base network (no adapters) atomically; ``grid`` (a ``CanonicalGrid``) is the grid it was trained
+    on; ``half`` stores float16 weights."""
     sd = {k: (v.half() if half and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    return save_torch({"format": CHECKPOINT_FORMAT, "arch": asdict(cfg), "windows": list(windows), "state_dict": sd, **(extra or {})},
-                      path)
+    geometry = {"geometry": grid.to_dict()} if grid is not None else {}
+    return save_torch({"format": CHECKPOINT_FORMAT, "arch": asdict(cfg), "windows": list(windows), **geometry, "state_dict": sd,
+                       **(extra or {})}, path)
+
+
+def checkpoint_grid(ckpt: dict):
+    """The canonical grid (``CanonicalGrid``) stored in a checkpoint dict, or None for an old checkpoint without one."""
+    from lowrank_vision.datasets.ct.geometry import CanonicalGrid
+
+    g = ckpt.get("geometry")
+    if g is None:
+        return None
+    try:
+        return CanonicalGrid.from_dict(g)
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"checkpoint geometry {g!r} is not valid: {exc}") from exc
 
 
 def save_torch(obj, path: str | os.PathLike) -> Path:

@@ -7,7 +7,10 @@ paper: 3 folds) and pools the held-out predictions; ``compare`` runs the strateg
 
 Choices the paper leaves open: loss = soft Dice (over the batch) + binary cross-entropy with a
 positive-class weight of 10 (blood is ~1 % of the voxels; unweighted BCE stalled at p < 0.5); AdamW with
-cosine decay; whole volumes as batches (no patches); folds from a seeded permutation of the cases;
+cosine decay; every volume on the model's canonical grid (checkpoint ``geometry``); small volumes of one
+shape as whole-volume batches, others as foreground-aware random patches (:func:`training_set`), with
+whole-volume or sliding-window prediction (:func:`volume_probability`) and metrics on each file's own grid;
+folds from a seeded permutation of the cases;
 probability threshold 0.5. Adapters go on every convolution and transposed convolution of the chosen
 ``modules`` (``all``, ``encoder`` or ``decoder``; the paper compares "different modules" without saying
 which) with alpha = ``alpha_over_rank`` * rank (default 1, so over-parameterised ranks are not damped;
@@ -34,10 +37,10 @@ from lowrank_vision.datasets.ct.readers import blood_volume_ml
 
 from .config import ADAPTER_METHODS, FINETUNE_STRATEGIES, MODULE_GROUPS, SegExperimentConfig, UNetConfig
 from .metrics import dice, plot_dice_vs_params, results_table, summarize_cases
-from .model import DECODER_REGEX, MultiViewUNet, build_network, load_checkpoint, pad_to_multiple, save_checkpoint
+from .model import DECODER_REGEX, MultiViewUNet, build_network, checkpoint_grid, load_checkpoint, pad_to_multiple, save_checkpoint
 
 __all__ = ["apply_strategy", "make_synthetic_data", "load_dataset", "seg_loss", "predict_volume", "volume_probability",
-           "evaluate", "segment_file", "pretrain", "finetune", "fold_indices", "cross_validate", "compare"]
+           "evaluate", "training_set", "segment_volume", "segment_file", "NotHeadCTWarning", "pretrain", "finetune", "fold_indices", "cross_validate", "compare"]
 
 
 # ----------------------------------------------------------------------------- fine-tuning strategies
@@ -79,19 +82,25 @@ def apply_strategy(model: nn.Module, strategy: str, rank: int | None = None, mod
 
 def make_synthetic_data(cfg: SegExperimentConfig, root: str | os.PathLike, progress: bool = True) -> tuple[Path, Path]:
     """Write (or reuse) the TBI and SAH NIfTI folders of ``cfg.seed`` under ``root``."""
+    from lowrank_vision.datasets.ct.phantom import HeadCTConfig, write_head_dataset
     from lowrank_vision.datasets.ct.synthetic import write_synthetic_dataset
 
     root = Path(root)
+    if isinstance(cfg.data, HeadCTConfig):
+        workers = max(1, min(16, (os.cpu_count() or 1) - 1))
+        tbi = write_head_dataset(root / "tbi", "tbi", cfg.n_tbi, cfg.seed, cfg.data, progress=progress, workers=workers)
+        sah = write_head_dataset(root / "sah", "sah", cfg.n_sah, cfg.seed, cfg.data, progress=progress, workers=workers)
+        return tbi, sah
     tbi = write_synthetic_dataset(root / "tbi", "tbi", cfg.n_tbi, cfg.seed, cfg.data, progress=progress)
     sah = write_synthetic_dataset(root / "sah", "sah", cfg.n_sah, cfg.seed, cfg.data, progress=progress)
     return tbi, sah
 
 
-def load_dataset(folder: str | os.PathLike, windows: Sequence[str], progress: bool = False):
-    """The image/mask pairs of ``folder`` (any layout the CT readers know), windowed, in memory."""
+def load_dataset(folder: str | os.PathLike, windows: Sequence[str], grid=None, progress: bool = False):
+    """The image/mask pairs of ``folder`` (any layout the CT readers know) on the canonical ``grid``, windowed, in memory."""
     from lowrank_vision.datasets.ct.readers import CTSegmentationDataset, find_image_mask_pairs
 
-    return CTSegmentationDataset(find_image_mask_pairs(folder), windows=windows, progress=progress)
+    return CTSegmentationDataset(find_image_mask_pairs(folder), windows=windows, grid=grid, progress=progress)
 
 
 # ----------------------------------------------------------------------------- loss and inference
@@ -148,45 +157,110 @@ def volume_probability(model: nn.Module, image: torch.Tensor, arch: UNetConfig, 
     return torch.sigmoid(logits.float())[crop][0, 0].cpu()
 
 
-def evaluate(model: nn.Module, dataset, divisor: int, indices: Optional[Sequence[int]] = None, progress: bool = False) -> list[dict]:
-    """Per-case ``{"name", "dice", "true_ml", "pred_ml"}`` over ``indices`` of ``dataset``."""
+def evaluate(model: nn.Module, dataset, arch: UNetConfig, indices: Optional[Sequence[int]] = None, progress: bool = False) -> list[dict]:
+    """Per-case ``{"name", "dice", "true_ml", "pred_ml"}`` over ``indices`` of ``dataset``, measured on each
+    file's own grid (a prediction on the canonical grid is mapped back first)."""
     from tqdm.auto import tqdm
+
+    from lowrank_vision.datasets.ct.geometry import from_canonical
 
     out = []
     for i in tqdm(list(indices if indices is not None else range(len(dataset))), desc="eval", disable=not progress):
         item = dataset[i]
-        pred = predict_volume(model, item["image"], divisor)
-        true = item["label"][0].numpy() > 0.5
-        sp = item["spacing"].tolist()
+        prob = volume_probability(model, item["image"], arch)
+        if dataset.on_file_grid(i):
+            pred, true, sp = prob.numpy() > 0.5, item["label"][0].numpy() > 0.5, item["spacing"].tolist()
+        else:
+            pred = from_canonical(prob, dataset.grid_maps[i]).numpy() > 0.5
+            true, sp = dataset.file_label(i)
         out.append({"name": dataset.names[i], "dice": dice(pred, true), "true_ml": blood_volume_ml(true, sp),
                     "pred_ml": blood_volume_ml(pred, sp)})
     return out
 
 
 @torch.no_grad()
-def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, model: nn.Module, arch: UNetConfig,
-                 windows: Sequence[str], threshold: float = 0.5, max_whole_voxels: int = 160 * 160 * 48) -> dict:
-    """Segment one NIfTI CT volume (HU) and write the uint8 mask with the input's affine/header."""
-    from lowrank_vision.datasets.ct.readers import load_nifti, save_mask_like, window_hu
+def segment_volume(hu: np.ndarray, affine: np.ndarray, model: nn.Module, arch: UNetConfig, windows: Sequence[str], grid=None,
+                   threshold: float = 0.5, max_whole_voxels: int = 160 * 160 * 48) -> np.ndarray:
+    """uint8 mask on the exact grid of ``hu`` (HU, (x, y, z), voxel-to-world ``affine``): the volume goes to the
+    model's canonical ``grid`` (None: its own grid), the probability comes back before thresholding."""
+    from lowrank_vision.datasets.ct.geometry import from_canonical, to_canonical
+    from lowrank_vision.datasets.ct.readers import window_hu
 
-    hu, affine, header = load_nifti(in_path)
-    prob = volume_probability(model, window_hu(hu, windows), arch, max_whole_voxels).numpy()
-    mask = (prob > threshold).astype(np.uint8)
-    spacing = np.linalg.norm(np.asarray(affine)[:3, :3], axis=0)
+    if grid is None:
+        return (volume_probability(model, window_hu(hu, windows), arch, max_whole_voxels) > threshold).numpy().astype(np.uint8)
+    x, gm = to_canonical(hu, affine, grid)
+    prob = volume_probability(model, window_hu(x, windows), arch, max_whole_voxels)
+    return (from_canonical(prob, gm) > threshold).numpy().astype(np.uint8)
+
+
+class NotHeadCTWarning(UserWarning):
+    """The input of ``predict`` does not look like a head CT, or its predicted blood volume is implausible."""
+
+
+@torch.no_grad()
+def segment_file(in_path: str | os.PathLike, out_path: str | os.PathLike, model: nn.Module, arch: UNetConfig,
+                 windows: Sequence[str], grid=None, threshold: float = 0.5, max_whole_voxels: int = 160 * 160 * 48) -> dict:
+    """Segment one CT volume in HU (NIfTI file or DICOM series folder) and write the uint8 NIfTI mask on the
+    input's exact grid (its affine, and its header for a NIfTI input).
+
+    The input is checked first (:func:`lowrank_vision.datasets.ct.checks.head_ct_check`: extent, field of view,
+    HU histogram) and the predicted blood volume after; every finding is a sentence in ``warnings`` of the
+    returned report and one :class:`NotHeadCTWarning`.
+    """
+    from lowrank_vision.datasets.ct.checks import blood_volume_check, head_ct_check
+    from lowrank_vision.datasets.ct.geometry import axis_codes, voxel_spacing
+    from lowrank_vision.datasets.ct.readers import load_ct, save_mask_like
+
+    hu, affine, header = load_ct(in_path)
+    check = head_ct_check(hu, affine)
+    mask = segment_volume(hu, affine, model, arch, windows, grid, threshold, max_whole_voxels)
+    spacing = voxel_spacing(affine)
     save_mask_like(mask, header, affine, out_path)
-    return {"input": str(in_path), "output": str(out_path), "blood_ml": blood_volume_ml(mask, spacing),
-            "voxels": int(mask.sum()), "spacing_mm": [float(s) for s in spacing]}
+    blood_ml = blood_volume_ml(mask, spacing)
+    found = [f"input does not look like a head CT: {r}" for r in check["reasons"]] + blood_volume_check(blood_ml)
+    if found:
+        warnings.warn(f"{in_path}: " + "; ".join(found), NotHeadCTWarning, stacklevel=2)
+    return {"input": str(in_path), "output": str(out_path), "blood_ml": blood_ml, "voxels": int(mask.sum()),
+            "spacing_mm": [float(s) for s in spacing], "shape": list(mask.shape), "orientation": axis_codes(affine),
+            "model_grid": grid.to_dict() if grid is not None else "the input's own grid", "warnings": found,
+            "input_check": check["measures"]}
 
 
 # ----------------------------------------------------------------------------- training
 
 
-def _fit(model, dataset, indices, tc: TrainConfig, batch_size: int, progress: bool = True):
-    from torch.utils.data import DataLoader, Subset
+def training_set(dataset, indices: Sequence[int], cfg: SegExperimentConfig, seed: int = 0):
+    """``(torch Dataset, "whole volumes" | "patches")`` for training on ``indices`` of a cached ``dataset``: whole
+    volumes when they all share one small shape that the UNet takes (see ``cfg.whole_volume_voxels``), else
+    foreground-aware random crops of ``cfg.patch`` (shrunk to the largest volume, rounded up to the stride product)."""
+    from torch.utils.data import Subset
+
+    from lowrank_vision.datasets.ct.patches import RandomPatches
+
+    sub = Subset(dataset, list(indices))
+    d = cfg.net.divisor
+    shapes = {tuple(dataset[i]["image"].shape[-3:]) for i in indices}
+    if len(shapes) == 1:
+        (shape,) = shapes
+        if int(np.prod(shape)) <= cfg.whole_volume_voxels and all(n % d == 0 for n in shape):
+            return sub, "whole volumes"
+    largest = [max(s[k] for s in shapes) for k in range(3)]
+    roi = [min(int(p), -(-n // d) * d) for p, n in zip(cfg.patch, largest)]
+    return RandomPatches(sub, roi, cfg.samples_per_case, seed=seed), "patches"
+
+
+def _eval_device(tc: TrainConfig) -> str:
+    """Where held-out cases are predicted: the GPU when the trainer may use one (training returns CPU models)."""
+    return "cuda" if not tc.cpu and torch.cuda.is_available() else "cpu"
+
+
+def _fit(model, dataset, indices, tc: TrainConfig, cfg: SegExperimentConfig, progress: bool = True):
+    from torch.utils.data import DataLoader
 
     from lowrank_vision.core.train import fit
 
-    loader = DataLoader(Subset(dataset, list(indices)), batch_size=batch_size, shuffle=True, drop_last=len(indices) > batch_size)
+    data, _ = training_set(dataset, indices, cfg, seed=tc.seed)
+    loader = DataLoader(data, batch_size=cfg.batch_size, shuffle=True, drop_last=len(data) > cfg.batch_size)
     return fit(model, loader, seg_loss, replace(tc, progress=tc.progress and progress))
 
 
@@ -195,19 +269,22 @@ def pretrain(cfg: SegExperimentConfig, data_root: str | os.PathLike, out_path: s
     from lowrank_vision.core import count_parameters
 
     tbi_root, sah_root = make_synthetic_data(cfg, data_root, progress)
-    tbi = load_dataset(tbi_root, cfg.windows, progress)
+    tbi = load_dataset(tbi_root, cfg.windows, cfg.grid, progress)
     torch.manual_seed(cfg.pretrain.seed)
     net = build_network(cfg.net)
     held = [i for i in range(len(tbi)) if i % 5 == 4] or [len(tbi) - 1]
     train = [i for i in range(len(tbi)) if i not in held]
-    res = _fit(net, tbi, train, cfg.pretrain, cfg.batch_size, progress)
+    res = _fit(net, tbi, train, cfg.pretrain, cfg, progress)
     net = res.model.cpu()
-    save_checkpoint(net, cfg.net, out_path, cfg.windows, extra={"trained_on": "synthetic TBI", "steps": res.steps})
-    sah = load_dataset(sah_root, cfg.windows)
-    return {"checkpoint": str(out_path), "steps": res.steps, "final_loss": res.final_loss,
-            "tbi_heldout_dice": summarize_cases(evaluate(net, tbi, cfg.net.divisor, held))["dice_mean"],
-            "sah_dice_pretrained_only": summarize_cases(evaluate(net, sah, cfg.net.divisor))["dice_mean"],
-            "params": count_parameters(net)[1]}
+    save_checkpoint(net, cfg.net, out_path, cfg.windows, extra={"trained_on": "synthetic TBI", "steps": res.steps}, grid=cfg.grid)
+    sah = load_dataset(sah_root, cfg.windows, cfg.grid)
+    on = net.to(_eval_device(cfg.pretrain))
+    m = {"checkpoint": str(out_path), "steps": res.steps, "final_loss": res.final_loss,
+         "tbi_heldout_dice": summarize_cases(evaluate(on, tbi, cfg.net, held))["dice_mean"],
+         "sah_dice_pretrained_only": summarize_cases(evaluate(on, sah, cfg.net))["dice_mean"],
+         "params": count_parameters(net)[1]}
+    net.cpu()
+    return m
 
 
 def finetune(base: nn.Module, dataset, indices, strategy: str, rank: Optional[int], cfg: SegExperimentConfig,
@@ -219,7 +296,7 @@ def finetune(base: nn.Module, dataset, indices, strategy: str, rank: Optional[in
     torch.manual_seed(cfg.train.seed)  # the adapters' random init must not depend on what ran before in the process
     n_train = apply_strategy(model, strategy, rank, modules=cfg.modules, alpha=alpha)
     if strategy != "none":
-        model = _fit(model, dataset, indices, replace(cfg.train, lr=cfg.lr_for(strategy)), cfg.batch_size, progress).model
+        model = _fit(model, dataset, indices, replace(cfg.train, lr=cfg.lr_for(strategy)), cfg, progress).model
     return model.cpu(), n_train
 
 
@@ -237,7 +314,7 @@ def cross_validate(base: nn.Module, dataset, strategy: str, rank: Optional[int],
     for test in fold_indices(len(dataset), cfg.folds, cfg.seed):
         train = [i for i in range(len(dataset)) if i not in test]
         model, n_train = finetune(base, dataset, train, strategy, rank, cfg, progress=progress)
-        cases += evaluate(model, dataset, cfg.net.divisor, test)
+        cases += evaluate(model.to(_eval_device(cfg.train)), dataset, cfg.net, test)
     full = count_parameters(base)[1]
     return {"strategy": strategy, "rank": rank if strategy in ADAPTER_METHODS else None, "trainable_params": n_train,
             "trainable_pct_of_full": 100.0 * n_train / full, **summarize_cases(cases), "cases": cases}
@@ -250,11 +327,11 @@ def compare(cfg: SegExperimentConfig, base_ckpt: str | os.PathLike, data_root: s
 
     from lowrank_vision.core.files import write_json, write_text
 
-    base, arch, _ = load_checkpoint(base_ckpt)
+    base, arch, ckpt = load_checkpoint(base_ckpt)
     if arch != cfg.net:
         raise ValueError(f"checkpoint {base_ckpt} holds {arch}, but the experiment config expects {cfg.net}")
     _, sah_root = make_synthetic_data(cfg, data_root, progress)
-    sah = load_dataset(sah_root, cfg.windows)
+    sah = load_dataset(sah_root, cfg.windows, checkpoint_grid(ckpt))
     grid = [(s, r) for s in cfg.strategies for r in (cfg.ranks if s in ADAPTER_METHODS else (None,))]
     rows = [cross_validate(base, sah, s, r, cfg, progress=False) for s, r in tqdm(grid, desc="compare", disable=not progress)]
     out = Path(out_dir)

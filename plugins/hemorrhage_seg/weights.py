@@ -42,9 +42,10 @@ RANK = 8
 
 
 def load_model(base: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None,
-               merge: bool = True) -> tuple[nn.Module, UNetConfig, tuple[str, ...]]:
-    """``(model in eval mode, arch, windows)`` from a base checkpoint (default: shipped) and an optional adapter folder."""
-    from .model import load_checkpoint
+               merge: bool = True) -> tuple[nn.Module, UNetConfig, tuple[str, ...], object]:
+    """``(model in eval mode, arch, windows, canonical grid or None)`` from a base checkpoint (default: shipped)
+    and an optional adapter folder."""
+    from .model import checkpoint_grid, load_checkpoint
 
     net, arch, ckpt = load_checkpoint(base or DEFAULT_BASE)
     if adapter is not None:
@@ -59,18 +60,18 @@ def load_model(base: str | os.PathLike | None = None, adapter: str | os.PathLike
             raise ValueError(f"adapter {a} does not fit the base network of {base or DEFAULT_BASE}: {exc}") from exc
         if merge:
             merge_adapters(net)
-    return net.eval(), arch, tuple(ckpt.get("windows", ("brain", "subdural")))
+    return net.eval(), arch, tuple(ckpt.get("windows", ("brain", "subdural"))), checkpoint_grid(ckpt)
 
 
 def write_bundle_model(base=DEFAULT_BASE, adapter=DEFAULT_ADAPTER, out=BUNDLE_DIR / "models" / "model.pt") -> Path:
     """State dict of base + adapter (unmerged) for the MONAI bundle."""
     from .model import save_torch
 
-    net, _, _ = load_model(base, adapter, merge=False)
+    net = load_model(base, adapter, merge=False)[0]
     return save_torch(net.state_dict(), out)
 
 
-def sah_cases(seed: int, work: str | os.PathLike, base: nn.Module, adapted: nn.Module, divisor: int, windows) -> dict:
+def sah_cases(seed: int, work: str | os.PathLike, base: nn.Module, adapted: nn.Module, arch: UNetConfig, windows, grid=None) -> dict:
     """Per-case results of ``base`` and ``adapted`` on the 12 synthetic SAH cases of ``seed`` (preset ``cpu``)."""
     from lowrank_vision.datasets.ct.synthetic import write_synthetic_dataset
 
@@ -78,8 +79,8 @@ def sah_cases(seed: int, work: str | os.PathLike, base: nn.Module, adapted: nn.M
 
     cfg = PRESETS["cpu"]
     data = load_dataset(write_synthetic_dataset(Path(work) / f"sah_seed{seed}", "sah", cfg.n_sah, seed, cfg.data, progress=False),
-                        windows)
-    return {"pretrained_only": evaluate(base, data, divisor), "cp_lora_r8": evaluate(adapted, data, divisor)}
+                        windows, grid)
+    return {"pretrained_only": evaluate(base, data, arch), "cp_lora_r8": evaluate(adapted, data, arch)}
 
 
 def measure(work: str | os.PathLike, base=DEFAULT_BASE, adapter=DEFAULT_ADAPTER) -> dict:
@@ -88,12 +89,12 @@ def measure(work: str | os.PathLike, base=DEFAULT_BASE, adapter=DEFAULT_ADAPTER)
 
     from .metrics import summarize_cases
 
-    net, arch, windows = load_model(base)
-    adapted, _, _ = load_model(base, adapter, merge=False)
+    net, arch, windows, grid = load_model(base)
+    adapted = load_model(base, adapter, merge=False)[0]
     out = {"cp_lora_r8_trainable_params": count_parameters(adapted)[0], "unet_params": count_parameters(net)[1]}
     for role, seeds in (("selection", SELECTION_SEEDS), ("heldout", (HELDOUT_SEED,))):
         for seed in seeds:
-            cases = sah_cases(seed, work, net, adapted, arch.divisor, windows)
+            cases = sah_cases(seed, work, net, adapted, arch, windows, grid)
             out[f"{role}_sah_seed{seed}"] = {k: summarize_cases(v) for k, v in cases.items()}
     return out
 
@@ -127,7 +128,7 @@ def make_weights(work: str | os.PathLike | None = None, into: str | os.PathLike 
         base_path, adapter_path = weights_dir / DEFAULT_BASE.name, weights_dir / DEFAULT_ADAPTER.name
         result["pretrain"] = {**pretrain(cfg, work / "data", base_path), "checkpoint": base_path.name}
         base, _, _ = load_checkpoint(base_path)
-        sah = load_dataset(work / "data" / "sah", cfg.windows)
+        sah = load_dataset(work / "data" / "sah", cfg.windows, cfg.grid)
         model, _ = finetune(base, sah, range(len(sah)), "cp_lora", RANK, cfg)
         save(model, adapter_path)
         write_bundle_model(base_path, adapter_path, bundle_dir / "models" / "model.pt")
@@ -139,13 +140,21 @@ def make_weights(work: str | os.PathLike | None = None, into: str | os.PathLike 
     return result
 
 
+def _round(v, digits: int):
+    return None if v is None else round(v, digits)
+
+
+def _fmt(v) -> str:
+    return "n/a" if v is None else f"{v:.2f}"
+
+
 def bundle_metadata(meta: dict, result: dict) -> dict:
     """``meta`` with ``eval_metrics`` and ``eval_data`` from a :func:`make_weights` result (held-out seed)."""
     held = result[f"heldout_sah_seed{HELDOUT_SEED}"]
     meta = dict(meta)
     meta["eval_metrics"] = {"mean_dice": round(held["cp_lora_r8"]["dice_mean"], 4),
                             "mean_dice_pretrained_only": round(held["pretrained_only"]["dice_mean"], 4),
-                            "volume_pearson_r": round(held["cp_lora_r8"]["volume_pearson_r"], 4),
+                            "volume_pearson_r": _round(held["cp_lora_r8"]["volume_pearson_r"], 4),
                             "volume_mae_ml": round(held["cp_lora_r8"]["volume_mae_ml"], 2)}
     meta["eval_data"] = (f"{held['cp_lora_r8']['n_cases']} synthetic SAH volumes of seed {HELDOUT_SEED} (preset cpu), held out: "
                          f"used neither for training (seed {TRAIN_SEED}) nor for choosing hyper-parameters (seeds "
@@ -158,7 +167,7 @@ def weights_card(result: dict) -> str:
     def row(key: str, role: str) -> str:
         b, a = result[key]["pretrained_only"], result[key]["cp_lora_r8"]
         return (f"| {key.rsplit('seed', 1)[1]} | {role} | {a['n_cases']} | {b['dice_mean']:.3f} | {a['dice_mean']:.3f} | "
-                f"{b['volume_pearson_r']:.2f} -> {a['volume_pearson_r']:.2f} | {b['volume_mae_ml']:.1f} -> {a['volume_mae_ml']:.1f} |\n")
+                f"{_fmt(b['volume_pearson_r'])} -> {_fmt(a['volume_pearson_r'])} | {b['volume_mae_ml']:.1f} -> {a['volume_mae_ml']:.1f} |\n")
 
     cfg, pre = PRESETS["cpu"], result.get("pretrain")
     trained = ("" if pre is None else

@@ -78,6 +78,18 @@ def test_predict_defaults_use_shipped_weights(tmp_path, capsys):
     rc, pred, _ = _run(capsys, ["predict", "--out", str(tmp_path)])
     assert rc == 0 and (tmp_path / "example_sah_mask.nii.gz").is_file() and (tmp_path / "example_sah_truth.nii.gz").is_file()
     assert pred["blood_ml"] > 0 and pred["true_blood_ml"] > 0
+    assert pred["warnings"] == [] and pred["model_grid"]["spacing_mm"] == [3.75, 3.75, 10.5]
+
+
+def test_predict_on_a_chest_ct_warns_and_says_why(tmp_path, capsys):
+    from lowrank_vision.datasets.ct.phantom import HeadCTConfig, synthesize_chest
+    from lowrank_vision.datasets.ct.readers import save_nifti
+
+    cfg = HeadCTConfig(shape=(128, 128, 6), spacing=(2.8, 2.8, 5.0), centre_mm=(0.0, 0.0, 0.0))
+    save_nifti(synthesize_chest(1, cfg), cfg.affine, tmp_path / "chest.nii.gz")
+    with pytest.warns(UserWarning, match="does not look like a head CT"):
+        rc, pred, _ = _run(capsys, ["predict", str(tmp_path / "chest.nii.gz"), str(tmp_path / "m.nii.gz"), "--out", str(tmp_path)])
+    assert rc == 0 and any("air/lung" in w for w in pred["warnings"]) and any("body width" in w for w in pred["warnings"])
 
 
 @pytest.mark.parametrize("command", SUBCOMMANDS)
@@ -183,3 +195,25 @@ def test_adapter_lr_flags_set_the_config():
     assert (cfg.lr_for("cp_lora"), cfg.lr_for("cp_dora"), cfg.alpha_over_rank) == (0.2, 0.03, 2.0)
     cfg = _config(ap.parse_args(["finetune", "--seed", "2", "--steps", "30", "--modules", "decoder"]))
     assert (cfg.seed, cfg.train.seed, cfg.train.max_steps, cfg.modules) == (2, 2, 30, "decoder")
+
+
+@pytest.mark.slow
+def test_predict_at_real_size_warns_on_chest_only(tmp_path, capsys):
+    """512 x 512 chest (0.7 mm, 40 slices of 5 mm) warns; a 512 x 512 x 32 head (0.45 x 0.45 x 5 mm) does not."""
+    import warnings
+
+    from lowrank_vision.datasets.ct.phantom import HEAD_PRESETS, synthesize_chest, synthesize_head
+    from lowrank_vision.datasets.ct.readers import save_nifti
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import NotHeadCTWarning
+
+    chest = synthesize_chest(0)
+    save_nifti(chest, np.diag([0.7, 0.7, 5.0, 1.0]), tmp_path / "chest.nii.gz")
+    with pytest.warns(NotHeadCTWarning):
+        rc, pred, _ = _run(capsys, ["predict", str(tmp_path / "chest.nii.gz"), str(tmp_path / "c.nii.gz"), "--out", str(tmp_path)])
+    assert rc == 0 and pred["warnings"] and pred["shape"] == [512, 512, 40]
+    head, _, _ = synthesize_head("sah", 0, seed=8, config="thick")
+    save_nifti(head, HEAD_PRESETS["thick"].affine, tmp_path / "head.nii.gz")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", NotHeadCTWarning)
+        rc, pred, _ = _run(capsys, ["predict", str(tmp_path / "head.nii.gz"), str(tmp_path / "h.nii.gz"), "--out", str(tmp_path)])
+    assert rc == 0 and pred["warnings"] == [] and pred["shape"] == [512, 512, 32]
