@@ -35,7 +35,7 @@ from .config import DSCLoRAConfig, SRTrainConfig
 from .metrics import plot_comparison, plot_history, psnr_y, ssim_y
 from .weights import checkpoint_extra, default_weights, export_onnx, load_span, save_span, save_span_format
 
-__all__ = ["train", "finetune", "evaluate", "upscale", "export", "demo", "resolve_weights", "command_line"]
+__all__ = ["train", "finetune", "evaluate", "upscale", "export", "make_data", "demo", "resolve_weights", "command_line"]
 
 PathLike = Union[str, Path]
 DEMO_CROP = (180, 180, 160)
@@ -256,3 +256,11 @@ def demo(out_dir: PathLike, device: str = "cpu") -> dict:
         f"{metrics['span_psnr'] - metrics['bicubic_psnr']:.1f} dB; the DSCLoRA gain over its teacher is small.")
     write_json(out_dir / "sr_demo.json", metrics)
     return metrics
+
+
+def make_data(out_dir: PathLike, roots: Optional[list] = None, images: Optional[PathLike] = None, crop: int = 320) -> dict:
+    """Build the train / validation / evaluation photo sets (:func:`lowrank_vision.datasets.images.catalogue.build_sr_data`)
+    under ``out_dir``; ``train/`` and ``val/`` then go to ``--data`` / ``--eval-dir`` of ``train`` and ``finetune``."""
+    from lowrank_vision.datasets.images.catalogue import build_sr_data
+
+    return build_sr_data(out_dir, roots=roots or ("/",), images=images, crop=crop)
