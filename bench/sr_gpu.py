@@ -26,8 +26,9 @@ from the start of the process), each writing ``OUT/<stage>/result.json`` at once
 
 Resuming: every training run writes ``OUT/<stage>/<run>/ckpt.safetensors`` (weights, EMA, Adam moments, step,
 planned steps; no ``.pt``) every ``--ckpt-s`` seconds and when its window ends; a later call with the same
-arguments continues each unfinished run towards its planned step count (carry ``OUT`` back in). A run that
-stops before its planned steps is reported as cut short, with the steps reached.
+arguments continues each unfinished run towards its planned step count (carry ``OUT`` back in). A run whose
+window ends before its planned steps (a slower machine than measured) stops there and is reported as cut short,
+with the steps reached; its cosine schedule follows the clock as well as the steps, so it still ends decayed.
 """
 
 from __future__ import annotations
@@ -149,20 +150,24 @@ def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float
     torch.manual_seed(seed)
     model.train()
     step, t_start, last_ckpt, window, t10 = meta["step"], time.time(), time.time(), [], time.time()
+    seconds_before, saving, fresh = meta["seconds"], 0.0, meta["step"] == 0
     pairs = [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
     while True:
         if meta["planned"] and step >= meta["planned"]:
             break
         now = time.time()
-        if now >= deadline:
-            break
+        if now >= deadline and not (meta["planned"] and step >= 0.9 * meta["planned"]):
+            break  # (the last tenth of a planned schedule is finished even past the deadline)
         if not meta["planned"] and step == 10:
             t10 = now
         if not meta["planned"] and step >= 30:  # plan the schedule from the step time after warm-up (first call only)
             rate = (step - 10) / (now - t10)
             meta["planned"] = max(step + 1, step + int(rate * (deadline - now) * 0.95))
         total = meta["planned"] or 10**9
-        cur = 1e-6 + 0.5 * (lr - 1e-6) * (1 + math.cos(math.pi * min(1.0, step / max(1, total))))
+        progress = step / max(1, total)
+        if fresh:  # a slower machine than planned for still ends its cosine at the deadline
+            progress = max(progress, (now - t_start) / max(1e-9, deadline - t_start))
+        cur = 1e-6 + 0.5 * (lr - 1e-6) * (1 + math.cos(math.pi * min(1.0, progress)))
         for g in opt.param_groups:
             g["lr"] = cur
         lr_b, hr_b = sampler.sample(batch, lr_patch, gen)
@@ -181,12 +186,12 @@ def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float
             meta["history"].append({"step": step, "loss": statistics.fmean(vals) if vals else None, "lr": cur, **logs})
             window = []
         if time.time() - last_ckpt > ckpt_s:
-            meta.update(step=step, seconds=meta["seconds"] + time.time() - t_start)
-            t_start_saved = time.time()
+            t_save = time.time()
+            meta.update(step=step, seconds=seconds_before + t_save - t_start - saving)
             _save_ckpt(ckpt, model, ema, opt, meta)
-            meta["seconds"] -= time.time() - t_start_saved  # saving time is not training time
             last_ckpt = time.time()
-    meta.update(step=step, seconds=meta["seconds"] + time.time() - t_start)
+            saving += last_ckpt - t_save  # saving time is not training time
+    meta.update(step=step, seconds=seconds_before + time.time() - t_start - saving)
     _save_ckpt(ckpt, model, ema, opt, meta)
     for e, p in zip(ema.buffers(), model.buffers()):
         e.copy_(p)
@@ -245,10 +250,8 @@ def stage_teacher(args, out: Path, stage: str, sampler, val, deadline: float) ->
     save_span(teacher, out / stage / f"span_x{args.scale}.safetensors", extra={"stage": stage, "steps": result["steps"], **choice})
     summary = {"stage": stage, "steps": result["steps"], "planned": result["planned"], "cut_short": result["cut_short"],
                "seconds": result["seconds"], "lr": lr, "loss": "L1" if stage == "teacher_l1" else "L2", "history": result["history"], **choice}
-    if not result["cut_short"]:
-        write_json(_stage_json(out, stage), summary)
-    else:
-        write_json(out / stage / "partial.json", summary)
+    # a stage whose window ended is done (reported as cut short, with the steps reached); a killed process resumes
+    write_json(_stage_json(out, stage), summary)
     return summary
 
 
@@ -308,10 +311,8 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
         save_span(chosen, stage_dir / name / f"{name}_x{args.scale}.safetensors", extra={"method": method, "seed": seed, **choice})
         summary = {"method": method, "seed": seed, "lr": lr, "steps": result["steps"], "planned": result["planned"],
                    "cut_short": result["cut_short"], "seconds": result["seconds"], "history": result["history"], **choice}
-        write_json(done if not result["cut_short"] else stage_dir / name / "partial.json", summary)
+        write_json(done, summary)
         results[name] = summary
-        if result["cut_short"]:
-            break
     summary = {"plan": plan, "runs": results, "complete": all(f"{m}_s{s}" in results and not results[f"{m}_s{s}"]["cut_short"]
                                                               for m, s in runs)}
     write_json(stage_dir / "summary.json", summary)  # also when cut short: the report shows what was reached
@@ -348,9 +349,7 @@ def _by_source(per_image: list) -> dict:
 
 
 def stage_report(args, out: Path, images) -> dict:
-    stage = {s: (json.loads(_stage_json(out, s).read_text()) if _stage_json(out, s).is_file() else
-                 json.loads((out / s / "partial.json").read_text()) if (out / s / "partial.json").is_file() else None)
-             for s in ("teacher_l1", "teacher_l2")}
+    stage = {s: json.loads(_stage_json(out, s).read_text()) if _stage_json(out, s).is_file() else None for s in ("teacher_l1", "teacher_l2")}
     ft_path = out / "finetunes" / "summary.json"
     finetunes = json.loads(ft_path.read_text()) if ft_path.is_file() else None
     models = {}
@@ -398,7 +397,8 @@ def stage_report(args, out: Path, images) -> dict:
         verdict = {"dsclora_minus_continued_db": margin, "twice_spread_db": 2 * max(d["spread"], c["spread"]),
                    "beats_by_more_than_twice_spread": margin > 2 * max(d["spread"], c["spread"])}
     report = {"command": "python3 bench/sr_gpu.py " + " ".join(sys.argv[1:]), "device": _device_name(args.device),
-              "data": str(args.data), "scale": args.scale, "stages": stage, "finetunes": finetunes and {k: v for k, v in finetunes.items()},
+              "data": str(args.data), "scale": args.scale, "channels": args.channels, "runtime_input": list(size), "stages": stage,
+              "finetunes": finetunes,
               "eval": table, "hardest_eval_photo": hardest, "methods": methods, "cost": cost, "verdict": verdict,
               "acceptance": {"teacher": teacher_key, "gain_over_bicubic_db": table.get(teacher_key, {}).get("gain_over_bicubic"),
                              "hardest_gain_db": table.get(teacher_key, {}).get("hardest_gain"), "target_gain_db": 3.0,
@@ -437,6 +437,15 @@ def _plot(report: dict, path: Path) -> None:
     save_figure(fig, path, dpi=110)
 
 
+def _verdict_words(v: dict) -> str:
+    margin, noise = v["dsclora_minus_continued_db"], v["twice_spread_db"]
+    if margin > noise:
+        return "DSCLoRA beats continued SPAN training by more than twice the seed spread"
+    if margin < -noise:
+        return "DSCLoRA is worse than continued SPAN training by more than twice the seed spread"
+    return "the difference is within twice the seed spread (noise)"
+
+
 def _markdown(r: dict) -> str:
     ev, st = r["eval"], r["stages"]
     lines = ["# sr_dsclora: GPU run on real photographs (bench/sr_gpu.py)", "",
@@ -444,7 +453,7 @@ def _markdown(r: dict) -> str:
              f"Command: `{r['command']}` on {r['device']}. Training photos: `lowrank-sr make-data` train/ (Endless Sky landscape "
              "photographs, Debian endless-sky-high-dpi); choices on its val/; scores on its eval/ (Debian wallpaper photos and the "
              "scikit-image / scikit-learn photos: other sources, other files). x4, bicubic LR, Y-PSNR / Y-SSIM, border 4.", "",
-             "## Teacher (SPAN, 26 channels)", "", "| stage | loss | steps (planned) | seconds | weights (val) | cut short |", "|---|---|---|---|---|---|"]
+             f"## Teacher (SPAN, {r['channels']} channels)", "", "| stage | loss | steps (planned) | seconds | weights (val) | cut short |", "|---|---|---|---|---|---|"]
     for name, s in st.items():
         if s:
             lines.append(f"| {name} | {s['loss']} | {s['steps']:,} ({s['planned']:,}) | {s['seconds']:.0f} | {s['chosen']} "
@@ -471,9 +480,10 @@ def _markdown(r: dict) -> str:
     if r["verdict"]:
         v = r["verdict"]
         lines += ["", f"DSCLoRA minus continued SPAN: {v['dsclora_minus_continued_db']:+.4f} dB; twice the larger seed spread: "
-                  f"{v['twice_spread_db']:.4f} dB -> **{'a real gain' if v['beats_by_more_than_twice_spread'] else 'not shown to be more than noise'}**."]
+                  f"{v['twice_spread_db']:.4f} dB -> **{_verdict_words(v)}**."]
     if r["cost"]:
-        lines += ["", "| model | params | FLOPs (G, 256x256 LR) | convs | runtime ms (interleaved, 256x256 LR) |", "|---|---|---|---|---|"]
+        h, w = r["runtime_input"]
+        lines += ["", f"| model | params | FLOPs (G, 256x256 LR) | convs | runtime ms (interleaved, {h}x{w} LR) |", "|---|---|---|---|---|"]
         for name, c in r["cost"].items():
             lines.append(f"| {name} | {c['params']:,} | {c['flops_g']:.2f} | {c['convs']} | {c['runtime_ms_interleaved']:.3f} |")
     cut = [n for n, s in st.items() if s and s["cut_short"]] + [n for n, v in ((r["finetunes"] or {}).get("runs") or {}).items() if v["cut_short"]]
@@ -506,7 +516,7 @@ def main(argv=None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but no GPU is visible")
     if args.smoke:  # a tiny SPAN on small patches: every code path, not the numbers
-        torch.set_num_threads(2)
+        torch.set_num_threads(1)  # 2 threads on a shared, loaded CPU ran ~30x slower (OpenMP waits)
         args.batch, args.channels, args.lr_patch = min(args.batch, 4), min(args.channels, 8), min(args.lr_patch, 12)
     out, data = Path(args.out), Path(args.data)
     limit = (24, 4, 4) if args.smoke else (0, 0, 0)
