@@ -16,7 +16,7 @@ from lowrank_vision.plugins.sr_dsclora.weights import default_weights, load_span
 torch.set_num_threads(1)
 
 TINY = ["--scale", "2", "--batch-size", "2", "--patch", "16", "--threads", "1"]
-SUBCOMMANDS = ("train", "finetune", "eval", "upscale", "export")
+SUBCOMMANDS = ("train", "finetune", "eval", "upscale", "export", "make-data")
 
 
 def count_params(model):
