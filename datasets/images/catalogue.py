@@ -53,7 +53,7 @@ class PhotoSource:
 
     name: str
     """Short name, used as the prefix of the written files."""
-    registry: Literal["debian", "pypi"]
+    registry: Literal["debian", "pypi", "local"]
     package: str
     """Package name on the registry (``apt-get install NAME`` / ``pip install NAME``)."""
     version: str
@@ -277,7 +277,7 @@ def build_sr_data(out_dir: PathLike, roots: Sequence[PathLike] = ("/",), images:
     package, version, licence, original path, SHA-256, processing) and ``LICENSES.md`` into ``out_dir``.
 
     ``images``: a folder of the user's own photos to train on instead of the catalogue's training
-    sources (every tenth file by :func:`is_validation` held out). Refused, before anything is written,
+    sources (the files :func:`is_validation` picks held out, or the last one if it picks none). Refused, before anything is written,
     when a training or validation image overlaps the evaluation set (:func:`check_disjoint`).
     """
     from .readers import image_files
@@ -287,14 +287,15 @@ def build_sr_data(out_dir: PathLike, roots: Sequence[PathLike] = ("/",), images:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
     eval_photos = find_photos([s for s in sources if s.role == "eval"], roots)
     if images is not None:
-        own = PhotoSource("own", "pypi", "-", "-", str(images), ("*",), (("*", "the user's own"),), "train")
+        own = PhotoSource("own", "local", "-", "-", str(images), ("*",), (("*", "the user's own"),), "train")
         train_photos = [Photo(own, p) for p in image_files(Path(images))]
     else:
         train_photos = find_photos([s for s in sources if s.role == "train"], roots)
     check_disjoint([p.path for p in train_photos], [p.path for p in eval_photos])
     out_dir = Path(out_dir)
     records, counts, total_bytes = [], {"train": 0, "val": 0, "eval": 0}, 0
-    jobs = [("eval", p) for p in eval_photos] + [("val" if is_validation(p.name) else "train", p) for p in train_photos]
+    held_out = {p.name for p in train_photos if is_validation(p.name)} or {train_photos[-1].name} if len(train_photos) > 1 else set()
+    jobs = [("eval", p) for p in eval_photos] + [("val" if p.name in held_out else "train", p) for p in train_photos]
     for kind, photo in jobs:
         image, how = _prepare(photo.path, kind, factor, crop, eval_side)
         target = out_dir / kind / f"{photo.name}.webp"

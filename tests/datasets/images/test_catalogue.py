@@ -123,7 +123,8 @@ def test_make_data_refuses_images_that_overlap_the_evaluation_set(fake_root, tmp
         build_sr_data(tmp_path / "data", roots=[root], images=own, crop=32)
     (own / "copy.jpg").unlink()
     summary = build_sr_data(tmp_path / "data", roots=[root], images=own, crop=32)
-    assert summary["counts"]["train"] + summary["counts"]["val"] == 3 and summary["train_from"] == str(own)
+    assert summary["counts"]["train"] + summary["counts"]["val"] == 3 and summary["counts"]["val"] >= 1
+    assert summary["train_from"] == str(own)
 
 
 def test_fingerprint_tells_different_pictures_apart(tmp_path):
