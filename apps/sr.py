@@ -1,9 +1,7 @@
-"""``lowrank-sr``: SPAN + DSCLoRA super-resolution: train | finetune [--dsclora] | eval [DIR] | upscale [IN] [OUT] | export.
-Every subcommand runs with no arguments on the bundled photos and the shipped weights, on the CPU (outputs: runs/sr/<command>)."""
+"""``lowrank-sr``: SPAN + DSCLoRA super-resolution: train | finetune [--dsclora] | eval [DIR] | upscale [IN] [OUT] | export | make-data.
+Every subcommand but make-data runs with no arguments on the bundled photos and the shipped weights, on the CPU (outputs: runs/sr/<command>)."""
 
 from __future__ import annotations
-
-from typing import Optional, Sequence
 
 from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
 
@@ -17,13 +15,11 @@ TRAIN_OPTIONS = (
 
 def _call(name: str, *args, **kwargs) -> None:
     from lowrank_vision.plugins.sr_dsclora import commands
-
     print_json(getattr(commands, name)(*args, **kwargs))
 
 
 def _config(a, channels: int = 26, train_form: str = "branches"):
     from lowrank_vision.plugins.sr_dsclora.config import SRTrainConfig, sr_train_defaults
-
     loop = sr_train_defaults(max_steps=a.steps, lr=a.lr, warmup_steps=a.warmup, seed=a.seed, cpu=a.device == "cpu", mixed_precision=a.mixed_precision)
     return SRTrainConfig(scale=a.scale, channels=channels, batch_size=a.batch_size, lr_patch=a.patch, data=a.data, lr_dir=a.lr_dir,
                          train_form=train_form, train=loop)
@@ -31,7 +27,6 @@ def _config(a, channels: int = 26, train_form: str = "branches"):
 
 def _dsclora(a):
     from lowrank_vision.plugins.sr_dsclora.config import DSCLoRAConfig
-
     return DSCLoRAConfig.from_ranks(a.block_rank, a.tail_rank, lambda_ts=a.lambda_ts, lambda_ad=a.lambda_ad) if a.dsclora else None
 
 
@@ -69,10 +64,14 @@ def build_parser():
     for p, tile in ((e, 0), (u, 128)):
         p.add_argument("--tile", type=int, default=tile, help="LR tile side, 0 = whole image (default %(default)s)")
     x.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
+    m = add_command(sub, "make-data", lambda a: _call("make_data", a.out, a.root, a.images, a.crop), help="train/val/eval photo sets from packages")
+    m.add_argument("--root", action="append", help="folder the Debian packages are installed or unpacked in (default /; repeatable)")
+    m.add_argument("--images", help="train on this folder of photos instead (refused if it overlaps the evaluation set)")
+    m.add_argument("--crop", type=int, default=320, help="side of each training crop after /2 down-scaling (default %(default)s)")
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def main(argv=None) -> int:
     return run(build_parser(), argv)
 
 

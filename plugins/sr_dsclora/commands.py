@@ -20,13 +20,14 @@ from lowrank_vision.core import count_parameters
 from lowrank_vision.core.files import write_json
 from lowrank_vision.datasets.images import (
     BUNDLED_SPLIT,
+    ImageFile,
     bicubic_downsample,
     bicubic_upsample,
     bundled_photos,
     load_eval_set,
     mod_crop,
-    read_image,
-    write_image,
+    read_image_file,
+    write_image_file,
 )
 
 from . import recipes
@@ -34,7 +35,7 @@ from .config import DSCLoRAConfig, SRTrainConfig
 from .metrics import plot_comparison, plot_history, psnr_y, ssim_y
 from .weights import checkpoint_extra, default_weights, export_onnx, load_span, save_span, save_span_format
 
-__all__ = ["train", "finetune", "evaluate", "upscale", "export", "demo", "resolve_weights", "command_line"]
+__all__ = ["train", "finetune", "evaluate", "upscale", "export", "make_data", "demo", "resolve_weights", "command_line"]
 
 PathLike = Union[str, Path]
 DEMO_CROP = (180, 180, 160)
@@ -164,21 +165,29 @@ def evaluate(out_dir: PathLike, source: Optional[str] = None, weights: Optional[
 def upscale(out_dir: PathLike, src: Optional[PathLike] = None, dst: Optional[PathLike] = None, weights: Optional[PathLike] = None,
             kind: str = "dsclora", scale: int = 4, tile: int = 128, device: str = "cpu") -> dict:
     """Upscale an image file to ``dst`` (default ``out_dir/<stem>_x<scale>.png``) plus a JSON beside it;
-    without ``src``, a bundled eval photo is down-scaled first and the result scored against it."""
+    without ``src``, a bundled eval photo is down-scaled first and the result scored against it.
+
+    The output keeps the input's mode: a grey image comes back grey (the network runs on the grey
+    repeated to RGB; the output is the mean of its three channels), an alpha channel is upscaled
+    alongside (bicubic, clamped), and a 16-bit file stays 16-bit (read and written without 8-bit rounding).
+    A progress bar counts the tiles of images larger than one tile."""
     path, model = _load(weights, kind, scale)
     info: dict = {"weights": str(path), "scale": scale, "tile": tile}
     if src is None:
         name, hr = bundled_photos("eval")[0]
         hr = mod_crop(hr, scale)
-        lr = bicubic_downsample(hr, scale)
+        image = ImageFile(rgb=bicubic_downsample(hr, scale))
         info["input"] = f"bundled eval photo {name!r}, bicubic x{scale} down-scaled"
     else:
-        name, lr, hr = Path(src).stem, read_image(src), None
+        name, image, hr = Path(src).stem, read_image_file(src), None
         info["input"] = str(src)
+    lr = image.rgb
     dst = Path(dst) if dst is not None else Path(out_dir) / f"{name}_x{scale}.png"
     sr = recipes.upscale(model.to(device), lr, tile=tile, progress=True)
-    write_image(sr, dst)
-    info.update({"output": str(dst), "lr_size": list(lr.shape[-2:]), "sr_size": list(sr.shape[-2:])})
+    alpha = None if image.alpha is None else bicubic_upsample(image.alpha[None], scale)[0]
+    write_image_file(ImageFile(rgb=sr, alpha=alpha, grey=image.grey, bits=image.bits), dst)
+    info.update({"output": str(dst), "lr_size": list(lr.shape[-2:]), "sr_size": list(sr.shape[-2:]),
+                 "mode": {"grey": image.grey, "alpha": image.alpha is not None, "bits": image.bits}})
     if hr is not None:
         info["psnr"] = psnr_y(sr[None], hr[None], scale)
         info["bicubic_psnr"] = psnr_y(bicubic_upsample(lr[None], scale), hr[None], scale)
@@ -247,3 +256,11 @@ def demo(out_dir: PathLike, device: str = "cpu") -> dict:
         f"{metrics['span_psnr'] - metrics['bicubic_psnr']:.1f} dB; the DSCLoRA gain over its teacher is small.")
     write_json(out_dir / "sr_demo.json", metrics)
     return metrics
+
+
+def make_data(out_dir: PathLike, roots: Optional[list] = None, images: Optional[PathLike] = None, crop: int = 320) -> dict:
+    """Build the train / validation / evaluation photo sets (:func:`lowrank_vision.datasets.images.catalogue.build_sr_data`)
+    under ``out_dir``; ``train/`` and ``val/`` then go to ``--data`` / ``--eval-dir`` of ``train`` and ``finetune``."""
+    from lowrank_vision.datasets.images.catalogue import build_sr_data
+
+    return build_sr_data(out_dir, roots=roots or ("/",), images=images, crop=crop)

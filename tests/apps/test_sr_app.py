@@ -16,7 +16,7 @@ from lowrank_vision.plugins.sr_dsclora.weights import default_weights, load_span
 torch.set_num_threads(1)
 
 TINY = ["--scale", "2", "--batch-size", "2", "--patch", "16", "--threads", "1"]
-SUBCOMMANDS = ("train", "finetune", "eval", "upscale", "export")
+SUBCOMMANDS = ("train", "finetune", "eval", "upscale", "export", "make-data")
 
 
 def count_params(model):
@@ -126,3 +126,71 @@ def test_upscale_real_photo_with_shipped_weights_beats_bicubic(tmp_path):
     assert ours > bicubic + 0.1, (ours, bicubic)
     info = json.loads((tmp_path / "sr.json").read_text())
     assert info["sr_size"] == [256, 256] and info["tile"] == 32
+
+
+def _upscale_file(tmp_path, capsys, name, save):
+    """Write an input with ``save(path)``, upscale it x2 in 8x8 tiles with the shipped weights, return (input, output) ImageFiles."""
+    from lowrank_vision.datasets.images import read_image_file
+
+    src, dst = tmp_path / f"{name}.png", tmp_path / f"{name}_x2.png"
+    save(src)
+    assert main(["upscale", str(src), str(dst), "--scale", "2", "--tile", "8", "--out", str(tmp_path)]) == 0
+    assert "tiles: 100%" in capsys.readouterr().err  # the progress bar over the 3 x 3 tiles
+    return read_image_file(src), read_image_file(dst)
+
+
+def _photo_crop(size=(20, 18)):
+    _, hr = bundled_photos("eval")[0]
+    return hr[:, 200 : 200 + size[0], 220 : 220 + size[1]]
+
+
+def test_upscale_keeps_grey_alpha_and_16_bits(tmp_path, capsys):
+    import numpy as np
+    from PIL import Image
+
+    from lowrank_vision.datasets.images.readers import _png_16bit
+
+    crop = _photo_crop()
+    grey8 = (crop.mean(0) * 255).round().byte().numpy()
+    ramp = np.linspace(0, 255, 18, dtype=np.float64)[None, :].repeat(20, 0).round().astype(np.uint8)  # alpha: a left-right ramp
+    rgb8 = (crop.permute(1, 2, 0) * 255).round().byte().numpy()
+    rgb16 = (crop.permute(1, 2, 0).double() * 65535).round().numpy().astype(np.uint16)
+    cases = {
+        "grey": (lambda p: Image.fromarray(grey8).save(p), "L", dict(grey=True, alpha=False, bits=8)),
+        "rgba": (lambda p: Image.fromarray(np.dstack([rgb8, ramp])).save(p), "RGBA", dict(grey=False, alpha=True, bits=8)),
+        "grey16": (lambda p: Image.fromarray(grey8.astype(np.uint16) * 257 + 3).save(p), "I;16", dict(grey=True, alpha=False, bits=16)),
+        "rgb16": (lambda p: p.write_bytes(_png_16bit(rgb16)), None, dict(grey=False, alpha=False, bits=16)),
+        "rgba16": (lambda p: p.write_bytes(_png_16bit(np.dstack([rgb16, ramp.astype(np.uint16) * 257]))), None,
+                   dict(grey=False, alpha=True, bits=16)),
+    }
+    for name, (save, pil_mode, mode) in cases.items():
+        src, out = _upscale_file(tmp_path, capsys, name, save)
+        assert (out.grey, out.alpha is not None, out.bits) == (src.grey, src.alpha is not None, src.bits) == tuple(mode.values()), name
+        assert out.rgb.shape == (3, 40, 36)
+        if pil_mode is not None:
+            assert Image.open(tmp_path / f"{name}_x2.png").mode == pil_mode
+        if out.grey:
+            assert torch.equal(out.rgb[0], out.rgb[1])
+        if out.alpha is not None:  # the ramp, upscaled: still a left-right ramp from ~0 to ~1
+            assert out.alpha.shape == (1, 40, 36) and out.alpha[0, :, 0].max() < 0.05 and out.alpha[0, :, -1].min() > 0.95
+            assert (out.alpha[0, :, 1:] >= out.alpha[0, :, :-1] - 1e-6).all()
+        # the picture itself is the super-resolved input: close to bicubic (the network's residual is small)
+        bic = bicubic_upsample(src.rgb[None], 2)[0]
+        assert (out.rgb - bic).abs().mean() < 0.03, name
+        info = json.loads((tmp_path / f"{name}_x2.json").read_text())
+        assert info["mode"] == mode
+    # 16-bit output carries more than 8 bits: values off the 257-multiples grid
+    out16 = read_image(tmp_path / "rgb16_x2.png")
+    assert ((out16 * 65535).round() % 257 != 0).float().mean() > 0.5
+
+
+def test_unreadable_images_exit_2_with_one_line(tmp_path, capsys):
+    (tmp_path / "garbage.png").write_bytes(b"not an image")
+    write_image(torch.rand(3, 32, 32), tmp_path / "whole.png")
+    data = (tmp_path / "whole.png").read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    for name in ("garbage.png", "truncated.png"):
+        line = _one_line_error(capsys, ["upscale", str(tmp_path / name), str(tmp_path / "o.png"), "--out", str(tmp_path / "u")],
+                               "cannot read image")
+        assert name in line
+    assert not (tmp_path / "o.png").exists() and not (tmp_path / "u").exists()

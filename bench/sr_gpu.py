@@ -1,0 +1,558 @@
+"""GPU run of sr_dsclora (issue 16): SPAN x4 teacher on real photographs, then DSCLoRA vs continued SPAN vs full fine-tune.
+
+    python3 bench/sr_gpu.py --device cuda --out runs/sr_gpu --data runs/sr/make-data --budget-s 300   # the GPU slot
+    python3 bench/sr_gpu.py --smoke --device cpu --out /tmp/sr_gpu_smoke --data runs/sr/make-data --budget-s 120
+
+``--data`` is the folder ``lowrank-sr make-data`` writes (``train/``, ``val/``, ``eval/``: 248 / 25 / 31 photos, about
+38 MB; it must be carried to the GPU machine). Stages, each with a deadline (a fraction of ``--budget-s`` counted
+from the start of the process), each writing ``OUT/<stage>/result.json`` at once and skipped when that exists:
+
+1. ``teacher_l1``: SPAN x4 (26 channels, re-parameterisable training form) from scratch, L1 loss, Adam (0.9, 0.99),
+   lr 1e-3, cosine to 1e-6, EMA 0.999 of the weights, random 96-px HR crops (24-px LR) with flips and 90-degree
+   rotations (SPAN's recipe as far as it is stated; crop size from the issue). The step count is set from the
+   measured step time so that the cosine ends inside the stage's window.
+2. ``teacher_l2``: continues from 1's EMA weights with the L2 loss, lr 2e-4, cosine, EMA (the paper's fine stage).
+   The teacher is the better of EMA / raw weights on the *validation* photos (the only choice made; it is made
+   the same way for every run below).
+3. ``finetunes``: from the deployed teacher, for the same number of steps and each of ``--seeds``:
+   ``dsclora`` (ConvLoRA r=2 in the 18 SConvLB convs, r=8 on conv_2 and the pixel-shuffle conv, spatial-affinity
+   distillation on the six block outputs and the tail feature at full patch resolution, ``affinity_side`` = LR
+   patch, lr 5e-4), ``continued`` (SPAN keeps training with the teacher's stage-2 recipe: training form, L2,
+   lr 2e-4) and ``full`` (every deployed parameter, L1, lr 2e-4). The learning rates are stated choices, not tuned.
+4. ``report``: Y-PSNR / Y-SSIM on the evaluation photos (per source: Debian wallpapers, scikit-image /
+   scikit-learn photos), bicubic, parameters, FLOPs, interleaved GPU runtimes, mean and spread over seeds;
+   writes ``docs/results/sr_gpu.md``, ``docs/results/sr_gpu/report.json``, ``gains.png`` and the teacher / best
+   DSCLoRA weights (``span_x4.safetensors``, ``dsclora_x4.safetensors``, deployed SPAN, 0.5 MB each).
+
+Resuming: every training run writes ``OUT/<stage>/<run>/ckpt.safetensors`` (weights, EMA, Adam moments, step,
+planned steps; no ``.pt``) every ``--ckpt-s`` seconds and when its window ends; a later call with the same
+arguments continues each unfinished run towards its planned step count (carry ``OUT`` back in). A run whose
+window ends before its planned steps (a slower machine than measured) stops there and is reported as cut short,
+with the steps reached; its cosine schedule follows the clock as well as the steps, so it still ends decayed.
+"""
+
+from __future__ import annotations
+
+import time
+
+_T0 = time.time()  # the budget counts from here
+
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import json  # noqa: E402
+import math  # noqa: E402
+import statistics  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from lowrank_vision.core.files import atomic_path, save_figure, write_json, write_text  # noqa: E402
+from lowrank_vision.datasets.images import bicubic_downsample, image_files, load_eval_set, mod_crop, read_image  # noqa: E402
+from lowrank_vision.plugins.sr_dsclora.config import DSCLoRAConfig, SPANConfig  # noqa: E402
+from lowrank_vision.plugins.sr_dsclora.distill import DistillationLoss, attach_dsclora, fold_dsclora  # noqa: E402
+from lowrank_vision.plugins.sr_dsclora.model import SPAN, reparameterize  # noqa: E402
+from lowrank_vision.plugins.sr_dsclora.recipes import compare_runtime, cost_report, evaluate  # noqa: E402
+from lowrank_vision.plugins.sr_dsclora.weights import load_span, save_span  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS_MD = ROOT / "docs" / "results" / "sr_gpu.md"
+RESULTS_DIR = ROOT / "docs" / "results" / "sr_gpu"
+STAGES = ("teacher_l1", "teacher_l2", "finetunes", "report")
+DEADLINES = {"teacher_l1": 0.42, "teacher_l2": 0.58, "finetunes": 0.90, "report": 1.0}
+"""End of each stage's window as a fraction of the budget (the report needs the last tenth)."""
+METHODS = ("dsclora", "continued", "full")
+
+
+# ----------------------------------------------------------------------------------------------- data
+class PatchSampler:
+    """Random aligned (LR, HR) patches drawn on the device: LR is made once per image (bicubic x4,
+    8-bit, as :func:`~lowrank_vision.datasets.images.bicubic_downsample`), crops / flips / transposes per sample."""
+
+    def __init__(self, folder: Path, scale: int, device: str, limit: int = 0) -> None:
+        files = image_files(folder)[: limit or None]
+        self.pairs = []
+        for path in files:
+            hr = mod_crop(read_image(path), scale)
+            self.pairs.append((bicubic_downsample(hr, scale).to(device), hr.to(device)))
+        self.scale, self.device = scale, device
+        areas = torch.tensor([float(lr.shape[-2] * lr.shape[-1]) for lr, _ in self.pairs])
+        self.weights = areas / areas.sum()
+
+    def sample(self, batch: int, lr_patch: int, gen: torch.Generator):
+        s, p = self.scale, lr_patch
+        idx = torch.multinomial(self.weights, batch, replacement=True, generator=gen).tolist()
+        u = torch.rand(batch, 5, generator=gen)
+        lrs, hrs = [], []
+        for k, (a, b) in zip(idx, u[:, :2].tolist()):
+            lr, hr = self.pairs[k]
+            y, x = int(a * (lr.shape[-2] - p + 1)), int(b * (lr.shape[-1] - p + 1))
+            lrs.append(lr[:, y : y + p, x : x + p])
+            hrs.append(hr[:, y * s : (y + p) * s, x * s : (x + p) * s])
+        lr, hr = torch.stack(lrs), torch.stack(hrs)
+        flips = (u[:, 2:] < 0.5).to(self.device)
+        for j, op in enumerate((lambda t: t.flip(-1), lambda t: t.flip(-2), lambda t: t.transpose(-1, -2))):
+            m = flips[:, j].view(-1, 1, 1, 1)
+            lr, hr = torch.where(m, op(lr), lr), torch.where(m, op(hr), hr)
+        return lr.contiguous(), hr.contiguous()
+
+
+# ------------------------------------------------------------------------------------------- training
+def _save_ckpt(path: Path, model, ema, opt, meta: dict) -> None:
+    from safetensors.torch import save_file
+
+    tensors = {f"model.{k}": v for k, v in model.state_dict().items()}
+    tensors.update({f"ema.{k}": v for k, v in ema.state_dict().items()})
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        state = opt.state.get(p, {})
+        for key in ("exp_avg", "exp_avg_sq"):
+            if key in state:
+                tensors[f"opt.{i}.{key}"] = state[key]
+    tensors = {k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata={"meta": json.dumps(meta)})
+
+
+def _load_ckpt(path: Path, model, ema, opt) -> dict:
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["meta"])
+    tensors = load_file(str(path))
+    device = next(model.parameters()).device
+    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+    ema.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("ema.")})
+    params = [p for g in opt.param_groups for p in g["params"]]
+    for i, p in enumerate(params):
+        if f"opt.{i}.exp_avg" in tensors:
+            opt.state[p] = {"step": torch.tensor(float(meta["step"])), "exp_avg": tensors[f"opt.{i}.exp_avg"].to(device),
+                            "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(device)}
+    return meta
+
+
+def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float, batch: int, lr_patch: int, seed: int,
+              deadline: float, steps: int = 0, ckpt_s: float = 60.0, ema_decay: float = 0.999, eval_fn=None) -> dict:
+    """Train ``model`` (its trainable parameters) until ``steps`` (0: as many as fit before ``deadline``, planned from
+    the measured step time) with Adam, cosine lr to 1e-6 and an EMA copy; resumable from ``run_dir/ckpt.safetensors``.
+    Returns ``{"model", "ema", "steps", "planned", "cut_short", "seconds", "history"}``."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99))
+    ema = copy.deepcopy(model).eval().requires_grad_(False)
+    ckpt = run_dir / "ckpt.safetensors"
+    meta = {"step": 0, "planned": steps, "seconds": 0.0, "history": [], "seed": seed}
+    if ckpt.is_file():
+        meta = _load_ckpt(ckpt, model, ema, opt)
+    gen = torch.Generator().manual_seed(seed * 7919 + meta["step"])
+    torch.manual_seed(seed)
+    model.train()
+    step, t_start, last_ckpt, window, t10 = meta["step"], time.time(), time.time(), [], time.time()
+    seconds_before, saving, fresh = meta["seconds"], 0.0, meta["step"] == 0
+    pairs = [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
+    while True:
+        if meta["planned"] and step >= meta["planned"]:
+            break
+        now = time.time()
+        if now >= deadline and not (meta["planned"] and step >= 0.9 * meta["planned"]):
+            break  # (the last tenth of a planned schedule is finished even past the deadline)
+        if not meta["planned"] and step == 10:
+            t10 = now
+        if not meta["planned"] and step >= 30:  # plan the schedule from the step time after warm-up (first call only)
+            rate = (step - 10) / (now - t10)
+            meta["planned"] = max(step + 1, step + int(rate * (deadline - now) * 0.95))
+        total = meta["planned"] or 10**9
+        progress = step / max(1, total)
+        if fresh:  # a slower machine than planned for still ends its cosine at the deadline
+            progress = max(progress, (now - t_start) / max(1e-9, deadline - t_start))
+        cur = 1e-6 + 0.5 * (lr - 1e-6) * (1 + math.cos(math.pi * min(1.0, progress)))
+        for g in opt.param_groups:
+            g["lr"] = cur
+        lr_b, hr_b = sampler.sample(batch, lr_patch, gen)
+        out = loss_fn(model, (lr_b, hr_b))
+        loss, logs = out if isinstance(out, tuple) else (out, {})
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            for e, p in pairs:
+                e.lerp_(p, 1 - ema_decay)
+        step += 1
+        window.append(loss.item() if step % 25 == 0 else None)
+        if step % 100 == 0:
+            vals = [v for v in window if v is not None]
+            meta["history"].append({"step": step, "loss": statistics.fmean(vals) if vals else None, "lr": cur, **logs})
+            window = []
+        if time.time() - last_ckpt > ckpt_s:
+            t_save = time.time()
+            meta.update(step=step, seconds=seconds_before + t_save - t_start - saving)
+            _save_ckpt(ckpt, model, ema, opt, meta)
+            last_ckpt = time.time()
+            saving += last_ckpt - t_save  # saving time is not training time
+    meta.update(step=step, seconds=seconds_before + time.time() - t_start - saving)
+    _save_ckpt(ckpt, model, ema, opt, meta)
+    for e, p in zip(ema.buffers(), model.buffers()):
+        e.copy_(p)
+    cut = bool(meta["planned"]) and step < meta["planned"] or not meta["planned"]
+    return {"model": model.eval(), "ema": ema, "steps": step, "planned": meta["planned"], "cut_short": cut,
+            "seconds": meta["seconds"], "history": meta["history"]}
+
+
+def _l1(model, batch):
+    lr, hr = batch
+    return F.l1_loss(model(lr), hr)
+
+
+def _l2(model, batch):
+    lr, hr = batch
+    return F.mse_loss(model(lr), hr)
+
+
+def _deployed(model) -> SPAN:
+    return reparameterize(copy.deepcopy(model).cpu().eval())
+
+
+def _val_psnr(model, images, scale, device) -> float:
+    return evaluate(model.to(device), images, scale)["psnr"]
+
+
+def _pick(result: dict, images, scale, device, fold=None) -> tuple[SPAN, dict]:
+    """EMA or raw weights, whichever scores higher on the validation photos (deployed, folded)."""
+    fold = fold or _deployed
+    scores = {}
+    candidates = {"ema": fold(result["ema"]), "raw": fold(result["model"])}
+    for name, model in candidates.items():
+        scores[name] = _val_psnr(model, images, scale, device)
+    best = max(scores, key=scores.get)
+    return candidates[best].cpu(), {"val_psnr_ema": scores["ema"], "val_psnr_raw": scores["raw"], "chosen": best}
+
+
+# --------------------------------------------------------------------------------------------- stages
+def _stage_json(out: Path, stage: str) -> Path:
+    return out / stage / "result.json"
+
+
+def stage_teacher(args, out: Path, stage: str, sampler, val, deadline: float) -> dict:
+    run_dir = out / stage / "run"
+    if stage == "teacher_l1":
+        torch.manual_seed(0)
+        model = SPAN(SPANConfig(scale=args.scale, channels=args.channels)).to(args.device)
+        loss, lr = _l1, args.lr_l1
+    else:
+        start = json.loads(_stage_json(out, "teacher_l1").read_text())
+        model = _load_training_form(out / "teacher_l1" / "run" / "ckpt.safetensors", args, prefix="ema." if start["chosen"] == "ema" else "model.")
+        loss, lr = _l2, args.lr_l2
+    result = train_run(run_dir, model, loss, sampler, lr=lr, batch=args.batch, lr_patch=args.lr_patch, seed=0, deadline=deadline,
+                       ckpt_s=args.ckpt_s)
+    teacher, choice = _pick(result, val, args.scale, args.device)
+    save_span(teacher, out / stage / f"span_x{args.scale}.safetensors", extra={"stage": stage, "steps": result["steps"], **choice})
+    summary = {"stage": stage, "steps": result["steps"], "planned": result["planned"], "cut_short": result["cut_short"],
+               "seconds": result["seconds"], "lr": lr, "loss": "L1" if stage == "teacher_l1" else "L2", "history": result["history"], **choice}
+    # a stage whose window ended is done (reported as cut short, with the steps reached); a killed process resumes
+    write_json(_stage_json(out, stage), summary)
+    return summary
+
+
+def _load_training_form(ckpt: Path, args, prefix: str) -> SPAN:
+    from safetensors.torch import load_file
+
+    model = SPAN(SPANConfig(scale=args.scale, channels=args.channels))
+    tensors = load_file(str(ckpt))
+    model.load_state_dict({k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)})
+    return model.to(args.device)
+
+
+def _teacher_path(out: Path, scale: int) -> Path:
+    return out / "teacher_l2" / f"span_x{scale}.safetensors"
+
+
+def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
+    stage_dir = out / "finetunes"
+    plan_path = stage_dir / "plan.json"
+    teacher = load_span(_teacher_path(out, args.scale))
+    runs = [(m, s) for s in args.seeds for m in METHODS]
+    if plan_path.is_file():
+        plan = json.loads(plan_path.read_text())
+    else:  # same step count for every run: what the slowest method (DSCLoRA) does in its share of the window
+        probe = _build(args, "dsclora", teacher, out)
+        gen = torch.Generator().manual_seed(0)
+        model, loss_fn, _ = probe
+        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
+        for i in range(13):
+            if i == 3:
+                _sync(args.device)
+                t0 = time.time()
+            out_ = loss_fn(model, sampler.sample(args.batch, args.lr_patch, gen))
+            (out_[0] if isinstance(out_, tuple) else out_).backward()
+            opt.step()
+            opt.zero_grad()
+        _sync(args.device)
+        step_s = (time.time() - t0) / 10
+        share = (deadline - time.time()) / len(runs) * 0.85
+        plan = {"steps": max(20, int(share / step_s)), "dsclora_step_s": step_s, "runs": [f"{m}_s{s}" for m, s in runs]}
+        if args.ft_steps:
+            plan["steps"] = args.ft_steps
+        write_json(plan_path, plan)
+    results = {}
+    for i, (method, seed) in enumerate(runs):
+        name = f"{method}_s{seed}"
+        done = stage_dir / name / "result.json"
+        if done.is_file():
+            results[name] = json.loads(done.read_text())
+            continue
+        run_deadline = time.time() + (deadline - time.time()) / (len(runs) - i)
+        model, loss_fn, lr = _build(args, method, teacher, out)
+        result = train_run(stage_dir / name, model, loss_fn, sampler, lr=lr, batch=args.batch, lr_patch=args.lr_patch, seed=seed + 1,
+                           deadline=run_deadline, steps=plan["steps"], ckpt_s=args.ckpt_s)
+        fold = (lambda m: fold_dsclora(copy.deepcopy(m).cpu().eval())) if method == "dsclora" else _deployed
+        chosen, choice = _pick(result, val, args.scale, args.device, fold=fold)
+        save_span(chosen, stage_dir / name / f"{name}_x{args.scale}.safetensors", extra={"method": method, "seed": seed, **choice})
+        summary = {"method": method, "seed": seed, "lr": lr, "steps": result["steps"], "planned": result["planned"],
+                   "cut_short": result["cut_short"], "seconds": result["seconds"], "history": result["history"], **choice}
+        write_json(done, summary)
+        results[name] = summary
+    summary = {"plan": plan, "runs": results, "complete": all(f"{m}_s{s}" in results and not results[f"{m}_s{s}"]["cut_short"]
+                                                              for m, s in runs)}
+    write_json(stage_dir / "summary.json", summary)  # also when cut short: the report shows what was reached
+    if summary["complete"]:
+        write_json(_stage_json(out, "finetunes"), summary)
+    return summary
+
+
+def _build(args, method: str, teacher: SPAN, out: Path):
+    """``(model on device, loss_fn, lr)`` of one fine-tuning method, starting from the teacher."""
+    if method == "dsclora":
+        student = copy.deepcopy(teacher).train()
+        cfg = DSCLoRAConfig(affinity_side=args.lr_patch)
+        attach_dsclora(student, cfg)
+        return student.to(args.device), DistillationLoss(copy.deepcopy(teacher), cfg), args.lr_dsclora
+    if method == "continued":  # the teacher's own stage-2 recipe goes on: training form, L2
+        prefix = "ema." if json.loads(_stage_json(out, "teacher_l2").read_text())["chosen"] == "ema" else "model."
+        return _load_training_form(out / "teacher_l2" / "run" / "ckpt.safetensors", args, prefix), _l2, args.lr_l2
+    return copy.deepcopy(teacher).train().requires_grad_(True).to(args.device), _l1, args.lr_full
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def _by_source(per_image: list) -> dict:
+    groups: dict = {}
+    for row in per_image:
+        source = row["image"].split("__")[0]
+        group = "bundled (scikit-image, scikit-learn)" if source in ("skimage", "sklearn") else "Debian wallpapers"
+        groups.setdefault(group, []).append(row["psnr"])
+    return {g: statistics.fmean(v) for g, v in groups.items()}
+
+
+def stage_report(args, out: Path, images) -> dict:
+    stage = {s: json.loads(_stage_json(out, s).read_text()) if _stage_json(out, s).is_file() else None for s in ("teacher_l1", "teacher_l2")}
+    ft_path = out / "finetunes" / "summary.json"
+    finetunes = json.loads(ft_path.read_text()) if ft_path.is_file() else None
+    models = {}
+    for s in ("teacher_l1", "teacher_l2"):
+        path = out / s / f"span_x{args.scale}.safetensors"
+        if path.is_file():
+            models[s] = load_span(path)
+    for name in (finetunes or {}).get("runs", {}):
+        path = out / "finetunes" / name / f"{name}_x{args.scale}.safetensors"
+        if path.is_file():
+            models[name] = load_span(path)
+    rows = {"bicubic": evaluate(None, images, args.scale)}
+    for name, model in models.items():
+        rows[name] = evaluate(model.to(args.device), images, args.scale)
+        model.cpu()
+    bic = rows["bicubic"]
+    hardest = min(bic["per_image"], key=lambda r: r["psnr"])["image"]
+    table = {}
+    for name, r in rows.items():
+        per = {row["image"]: row["psnr"] for row in r["per_image"]}
+        table[name] = {"psnr": r["psnr"], "ssim": r["ssim"], "gain_over_bicubic": r["psnr"] - bic["psnr"],
+                       "hardest_gain": per[hardest] - {x["image"]: x["psnr"] for x in bic["per_image"]}[hardest],
+                       "by_source": _by_source(r["per_image"]), "per_image": r["per_image"]}
+    teacher_key = "teacher_l2" if "teacher_l2" in table else "teacher_l1"
+    methods = {}
+    teacher_psnr = table.get(teacher_key, {}).get("psnr")
+    for method in METHODS:
+        vals = [table[f"{method}_s{s}"]["psnr"] for s in args.seeds if f"{method}_s{s}" in table]
+        if vals:
+            methods[method] = {"mean": statistics.fmean(vals), "spread": max(vals) - min(vals), "n": len(vals), "psnr": vals,
+                               "delta_vs_teacher": statistics.fmean(vals) - teacher_psnr if teacher_psnr else None}
+    cost = {}
+    size, repeats = ((64, 64), 3) if args.smoke else ((256, 256), 20)
+    if "teacher_l2" in models and f"dsclora_s{args.seeds[0]}" in models:
+        pair = {"SPAN teacher": models["teacher_l2"].to(args.device), "DSCLoRA": models[f"dsclora_s{args.seeds[0]}"].to(args.device)}
+        for name, model in pair.items():
+            cost[name] = cost_report(model, runtime_size=size, repeats=repeats)
+        runtime = compare_runtime(pair, size, rounds=5, repeats=repeats)
+        for name, ms in runtime.items():
+            cost[name]["runtime_ms_interleaved"] = ms
+    verdict = None
+    if "dsclora" in methods and "continued" in methods:
+        d, c = methods["dsclora"], methods["continued"]
+        margin = d["mean"] - c["mean"]
+        verdict = {"dsclora_minus_continued_db": margin, "twice_spread_db": 2 * max(d["spread"], c["spread"]),
+                   "beats_by_more_than_twice_spread": margin > 2 * max(d["spread"], c["spread"])}
+    report = {"command": "python3 bench/sr_gpu.py " + " ".join(sys.argv[1:]), "device": _device_name(args.device),
+              "data": str(args.data), "scale": args.scale, "channels": args.channels, "runtime_input": list(size), "stages": stage,
+              "finetunes": finetunes,
+              "eval": table, "hardest_eval_photo": hardest, "methods": methods, "cost": cost, "verdict": verdict,
+              "acceptance": {"teacher": teacher_key, "gain_over_bicubic_db": table.get(teacher_key, {}).get("gain_over_bicubic"),
+                             "hardest_gain_db": table.get(teacher_key, {}).get("hardest_gain"), "target_gain_db": 3.0,
+                             "target_hardest_db": 0.5}}
+    results_dir = Path(args.results_dir)
+    write_json(results_dir / "report.json", report)
+    _plot(report, results_dir / "gains.png")
+    for name, target in ((teacher_key, "span"), (f"dsclora_s{args.seeds[0]}", "dsclora")):
+        if name in models:
+            save_span(models[name].cpu(), results_dir / f"{target}_x{args.scale}.safetensors",
+                      extra={"command": report["command"], "data": f"make-data train/ ({args.data})", "machine": report["device"],
+                             "steps": (stage[teacher_key] or {}).get("steps") if target == "span" else (finetunes or {}).get("plan", {}).get("steps"),
+                             "eval_psnr": table[name]["psnr"], "eval_ssim": table[name]["ssim"],
+                             **({"teacher_psnr": table[teacher_key]["psnr"]} if target == "dsclora" else {})})
+    write_text(Path(args.results_md), _markdown(report))
+    write_json(_stage_json(out, "report"), {"written": [str(results_dir / "report.json"), str(args.results_md)]})
+    return report
+
+
+def _device_name(device: str) -> str:
+    return torch.cuda.get_device_name() if device.startswith("cuda") else "CPU"
+
+
+def _plot(report: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    names = [n for n in report["eval"] if n != "bicubic"]
+    gains = [report["eval"][n]["gain_over_bicubic"] for n in names]
+    ax.barh(names, gains, color=["#888" if n.startswith("teacher") else "#36c" for n in names])
+    ax.set_xlabel("mean Y-PSNR gain over bicubic (dB), evaluation photos")
+    ax.grid(axis="x", alpha=0.3)
+    save_figure(fig, path, dpi=110)
+
+
+def _verdict_words(v: dict) -> str:
+    margin, noise = v["dsclora_minus_continued_db"], v["twice_spread_db"]
+    if margin > noise:
+        return "DSCLoRA beats continued SPAN training by more than twice the seed spread"
+    if margin < -noise:
+        return "DSCLoRA is worse than continued SPAN training by more than twice the seed spread"
+    return "the difference is within twice the seed spread (noise)"
+
+
+def _markdown(r: dict) -> str:
+    ev, st = r["eval"], r["stages"]
+    lines = ["# sr_dsclora: GPU run on real photographs (bench/sr_gpu.py)", "",
+             "<!-- Written by bench/sr_gpu.py from runs/sr_gpu/*; do not edit by hand. -->", "",
+             f"Command: `{r['command']}` on {r['device']}. Training photos: `lowrank-sr make-data` train/ (Endless Sky landscape "
+             "photographs, Debian endless-sky-high-dpi); choices on its val/; scores on its eval/ (Debian wallpaper photos and the "
+             "scikit-image / scikit-learn photos: other sources, other files). x4, bicubic LR, Y-PSNR / Y-SSIM, border 4.", "",
+             f"## Teacher (SPAN, {r['channels']} channels)", "", "| stage | loss | steps (planned) | seconds | weights (val) | cut short |", "|---|---|---|---|---|---|"]
+    for name, s in st.items():
+        if s:
+            lines.append(f"| {name} | {s['loss']} | {s['steps']:,} ({s['planned']:,}) | {s['seconds']:.0f} | {s['chosen']} "
+                         f"({s['val_psnr_' + s['chosen']]:.3f} dB) | {'yes' if s['cut_short'] else 'no'} |")
+        else:
+            lines.append(f"| {name} | - | not run | - | - | - |")
+    lines += ["", "## Evaluation photos", "", f"Heaviest-texture photo (lowest bicubic PSNR): `{r['hardest_eval_photo']}`.", "",
+              "| model | Y-PSNR | Y-SSIM | gain over bicubic | gain on the heaviest-texture photo | wallpapers | bundled |", "|---|---|---|---|---|---|---|"]
+    for name, row in ev.items():
+        src = row["by_source"]
+        lines.append(f"| {name} | {row['psnr']:.3f} | {row['ssim']:.4f} | {row['gain_over_bicubic']:+.3f} | {row['hardest_gain']:+.3f} | "
+                     f"{src.get('Debian wallpapers', float('nan')):.3f} | {src.get('bundled (scikit-image, scikit-learn)', float('nan')):.3f} |")
+    acc = r["acceptance"]
+    if acc["gain_over_bicubic_db"] is not None:
+        ok = acc["gain_over_bicubic_db"] >= 3.0 and acc["hardest_gain_db"] >= 0.5
+        lines += ["", f"Acceptance ({acc['teacher']}): {acc['gain_over_bicubic_db']:+.2f} dB over bicubic (target +3.0), "
+                  f"{acc['hardest_gain_db']:+.2f} dB on the heaviest-texture photo (target +0.5): **{'met' if ok else 'not met'}**."]
+    if r["methods"]:
+        lines += ["", "## Fine-tuning from the teacher, same steps", "", "| method | seeds | mean Y-PSNR | spread (max-min) | vs teacher |",
+                  "|---|---|---|---|---|"]
+        for m, v in r["methods"].items():
+            dt = "-" if v["delta_vs_teacher"] is None else f"{v['delta_vs_teacher']:+.4f}"
+            lines.append(f"| {m} | {v['n']} | {v['mean']:.4f} | {v['spread']:.4f} | {dt} |")
+    if r["verdict"]:
+        v = r["verdict"]
+        lines += ["", f"DSCLoRA minus continued SPAN: {v['dsclora_minus_continued_db']:+.4f} dB; twice the larger seed spread: "
+                  f"{v['twice_spread_db']:.4f} dB -> **{_verdict_words(v)}**."]
+    if r["cost"]:
+        h, w = r["runtime_input"]
+        lines += ["", f"| model | params | FLOPs (G, 256x256 LR) | convs | runtime ms (interleaved, {h}x{w} LR) |", "|---|---|---|---|---|"]
+        for name, c in r["cost"].items():
+            lines.append(f"| {name} | {c['params']:,} | {c['flops_g']:.2f} | {c['convs']} | {c['runtime_ms_interleaved']:.3f} |")
+    cut = [n for n, s in st.items() if s and s["cut_short"]] + [n for n, v in ((r["finetunes"] or {}).get("runs") or {}).items() if v["cut_short"]]
+    lines += ["", "Stages cut short: " + (", ".join(cut) if cut else "none") + ". Raw numbers: `docs/results/sr_gpu/report.json`; "
+              "per-stage JSON and resumable checkpoints under `runs/sr_gpu/`."]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default="runs/sr_gpu")
+    p.add_argument("--data", default="runs/sr/make-data", help="folder written by lowrank-sr make-data (train/, val/, eval/)")
+    p.add_argument("--budget-s", type=float, default=300.0)
+    p.add_argument("--smoke", action="store_true", help="tiny CPU rehearsal: 24 training photos, 4 val, 4 eval, 8 channels, batch 4")
+    p.add_argument("--scale", type=int, default=4, choices=(2, 3, 4))
+    p.add_argument("--channels", type=int, default=26)
+    p.add_argument("--batch", type=int, default=64)
+    p.add_argument("--lr-patch", type=int, default=24, help="LR patch side (HR = scale x this; 24 -> 96-px HR crops)")
+    p.add_argument("--lr-l1", type=float, default=1e-3)
+    p.add_argument("--lr-l2", type=float, default=2e-4)
+    p.add_argument("--lr-dsclora", type=float, default=5e-4)
+    p.add_argument("--lr-full", type=float, default=2e-4)
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    p.add_argument("--ft-steps", type=int, default=0, help="fine-tuning steps (0: from the measured step time)")
+    p.add_argument("--ckpt-s", type=float, default=60.0)
+    p.add_argument("--results-md", default=str(RESULTS_MD))
+    p.add_argument("--results-dir", default=str(RESULTS_DIR))
+    args = p.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        p.error("--device cuda but no GPU is visible")
+    if args.smoke:  # a tiny SPAN on small patches: every code path, not the numbers
+        torch.set_num_threads(1)  # 2 threads on a shared, loaded CPU ran ~30x slower (OpenMP waits)
+        args.batch, args.channels, args.lr_patch = min(args.batch, 4), min(args.channels, 8), min(args.lr_patch, 12)
+    out, data = Path(args.out), Path(args.data)
+    limit = (24, 4, 4) if args.smoke else (0, 0, 0)
+    for sub in ("train", "val", "eval"):
+        if not (data / sub).is_dir():
+            p.error(f"--data {data} has no {sub}/ (run lowrank-sr make-data first)")
+    budget = args.budget_s
+    deadline = {s: _T0 + f * budget for s, f in DEADLINES.items()}
+    sampler = PatchSampler(data / "train", args.scale, args.device, limit=limit[0])
+    val = load_eval_set(str(data / "val"), args.scale)[: limit[1] or None]
+    images = load_eval_set(str(data / "eval"), args.scale)[: limit[2] or None]
+    print(f"data: {len(sampler.pairs)} train, {len(val)} val, {len(images)} eval photos ({time.time() - _T0:.1f} s)", flush=True)
+    for stage in STAGES:
+        if stage != "report" and _stage_json(out, stage).is_file():
+            print(f"{stage}: done before, skipped", flush=True)
+            continue
+        t = time.time()
+        if stage in ("teacher_l1", "teacher_l2"):
+            if stage == "teacher_l2" and not _stage_json(out, "teacher_l1").is_file():
+                print(f"{stage}: teacher_l1 unfinished, skipped", flush=True)
+                continue
+            s = stage_teacher(args, out, stage, sampler, val, deadline[stage])
+            print(f"{stage}: {s['steps']}/{s['planned']} steps, val {s['val_psnr_' + s['chosen']]:.3f} dB ({s['chosen']}), "
+                  f"{time.time() - t:.0f} s{' CUT SHORT' if s['cut_short'] else ''}", flush=True)
+        elif stage == "finetunes":
+            if not _teacher_path(out, args.scale).is_file() or not _stage_json(out, "teacher_l2").is_file():
+                print(f"{stage}: teacher unfinished, skipped", flush=True)
+                continue
+            s = stage_finetunes(args, out, sampler, val, deadline[stage])
+            print(f"{stage}: {len(s['runs'])} runs of {s['plan']['steps']} steps, complete={s['complete']}, {time.time() - t:.0f} s", flush=True)
+        else:
+            r = stage_report(args, out, images)
+            print(f"report: {args.results_md} ({time.time() - t:.0f} s); total {time.time() - _T0:.0f} s", flush=True)
+            print(json.dumps({k: v["psnr"] for k, v in r["eval"].items()}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
