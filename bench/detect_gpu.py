@@ -457,9 +457,12 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               f"{cpu['rounds'] if cpu else '?'} interleaved rounds, with [min, max]"
               + (_cpu_load_note(cpu) if cpu and "load_average_1min_before_after" in cpu else "") + ".",
               "- GPU latency: batch 1, 640 px, fp32, on the H200 after all training had finished: median [q1, q3] of 50 calls.", ""]
-    if common:
+    if common and common.get("epoch"):
         lines += [f"**A student was cut short at the deadline**: every student is compared at epoch {common['epoch']}, the last one all "
                   "four finished (their `epoch<i>.pt`), not at the best-val checkpoint.", ""]
+    elif common:
+        lines += ["**A student was cut short at the deadline before all four had finished one epoch**: each is compared at its own "
+                  "last checkpoint, so the students below did not train for the same number of epochs.", ""]
     arch = ev.get("architectures", {})
     at = _scale(args)["speed_imgsz"]
     lines += [f"| model | params | GFLOPs @{at} (conv/matmul + scan) | CPU ms @{cpu['imgsz'] if cpu else '?'} median [min, max] | GPU ms @{at} |",
