@@ -350,6 +350,9 @@ def render_report(store: dict) -> str:
         "KAN adapter; those rows are the LoRA-with-one-spline form now registered as `spline_lora`. The KAN form",
         "has not been benchmarked here yet.",
         "",
+        "Other benchmark pages: low-rank optimizers and adapter initialisations (GaLore, Fira, LoRA-GA,",
+        "LoRA-SB) in `docs/benchmarks_optim.md` (`python bench/optim.py`).",
+        "",
     ]
     summary = ROOT / "docs" / "benchmarks_notes.md"
     if summary.is_file():

@@ -18,3 +18,4 @@ __all__ = [
     "AdapterReport", "AdapterConfig", "AdapterLayer", "register_adapter", "get_adapter_class", "list_adapters",
     "save", "load", "export_peft", "import_peft", "AdapterFileError", "tune_strategies",
 ]
+from . import init, optim  # noqa: E402,F401  (core.optim: GaLore, Fira, LoRAPro, EGGROLL; core.init: LoRA-GA/LoRA-SB init, registers lora_xs)

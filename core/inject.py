@@ -258,6 +258,9 @@ def apply(
     adapter_name: str = "default",
     dropout: float = 0.0,
     strategy: str = "auto",
+    init=None,
+    init_data=None,
+    init_loss=None,
     **options,
 ) -> AdapterReport:
     """Wrap the layers of ``model`` selected by ``targets`` with adapter ``method``.
@@ -272,7 +275,16 @@ def apply(
             or a layer type / tuple of types.
         trainable: glob patterns of parameter or module names that stay trainable (e.g. a new head).
         **options: the family's own options (e.g. ``num_basis_a`` for NOLA, ``detach_norm`` for DoRA).
+        init: gradient-informed initialisation (``"lora_ga"``, ``"lora_sb"`` or an object, see ``core.init``), run on
+            ``init_data`` (an iterable of batches) with ``init_loss(model, batch) -> loss`` once the adapters are in.
     """
+    initialiser = None
+    if init is not None:  # core.init: LoRA-GA / LoRA-SB (may pick the family, e.g. lora_sb -> lora_xs)
+        from .init import check_init_arguments, get_initialiser
+
+        initialiser = get_initialiser(init)
+        check_init_arguments(init, init_data, init_loss)
+        method = initialiser.adapter_method(method)
     cls = get_adapter_class(method)
     config = AdapterConfig(rank=rank, alpha=alpha, dropout=dropout, strategy=strategy)  # validates
     cls.check_config(config)
@@ -332,6 +344,8 @@ def apply(
             if rank > min(adapter.geometry.out_channels, adapter.geometry.fan_in):
                 overparameterised.append(group[0].name)
         _mark_trainable(model, adapter_name, trainable)
+        if initialiser is not None:
+            initialiser.initialise(model, adapter_name, init_data, init_loss)
     if overparameterised:
         warnings.warn(
             f"rank {rank} exceeds min(C_out, C_in*prod(k)) on {len(overparameterised)} layer(s) "

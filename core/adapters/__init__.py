@@ -16,3 +16,4 @@ __all__ = [
     "register_adapter", "get_adapter_class", "list_adapters", "canonical_name",
     "LoRA", "ConvLoRA", "CPLoRA", "NOLA", "DoRA", "ConvDoRA", "CPDoRA", "DoRAAdapter", "NeRA", "SplineLoRA",
 ]
+from . import noble, sltrain, flylora, block_lora, mtlora, hypelora  # noqa: E402, F401  (registration side effect: more families)

@@ -59,7 +59,30 @@ METHODS = {
     "nera": ({}, _nera, {"embedding", "conv2d_grouped", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"}),
 }
 
-NONLINEAR = {"spline_lora", "nera"}
+# The families of issue 20 (tests/core/test_families*.py test their defining properties). Options chosen so the
+# shared table's contract applies: noble's branch alone (train_base=False: the from-scratch default also trains the
+# wrapped layer), sltrain as an update on the frozen weight (mode="add": the pre-training default replaces it, so it
+# is no identity at init), one mtlora task (a second task's factors would get no gradient in one forward).
+SLTRAIN_OPTIONS = {"mode": "add", "density": 0.25}
+HYPER = {"embed_dim": 8, "code_dim": 8, "hidden_dim": 32, "chunk_size": 16}  # HypeLoRAOptions defaults
+
+
+def _hypelora(out, c_in, k, r):
+    """The shared hyper-network (counted once) plus one layer embedding."""
+    e, p, h, c = HYPER["embed_dim"], HYPER["code_dim"], HYPER["hidden_dim"], HYPER["chunk_size"]
+    return h * (e + p + 1) + 2 * r * c * (h + 1) + e
+
+
+METHODS.update({
+    "noble": ({"train_base": False}, lambda o, i, k, r: r * (i * math.prod(k) + o) + r * r + 4 * r, {"conv2d_grouped"}),
+    "sltrain": (SLTRAIN_OPTIONS, lambda o, i, k, r: r * (i * math.prod(k) + o) + max(1, round(SLTRAIN_OPTIONS["density"] * o * i * math.prod(k))), set()),
+    "flylora": ({}, lambda o, i, k, r: o * r, {"embedding", "conv2d_grouped"}),
+    "block_lora": ({"num_blocks": 3}, lambda o, i, k, r: o * r + (r // 3) * i * math.prod(k), set()),
+    "mtlora": ({"tasks": ("seg",)}, lambda o, i, k, r: 2 * r * (i * math.prod(k) + o), set()),
+    "hypelora": ({}, _hypelora, set()),
+})
+
+NONLINEAR = {"spline_lora", "nera", "noble", "flylora"}
 
 CASES = [(m, layer) for m, (_, _, unsupported) in METHODS.items() for layer in LAYERS if layer not in unsupported]
 UNSUPPORTED_CASES = [(m, layer) for m, (_, _, unsupported) in METHODS.items() for layer in unsupported]
