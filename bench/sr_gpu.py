@@ -486,6 +486,12 @@ def _markdown(r: dict) -> str:
         lines += ["", f"| model | params | FLOPs (G, 256x256 LR) | convs | runtime ms (interleaved, {h}x{w} LR) |", "|---|---|---|---|---|"]
         for name, c in r["cost"].items():
             lines.append(f"| {name} | {c['params']:,} | {c['flops_g']:.2f} | {c['convs']} | {c['runtime_ms_interleaved']:.3f} |")
+        t, d = r["cost"].get("SPAN teacher"), r["cost"].get("DSCLoRA")
+        if t and d:
+            ratio = d["runtime_ms_interleaved"] / t["runtime_ms_interleaved"]
+            same = t["params"] == d["params"] and t["flops_g"] == d["flops_g"]
+            lines += ["", f"DSCLoRA / SPAN runtime: {ratio:.4f} ({'inside' if abs(ratio - 1) <= 0.03 else 'outside'} the ±3 % bar); "
+                      f"parameters and FLOPs {'identical' if same else 'DIFFERENT'}."]
     cut = [n for n, s in st.items() if s and s["cut_short"]] + [n for n, v in ((r["finetunes"] or {}).get("runs") or {}).items() if v["cut_short"]]
     lines += ["", "Stages cut short: " + (", ".join(cut) if cut else "none") + ". Raw numbers: `docs/results/sr_gpu/report.json`; "
               "per-stage JSON and resumable checkpoints under `runs/sr_gpu/`."]
