@@ -26,6 +26,14 @@ a finished stage or run is skipped when the script runs again):
                  in onnxruntime, then test mAP per condition while time is left.
 5. ``report``    ``docs/results/detect.md`` + ``docs/results/detect/gpu_results.json`` + ``tradeoff.png``.
 
+Two jobs instead of one, for a teacher trained longer than one job allows (each job <= 480 s):
+
+    python3 bench/detect_gpu.py --device cuda --out runs/detect_gpu_teacher --budget-s 465 --teacher-only
+        # data + the teacher alone with the whole budget -> docs/results/detect/teacher/{teacher.safetensors,teacher.json}
+    python3 bench/detect_gpu.py --device cuda --out runs/detect_gpu --budget-s 465 --exclusive --student-epochs 10 \
+        --teacher-weights docs/results/detect/teacher
+        # the same data again (deterministic), that teacher imported and tested, students + YOLOv8n side by side, eval, report
+
 Every trainer evaluates its best-val checkpoint on the test split itself as soon as it finishes. Time: after
 ``data``, the students get ``--students-s`` seconds and eval a fixed reserve; the teacher's cap is what is left.
 A student still running at the deadline is stopped; then every student is compared at the last epoch all four
@@ -72,6 +80,16 @@ DEFAULT_LR = ("AdamW", 0.002)
 NAMES = {"teacher": "DLRMamba-n teacher (full-rank SS2D)", "student_sad": "student r=0.5 + SAD",
          "student_plain": "student r=0.5, no distillation", "yolov8n": "YOLOv8n (ultralytics), 4-ch"}
 PLATEAU = {"patience": 3, "min_delta": 0.005}
+
+
+def _stage_runs(args) -> dict[str, tuple[str, ...]]:
+    """Runs per training stage: ``--teacher-only`` trains the teacher alone; with ``--teacher-weights`` the teacher
+    stage only imports it and YOLOv8n trains beside the students."""
+    if args.teacher_only:
+        return {"teacher": ("teacher",)}
+    if args.teacher_weights:
+        return {"teacher": ("teacher",), "students": STAGE_RUNS["students"] + GROUPS["yolov8n"]}
+    return STAGE_RUNS
 
 
 def _group(run: str) -> str:
@@ -167,6 +185,9 @@ def _trainer_worker(run: str, args, time_s: float | None, threads: int) -> None:
     cfg = _train_config(args, run, time_s)
     group = _group(run)
     t0 = time.time()
+    if group == "teacher" and args.teacher_weights:
+        _import_teacher(args)
+        return
     if group in ("teacher", "yolov8n"):
         source = model_yaml(_scale(args)["model"]) if group == "teacher" else "yolov8n.yaml"
         callbacks = {"on_fit_epoch_end": plateau_stopper(**PLATEAU)} if group == "teacher" else None
@@ -186,6 +207,41 @@ def _trainer_worker(run: str, args, time_s: float | None, threads: int) -> None:
     r["test"] = evaluate(r["checkpoint"], data_yaml, "test", imgsz=cfg.imgsz, batch=_scale(args)["eval_batch"], device=args.device)
     _finish(out, run, {**r, "seed": cfg.seed, "wall_s": train_s, "test_eval_s": time.time() - t0 - train_s,
                        "time_budget_s": time_s, "cut_short": False})
+
+
+def _import_teacher(args) -> None:
+    """``--teacher-weights``: the teacher an earlier ``--teacher-only`` job trained (same data config), evaluated on test."""
+    from lowrank_vision.plugins.multispectral_det.recipes import evaluate
+    from lowrank_vision.plugins.multispectral_det.weights import as_ultralytics_checkpoint
+
+    out, src = Path(args.out), Path(args.teacher_weights)
+    meta = json.loads((src / "teacher.json").read_text())
+    data = json.loads(json.dumps(asdict(_scale(args)["data"])))  # tuples as the JSON's lists
+    if meta["data"] != data:
+        raise SystemExit(f"{src}: the teacher was trained on {meta['data']}, this run generates {data}")
+    ckpt = as_ultralytics_checkpoint(src / "teacher.safetensors", out / "runs" / "teacher" / "weights" / "best.pt")
+    test = evaluate(ckpt, out / "data" / "set" / "data.yaml", "test", imgsz=_scale(args)["imgsz"], batch=_scale(args)["eval_batch"],
+                    device=args.device)
+    _finish(out, "teacher", {**meta["teacher"], "checkpoint": str(ckpt), "test": test, "from_earlier_job": meta["command"],
+                             "weights": str(src / "teacher.safetensors")})
+
+
+def _export_teacher(args) -> dict:
+    """``--teacher-only``: the trained teacher as fp16 safetensors + its run JSON, under the docs (what comes back)."""
+    from lowrank_vision.core.files import write_json
+    from lowrank_vision.plugins.multispectral_det.ultralytics_host import load_detection_model
+    from lowrank_vision.plugins.multispectral_det.weights import save_weights
+
+    out, dest = Path(args.out), Path(args.docs) / "teacher"
+    done = _done(out, "teacher")
+    if done is None:
+        raise SystemExit("export_teacher: no trained teacher")
+    save_weights(load_detection_model(done["checkpoint"]), dest / "teacher.safetensors", extra={"imgsz": _scale(args)["imgsz"]})
+    cmd = (f"python3 bench/detect_gpu.py --device {args.device} --out {args.out} --budget-s {args.budget_s:.0f} --teacher-only"
+           + (" --smoke" if args.smoke else ""))
+    meta = {"command": cmd, "data": asdict(_scale(args)["data"]), "teacher": done}
+    write_json(dest / "teacher.json", meta)
+    return {"weights": str(dest / "teacher.safetensors"), "json": str(dest / "teacher.json")}
 
 
 def _data_worker(args) -> None:
@@ -224,7 +280,7 @@ def _stop_cut_short(out: Path, run: str, time_s: float | None) -> None:
 def _run_stage(args, stage: str, wall_s: float, teacher_time_s: float | None = None) -> dict:
     """Every run of ``stage`` not done yet, side by side in its own process; stopped at ``wall_s``."""
     out = Path(args.out)
-    runs = [r for r in STAGE_RUNS[stage] if _done(out, r) is None]
+    runs = [r for r in _stage_runs(args)[stage] if _done(out, r) is None]
     threads = 1 if args.smoke else 2
     _log(f"{stage}: {runs} side by side, wall {wall_s:.0f} s" + (f", teacher time= {teacher_time_s:.0f} s" if teacher_time_s else ""))
     procs = {r: _spawn(_trainer_worker, r, args, teacher_time_s if r == "teacher" else None, threads) for r in runs}
@@ -239,7 +295,7 @@ def _run_stage(args, stage: str, wall_s: float, teacher_time_s: float | None = N
             _stop_cut_short(out, r, teacher_time_s if r == "teacher" else None)
         elif _done(out, r) is None:
             _log(f"{r}: failed (exit code {p.exitcode})")
-    return {r: _done(out, r) for r in STAGE_RUNS[stage]}
+    return {r: _done(out, r) for r in _stage_runs(args)[stage]}
 
 
 # ---------------------------------------------------------------- eval and report
@@ -430,10 +486,14 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               f"stopped by its time cap ({_fmt(teacher.get('time_budget_s'), '.0f')} s, ultralytics' time=, lr schedule fitted to it) "
               "before its val mAP50 plateaued")
     alone = "one job, nothing else on the GPU" if args.exclusive else "whether other jobs shared the GPU was not recorded (no --exclusive)"
+    if args.teacher_weights:
+        cmd += f" --teacher-weights {args.teacher_weights}"
     lines += [f"Written by `{cmd}` ({alone}) from its JSON (raw: `detect/gpu_results.json`; each run's "
               f"own JSON in `{args.out}/<run>/done.json`).", "",
               "Protocol:", "",
-              f"- Teacher ({model}, full-rank SS2D) trained to convergence: {teacher.get('epochs_run', '?')} epochs, {t_stop}.",
+              f"- Teacher ({model}, full-rank SS2D) trained until its val mAP50 plateaus or its time cap: {teacher.get('epochs_run', '?')} epochs, {t_stop}"
+              + (f"; trained alone in an earlier GPU job (`{teacher['from_earlier_job']}`), its weights carried into this one "
+                 "(same generated data)." if teacher.get("from_earlier_job") else "."),
               f"- Students: rank ratio 0.5, **{args.student_epochs} epochs each** (same lr schedule), seeds {list(SEEDS)} for each of "
               "'+ SAD' and 'no distillation'. **Both start from the same weights**: the converged teacher with every SS2D replaced "
               "by its truncated SVD (DLRMamba's L_SVD pulls the student's factors to exactly these SVD factors, so the paper's "
@@ -441,7 +501,8 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               f"(task / SVD / state / feature), alignment terms scaled `{args.align_norm}` (`DistillConfig.align_norm`).",
               *_sad_check_lines(args),
               f"- YOLOv8n (ultralytics, 4 input channels, from scratch): the students' {args.student_epochs} epochs, seeds {list(SEEDS)}.",
-              "- The four students trained side by side in separate processes (as did YOLOv8n beside the teacher), so training "
+              "- The four students trained side by side in separate processes ("
+              + ("and YOLOv8n beside them" if args.teacher_weights else "as did YOLOv8n beside the teacher") + "), so training "
               "wall times are shared-GPU times and no acceptance number depends on them.",
               "", "Which data each number comes from:", "",
               f"- mAP: the **test split** ({dc.get('n_test', '?')} images) of the synthetic RGB+thermal generator "
@@ -457,9 +518,12 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               f"{cpu['rounds'] if cpu else '?'} interleaved rounds, with [min, max]"
               + (_cpu_load_note(cpu) if cpu and "load_average_1min_before_after" in cpu else "") + ".",
               "- GPU latency: batch 1, 640 px, fp32, on the H200 after all training had finished: median [q1, q3] of 50 calls.", ""]
-    if common:
+    if common and common.get("epoch"):
         lines += [f"**A student was cut short at the deadline**: every student is compared at epoch {common['epoch']}, the last one all "
                   "four finished (their `epoch<i>.pt`), not at the best-val checkpoint.", ""]
+    elif common:
+        lines += ["**A student was cut short at the deadline before all four had finished one epoch**: each is compared at its own "
+                  "last checkpoint, so the students below did not train for the same number of epochs.", ""]
     arch = ev.get("architectures", {})
     at = _scale(args)["speed_imgsz"]
     lines += [f"| model | params | GFLOPs @{at} (conv/matmul + scan) | CPU ms @{cpu['imgsz'] if cpu else '?'} median [min, max] | GPU ms @{at} |",
@@ -744,12 +808,16 @@ def main(argv=None) -> int:
     p.add_argument("--out", default="runs/detect_gpu")
     p.add_argument("--device", default="cuda")
     p.add_argument("--budget-s", type=float, default=465.0, help="wall clock of the whole run, every stage included")
-    p.add_argument("--stage", default="all", choices=("all",) + GPU_STAGES + LOCAL_STAGES,
+    p.add_argument("--stage", default="all", choices=("all",) + GPU_STAGES + ("export_teacher",) + LOCAL_STAGES,
                    help="all: the GPU stages in order; lr_search / cpu_latency run on the development CPU")
     p.add_argument("--student-epochs", type=int, default=6, help="epochs of every student and of YOLOv8n")
     p.add_argument("--students-s", type=float, default=175.0, help="wall clock of the students stage (the teacher gets the rest)")
     p.add_argument("--align-norm", default=None, choices=("mse", "relative"),
                    help="DistillConfig.align_norm of the SAD students (default: the one sad_check chose on val, else mse)")
+    p.add_argument("--teacher-only", action="store_true",
+                   help="job 1 of two: data + the teacher alone with the whole budget, saved to <docs>/teacher/ (no students, no report)")
+    p.add_argument("--teacher-weights", default=None,
+                   help="job 2 of two: the folder --teacher-only wrote (teacher.safetensors + teacher.json); YOLOv8n trains beside the students")
     p.add_argument("--exclusive", action="store_true", help="say in the report that nothing else ran on the GPU (the caller knows)")
     p.add_argument("--smoke", action="store_true", help="tiny CPU rehearsal of every code path (writes under --out)")
     p.add_argument("--rounds", type=int, default=15, help="cpu_latency: interleaved rounds")
@@ -775,7 +843,10 @@ def main(argv=None) -> int:
         raise SystemExit(f"{out} holds stage JSON of the previous protocol (pair_a/pair_b): give a fresh --out")
     end = t_start + args.budget_s - 10
     sc = _scale(args)
-    for stage in GPU_STAGES if args.stage == "all" else (args.stage,):
+    if args.teacher_only and args.teacher_weights:
+        raise SystemExit("--teacher-only and --teacher-weights exclude each other")
+    stages = ("data", "teacher", "export_teacher") if args.teacher_only else GPU_STAGES
+    for stage in stages if args.stage == "all" else (args.stage,):
         t0 = time.time()
         marker = f"{stage}_stage" if stage in STAGE_RUNS else stage
         if stage != "report" and _done(out, marker) is not None:
@@ -789,13 +860,16 @@ def main(argv=None) -> int:
             if _done(out, "data") is None:
                 _log("data: failed")
                 return 1
+        elif stage == "export_teacher":
+            _finish(out, marker, _export_teacher(args))
         elif stage in STAGE_RUNS:
-            reserve = sc["eval_reserve_s"] + (args.students_s if stage == "teacher" else 0.0)
+            reserve = 25.0 if args.teacher_only else sc["eval_reserve_s"] + (args.students_s if stage == "teacher" else 0.0)
             wall = max(20.0, end - time.time() - reserve)
             res = _run_stage(args, stage, wall, teacher_time_s=max(5.0, wall - sc["overhead_s"]) if stage == "teacher" else None)
-            _finish(out, marker, {"wall_s": time.time() - t0, "wall_budget_s": wall, "runs": {k: v is not None for k, v in res.items()}})
             if stage == "teacher" and res["teacher"] is None:
                 _log("teacher: failed, the students cannot run")
+                return 1
+            _finish(out, marker, {"wall_s": time.time() - t0, "wall_budget_s": wall, "runs": {k: v is not None for k, v in res.items()}})
         elif stage == "eval":
             proc = _spawn(_eval_worker, args)
             proc.join(max(20.0, end - time.time() - 5))

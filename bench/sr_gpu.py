@@ -394,8 +394,8 @@ def stage_report(args, out: Path, images) -> dict:
     if "dsclora" in methods and "continued" in methods:
         d, c = methods["dsclora"], methods["continued"]
         margin = d["mean"] - c["mean"]
-        verdict = {"dsclora_minus_continued_db": margin, "twice_spread_db": 2 * max(d["spread"], c["spread"]),
-                   "beats_by_more_than_twice_spread": margin > 2 * max(d["spread"], c["spread"])}
+        verdict = {"dsclora_minus_continued_db": margin, "twice_spread_db": 2 * max(d["spread"], c["spread"]), "seeds": min(d["n"], c["n"]),
+                   "beats_by_more_than_twice_spread": min(d["n"], c["n"]) >= 2 and margin > 2 * max(d["spread"], c["spread"])}
     report = {"command": "python3 bench/sr_gpu.py " + " ".join(sys.argv[1:]), "device": _device_name(args.device),
               "data": str(args.data), "scale": args.scale, "channels": args.channels, "runtime_input": list(size), "stages": stage,
               "finetunes": finetunes,
@@ -439,6 +439,8 @@ def _plot(report: dict, path: Path) -> None:
 
 def _verdict_words(v: dict) -> str:
     margin, noise = v["dsclora_minus_continued_db"], v["twice_spread_db"]
+    if v.get("seeds", 2) < 2:
+        return "one seed only: no spread, so no verdict"
     if margin > noise:
         return "DSCLoRA beats continued SPAN training by more than twice the seed spread"
     if margin < -noise:
@@ -486,6 +488,12 @@ def _markdown(r: dict) -> str:
         lines += ["", f"| model | params | FLOPs (G, 256x256 LR) | convs | runtime ms (interleaved, {h}x{w} LR) |", "|---|---|---|---|---|"]
         for name, c in r["cost"].items():
             lines.append(f"| {name} | {c['params']:,} | {c['flops_g']:.2f} | {c['convs']} | {c['runtime_ms_interleaved']:.3f} |")
+        t, d = r["cost"].get("SPAN teacher"), r["cost"].get("DSCLoRA")
+        if t and d:
+            ratio = d["runtime_ms_interleaved"] / t["runtime_ms_interleaved"]
+            same = t["params"] == d["params"] and t["flops_g"] == d["flops_g"]
+            lines += ["", f"DSCLoRA / SPAN runtime: {ratio:.4f} ({'inside' if abs(ratio - 1) <= 0.03 else 'outside'} the ±3 % bar); "
+                      f"parameters and FLOPs {'identical' if same else 'DIFFERENT'}."]
     cut = [n for n, s in st.items() if s and s["cut_short"]] + [n for n, v in ((r["finetunes"] or {}).get("runs") or {}).items() if v["cut_short"]]
     lines += ["", "Stages cut short: " + (", ".join(cut) if cut else "none") + ". Raw numbers: `docs/results/sr_gpu/report.json`; "
               "per-stage JSON and resumable checkpoints under `runs/sr_gpu/`."]

@@ -224,3 +224,15 @@ def test_plateau_stopper_stops_after_patience_epochs_without_gain():
     assert trainer.plateau == {"epoch": 4, "best": 0.5, "best_epoch": 2}
     with pytest.raises(ValueError, match="patience must be an int >= 1"):
         plateau_stopper(patience=0)
+
+
+@pytest.mark.slow
+def test_distil_from_the_shipped_teacher_weights(tiny_data, tiny_train, tmp_path):
+    """A teacher rebuilt from the shipped safetensors has no ``.nc`` attribute (ultralytics' trainer sets it); the SAD
+    trainer reads the class count from its YAML instead (this raised AttributeError before)."""
+    from lowrank_vision.plugins.multispectral_det.recipes import distill_student
+    from lowrank_vision.plugins.multispectral_det.weights import WEIGHTS_DIR, as_ultralytics_checkpoint
+
+    ckpt = as_ultralytics_checkpoint(WEIGHTS_DIR / "dlrmamba_t_teacher.safetensors", tmp_path / "teacher.pt")
+    result = distill_student(ckpt, tiny_data, DistillConfig(align_norm="relative", train=tiny_train), tmp_path, "student")
+    assert result["align_norm"] == "relative" and result["distilled"] and Path(result["checkpoint"]).is_file()

@@ -102,3 +102,19 @@ def test_state_truncation_keeps_teacher_function_when_dropped_modes_are_silent()
     teacher.record = student.record = True
     teacher(x), student(x)
     assert teacher.last_states.shape == (1, 4, 32, 8, 24) and student.last_states.shape == (1, 4, 32, 4, 24)
+
+
+def test_state_alignment_pairs_each_student_mode_with_the_teacher_mode_it_was_cut_from():
+    from lowrank_vision.plugins.multispectral_det.ss2d import teacher_state_projection
+
+    torch.manual_seed(2)
+    teacher = SS2D(16, d_state=8)
+    student = low_rank_from(teacher, 0.5, targets=("state",))  # only the state is cut: every kept mode runs as in the teacher
+    teacher.record = student.record = True
+    x = torch.randn(1, 16, 4, 6)
+    teacher(x), student(x)
+    target = teacher_state_projection(teacher.last_states, student.d_state)
+    torch.testing.assert_close(student.last_states, target, rtol=1e-5, atol=1e-6)  # P picks the right modes: zero state loss
+    wrong = teacher.last_states[..., -student.d_state:, :]  # the dropped modes: a P that pointed there would not match
+    assert (student.last_states - wrong).abs().max() > 1e-2
+    assert (student.last_output - teacher.last_output).abs().max() > 1e-4  # the output still lost the dropped (fast) modes
