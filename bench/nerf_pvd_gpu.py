@@ -50,7 +50,8 @@ import torch  # noqa: E402
 
 from lowrank_vision.core.files import save_figure, write_json, write_text  # noqa: E402
 from lowrank_vision.datasets.nerf import SceneConfig, make_scene, read_transforms  # noqa: E402
-from lowrank_vision.plugins.nerf_pvd.config import DistillConfig, FieldConfig, FitImagesConfig, RenderConfig  # noqa: E402
+from lowrank_vision.plugins.nerf_pvd.config import (SHORT_RUN_STAGE_FRACTIONS, DistillConfig, FieldConfig,  # noqa: E402
+                                                    FitImagesConfig, RenderConfig)
 from lowrank_vision.plugins.nerf_pvd.model import load_field, save_field  # noqa: E402
 from lowrank_vision.plugins.nerf_pvd.recipes import count_params, distill, evaluate, fit_images  # noqa: E402
 
@@ -93,8 +94,9 @@ SEL_S_REF = 3.0
 SCRATCH_LR_FACTOR = {"mlp": 2.0, "tensorf_vm": 2.0}
 # PVD stage boundaries as fractions of a run's steps. The paper's 2k/30k and 5k/30k leave a 30k-step run 25k steps
 # of stage 3; a run of a few hundred steps gets only a dozen point-level steps that way and spends the rest on the
-# rendered-RGB loss, which teaches no faster than images do. Here stage 1 ends at 10 % and stage 2 at 50 %.
-STAGE_FRACTIONS = (0.1, 0.5)
+# rendered-RGB loss, which teaches no faster than images do. Here stage 1 ends at 10 % and stage 2 at 50 %
+# (SHORT_RUN_STAGE_FRACTIONS: its docstring has the measurement, a test asserts it).
+STAGE_FRACTIONS = SHORT_RUN_STAGE_FRACTIONS
 # not training time at REF_BUDGET: start-up + scene (~45 s at 128 px on the GPU box), evaluations, calibrations,
 # checkpoints, the test-view figure, the report and a 25-s margin
 OVERHEAD_REF = REF_BUDGET - (3 * PLAN_REF["converge"] + 2 * PLAN_REF["pvd_main"] + 2 * 3 * SEL_S_REF + 11 * PLAN_REF["extra"])

@@ -3,6 +3,7 @@
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 
 from lowrank_vision.plugins.nerf_pvd.config import (PAPER_STAGE_FRACTIONS, SHORT_RUN_STAGE_FRACTIONS, DistillConfig, FieldConfig,
@@ -120,3 +121,18 @@ def test_short_runs_distil_better_with_longer_point_stages():
         assert info["stage_steps"] == {2: cfg.stage2_iters, 3: 60 - cfg.stage2_iters}
         scores[name] = sum(psnr(s, t) for s, t in zip(render_views(student, RIG, poses, RENDER), ref)) / 3
     assert scores["short"] > scores["paper"] + 1.0, scores
+
+
+@pytest.mark.slow
+def test_distilled_student_reproduces_the_teacher_given_enough_steps():
+    """Correctness of the whole PVD loop: 160 steps turn the analytic-ball teacher into a TensoRF student whose renders
+    match the teacher's to > 35 dB on poses it never saw (measured 37.3 dB; the untrained student is ~10 dB)."""
+    teacher = _analytic_teacher()
+    poses = random_poses(RIG, 3, torch.Generator().manual_seed(99))
+    ref = render_views(teacher, RIG, poses, RENDER)
+    cfg = cpu_distill_config("tensorf_vm", steps=160, stage_fractions=SHORT_RUN_STAGE_FRACTIONS)
+    cfg = replace(cfg, student=FieldConfig(kind="tensorf_vm", tensorf_resolution=24, tensorf_density_rank=4, tensorf_app_rank=4),
+                  render=RENDER, rays_per_step=256, poses_per_step=2, train=replace(cfg.train, progress=False, lr=3e-2))
+    student, _ = distill(teacher, RIG, cfg)
+    after = sum(psnr(s, t) for s, t in zip(render_views(student, RIG, poses, RENDER), ref)) / 3
+    assert after > 35.0, after
