@@ -50,7 +50,7 @@ from .config import DistillConfig, ExportConfig, FitImagesConfig
 from .fields import RadianceField, trunc_exp
 from .metrics import psnr, ssim
 from .model import CameraRig, build_field, random_poses, rig_from_cameras
-from .render import RenderConfig, composite, render_image, render_rays, sample_along_rays
+from .render import RenderConfig, composite, render_image, render_rays, render_teacher
 
 __all__ = ["dataset_rays", "fit_images", "distill", "evaluate", "render_views", "density_grid", "export_points", "export_mesh",
            "write_ply", "count_params"]
@@ -197,9 +197,7 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
         o, d, poses, n_pool_rays = make_rays(step, dev)
         stage = _stage(step, cfg, both)
         stages_seen[stage] = stages_seen.get(stage, 0) + 1
-        with torch.no_grad():
-            samples = sample_along_rays(teacher, o, d, render, training=True)
-            t_out = composite(teacher, o, d, samples, render.background)
+        samples, t_out = render_teacher(teacher, o, d, render, training=True)  # no grad; each sample evaluated once
         s_out = composite(model, o, d, samples, render.background)
         hit = samples["hit"]
         s_sig, t_sig = clip_density_pair(s_out["sigma_pre"][hit], t_out["sigma_pre"][hit], lo, hi)

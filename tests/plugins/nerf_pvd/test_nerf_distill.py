@@ -136,3 +136,27 @@ def test_distilled_student_reproduces_the_teacher_given_enough_steps():
     student, _ = distill(teacher, RIG, cfg)
     after = sum(psnr(s, t) for s, t in zip(render_views(student, RIG, poses, RENDER), ref)) / 3
     assert after > 35.0, after
+
+
+def test_render_teacher_matches_sampling_then_compositing_with_fewer_evaluations():
+    from lowrank_vision.plugins.nerf_pvd.render import camera_rays, composite, render_teacher, sample_along_rays
+
+    torch.manual_seed(0)
+    teacher = HashGridField(bound=1.0, levels=4, log2_table=12, max_res=32).eval().requires_grad_(False)
+    with torch.no_grad():  # a non-trivial density so that the importance samples cluster somewhere
+        teacher.embeddings.normal_(0, 1)
+    o, d = camera_rays(random_poses(RIG, 1, torch.Generator().manual_seed(3))[0], 16, 16, *RIG.intrinsics)
+    seen, volume_feature = [], teacher.volume_feature
+    teacher.volume_feature = lambda x: seen.append(x.shape[0]) or volume_feature(x)  # every evaluation, density-only too
+    torch.manual_seed(5)
+    with torch.no_grad():
+        ref_samples = sample_along_rays(teacher, o, d, RENDER, training=True)
+        ref = composite(teacher, o, d, ref_samples, 1.0)
+    n_two_calls = sum(seen)
+    seen.clear()
+    torch.manual_seed(5)
+    samples, out = render_teacher(teacher, o, d, RENDER, training=True)
+    assert torch.equal(samples["t"], ref_samples["t"])
+    for k in ("rgb", "sigma_pre", "point_rgb", "feature", "weights"):
+        assert torch.allclose(out[k], ref[k], atol=1e-5), k
+    assert (n_two_calls, sum(seen)) == (256 * (12 + 24), 256 * 24)  # 12 coarse + 12 fine samples on 256 rays
