@@ -108,6 +108,12 @@ class DistillConfig:
     """Rays per step, from random poses."""
     poses_per_step: int = 4
     """Random camera poses per step (rays are drawn from their pixels)."""
+    coarse_every: int = 1
+    """Points shared by teacher and student on each ray: all the teacher's importance samples and every
+    ``coarse_every``-th stratified one (1: all ``n_coarse + n_fine``). Larger values put the student's evaluations where
+    the teacher's weights are, as the paper's occupancy-grid renderer does, at a lower cost per step (measured on the
+    analytic-ball teacher, 12 + 12 samples, 3 vs 1: per step about 1 dB lower for tensorf_vm, within 0.7 dB either way for
+    an MLP, at 25-65 % less CPU time per run; not yet measured on a GPU, so 1 stays the default)."""
     loss_type: Literal["norm_l2", "mse"] = "norm_l2"
     """PVD's ``normL2`` = un-normalised L2 norm of the difference, or the mean squared error."""
     w_rgb: float = 1.0
@@ -149,6 +155,7 @@ class DistillConfig:
         require(self, "stage2_iters", isinstance(self.stage2_iters, int) and self.stage2_iters >= self.stage1_iters, f"an int >= stage1_iters ({self.stage1_iters})")
         require(self, "rays_per_step", isinstance(self.rays_per_step, int) and self.rays_per_step >= 1, "an int >= 1")
         require(self, "poses_per_step", isinstance(self.poses_per_step, int) and self.poses_per_step >= 1, "an int >= 1")
+        require(self, "coarse_every", isinstance(self.coarse_every, int) and self.coarse_every >= 1, "an int >= 1")
         require(self, "loss_type", self.loss_type in ("norm_l2", "mse"), "'norm_l2' or 'mse'")
         for name in ("w_rgb", "w_feature", "w_colour", "w_density", "w_tensorf_l1", "hard_points_boost"):
             require(self, name, getattr(self, name) >= 0, ">= 0")

@@ -197,7 +197,7 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
         o, d, poses, n_pool_rays = make_rays(step, dev)
         stage = _stage(step, cfg, both)
         stages_seen[stage] = stages_seen.get(stage, 0) + 1
-        samples, t_out = render_teacher(teacher, o, d, render, training=True)  # no grad; each sample evaluated once
+        samples, t_out = render_teacher(teacher, o, d, render, training=True, coarse_every=cfg.coarse_every)  # no grad
         s_out = composite(model, o, d, samples, render.background)
         hit = samples["hit"]
         s_sig, t_sig = clip_density_pair(s_out["sigma_pre"][hit], t_out["sigma_pre"][hit], lo, hi)

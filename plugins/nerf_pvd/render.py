@@ -132,12 +132,16 @@ def composite(field: RadianceField, o: Tensor, d: Tensor, samples: dict, backgro
 
 
 @torch.no_grad()
-def render_teacher(field: RadianceField, o: Tensor, d: Tensor, cfg: RenderConfig, *, training: bool = False) -> tuple[dict, dict]:
+def render_teacher(field: RadianceField, o: Tensor, d: Tensor, cfg: RenderConfig, *, training: bool = False,
+                   coarse_every: int = 1) -> tuple[dict, dict]:
     """``sample_along_rays`` then ``composite`` of a frozen field in one pass over each sample: ``(samples, outputs)``.
 
     The coarse samples' full outputs (not only their density) are kept, and the field is evaluated once more only at
     the fine samples: ``n_coarse + n_fine`` evaluations per ray instead of ``2 n_coarse + n_fine``, with the same random
     draws in the same order, so the same samples and (up to float rounding) the same outputs as the two calls.
+    ``coarse_every = k > 1``: the samples returned (and composited) are every k-th coarse sample and all the fine ones
+    (the fine ones are still drawn from all the coarse weights), so a field evaluated on them spends its points where
+    this field's weights are.
     """
     near, far, hit = near_far_cube(o, d, field.bound)
     perturb = cfg.perturb and training
@@ -148,6 +152,9 @@ def render_teacher(field: RadianceField, o: Tensor, d: Tensor, cfg: RenderConfig
         bins = torch.cat([near[:, None], mids, far[:, None]], -1)
         fine = _sample_pdf(bins, _weights(sigma, _deltas(t, far)), cfg.n_fine, perturb)
         f_sigma, f_feature, f_rgb = _evaluate(field, o, d, fine)
+        if coarse_every > 1:
+            t, sigma, rgb = t[:, ::coarse_every], sigma[:, ::coarse_every], rgb[:, ::coarse_every]
+            feature = None if feature is None else feature[:, ::coarse_every]
         t, order = torch.sort(torch.cat([t, fine], -1), -1)
         sigma = torch.cat([sigma, f_sigma], -1).gather(1, order)
         rgb = torch.cat([rgb, f_rgb], 1).gather(1, order[..., None].expand(-1, -1, 3))
