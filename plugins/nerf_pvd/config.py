@@ -113,7 +113,7 @@ class DistillConfig:
     ``coarse_every``-th stratified one (1: all ``n_coarse + n_fine``). Larger values put the student's evaluations where
     the teacher's weights are, as the paper's occupancy-grid renderer does, at a lower cost per step (measured on the
     analytic-ball teacher, 12 + 12 samples, 3 vs 1: per step about 1 dB lower for tensorf_vm, within 0.7 dB either way for
-    an MLP, at 25-65 % less CPU time per run; not yet measured on a GPU, so 1 stays the default)."""
+    an MLP, at 24-65 % less CPU time per run; not yet measured on a GPU, so 1 stays the default)."""
     loss_type: Literal["norm_l2", "mse"] = "norm_l2"
     """PVD's ``normL2`` = un-normalised L2 norm of the difference, or the mean squared error."""
     w_rgb: float = 1.0
