@@ -471,6 +471,25 @@ def first_reach(curve, target):
     return next((p["seconds"] for p in curve if p["psnr"] >= target - 1e-9), None)
 
 
+def diagnosis_row(t: str, st: str, r: dict, twin: dict, teacher) -> str:
+    """Where a speed-up comes from: steps saved (the supervision) vs the cost of a step (teacher + student)."""
+    def f(v, digits=2):
+        return "–" if v is None else f"{v:.{digits}f}"
+
+    best = max(r["curve"], key=lambda p: p["psnr"], default=None)
+    if best is None or twin["test_psnr"] is None:
+        return f"| {t} → {st} | – | – | – | – | – | – |"
+    margin = None if teacher is None or teacher["test_psnr"] is None else teacher["test_psnr"] - twin["test_psnr"]
+    hit = next((p for p in twin["curve"] if p["psnr"] >= best["psnr"] - 1e-9), None)
+    step_cost = (r["train_seconds"] / max(r["steps"], 1)) / (twin["train_seconds"] / max(twin["steps"], 1))
+    if hit is None:
+        return (f"| {t} → {st} | {f(margin)} | {best['psnr']:.2f} at step {best['step']} ({best['seconds']:.1f} s) | "
+                f"never (ends {twin['test_psnr']:.2f}) | – | {step_cost:.2f} | – |")
+    return (f"| {t} → {st} | {f(margin)} | {best['psnr']:.2f} at step {best['step']} ({best['seconds']:.1f} s) | "
+            f"step {hit['step']} ({hit['seconds']:.1f} s) | {hit['step'] / max(best['step'], 1):.1f}× | {step_cost:.2f} | "
+            f"{hit['seconds'] / max(best['seconds'], 1e-9):.1f}× |")
+
+
 def last_quarter_gain(r: dict):
     """Final test PSNR minus the PSNR at the last checkpoint at or before 75 % of the run's training seconds."""
     before = [p for p in r["curve"][:-1] if p["seconds"] <= 0.75 * r["train_seconds"] + 1e-9]
@@ -500,7 +519,7 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         return "–" if v is None else f"{v:.{digits}f}"
 
     # acceptance
-    acc_rows, within_rows, verdicts = [], [], []
+    acc_rows, within_rows, verdicts, diag_rows = [], [], [], []
     for t, st in MAIN_PAIRS:
         name = f"pvd_{t}_to_{st}"
         twin, r = scratch.get(st), res.get(name)
@@ -531,6 +550,7 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         twin_near, reach_near = first_reach(twin["curve"], near), first_reach(r["curve"], near)
         ratio = "not reached" if reach_near is None else f"{twin_near / max(reach_near, 1e-9):.1f}×"
         within_rows.append(f"| {t} → {st} | {near:.2f} | {f(twin_near, 1)} | {f(reach_near, 1)} | {ratio} |")
+        diag_rows.append(diagnosis_row(t, st, r, twin, scratch.get(t)))
     conv_rows = []
     for k in ("hash", *(st for _, st in MAIN_PAIRS)):
         r = scratch.get(k)
@@ -630,6 +650,15 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         f"| pair | target − {WITHIN_DB} dB | scratch s to it | PVD s to it | speed-up (within {WITHIN_DB} dB) |",
         "|---|---|---|---|---|",
         *within_rows,
+        "",
+        "Where the time goes (diagnosis, NOT the goal): the distilled student's best test PSNR, when its scratch twin first "
+        "reached the same PSNR, how many times fewer steps PVD needed for it (what the teacher's supervision saves), how much "
+        "a PVD step costs relative to a scratch step (teacher evaluation included), and the wall-clock ratio that results. "
+        "The teacher's margin over the twin bounds what PVD can reach: a student approaches its teacher, not the images.",
+        "",
+        "| pair | teacher − twin dB | PVD best | scratch reached it at | fewer steps | s/step PVD ÷ scratch | wall-clock ratio |",
+        "|---|---|---|---|---|---|---|",
+        *diag_rows,
         "",
         "How converged the runs under the common cap were (test PSNR at the end, and what it gained over the last quarter "
         "of the run's training seconds; ≤ 0.2 dB: plateaued):",
