@@ -151,7 +151,7 @@ class LowrankPVDModel(LowrankFieldModel):
             return {"feature_loss": c.w_feature * c.feature_decay ** self.step * _norm_loss(diff, c.loss_type)}
         occ = t_sig > c.density_clip[0]
         losses = {"density_loss": c.w_density * _norm_loss(s_sig - t_sig, c.loss_type),
-                  "colour_loss": c.w_colour * _norm_loss(s["point_rgb"][hit][occ] - t["point_rgb"][hit][occ], c.loss_type)}
+                  "colour_loss": c.colour_weight() * _norm_loss(s["point_rgb"][hit][occ] - t["point_rgb"][hit][occ], c.loss_type)}
         if stage == 3:
             losses["rgb_loss"] = c.w_rgb * _norm_loss(s["rgb"] - t["rgb"], c.loss_type)
         return losses

@@ -219,7 +219,7 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
         else:
             parts["density"] = cfg.w_density * _norm_loss(s_sig - t_sig, cfg.loss_type, point_w)
             occupied = t_sig > lo
-            parts["colour"] = cfg.w_colour * _norm_loss(s_out["point_rgb"][hit][occupied] - t_out["point_rgb"][hit][occupied],
+            parts["colour"] = cfg.colour_weight() * _norm_loss(s_out["point_rgb"][hit][occupied] - t_out["point_rgb"][hit][occupied],
                                                         cfg.loss_type)
         ray_err = (s_out["rgb"] - t_out["rgb"]).pow(2).sum(-1)
         if stage == 3:

@@ -176,3 +176,18 @@ def test_render_teacher_coarse_every_keeps_fine_samples_and_the_render():
     # the ball's render barely changes (measured 0.0009 mean |diff|, against 0.13 between the render and a white image): the
     # fine samples are where its weights are
     assert (sub["rgb"] - full["rgb"]).abs().mean() < 0.02, (sub["rgb"] - full["rgb"]).abs().mean()
+
+
+def test_mlp_student_learns_colour_faster_with_its_larger_colour_weight():
+    """The default ``mlp_colour_scale`` (x10) against the paper's equal weights (x1): measured 28.6 vs 23.4 dB, 120 steps."""
+    teacher = _analytic_teacher()
+    poses = random_poses(RIG, 3, torch.Generator().manual_seed(99))
+    ref = render_views(teacher, RIG, poses, RENDER)
+    scores = {}
+    for scale in (1.0, DistillConfig().mlp_colour_scale):
+        cfg = cpu_distill_config("mlp", steps=120, stage_fractions=SHORT_RUN_STAGE_FRACTIONS)
+        cfg = replace(cfg, student=FieldConfig(kind="mlp", mlp_width=64, mlp_depth=4), mlp_colour_scale=scale, render=RENDER,
+                      rays_per_step=256, poses_per_step=2, train=replace(cfg.train, progress=False, lr=3e-2))
+        student, _ = distill(teacher, RIG, cfg)
+        scores[scale] = sum(psnr(s, t) for s, t in zip(render_views(student, RIG, poses, RENDER), ref)) / 3
+    assert DistillConfig().mlp_colour_scale == 10.0 and scores[10.0] > scores[1.0] + 3.0, scores
