@@ -33,7 +33,7 @@ from .config import DistillConfig, FieldConfig
 from .metrics import psnr, ssim
 from .model import build_field, load_field
 from .recipes import _norm_loss, _stage, clip_density_pair
-from .render import RenderConfig, composite, render_rays, sample_along_rays
+from .render import RenderConfig, composite, render_rays, render_teacher
 
 __all__ = ["LowrankFieldModelConfig", "LowrankFieldModel", "LowrankPVDModelConfig", "LowrankPVDModel", "lowrank_field", "lowrank_pvd"]
 
@@ -135,9 +135,7 @@ class LowrankPVDModel(LowrankFieldModel):
     def get_outputs(self, ray_bundle):
         o, d = self._rays(ray_bundle)
         teacher = self.teacher[0].to(self.device)
-        with torch.no_grad():
-            samples = sample_along_rays(teacher, o, d, self.render_cfg, training=self.training)
-            t_out = composite(teacher, o, d, samples, self.render_cfg.background)
+        samples, t_out = render_teacher(teacher, o, d, self.render_cfg, training=self.training)
         s_out = composite(self.field, o, d, samples, self.render_cfg.background)
         # the tuple (not a tensor) is skipped when nerfstudio assembles full images from chunks
         return {"rgb": s_out["rgb"], "accumulation": s_out["acc"][:, None], "depth": s_out["depth"][:, None],
@@ -153,7 +151,7 @@ class LowrankPVDModel(LowrankFieldModel):
             return {"feature_loss": c.w_feature * c.feature_decay ** self.step * _norm_loss(diff, c.loss_type)}
         occ = t_sig > c.density_clip[0]
         losses = {"density_loss": c.w_density * _norm_loss(s_sig - t_sig, c.loss_type),
-                  "colour_loss": c.w_colour * _norm_loss(s["point_rgb"][hit][occ] - t["point_rgb"][hit][occ], c.loss_type)}
+                  "colour_loss": c.colour_weight() * _norm_loss(s["point_rgb"][hit][occ] - t["point_rgb"][hit][occ], c.loss_type)}
         if stage == 3:
             losses["rgb_loss"] = c.w_rgb * _norm_loss(s["rgb"] - t["rgb"], c.loss_type)
         return losses

@@ -24,7 +24,8 @@ from lowrank_vision.datasets.nerf.cameras import camera_rays
 
 from .fields import RadianceField, trunc_exp
 
-__all__ = ["RenderConfig", "camera_rays", "near_far_cube", "sample_along_rays", "composite", "render_rays", "render_image"]
+__all__ = ["RenderConfig", "camera_rays", "near_far_cube", "sample_along_rays", "composite", "render_teacher", "render_rays",
+           "render_image"]
 
 
 @dataclass(frozen=True)
@@ -108,20 +109,59 @@ def sample_along_rays(field: RadianceField, o: Tensor, d: Tensor, cfg: RenderCon
     return {"t": t.detach(), "near": near, "far": far, "hit": hit}
 
 
-def composite(field: RadianceField, o: Tensor, d: Tensor, samples: dict, background: float) -> dict:
-    """Evaluate ``field`` at the samples and composite: ``rgb [R,3]``, ``acc``, ``depth``, per-point outputs ``[R,S,...]``."""
-    t, far, hit = samples["t"], samples["far"], samples["hit"]
+def _evaluate(field: RadianceField, o: Tensor, d: Tensor, t: Tensor) -> tuple[Tensor, Optional[Tensor], Tensor]:
+    """``field`` at the points ``o + t d``: ``sigma_pre [R,S]``, ``feature [R,S,F]`` (or ``None``), ``rgb [R,S,3]``."""
     r, s = t.shape
     x = (o[:, None] + d[:, None] * t[..., None]).reshape(-1, 3)
     out = field(x, d[:, None].expand(r, s, 3).reshape(-1, 3))
-    sigma_pre = out.sigma_pre.reshape(r, s)
-    sigma_pre = torch.where(hit[:, None], sigma_pre, torch.full_like(sigma_pre, -30.0))
-    w = _weights(sigma_pre, _deltas(t, far))
-    rgb_pts = out.rgb.reshape(r, s, 3)
+    return out.sigma_pre.reshape(r, s), None if out.feature is None else out.feature.reshape(r, s, -1), out.rgb.reshape(r, s, 3)
+
+
+def _composite_points(sigma_pre: Tensor, feature: Optional[Tensor], rgb_pts: Tensor, samples: dict, background: float) -> dict:
+    t, far, hit = samples["t"], samples["far"], samples["hit"]
+    w = _weights(torch.where(hit[:, None], sigma_pre, torch.full_like(sigma_pre, -30.0)), _deltas(t, far))
     acc = w.sum(-1)
     rgb = (w[..., None] * rgb_pts).sum(1) + (1.0 - acc[:, None]) * background
-    return {"rgb": rgb, "acc": acc, "depth": (w * t).sum(-1), "weights": w, "sigma_pre": out.sigma_pre.reshape(r, s),
-            "point_rgb": rgb_pts, "feature": None if out.feature is None else out.feature.reshape(r, s, -1)}
+    return {"rgb": rgb, "acc": acc, "depth": (w * t).sum(-1), "weights": w, "sigma_pre": sigma_pre, "point_rgb": rgb_pts,
+            "feature": feature}
+
+
+def composite(field: RadianceField, o: Tensor, d: Tensor, samples: dict, background: float) -> dict:
+    """Evaluate ``field`` at the samples and composite: ``rgb [R,3]``, ``acc``, ``depth``, per-point outputs ``[R,S,...]``."""
+    return _composite_points(*_evaluate(field, o, d, samples["t"]), samples, background)
+
+
+@torch.no_grad()
+def render_teacher(field: RadianceField, o: Tensor, d: Tensor, cfg: RenderConfig, *, training: bool = False,
+                   coarse_every: int = 1) -> tuple[dict, dict]:
+    """``sample_along_rays`` then ``composite`` of a frozen field in one pass over each sample: ``(samples, outputs)``.
+
+    The coarse samples' full outputs (not only their density) are kept, and the field is evaluated once more only at
+    the fine samples: ``n_coarse + n_fine`` evaluations per ray instead of ``2 n_coarse + n_fine``, with the same random
+    draws in the same order, so the same samples and (up to float rounding) the same outputs as the two calls.
+    ``coarse_every = k > 1``: the samples returned (and composited) are every k-th coarse sample and all the fine ones
+    (the fine ones are still drawn from all the coarse weights), so a field evaluated on them spends its points where
+    this field's weights are.
+    """
+    near, far, hit = near_far_cube(o, d, field.bound)
+    perturb = cfg.perturb and training
+    t = _stratified(near, far, cfg.n_coarse, perturb)
+    sigma, feature, rgb = _evaluate(field, o, d, t)
+    if cfg.n_fine:
+        mids = 0.5 * (t[:, 1:] + t[:, :-1])
+        bins = torch.cat([near[:, None], mids, far[:, None]], -1)
+        fine = _sample_pdf(bins, _weights(sigma, _deltas(t, far)), cfg.n_fine, perturb)
+        f_sigma, f_feature, f_rgb = _evaluate(field, o, d, fine)
+        if coarse_every > 1:
+            t, sigma, rgb = t[:, ::coarse_every], sigma[:, ::coarse_every], rgb[:, ::coarse_every]
+            feature = None if feature is None else feature[:, ::coarse_every]
+        t, order = torch.sort(torch.cat([t, fine], -1), -1)
+        sigma = torch.cat([sigma, f_sigma], -1).gather(1, order)
+        rgb = torch.cat([rgb, f_rgb], 1).gather(1, order[..., None].expand(-1, -1, 3))
+        if feature is not None:
+            feature = torch.cat([feature, f_feature], 1).gather(1, order[..., None].expand(-1, -1, feature.shape[-1]))
+    samples = {"t": t, "near": near, "far": far, "hit": hit}
+    return samples, _composite_points(sigma, feature, rgb, samples, cfg.background)
 
 
 def render_rays(field: RadianceField, o: Tensor, d: Tensor, cfg: RenderConfig, *, training: bool = False,

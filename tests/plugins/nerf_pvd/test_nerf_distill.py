@@ -3,6 +3,7 @@
 import math
 from dataclasses import replace
 
+import pytest
 import torch
 
 from lowrank_vision.plugins.nerf_pvd.config import (PAPER_STAGE_FRACTIONS, SHORT_RUN_STAGE_FRACTIONS, DistillConfig, FieldConfig,
@@ -120,3 +121,73 @@ def test_short_runs_distil_better_with_longer_point_stages():
         assert info["stage_steps"] == {2: cfg.stage2_iters, 3: 60 - cfg.stage2_iters}
         scores[name] = sum(psnr(s, t) for s, t in zip(render_views(student, RIG, poses, RENDER), ref)) / 3
     assert scores["short"] > scores["paper"] + 1.0, scores
+
+
+@pytest.mark.slow
+def test_distilled_student_reproduces_the_teacher_given_enough_steps():
+    """Correctness of the whole PVD loop: 160 steps turn the analytic-ball teacher into a TensoRF student whose renders
+    match the teacher's to > 35 dB on poses it never saw (measured 37.3 dB; the untrained student is ~10 dB)."""
+    teacher = _analytic_teacher()
+    poses = random_poses(RIG, 3, torch.Generator().manual_seed(99))
+    ref = render_views(teacher, RIG, poses, RENDER)
+    cfg = cpu_distill_config("tensorf_vm", steps=160, stage_fractions=SHORT_RUN_STAGE_FRACTIONS)
+    cfg = replace(cfg, student=FieldConfig(kind="tensorf_vm", tensorf_resolution=24, tensorf_density_rank=4, tensorf_app_rank=4),
+                  render=RENDER, rays_per_step=256, poses_per_step=2, train=replace(cfg.train, progress=False, lr=3e-2))
+    student, _ = distill(teacher, RIG, cfg)
+    after = sum(psnr(s, t) for s, t in zip(render_views(student, RIG, poses, RENDER), ref)) / 3
+    assert after > 35.0, after
+
+
+def test_render_teacher_matches_sampling_then_compositing_with_fewer_evaluations():
+    from lowrank_vision.plugins.nerf_pvd.render import camera_rays, composite, render_teacher, sample_along_rays
+
+    torch.manual_seed(0)
+    teacher = HashGridField(bound=1.0, levels=4, log2_table=12, max_res=32).eval().requires_grad_(False)
+    with torch.no_grad():  # a non-trivial density so that the importance samples cluster somewhere
+        teacher.embeddings.normal_(0, 1)
+    o, d = camera_rays(random_poses(RIG, 1, torch.Generator().manual_seed(3))[0], 16, 16, *RIG.intrinsics)
+    seen, volume_feature = [], teacher.volume_feature
+    teacher.volume_feature = lambda x: seen.append(x.shape[0]) or volume_feature(x)  # every evaluation, density-only too
+    torch.manual_seed(5)
+    with torch.no_grad():
+        ref_samples = sample_along_rays(teacher, o, d, RENDER, training=True)
+        ref = composite(teacher, o, d, ref_samples, 1.0)
+    n_two_calls = sum(seen)
+    seen.clear()
+    torch.manual_seed(5)
+    samples, out = render_teacher(teacher, o, d, RENDER, training=True)
+    assert torch.equal(samples["t"], ref_samples["t"])
+    for k in ("rgb", "sigma_pre", "point_rgb", "feature", "weights"):
+        assert torch.allclose(out[k], ref[k], atol=1e-5), k
+    assert (n_two_calls, sum(seen)) == (256 * (12 + 24), 256 * 24)  # 12 coarse + 12 fine samples on 256 rays
+
+
+def test_render_teacher_coarse_every_keeps_fine_samples_and_the_render():
+    from lowrank_vision.plugins.nerf_pvd.render import camera_rays, render_teacher
+
+    teacher = _analytic_teacher()
+    o, d = camera_rays(random_poses(RIG, 1, torch.Generator().manual_seed(3))[0], 16, 16, *RIG.intrinsics)
+    torch.manual_seed(5)
+    full_samples, full = render_teacher(teacher, o, d, RENDER)
+    torch.manual_seed(5)
+    samples, sub = render_teacher(teacher, o, d, RENDER, coarse_every=3)
+    assert samples["t"].shape == (256, 12 // 3 + 12) and bool((samples["t"].diff(dim=-1) >= 0).all())
+    assert full_samples["t"].shape == (256, 24) and torch.isin(samples["t"], full_samples["t"]).all()  # a subset of them
+    # the ball's render barely changes (measured 0.0009 mean |diff|, against 0.13 between the render and a white image): the
+    # fine samples are where its weights are
+    assert (sub["rgb"] - full["rgb"]).abs().mean() < 0.02, (sub["rgb"] - full["rgb"]).abs().mean()
+
+
+def test_mlp_student_learns_colour_faster_with_its_larger_colour_weight():
+    """The default ``mlp_colour_scale`` (x10) against the paper's equal weights (x1): measured 28.6 vs 23.4 dB, 120 steps."""
+    teacher = _analytic_teacher()
+    poses = random_poses(RIG, 3, torch.Generator().manual_seed(99))
+    ref = render_views(teacher, RIG, poses, RENDER)
+    scores = {}
+    for scale in (1.0, DistillConfig().mlp_colour_scale):
+        cfg = cpu_distill_config("mlp", steps=120, stage_fractions=SHORT_RUN_STAGE_FRACTIONS)
+        cfg = replace(cfg, student=FieldConfig(kind="mlp", mlp_width=64, mlp_depth=4), mlp_colour_scale=scale, render=RENDER,
+                      rays_per_step=256, poses_per_step=2, train=replace(cfg.train, progress=False, lr=3e-2))
+        student, _ = distill(teacher, RIG, cfg)
+        scores[scale] = sum(psnr(s, t) for s, t in zip(render_views(student, RIG, poses, RENDER), ref)) / 3
+    assert DistillConfig().mlp_colour_scale == 10.0 and scores[10.0] > scores[1.0] + 3.0, scores
