@@ -15,7 +15,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Union
 
-__all__ = ["atomic_path", "atomic_dir", "replace_dir", "write_json", "write_text", "write_bytes", "append_text", "save_figure", "PathLike"]
+__all__ = ["atomic_path", "atomic_dir", "replace_dir", "write_json", "write_text", "write_bytes", "append_text", "save_figure", "write_ply",
+           "PathLike"]
 
 PathLike = Union[str, os.PathLike]
 
@@ -117,6 +118,39 @@ def append_text(path: PathLike, text: str) -> Path:
         fh.write(text)
         fh.flush()
     return path
+
+
+def write_ply(path: PathLike, points: Any, colours: Any = None, faces: Any = None, edges: Any = None) -> Path:
+    """Binary little-endian PLY, atomically: vertices ``x y z`` (float32) with ``red green blue`` (uchar) when
+    ``colours`` ``[N, 3]`` in [0, 1] are given, triangles ``faces`` ``[F, 3]`` (``vertex_indices``: uchar count +
+    3 ints) and line segments ``edges`` ``[E, 2]`` (``vertex1 vertex2``). Arrays or CPU tensors; open3d, MeshLab,
+    CloudCompare and Blender read it."""
+    import numpy as np
+
+    xyz = np.asarray(points, dtype=np.float32).reshape(-1, 3)
+    fields = [("x", "<f4"), ("y", "<f4"), ("z", "<f4")]
+    header = ["ply", "format binary_little_endian 1.0", f"element vertex {len(xyz)}",
+              "property float x", "property float y", "property float z"]
+    if colours is not None:
+        fields += [("red", "u1"), ("green", "u1"), ("blue", "u1")]
+        header += ["property uchar red", "property uchar green", "property uchar blue"]
+    vertices = np.empty(len(xyz), dtype=fields)
+    vertices["x"], vertices["y"], vertices["z"] = xyz.T
+    if colours is not None:
+        rgb = (np.clip(np.asarray(colours, dtype=np.float64).reshape(-1, 3), 0, 1) * 255 + 0.5).astype(np.uint8)
+        vertices["red"], vertices["green"], vertices["blue"] = rgb.T
+    body = [vertices.tobytes()]
+    if faces is not None:
+        tri = np.asarray(faces).reshape(-1, 3)
+        rec = np.empty(len(tri), dtype=[("n", "u1"), ("i", "<i4", 3)])
+        rec["n"], rec["i"] = 3, tri
+        header += [f"element face {len(tri)}", "property list uchar int vertex_indices"]
+        body.append(rec.tobytes())
+    if edges is not None:
+        seg = np.ascontiguousarray(np.asarray(edges).reshape(-1, 2), dtype="<i4")
+        header += [f"element edge {len(seg)}", "property int vertex1", "property int vertex2"]
+        body.append(seg.tobytes())
+    return write_bytes(path, ("\n".join(header + ["end_header"]) + "\n").encode("ascii") + b"".join(body))
 
 
 def write_json(path: PathLike, obj: Any, indent: int = 2) -> Path:

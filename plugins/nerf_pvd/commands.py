@@ -188,8 +188,10 @@ def render_cmd(checkpoint: Path, out: Path, n_frames: int = 24, elevation_deg: O
 def export_cmd(checkpoint: Path, out: Path, cfg: ExportConfig = ExportConfig(), device: str = "cpu") -> dict:
     """The field's dense regions as a PLY: a point cloud (x, y, z, red, green, blue) or, with ``cfg.kind == "mesh"``,
     the iso-surface at the density threshold (marching cubes) with vertex colours; progress bar over the grid slices."""
+    from lowrank_vision.core.files import write_ply
+
     from .model import load_field
-    from .recipes import export_mesh, export_points, write_ply
+    from .recipes import export_mesh, export_points
 
     field, fcfg, _, _ = load_field(checkpoint, device)
     common = {"checkpoint": str(checkpoint), "kind": cfg.kind, "resolution": cfg.resolution, "density_threshold": cfg.density_threshold}

@@ -40,7 +40,6 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import replace
-from pathlib import Path
 from typing import Callable, Optional
 
 import torch
@@ -57,7 +56,7 @@ from .model import CameraRig, build_field, random_poses, rig_from_cameras
 from .render import RenderConfig, composite, render_image, render_rays, render_teacher
 
 __all__ = ["dataset_rays", "fit_images", "distill", "evaluate", "render_views", "density_grid", "export_points", "export_mesh",
-           "write_ply", "count_params"]
+           "count_params"]
 
 
 def count_params(field: RadianceField) -> int:
@@ -340,28 +339,3 @@ def export_mesh(field: RadianceField, cfg: ExportConfig, progress: bool = True) 
     return verts.cpu(), torch.as_tensor(faces.astype("int64")), _colours_seen_from_above(field, verts).cpu()
 
 
-def write_ply(path: str | Path, points: Tensor, colours: Tensor, faces: Optional[Tensor] = None) -> Path:
-    """Binary little-endian PLY: vertices ``x y z`` (float) ``red green blue`` (uchar), and triangles when ``faces``
-    ``[F, 3]`` are given (``vertex_indices``: uchar count + 3 ints); written atomically."""
-    import numpy as np
-
-    from lowrank_vision.core.files import atomic_path
-
-    n = points.shape[0]
-    rec = np.empty(n, dtype=[("x", "<f4"), ("y", "<f4"), ("z", "<f4"), ("red", "u1"), ("green", "u1"), ("blue", "u1")])
-    p = points.numpy().astype(np.float32)
-    c = (colours.clamp(0, 1).numpy() * 255 + 0.5).astype(np.uint8)
-    rec["x"], rec["y"], rec["z"] = p[:, 0], p[:, 1], p[:, 2]
-    rec["red"], rec["green"], rec["blue"] = c[:, 0], c[:, 1], c[:, 2]
-    header = ("ply\nformat binary_little_endian 1.0\n"
-              f"element vertex {n}\nproperty float x\nproperty float y\nproperty float z\n"
-              "property uchar red\nproperty uchar green\nproperty uchar blue\n")
-    body = rec.tobytes()
-    if faces is not None:
-        tri = np.empty(faces.shape[0], dtype=[("n", "u1"), ("i", "<i4", 3)])
-        tri["n"], tri["i"] = 3, faces.numpy().astype(np.int32)
-        header += f"element face {faces.shape[0]}\nproperty list uchar int vertex_indices\n"
-        body += tri.tobytes()
-    with atomic_path(path) as tmp:
-        tmp.write_bytes((header + "end_header\n").encode("ascii") + body)
-    return Path(path)

@@ -2,7 +2,7 @@
 
 With open3d importable (``pip install 'lowrank-vision[tracks]'``; its libusb dependency comes from
 the ``libusb-package`` wheel where the system has none, see ``plugins/_open3d.py``) the files are written by ``open3d.io.write_point_cloud`` and
-``write_line_set``; otherwise by the plain ASCII PLY writer below, which every viewer (open3d,
+``write_line_set``; otherwise by the core's binary PLY writer (``core.files.write_ply``), which every viewer (open3d,
 MeshLab, CloudCompare, Blender) reads. :func:`ply_writer` says which one is used.
 """
 
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from lowrank_vision.core.files import atomic_path, write_text
+from lowrank_vision.core.files import atomic_path, write_ply
 from lowrank_vision.plugins._open3d import import_open3d
 
 __all__ = ["ply_writer", "write_points_ply", "write_cameras_ply", "frustum_lines", "export_frames"]
@@ -41,11 +41,7 @@ def write_points_ply(path: Path, xyz: np.ndarray, rgb: np.ndarray) -> Path:
             if not o3d.io.write_point_cloud(str(tmp), pc, write_ascii=True):
                 raise OSError(f"open3d could not write {path}")
         return path
-    c = (np.clip(rgb, 0, 1) * 255).astype(int)
-    lines = [f"{x:.6f} {y:.6f} {z:.6f} {r} {g} {b}" for (x, y, z), (r, g, b) in zip(np.asarray(xyz, float), c)]
-    header = ["ply", "format ascii 1.0", f"element vertex {len(lines)}", "property float x", "property float y",
-              "property float z", "property uchar red", "property uchar green", "property uchar blue", "end_header"]
-    return write_text(path, "\n".join(header + lines) + "\n")
+    return write_ply(path, xyz, rgb)
 
 
 def frustum_lines(R: np.ndarray, t: np.ndarray, focal: float, image_size: tuple[int, int], scale: float):
@@ -74,10 +70,7 @@ def write_cameras_ply(path: Path, R: np.ndarray, t: np.ndarray, focal: np.ndarra
             if not o3d.io.write_line_set(str(tmp), ls, write_ascii=True):
                 raise OSError(f"open3d could not write {path}")
         return path
-    header = ["ply", "format ascii 1.0", f"element vertex {len(V)}", "property float x", "property float y", "property float z",
-              f"element edge {len(E)}", "property int vertex1", "property int vertex2", "end_header"]
-    body = [f"{x:.6f} {y:.6f} {z:.6f}" for x, y, z in V] + [f"{a} {b}" for a, b in E]
-    return write_text(path, "\n".join(header + body) + "\n")
+    return write_ply(path, V, edges=E)
 
 
 def export_frames(out_dir: Path, recon: dict, visible: np.ndarray, image_size: tuple[int, int]) -> dict:

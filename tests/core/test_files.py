@@ -67,3 +67,25 @@ def test_atomic_dir_failure_keeps_old_content(tmp_path):
             raise RuntimeError("config failed")
     assert {p.name: p.read_text() for p in target.iterdir()} == {"weights": "old weights", "config": "old config"}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["adapter"]
+
+
+def test_write_ply_points_faces_and_edges_read_back_by_open3d(tmp_path):
+    """One binary PLY writer for every plugin: points with colours, a mesh's faces, a line set's edges."""
+    import numpy as np
+
+    from lowrank_vision.core.files import write_ply
+    from lowrank_vision.plugins._open3d import import_open3d
+
+    o3d = import_open3d()
+    rng = np.random.default_rng(0)
+    xyz, rgb = rng.normal(size=(50, 3)), rng.uniform(size=(50, 3))
+    cloud = o3d.io.read_point_cloud(str(write_ply(tmp_path / "points.ply", xyz, rgb)))
+    np.testing.assert_allclose(np.asarray(cloud.points), xyz, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(cloud.colors), np.round(rgb * 255) / 255, atol=1e-6)
+    faces = np.array([[0, 1, 2], [2, 3, 4]])
+    mesh = o3d.io.read_triangle_mesh(str(write_ply(tmp_path / "mesh.ply", xyz[:5], rgb[:5], faces=faces)))
+    np.testing.assert_array_equal(np.asarray(mesh.triangles), faces)
+    edges = np.array([[0, 1], [1, 2], [3, 4]])
+    lines = o3d.io.read_line_set(str(write_ply(tmp_path / "lines.ply", xyz[:5], edges=edges)))
+    np.testing.assert_array_equal(np.asarray(lines.lines), edges)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["lines.ply", "mesh.ply", "points.ply"]  # no temp file left
