@@ -60,7 +60,7 @@ def build_parser():
     p.add_argument("--ranks", nargs="+", type=int, help="ranks of the adapter methods")
     p.add_argument("--folds", type=int)
     p = add("predict", lambda a: cmd.predict(a.out, a.input, a.output, a.base, a.adapter, a.no_adapter, a.device), "segment a NIfTI")
-    p.add_argument("input", nargs="?", help="input CT in HU (.nii/.nii.gz); default: a synthetic SAH example")
+    p.add_argument("input", nargs="?", help="input CT in HU (.nii/.nii.gz or a DICOM series folder); default: a synthetic SAH example")
     p.add_argument("output", nargs="?", help="output mask (.nii.gz); default OUT/example_sah_mask.nii.gz")
     _weights(p)
     p = add("eval", lambda a: cmd.evaluate(a.out, a.data, a.base, a.adapter, a.no_adapter, a.device), "metrics on a data folder")

@@ -7,6 +7,9 @@ CT), 1 mm isotropic (``"iso"``), or a small grid for tests (``"small"``). Everyt
 ``numpy.random.default_rng([seed, domain, index, 7])``; random textures are coarse lattices of fixed
 world size interpolated at the sample points, so they do not depend on the grid either.
 
+Each head is shifted (a few mm in-plane, up to 12 mm along the table) and tilted (yaw 8, pitch 12, roll 5
+degrees at most) in the scanner, so coverage and slice positions vary between cases.
+
 Anatomy (HU): scalp 35 with a fat layer (-90); skull with outer/inner tables (~1700) and diploe
 (~700), thicker at the skull base, petrous ridges, air in the frontal/sphenoid sinuses and mastoids;
 a subarachnoid CSF layer (~8) under the inner table; cortical grey matter (38) over white matter
@@ -42,6 +45,8 @@ import torch
 
 __all__ = ["HeadCTConfig", "HEAD_PRESETS", "HEMORRHAGE_TYPES", "synthesize_head", "synthesize_chest", "write_head_dataset"]
 
+PHANTOM_VERSION = 2
+"""Bumped whenever the same (domain, index, seed, config) draws a different head (stale dataset folders are rewritten)."""
 HEMORRHAGE_TYPES = ("epidural", "subdural", "intraparenchymal", "intraventricular", "subarachnoid")
 _DOMAIN_ID = {"tbi": 1, "sah": 2}
 
@@ -147,6 +152,13 @@ class _Head:
         self.vent_scale = 0.85 + 0.5 * self.atrophy
         self.z_base = -0.42 * self.c
         self.lesions = self._draw_lesions(rng, domain, kinds)
+        # pose in the scanner: the head is shifted and tilted a little, so coverage and slice phase vary
+        yaw, pitch, roll = np.deg2rad([u(-8, 8), u(-12, 12), u(-5, 5)])
+        rz = np.array([[np.cos(yaw), -np.sin(yaw), 0], [np.sin(yaw), np.cos(yaw), 0], [0, 0, 1]])
+        rx = np.array([[1, 0, 0], [0, np.cos(pitch), -np.sin(pitch)], [0, np.sin(pitch), np.cos(pitch)]])
+        ry = np.array([[np.cos(roll), 0, np.sin(roll)], [0, 1, 0], [-np.sin(roll), 0, np.cos(roll)]])
+        self.rotation = torch.from_numpy((rz @ rx @ ry).astype(np.float32))
+        self.shift = torch.tensor([rng.normal(0, 4), rng.normal(0, 5), u(-12, 12)], dtype=torch.float32)
 
     # --- geometry helpers
     def inner_depth(self, p: torch.Tensor) -> torch.Tensor:
@@ -283,6 +295,7 @@ class _Head:
 
     def render(self, p: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(HU, blood 0/1) at world points ``p`` (N, 3) mm, before blur and noise."""
+        p = (p - self.shift) @ self.rotation  # scanner -> head coordinates (R^T (p - t))
         hu = torch.full((p.shape[0],), -1000.0)
         blood = torch.zeros(p.shape[0])
         reach = self.skull + self.scalp + 6.0
@@ -304,8 +317,13 @@ class _Head:
         diploe = bone & ~table
         hu[diploe] = 700.0 + 120.0 * self.bone_tex(p[diploe])
         inside = depth > 0
-        base = inside & (p[:, 2] < self.floor(p))  # skull base: bone with air cells
-        hu[base] = 450.0 + 300.0 * self.bone_tex(p[base])
+        floor = self.floor(p)
+        base = inside & (p[:, 2] < floor)  # skull base: a bone plate with air cells; below it soft tissue and the spine
+        plate = base & (p[:, 2] > floor - 14.0)
+        hu[plate] = 450.0 + 300.0 * self.bone_tex(p[plate])
+        neck = base & ~plate
+        hu[neck] = 42.0
+        hu[neck & (p[:, 0].abs() < 9) & (p[:, 1] > -22) & (p[:, 1] < -4)] = 500.0
         zb = self.z_base
         petrous = (_ellipsoid(p, (34, -14, zb - 6), (18, 6, 7)) <= 1) | (_ellipsoid(p, (-34, -14, zb - 6), (18, 6, 7)) <= 1)
         sinus = (_ellipsoid(p, (0, self.b - 6, zb + 2), (14, 8, 12)) <= 1) | (_ellipsoid(p, (0, 18, zb - 16), (10, 10, 9)) <= 1)
@@ -390,11 +408,12 @@ def _finish(hu: np.ndarray, cfg: HeadCTConfig, rng: np.random.Generator, head: O
     if head is not None and cfg.beam_hardening_hu > 0:
         grid = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s + c for n, s, c in zip(cfg.shape, cfg.spacing, cfg.centre_mm)],
                            indexing="ij", sparse=True)
-        r2 = (grid[0] / head.a) ** 2 + (grid[1] / head.b) ** 2 + (grid[2] / head.c) ** 2
+        t = head.shift.numpy()
+        r2 = ((grid[0] - t[0]) / head.a) ** 2 + ((grid[1] - t[1]) / head.b) ** 2 + ((grid[2] - t[2]) / head.c) ** 2
         soft = (hu > -200) & (hu < 200)
         cup = cfg.beam_hardening_hu * np.clip(1 - r2, 0, 1)
-        band = 1.5 * cfg.beam_hardening_hu * np.exp(-((grid[1] + 14) ** 2) / 50.0) * np.exp(-((grid[2] - head.z_base + 2) ** 2) / 40.0) \
-            * (np.abs(grid[0]) < 30)
+        band = 1.5 * cfg.beam_hardening_hu * np.exp(-((grid[1] - t[1] + 14) ** 2) / 50.0) \
+            * np.exp(-((grid[2] - t[2] - head.z_base + 2) ** 2) / 40.0) * (np.abs(grid[0] - t[0]) < 30)
         hu = hu - np.where(soft, cup + band, 0).astype(np.float32)
     if cfg.kernel_mm > 0:
         hu = gaussian_filter(hu, [cfg.kernel_mm / cfg.spacing[0], cfg.kernel_mm / cfg.spacing[1], 0])
@@ -494,7 +513,7 @@ def write_head_dataset(out_dir, domain: Literal["tbi", "sah"], n_cases: int, see
         raise ValueError(f"n_cases must be >= 1, got {n_cases!r}")
     cfg = HEAD_PRESETS[config] if isinstance(config, str) else config
     out = Path(out_dir)
-    want = {"generator": "lowrank_vision.datasets.ct.phantom", "domain": domain, "n_cases": int(n_cases), "seed": int(seed),
+    want = {"generator": "lowrank_vision.datasets.ct.phantom", "version": PHANTOM_VERSION, "domain": domain, "n_cases": int(n_cases), "seed": int(seed),
             "config": asdict(cfg)}
     meta_path = out / "dataset.json"
     if meta_path.is_file():

@@ -103,7 +103,9 @@ def compare(cfg: SegExperimentConfig, out: Path, base: Optional[Path] = None) ->
 
 def predict(out: Path, input: Optional[Path] = None, output: Optional[Path] = None, base: Optional[Path] = None,
             adapter: Optional[Path] = None, no_adapter: bool = False, device: str = "cpu") -> dict:
-    """Segment one NIfTI CT volume (default: a synthetic SAH example written to ``out``); the mask keeps the input's affine."""
+    """Segment one CT volume, NIfTI or DICOM series folder (default: a synthetic SAH example written to ``out``), on the
+    model's canonical grid; the mask comes back on the input's exact grid and affine, and ``warnings`` says when the
+    input does not look like a head CT or the blood volume is implausible."""
     from .recipes import segment_file
     from .weights import load_model
 
