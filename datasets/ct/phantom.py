@@ -482,54 +482,16 @@ def synthesize_chest(seed: int = 0, config: HeadCTConfig | None = None) -> np.nd
     return _store(np.clip(np.round(hu), -1024, 3071).astype(np.int16), cfg)
 
 
-def _write_case(job) -> dict:
-    out, domain, i, seed, cfg = job
-    from .readers import save_nifti
-
-    image, mask, info = synthesize_head(domain, i, seed, cfg)
-    name = f"{domain}_{i:03d}.nii.gz"
-    save_nifti(image, cfg.affine, out / "imagesTr" / name)
-    save_nifti(mask, cfg.affine, out / "labelsTr" / name)
-    return {"image": f"imagesTr/{name}", "label": f"labelsTr/{name}", **info}
-
-
-def _one_thread() -> None:
-    torch.set_num_threads(1)
-
-
 def write_head_dataset(out_dir, domain: Literal["tbi", "sah"], n_cases: int, seed: int = 0, config: HeadCTConfig | str = "small",
                        progress: bool = True, workers: int = 1):
     """Write ``imagesTr/<domain>_NNN.nii.gz``, ``labelsTr/...`` and ``dataset.json`` of realistic heads (reused when the
     same request is already there; ``workers`` > 1 draws cases in that many processes); returns ``out_dir``."""
-    import json
     from dataclasses import asdict
-    from pathlib import Path
 
-    from tqdm.auto import tqdm
+    from .synthetic import write_case_folder
 
-    from lowrank_vision.core.files import write_json
-
-    if int(n_cases) < 1:
-        raise ValueError(f"n_cases must be >= 1, got {n_cases!r}")
     cfg = HEAD_PRESETS[config] if isinstance(config, str) else config
-    out = Path(out_dir)
     want = {"generator": "lowrank_vision.datasets.ct.phantom", "version": PHANTOM_VERSION, "domain": domain, "n_cases": int(n_cases), "seed": int(seed),
             "config": asdict(cfg)}
-    meta_path = out / "dataset.json"
-    if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
-        if {k: old.get(k) for k in want} == json.loads(json.dumps(want)):
-            return out
-    (out / "imagesTr").mkdir(parents=True, exist_ok=True)
-    (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-    jobs = [(out, domain, i, int(seed), cfg) for i in range(int(n_cases))]
-    if workers > 1:
-        import multiprocessing as mp
-        from concurrent.futures import ProcessPoolExecutor
-
-        with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
-            cases = list(tqdm(pool.map(_write_case, jobs), total=len(jobs), desc=f"head CT {domain}", disable=not progress))
-    else:
-        cases = [_write_case(j) for j in tqdm(jobs, desc=f"head CT {domain}", disable=not progress)]
-    write_json(meta_path, {**want, "cases": cases}, indent=1)
-    return out
+    return write_case_folder(out_dir, want, synthesize_head, domain, n_cases, seed, cfg, progress=progress, workers=workers,
+                             desc=f"head CT {domain}")

@@ -237,29 +237,56 @@ def write_synthetic_dataset(
 
     A folder that already holds the same cases (same ``dataset.json``) is reused as is.
     """
+    cfg = config or SyntheticCTConfig()
+    want = {"generator": "lowrank_vision.datasets.ct.synthetic", "domain": domain, "n_cases": int(n_cases),
+            "seed": int(seed), "config": asdict(cfg)}
+    return write_case_folder(out_dir, want, synthesize_case, domain, n_cases, seed, cfg, progress=progress,
+                             desc=f"synthesize {domain}")
+
+
+def _write_case(job) -> dict:
+    draw, out, domain, i, seed, cfg = job
+    image, mask, info = draw(domain, i, seed, cfg)
+    name = f"{domain}_{i:03d}.nii.gz"
+    save_nifti(image, cfg.affine, out / "imagesTr" / name)
+    save_nifti(mask, cfg.affine, out / "labelsTr" / name)
+    return {"image": f"imagesTr/{name}", "label": f"labelsTr/{name}", **info}
+
+
+def _one_thread() -> None:
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def write_case_folder(out_dir, want: dict, draw, domain: str, n_cases: int, seed: int, cfg, *, progress: bool = True,
+                      workers: int = 1, desc: str = "") -> Path:
+    """The folder both CT generators write: ``imagesTr/<domain>_NNN.nii.gz``, ``labelsTr/...`` and ``dataset.json``
+    (``want`` plus each case's info); a folder whose ``dataset.json`` records the same ``want`` is reused as is.
+    ``draw(domain, i, seed, cfg) -> (image, mask, info)``, written on ``cfg.affine``; with ``workers`` > 1 the cases
+    are drawn in that many spawned processes (one torch thread each), so ``draw`` must be a module-level function."""
     from tqdm.auto import tqdm
 
     from lowrank_vision.core.files import write_json
 
     if int(n_cases) < 1:
         raise ValueError(f"n_cases must be >= 1, got {n_cases!r}")
-    cfg = config or SyntheticCTConfig()
     out = Path(out_dir)
     meta_path = out / "dataset.json"
-    want = {"generator": "lowrank_vision.datasets.ct.synthetic", "domain": domain, "n_cases": int(n_cases),
-            "seed": int(seed), "config": asdict(cfg)}
     if meta_path.is_file():
         old = json.loads(meta_path.read_text())
         if {k: old.get(k) for k in want} == json.loads(json.dumps(want)):
             return out
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-    cases = []
-    for i in tqdm(range(int(n_cases)), desc=f"synthesize {domain}", disable=not progress):
-        image, mask, info = synthesize_case(domain, i, seed, cfg)
-        name = f"{domain}_{i:03d}.nii.gz"
-        save_nifti(image, cfg.affine, out / "imagesTr" / name)
-        save_nifti(mask, cfg.affine, out / "labelsTr" / name)
-        cases.append({"image": f"imagesTr/{name}", "label": f"labelsTr/{name}", **info})
+    jobs = [(draw, out, domain, i, int(seed), cfg) for i in range(int(n_cases))]
+    if workers > 1:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(max_workers=int(workers), mp_context=mp.get_context("spawn"), initializer=_one_thread) as pool:
+            cases = list(tqdm(pool.map(_write_case, jobs), total=len(jobs), desc=desc, disable=not progress))
+    else:
+        cases = [_write_case(job) for job in tqdm(jobs, desc=desc, disable=not progress)]
     write_json(meta_path, {**want, "cases": cases}, indent=1)
     return out

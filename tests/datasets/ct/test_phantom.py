@@ -83,3 +83,21 @@ def test_real_size_presets(preset):
     img, mask, info = synthesize_head("tbi", 0, seed=0, config=preset)
     assert img.shape == cfg.shape and mask.sum() > 0
     assert 45 < np.median(img[mask > 0]) < 95
+
+
+def test_head_dataset_drawn_in_worker_processes_equals_the_sequential_one(tmp_path):
+    """write_case_folder's spawned-process path writes the same cases as the sequential path."""
+    import json
+
+    import nibabel as nib
+    import numpy as np
+
+    from lowrank_vision.datasets.ct.phantom import write_head_dataset
+
+    one = write_head_dataset(tmp_path / "one", "sah", 2, seed=3, config="small", progress=False, workers=1)
+    two = write_head_dataset(tmp_path / "two", "sah", 2, seed=3, config="small", progress=False, workers=2)
+    cases_one, cases_two = (json.loads((d / "dataset.json").read_text())["cases"] for d in (one, two))
+    assert cases_one == cases_two and len(cases_one) == 2
+    for case in cases_one:
+        for key in ("image", "label"):
+            np.testing.assert_array_equal(nib.load(one / case[key]).get_fdata(), nib.load(two / case[key]).get_fdata())
