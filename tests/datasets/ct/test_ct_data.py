@@ -12,6 +12,7 @@ from lowrank_vision.datasets.ct.readers import (
     CTSegmentationDataset, HUWindowd, blood_volume_ml, find_image_mask_pairs, load_nifti, save_mask_like, save_nifti, window_hu,
 )
 from lowrank_vision.datasets.ct.synthetic import SyntheticCTConfig, synthesize_case, write_synthetic_dataset
+from tests.datasets.ct.dicom import write_ct_series
 
 SMALL = SyntheticCTConfig(shape=(32, 32, 16), spacing=(5.6, 5.6, 10.5))
 
@@ -187,29 +188,10 @@ def test_saved_mask_keeps_affine(tmp_path):
 
 def test_dicom_series_reader(tmp_path):
     pytest.importorskip("pydicom")
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
     from lowrank_vision.datasets.ct.readers import load_dicom_series
 
-    series, study = generate_uid(), generate_uid()
     vol = (np.arange(4 * 6 * 5).reshape(4, 6, 5) % 50).astype(np.int16)  # (slice, row, col)
-    for k in range(4):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(tmp_path / f"s{k}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series, study
-        ds.Rows, ds.Columns, ds.InstanceNumber = 6, 5, k + 1
-        ds.PixelSpacing, ds.SliceThickness = [0.5, 0.5], 5.0
-        ds.ImagePositionPatient, ds.ImageOrientationPatient = [0.0, 0.0, 5.0 * k], [1, 0, 0, 0, 1, 0]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = vol[k].tobytes()
-        ds.save_as(str(tmp_path / f"s{k}.dcm"), enforce_file_format=True)
+    write_ct_series(tmp_path, vol, [0.5, 0.5], 5.0, [[0.0, 0.0, 5.0 * k] for k in range(4)], [1, 0, 0, 0, 1, 0])
     arr, affine = load_dicom_series(tmp_path)
     assert arr.shape == (5, 6, 4)
     assert float(arr.min()) == -1024.0 and float(arr.max()) == 49 - 1024

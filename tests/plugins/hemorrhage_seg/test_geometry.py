@@ -17,6 +17,7 @@ from lowrank_vision.plugins.hemorrhage_seg.config import PRESETS, UNetConfig  # 
 from lowrank_vision.plugins.hemorrhage_seg.metrics import dice  # noqa: E402
 from lowrank_vision.plugins.hemorrhage_seg.recipes import segment_file  # noqa: E402
 from lowrank_vision.plugins.hemorrhage_seg.weights import load_model  # noqa: E402
+from tests.datasets.ct.dicom import write_ct_series  # noqa: E402
 
 NATIVE = PRESETS["cpu"].data
 
@@ -100,31 +101,12 @@ def test_anisotropic_and_isotropic_inputs_are_resampled_and_mapped_back(tmp_path
 
 
 def _write_dicom_series(folder, image: np.ndarray, spacing, origin_ras):
-    """Write ``image`` (x, y, z) in RAS with voxel size ``spacing`` as an axial DICOM CT series (LPS patient frame)."""
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    folder.mkdir()
-    series, study = generate_uid(), generate_uid()
+    """Write ``image`` (x, y, z) in RAS with voxel size ``spacing`` as an axial DICOM CT series (LPS patient frame):
+    rows run along RAS +y (LPS -y), columns along RAS +x (LPS -x)."""
     sx, sy, sz = spacing
-    for k in range(image.shape[2]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.2"
-        meta.MediaStorageSOPInstanceUID = generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = FileDataset(str(folder / f"s{k:03d}.dcm"), {}, file_meta=meta, preamble=b"\0" * 128)
-        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-        ds.Modality, ds.SeriesInstanceUID, ds.StudyInstanceUID = "CT", series, study
-        ds.Rows, ds.Columns, ds.InstanceNumber = image.shape[1], image.shape[0], k + 1
-        ds.PixelSpacing, ds.SliceThickness = [sy, sx], sz  # [between rows, between columns]
-        # rows run along RAS +y (LPS -y), columns along RAS +x (LPS -x)
-        ds.ImageOrientationPatient = [-1, 0, 0, 0, -1, 0]
-        ds.ImagePositionPatient = [-origin_ras[0], -origin_ras[1], origin_ras[2] + sz * k]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
-        ds.RescaleIntercept, ds.RescaleSlope = -1024, 1
-        ds.PixelData = (image[:, :, k].T.astype(np.int32) + 1024).astype(np.int16).tobytes()  # (row = y, column = x)
-        ds.save_as(str(folder / f"s{k:03d}.dcm"), enforce_file_format=True)
+    stored = (np.moveaxis(image, 2, 0).transpose(0, 2, 1).astype(np.int32) + 1024).astype(np.int16)  # (slice, row = y, column = x)
+    positions = [[-origin_ras[0], -origin_ras[1], origin_ras[2] + sz * k] for k in range(image.shape[2])]
+    write_ct_series(folder, stored, [sy, sx], sz, positions, [-1, 0, 0, 0, -1, 0])
 
 
 def test_dicom_series_input_gives_the_same_mask_in_world_space(tmp_path, shipped):
