@@ -140,3 +140,87 @@ def test_extra_metrics_keep_the_run_eager_on_cuda():
     assert rec["captured"] is False and "extra metrics" in rec["fallback_reason"] and rec["eager_steps"] == 14
     assert losses(graphed) == pytest.approx(losses(eager), rel=1e-4, abs=1e-6)
     assert [m["abs_y"] for m in graphed.history] == pytest.approx([m["abs_y"] for m in eager.history])
+
+
+# ------------------------------------------------- the graph runner's control flow on CPU, with CUDA calls faked
+
+
+class _FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+class _FakeGraph:
+    """Stands for torch.cuda.CUDAGraph: the captured body runs once at capture (a real capture only records it)."""
+
+    replays = 0
+
+    def replay(self):
+        _FakeGraph.replays += 1
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    import contextlib
+
+    _FakeGraph.replays = 0
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+
+
+def _runner(loss_fn=mse, max_grad_norm=1.0):
+    from lowrank_vision.core.train import _WholeStepGraph
+
+    model = make_model()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    return model, _WholeStepGraph(model, opt, loss_fn, max_grad_norm)
+
+
+def _batch(n=8):
+    return tuple(data()[:n])
+
+
+def test_graph_runner_warms_up_captures_replays_and_runs_odd_batches_eagerly(fake_cuda):
+    model, runner = _runner()
+    for _ in range(3):  # warm-up: eager steps
+        loss, extra = runner.step(_batch())
+        assert loss.dim() == 0 and extra == {}
+    assert runner.record == {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 3, "fallback_reason": None}
+    runner.step(_batch())  # capture + first replay
+    assert runner.record["captured"] and runner.record["graph_steps"] == 1 and _FakeGraph.replays == 1
+    static_grads = [p.grad for p in model.parameters()]
+    assert all(g is not None for g in static_grads)  # the gradients the graph writes stay attached
+    runner.step(_batch())
+    assert runner.record["graph_steps"] == 2 and _FakeGraph.replays == 2
+    runner.step(_batch(5))  # another shape: eager, the captured gradients are put back afterwards
+    assert runner.record["eager_steps"] == 4 and _FakeGraph.replays == 2
+    assert "batch shapes changed" in runner.record["fallback_reason"]
+    assert all(p.grad is g for p, g in zip(model.parameters(), static_grads))
+    runner.step(_batch())
+    assert runner.record["graph_steps"] == 3
+
+
+def test_graph_runner_capture_error_stays_eager_with_reason(fake_cuda, monkeypatch):
+    def failing_graph(g):
+        raise RuntimeError("operation not permitted when stream is capturing")
+
+    monkeypatch.setattr(torch.cuda, "graph", failing_graph)
+    model, runner = _runner()
+    for _ in range(5):
+        runner.step(_batch())
+    rec = runner.record
+    assert rec["captured"] is False and rec["graph_steps"] == 0 and rec["eager_steps"] == 5
+    assert rec["fallback_reason"].startswith("capture failed: RuntimeError: operation not permitted")
+
+
+def test_graph_runner_gives_up_on_extra_metrics(fake_cuda):
+    model, runner = _runner(loss_fn=mse_with_extra)
+    for _ in range(5):
+        loss, extra = runner.step(_batch())
+        assert set(extra) == {"abs_y"}
+    assert runner.record["captured"] is False and runner.record["eager_steps"] == 5
+    assert "extra metrics ['abs_y']" in runner.record["fallback_reason"]
