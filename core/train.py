@@ -265,6 +265,19 @@ def graph_fallback_reason(config: TrainConfig, device_type: str, num_processes: 
     return None
 
 
+def _set_lr_kind(optimizer: torch.optim.Optimizer, device: Optional[torch.device]) -> None:
+    """Every group's lr as a 0-d tensor on ``device`` (graph mode: the captured step reads it) or, with ``None``, as a float."""
+    for group in optimizer.param_groups:
+        for key in ("lr", "initial_lr"):
+            if key not in group:
+                continue
+            value = group[key]
+            if device is not None and not isinstance(value, torch.Tensor):
+                group[key] = torch.tensor(float(value), device=device)
+            elif device is None and isinstance(value, torch.Tensor):
+                group[key] = float(value)
+
+
 def batch_signature(batch: Any) -> tuple:
     """Structure, tensor shapes/dtypes/devices and non-tensor values of a batch: a replay needs all of them equal."""
     from torch.utils._pytree import tree_flatten
@@ -416,9 +429,7 @@ def fit(
     if use_graph:  # the schedule fills a tensor lr in place, so the captured AdamW reads the current value
         optimizer = torch.optim.AdamW(list(param_groups), lr=torch.tensor(config.lr, device=accelerator.device),
                                       weight_decay=config.weight_decay, capturable=True)
-        for group in optimizer.param_groups:
-            if not isinstance(group["lr"], torch.Tensor):
-                group["lr"] = torch.tensor(float(group["lr"]), device=accelerator.device)
+        _set_lr_kind(optimizer, accelerator.device if use_graph else None)
     else:
         optimizer = torch.optim.AdamW(list(param_groups), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _StepScheduler(optimizer, config)
@@ -460,6 +471,9 @@ def fit(
             accelerator.load_state(str(ckpt))
         except Exception as exc:
             raise RuntimeError(f"cannot resume from {ckpt}: it does not match this model/optimizer ({exc})") from exc
+        # a checkpoint of the other mode holds the other kind of lr (float vs the graph's in-place tensor)
+        _set_lr_kind(optimizer.optimizer, accelerator.device if use_graph else None)
+        scheduler.sched.base_lrs = [b if use_graph else float(b) for b in scheduler.sched.base_lrs]
         if accelerator.is_main_process and out_dir is not None:
             _truncate_metrics(out_dir, step)
     else:
@@ -537,6 +551,9 @@ def fit(
         for cb in callbacks:
             cb(step, accelerator.unwrap_model(model), metrics)
     bar.close()
+    if graph is not None:  # the graph's gradient buffers go with it, as an eager run ends with no gradients
+        graph.optimizer.zero_grad(set_to_none=True)
+        graph.graph = graph.static_batch = None
     accelerator.wait_for_everyone()
     if math.isnan(last_loss) and history:
         last_loss = history[-1]["loss"]

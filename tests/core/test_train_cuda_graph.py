@@ -224,3 +224,41 @@ def test_graph_runner_gives_up_on_extra_metrics(fake_cuda):
         assert set(extra) == {"abs_y"}
     assert runner.record["captured"] is False and runner.record["eager_steps"] == 5
     assert "extra metrics ['abs_y']" in runner.record["fallback_reason"]
+
+
+def test_set_lr_kind_round_trip():
+    from lowrank_vision.core.train import _set_lr_kind
+
+    opt = torch.optim.AdamW([{"params": [nn.Parameter(torch.ones(2))], "lr": 0.5}, {"params": [nn.Parameter(torch.ones(2))]}], lr=0.25)
+    _set_lr_kind(opt, torch.device("cpu"))
+    assert [type(g["lr"]) for g in opt.param_groups] == [torch.Tensor, torch.Tensor]
+    assert [float(g["lr"]) for g in opt.param_groups] == [0.5, 0.25]
+    _set_lr_kind(opt, None)
+    assert [g["lr"] for g in opt.param_groups] == [0.5, 0.25]
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_graph_resume_from_eager_checkpoint_follows_the_schedule_on_cuda(tmp_path):
+    """An eager run's checkpoint holds float lrs; resumed in graph mode the captured step must still read the schedule."""
+    common = dict(max_steps=12, lr=5e-3, warmup_steps=2, log_every=1, progress=False)
+    straight = fit(make_model(), DataLoader(data(), batch_size=8, shuffle=True), mse, TrainConfig(**common))
+
+    class Kill(Exception):
+        pass
+
+    def stop_at_4(step, model, metrics):
+        if step == 4:
+            raise Kill
+
+    out = str(tmp_path / "run")
+    with pytest.raises(Kill):
+        fit(make_model(), DataLoader(data(), batch_size=8, shuffle=True), mse, TrainConfig(**common, output_dir=out, checkpoint_every=4),
+            callbacks=[stop_at_4])
+    resumed = fit(make_model(seed=3), DataLoader(data(), batch_size=8, shuffle=True), mse,
+                  TrainConfig(**common, output_dir=out, checkpoint_every=4, resume=True, cuda_graph=True))
+    assert resumed.cuda_graph["captured"] is True and resumed.cuda_graph["graph_steps"] == 12 - 4 - 3
+    assert [m["lr"] for m in resumed.history] == pytest.approx([m["lr"] for m in straight.history], rel=1e-6)
+    assert losses(resumed) == pytest.approx(losses(straight), rel=1e-4, abs=1e-6)
+    for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
