@@ -266,8 +266,17 @@ def graph_fallback_reason(config: TrainConfig, device_type: str, num_processes: 
 
 
 def _set_lr_kind(optimizer: torch.optim.Optimizer, device: Optional[torch.device]) -> None:
-    """Every group's lr as a 0-d tensor on ``device`` (graph mode: the captured step reads it) or, with ``None``, as a float."""
+    """Every group's lr as a 0-d tensor on ``device`` (graph mode: the captured step reads it) or, with ``None``, as a float.
+
+    For graph mode the groups are also made ``capturable`` with their ``step`` counters on ``device``: a checkpoint
+    written by an eager run brings back ``capturable=False`` groups and host step counters."""
     for group in optimizer.param_groups:
+        if device is not None and not group.get("capturable", False):
+            group["capturable"] = True
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(device=device, dtype=torch.float32)
         for key in ("lr", "initial_lr"):
             if key not in group:
                 continue

@@ -229,9 +229,14 @@ def test_graph_runner_gives_up_on_extra_metrics(fake_cuda):
 def test_set_lr_kind_round_trip():
     from lowrank_vision.core.train import _set_lr_kind
 
-    opt = torch.optim.AdamW([{"params": [nn.Parameter(torch.ones(2))], "lr": 0.5}, {"params": [nn.Parameter(torch.ones(2))]}], lr=0.25)
+    p = nn.Parameter(torch.ones(2))
+    opt = torch.optim.AdamW([{"params": [p], "lr": 0.5}, {"params": [nn.Parameter(torch.ones(2))]}], lr=0.25)
+    p.grad = torch.ones(2)
+    opt.step()  # an eager step: a host step counter, capturable=False (what an eager checkpoint brings back)
+    opt.state[p]["step"] = opt.state[p]["step"].double()
     _set_lr_kind(opt, torch.device("cpu"))
     assert [type(g["lr"]) for g in opt.param_groups] == [torch.Tensor, torch.Tensor]
+    assert all(g["capturable"] for g in opt.param_groups) and opt.state[p]["step"].dtype == torch.float32
     assert [float(g["lr"]) for g in opt.param_groups] == [0.5, 0.25]
     _set_lr_kind(opt, None)
     assert [g["lr"] for g in opt.param_groups] == [0.5, 0.25]
