@@ -1,12 +1,22 @@
 """Training-step speed and peak memory of adapters vs full fine-tuning, the frozen floor, and PEFT.
 
 One process per model: every variant is built from the same base weights and timed with the
-same loop (forward, backward, AdamW step), median over the timed steps. Results are appended
-to ``docs/bench_results.json`` (keyed by device) and ``docs/benchmarks.md`` is rewritten from
-all stored results, with ratios to full fine-tuning and to PEFT LoRA.
+same loop (forward, backward, AdamW step), median over the timed steps of a round. Rounds
+interleave the variants (``--rounds``, >= 3 for a claim); every figure and ratio is reported as
+median [min, max] over the rounds, a ratio being taken round by round (variant / reference in the
+same round). Besides wall time, a profiled pass (``bench/profile_step.py``) gives the summed device
+kernel time per step and the kernel count, so launch overhead and GPU work are reported apart
+(n/a on a CPU, where the host operators are counted instead).
 
-    python bench/adapters.py --device cpu                          # CPU sizes
-    python bench/adapters.py --device cuda --models unet3d_large,vit_b   # H200 sizes, bf16 autocast
+``--mode cuda_graph`` captures each variant's whole step (forward, backward, AdamW) once with
+``torch.cuda.graph`` after the warm-up and times replays; where that is impossible (a CPU, a capture
+error) the variant runs eagerly and its ``mode`` says why. Results are appended to
+``docs/bench_results.json`` (keyed by device and mode) and ``docs/benchmarks.md`` is rewritten
+from all stored results, with ratios to full fine-tuning and to PEFT LoRA.
+
+    python bench/adapters.py --device cpu --models unet3d_cpu,unet3d_cpu_nores --rounds 5  # CPU goal rows
+    python bench/adapters.py --device cuda --rounds 3 --models unet3d_large,vit_b   # H200 sizes, bf16 autocast
+    python bench/adapters.py --device cuda --rounds 3 --mode cuda_graph              # whole-step graphs
     python bench/adapters.py --device cuda --compile --models unet3d_large,vit_l
 """
 
@@ -31,6 +41,9 @@ from torch import nn
 
 from lowrank_vision.core.files import save_figure, write_json, write_text
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from profile_step import profile_steps  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "bench_results.json"
 REPORT = ROOT / "docs" / "benchmarks.md"
@@ -50,11 +63,11 @@ class ModelCase:
     output: Callable = field(default=lambda out: out)
 
 
-def _unet3d(channels, size, batch):
+def _unet3d(channels, size, batch, res_units=2):
     def build():
         from monai.networks.nets import UNet
 
-        return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=channels, strides=(2, 2, 2), num_res_units=2)
+        return UNet(spatial_dims=3, in_channels=1, out_channels=2, channels=channels, strides=(2, 2, 2), num_res_units=res_units)
 
     return build, (lambda dev: (torch.randn(batch, 1, size, size, size, device=dev),))
 
@@ -124,6 +137,8 @@ def cases(device: str) -> dict[str, ModelCase]:
     else:
         table = {
             "unet3d_cpu": (_unet3d((16, 32, 64, 128), 32, 2), conv3d, "MONAI UNet 3D, channels (16,32,64,128), 32^3, batch 2"),
+            "unet3d_cpu_nores": (_unet3d((16, 32, 64, 128), 32, 2, res_units=0), conv3d,
+                                 "MONAI UNet 3D without residual units, channels (16,32,64,128), 32^3, batch 2"),
             "vit_s_cpu": (_vit("vit_small_patch16_224", 2, 112), vit_targets, "timm vit_small_patch16 at 112^2, batch 2"),
             "resnet50_cpu": (_resnet50(2, 112), conv2d, "torchvision ResNet-50, 112^2, batch 2"),
         }
@@ -136,7 +151,12 @@ def cases(device: str) -> dict[str, ModelCase]:
 OUR_METHODS = ["lora", "cp_lora", "conv_lora", "dora", "cp_dora", "spline_lora", "nera"]
 
 
-def variant_names(compile_mode: bool) -> list[str]:
+MODES = ("eager", "cuda_graph")
+
+
+def variant_names(compile_mode: bool, mode: str = "eager") -> list[str]:
+    if mode == "cuda_graph":
+        return ["full", "floor", "peft_lora", "ours:lora:auto", "ours:lora:weight", "ours:cp_lora:auto", "ours:dora:auto"]
     if compile_mode:
         return ["full", "floor", "peft_lora", "ours:lora:auto", "ours:lora:weight", "ours:lora:activation"]
     names = ["full", "floor", "peft_lora", "peft_dora"]
@@ -183,26 +203,44 @@ def _first_tensor(out):
     raise TypeError(type(out))
 
 
-def time_training(model, params, inputs, device, amp_dtype, steps: int, warmup: int, floor: bool, compile_mode: bool) -> dict:
+def time_training(model, params, inputs, device, amp_dtype, steps: int, warmup: int, floor: bool, compile_mode: bool,
+                  mode: str = "eager", profile: bool = True) -> dict:
+    """Median step ms after warm-up, peak memory, the mode actually used and (``profile``) kernel time/count per step."""
     model.train()
-    optimizer = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda") if params else None
+    graph_wanted = mode == "cuda_graph" and device.type == "cuda"
+    optimizer = (torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda", capturable=graph_wanted) if params else None)
     runner = torch.compile(model) if compile_mode else model
     inputs = tuple(t.clone().requires_grad_(floor and t.is_floating_point() and i == 0) for i, t in enumerate(inputs))
 
-    def step():
+    def update():
         with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             out = _first_tensor(runner(*inputs))
         loss = out.float().square().mean()
         loss.backward()
         if optimizer is not None:
             optimizer.step()
+
+    def step():
+        update()
+        if optimizer is not None:
             optimizer.zero_grad(set_to_none=True)
         if floor:
             inputs[0].grad = None
 
     compile_start = time.perf_counter()
-    for _ in range(warmup):
-        step()
+    if graph_wanted:  # warm-up on a side stream, as torch.cuda.graph asks
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(warmup):
+                step()
+        torch.cuda.current_stream(device).wait_stream(side)
+    else:
+        for _ in range(warmup):
+            step()
+    used = "eager" if mode == "eager" else f"eager (fallback: device is {device.type}, CUDA graphs need a CUDA device)"
+    if graph_wanted:
+        step, used = capture_step(update, step, optimizer, inputs, floor, device)
     sync(device)
     warm_s = time.perf_counter() - compile_start
     if device.type == "cuda":
@@ -215,7 +253,31 @@ def time_training(model, params, inputs, device, amp_dtype, steps: int, warmup: 
         sync(device)
         times.append((time.perf_counter() - t0) * 1e3)
     peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else None
-    return {"ms": statistics.median(times), "peak_mib": peak, "warmup_s": warm_s}
+    row = {"ms": statistics.median(times), "peak_mib": peak, "warmup_s": warm_s, "mode": used}
+    if profile:
+        row.update(profile_steps(step, device, steps=min(steps, 3)))
+    return row
+
+
+def capture_step(update, eager_step, optimizer, inputs, floor, device):
+    """(replay function, "cuda_graph") for the captured ``update``; (``eager_step``, "eager (fallback: ...)") if capture fails."""
+    if optimizer is not None:
+        optimizer.zero_grad(set_to_none=True)
+    if floor:
+        inputs[0].grad = None
+    sync(device)
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            update()
+    except Exception as exc:  # e.g. a host sync inside the step: measure it eagerly and say why
+        if optimizer is not None:
+            optimizer.zero_grad(set_to_none=True)
+        if floor:
+            inputs[0].grad = None
+        sync(device)
+        return eager_step, f"eager (fallback: capture failed: {type(exc).__name__}: {str(exc)[:160]})"
+    return graph.replay, "cuda_graph"
 
 
 def time_inference(model, inputs, device, amp_dtype, steps: int) -> float:
@@ -237,7 +299,24 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
-def run_case(case: ModelCase, device, amp_dtype, steps, warmup, compile_mode, variants, inference: bool, rounds: int = 1) -> dict:
+def merge_round(previous: Optional[dict], row: dict) -> dict:
+    """Append one round's measurements to a variant's row: ``rounds_<key>`` lists, ``ms``/``kernel_ms`` = their median."""
+    if previous is not None and "error" in previous:
+        previous = None
+    merged = dict(row)
+    for key in ("ms", "kernel_ms", "cpu_op_ms"):
+        if row.get(key) is not None:
+            merged[f"rounds_{key}"] = (previous or {}).get(f"rounds_{key}", []) + [row[key]]
+            merged[key] = statistics.median(merged[f"rounds_{key}"])
+    if previous and previous.get("peak_mib") is not None and row.get("peak_mib") is not None:
+        merged["peak_mib"] = max(previous["peak_mib"], row["peak_mib"])
+    if previous and previous.get("mode") not in (None, row.get("mode")):
+        merged["mode"] = f"{previous['mode']}; then {row.get('mode')}"
+    return merged
+
+
+def run_case(case: ModelCase, device, amp_dtype, steps, warmup, compile_mode, variants, inference: bool, rounds: int = 1,
+             mode: str = "eager", profile: bool = True) -> dict:
     torch.manual_seed(0)
     base = case.build().eval()
     inputs = case.make_input(device)
@@ -246,19 +325,16 @@ def run_case(case: ModelCase, device, amp_dtype, steps, warmup, compile_mode, va
     from tqdm import tqdm
 
     # Rounds interleave the variants, so slow drift of the host (eager steps on small models are bound by
-    # the CPU that launches kernels) hits every variant alike; each variant keeps its fastest round.
+    # the CPU that launches kernels) hits every variant alike; every round is kept (rounds_*), the report
+    # gives median [min, max] and takes ratios round by round.
     for round_index in range(rounds):
         for variant in tqdm(variants, desc=f"{case.name} round {round_index + 1}/{rounds}", leave=False):
             try:
                 model, params = build_variant(variant, base, targets, inputs, device, amp_dtype)
-                row = time_training(model, params, inputs, device, amp_dtype, steps, warmup, variant == "floor", compile_mode)
+                row = time_training(model, params, inputs, device, amp_dtype, steps, warmup, variant == "floor", compile_mode,
+                                    mode, profile)
                 row["trainable"] = sum(p.numel() for p in params)
-                previous = rows.get(variant)
-                row["rounds_ms"] = (previous or {}).get("rounds_ms", []) + [row["ms"]]
-                row["ms"] = min(row["rounds_ms"])
-                if previous and previous.get("peak_mib") is not None:
-                    row["peak_mib"] = max(previous["peak_mib"], row["peak_mib"])
-                rows[variant] = row
+                rows[variant] = merge_round(rows.get(variant), row)
             except Exception as exc:  # a variant that cannot run (e.g. PEFT DoRA on an unsupported layer) is reported
                 rows[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
             finally:
@@ -286,52 +362,97 @@ def run_case(case: ModelCase, device, amp_dtype, steps, warmup, compile_mode, va
 
 
 # -- report --------------------------------------------------------------------------------------
-def _fmt_ratio(value: Optional[float]) -> str:
-    return "–" if value is None else f"{value:.2f}"
+GPU_ROWS = ("unet3d_large", "unet3d_small", "vit_b", "vit_l", "diffusers_unet", "resnet50")
+CPU_ROWS = ("unet3d_cpu", "unet3d_cpu_nores")
+MIN_ROUNDS = 3
+"""Fewer rounds than this give a number, never a claim."""
 
 
-GOAL_ROWS = ("unet3d_large", "unet3d_small", "vit_b", "vit_l")
+def rounds_of(row: Optional[dict], key: str = "ms") -> list[float]:
+    """Every round's value of ``key`` (older stored rows without ``rounds_<key>`` give their single value)."""
+    if not row or "error" in row:
+        return []
+    if row.get(f"rounds_{key}"):
+        return [float(v) for v in row[f"rounds_{key}"]]
+    return [float(row[key])] if row.get(key) is not None else []
 
 
-def _ms(rows: dict, variant: str) -> Optional[float]:
-    return rows.get(variant, {}).get("ms")
+def ratio_rounds(num: Optional[dict], den: Optional[dict], key: str = "ms") -> list[float]:
+    """``num / den`` round by round (the rounds are interleaved, so round i of both saw the same host state);
+    a single ratio of medians when the two rows do not hold the same number of rounds."""
+    a, b = rounds_of(num, key), rounds_of(den, key)
+    if not a or not b:
+        return []
+    if len(a) == len(b):
+        return [x / y for x, y in zip(a, b)]
+    return [statistics.median(a) / statistics.median(b)]
+
+
+def fmt_spread(values: list[float], digits: int = 2) -> str:
+    """``median [min, max]`` (one value alone when there is one round, "–" when none)."""
+    if not values:
+        return "–"
+    med = statistics.median(values)
+    if len(values) == 1:
+        return f"{med:.{digits}f}"
+    return f"{med:.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
+
+
+def _rows(store: dict, key: str, case: str) -> dict:
+    return store.get(key, {}).get("cases", {}).get(case, {}).get("rows", {})
 
 
 def goals_section(store: dict) -> list[str]:
-    """The issue's goals, each checked against the stored numbers (reached or not, never edited by hand)."""
-    lines = ["## Goals (checked from the numbers below)", "", "| goal | row | value | reached |", "|---|---|---|---|"]
+    """The goals of issue 17, each checked against the stored numbers (reached or not, never edited by hand).
 
-    def add(goal, row, value, limit):
-        ok = value is not None and value <= limit
-        lines.append(f"| {goal} | {row} | {'–' if value is None else f'{value:.2f}'} (limit {limit}) | {'yes' if ok else 'no'} |")
+    A goal reads the median of its per-round ratios; with fewer than ``MIN_ROUNDS`` rounds it is unclaimed."""
+    lines = ["## Goals (checked from the numbers below)", "",
+             f"Value = median [min, max] of the per-round ratios; a goal needs >= {MIN_ROUNDS} interleaved rounds to be claimed.", "",
+             "| goal | row | value | rounds | limit | reached |", "|---|---|---|---|---|---|"]
 
-    eager = store.get("cuda", {}).get("cases", {})
-    for row in GOAL_ROWS:
-        rows = eager.get(row, {}).get("rows", {})
-        full, peft = _ms(rows, "full"), _ms(rows, "peft_lora")
+    def add(goal, row, ratios, limit, note=""):
+        if not ratios:
+            status = "not measured" + (f" ({note})" if note else "")
+        elif len(ratios) < MIN_ROUNDS:
+            status = f"unclaimed ({len(ratios)} round(s))"
+        else:
+            status = "yes" if statistics.median(ratios) <= limit else "no"
+        lines.append(f"| {goal} | {row} | {fmt_spread(ratios)} | {len(ratios)} | {limit} | {status} |")
+
+    for row in GPU_ROWS:
+        rows = _rows(store, "cuda", row)
         for method in ("lora", "cp_lora"):
-            ours = _ms(rows, f"ours:{method}:auto")
-            add(f"eager {method} / full FT", row, ours / full if ours and full else None, 1.0)
-            add(f"eager {method} / PEFT LoRA", row, ours / peft if ours and peft else None, 0.55)
-        lora = _ms(rows, "ours:lora:auto")
-        for method in ("dora", "cp_dora"):
-            ours = _ms(rows, f"ours:{method}:auto")
-            add(f"eager {method} / our lora", row, ours / lora if ours and lora else None, 1.15)
-    for row, case in eager.items():
+            add(f"GPU kernel time {method} / full FT", row, ratio_rounds(rows.get(f"ours:{method}:auto"), rows.get("full"), "kernel_ms"), 0.85)
+        add("eager lora / PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("peft_lora")), 1.0)
+        add("eager dora / our lora", row, ratio_rounds(rows.get("ours:dora:auto"), rows.get("ours:lora:auto")), 1.15)
+    for row in GPU_ROWS:
+        rows = _rows(store, "cuda + cuda graph", row)
+        add("graph lora / graph full FT", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("full")), 0.9)
+        peft = rows.get("peft_lora") or {}
+        captured = peft.get("mode") == "cuda_graph"
+        add("graph lora / graph PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:auto"), peft) if captured else [], 0.7,
+            "" if captured or not peft else "PEFT not captured")
+    for row, case in store.get("cuda", {}).get("cases", {}).items():
         rows = case["rows"]
         mem, peft_mem = rows.get("ours:lora:auto", {}).get("peak_mib"), rows.get("peft_lora", {}).get("peak_mib")
-        add("peak memory lora / PEFT LoRA", row, mem / peft_mem if mem and peft_mem else None, 1.0)
-    compiled = store.get("cuda + torch.compile", {}).get("cases", {})
-    for row in ("unet3d_large", "vit_l"):
-        rows = compiled.get(row, {}).get("rows", {})
-        ours, peft, full = _ms(rows, "ours:lora:auto"), _ms(rows, "peft_lora"), _ms(rows, "full")
-        add("compiled lora / compiled PEFT LoRA", row, ours / peft if ours and peft else None, 0.6)
+        add("peak memory lora / PEFT LoRA", row, [mem / peft_mem] if mem and peft_mem else [], 1.0)
+    for row in ("unet3d_large", "vit_l"):  # the goals of the earlier compile work, kept so they stay checked
+        rows = _rows(store, "cuda + torch.compile", row)
+        add("compiled lora / compiled PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("peft_lora")), 0.6)
         if row == "vit_l":
-            add("compiled lora / compiled full FT", row, ours / full if ours and full else None, 0.8)
-    cpu_rows = store.get("cpu", {}).get("cases", {}).get("unet3d_cpu", {}).get("rows", {})
-    ours, peft = _ms(cpu_rows, "ours:lora:auto"), _ms(cpu_rows, "peft_lora")
-    add("CPU lora / PEFT LoRA", "unet3d_cpu", ours / peft if ours and peft else None, 0.7)
+            add("compiled lora / compiled full FT", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("full")), 0.8)
+    for row in CPU_ROWS:
+        rows = _rows(store, "cpu", row)
+        add("CPU lora / PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("peft_lora")), 0.7)
     return lines + [""]
+
+
+def _kernel_cells(row: dict, full: dict) -> tuple[str, str, str]:
+    if "cpu_ops" not in row and "kernels" not in row:
+        return "–", "–", "–"  # measured before the kernel accounting existed
+    if row.get("kernel_ms") is None:  # no device kernels: a CPU run; the host operators were counted instead
+        return "n/a", "n/a", f"n/a ({row['cpu_ops']:.0f} host ops)" if row.get("cpu_ops") is not None else "n/a"
+    return fmt_spread(rounds_of(row, "kernel_ms")), fmt_spread(ratio_rounds(row, full, "kernel_ms")), f"{row['kernels']:.0f}"
 
 
 def render_report(store: dict) -> str:
@@ -343,6 +464,10 @@ def render_report(store: dict) -> str:
         "weight frozen, the input requires grad (the least any adapter can cost). `ours:<method>:<strategy>`:",
         "`weight` = one op with W + dW built on the fly, `activation` = fused frozen op + low-rank path,",
         "`auto` = cost model, `tuned` = measured per layer (`lowrank_vision.core.tune.tune_strategies`).",
+        "Every figure is median [min, max] over interleaved rounds; a ratio is taken round by round.",
+        "`kernel ms` = summed device time of every kernel/memcpy of one step (profiler, `bench/profile_step.py`),",
+        "`kernels` = their count per step; wall time minus kernel time is launch and host overhead (n/a on a CPU).",
+        "`mode`: `eager`, `cuda_graph` (whole step captured once, replayed), or the eager fallback and its reason.",
         "Regenerate with the commands in each section; raw numbers are in `docs/bench_results.json`;",
         "`python bench/adapters.py --report-only` re-renders this page.",
         "",
@@ -361,24 +486,25 @@ def render_report(store: dict) -> str:
     for key, run in store.items():
         env = run["env"]
         lines += [f"## {key}", "", f"- machine: {env['machine']}", f"- versions: {env['versions']}", f"- command: `{env['command']}`",
-                  f"- precision: {env['precision']}; median of {env['steps']} timed steps after {env['warmup']} warm-up steps, "
-                  f"fastest of {env.get('rounds', 1)} interleaved round(s)", ""]
+                  f"- precision: {env['precision']}; median of {env['steps']} timed steps after {env['warmup']} warm-up steps per round, "
+                  f"{env.get('rounds', 1)} interleaved round(s)", ""]
         for case_name, case in run["cases"].items():
             rows = case["rows"]
-            full = rows.get("full", {}).get("ms")
-            peft = rows.get("peft_lora", {}).get("ms")
-            peft_mem = rows.get("peft_lora", {}).get("peak_mib")
+            full, peft = rows.get("full"), rows.get("peft_lora")
+            peft_mem = (peft or {}).get("peak_mib")
             lines += [f"### {case_name}: {case['description']} ({case['targets']} target layers)", "",
-                      "| variant | step ms | / full FT | / PEFT LoRA | peak MiB | mem / PEFT LoRA | trainable |", "|---|---|---|---|---|---|---|"]
+                      "| variant | step ms | / full FT | / PEFT LoRA | kernel ms | kernel / full FT | kernels | peak MiB | mem / PEFT LoRA | trainable | mode |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
             for variant, row in rows.items():
                 if "error" in row:
-                    lines.append(f"| {variant} | failed: {row['error']} | | | | | |")
+                    lines.append(f"| {variant} | failed: {row['error']} | | | | | | | | | |")
                     continue
-                ms = row["ms"]
                 mem = row.get("peak_mib")
+                k_ms, k_ratio, k_count = _kernel_cells(row, full)
                 lines.append(
-                    f"| {variant} | {ms:.1f} | {_fmt_ratio(ms / full if full else None)} | {_fmt_ratio(ms / peft if peft else None)} | "
-                    f"{'–' if mem is None else f'{mem:,.0f}'} | {_fmt_ratio(mem / peft_mem if mem and peft_mem else None)} | {row['trainable']:,} |"
+                    f"| {variant} | {fmt_spread(rounds_of(row), 1)} | {fmt_spread(ratio_rounds(row, full))} | {fmt_spread(ratio_rounds(row, peft))} | "
+                    f"{k_ms} | {k_ratio} | {k_count} | {'–' if mem is None else f'{mem:,.0f}'} | "
+                    f"{fmt_spread([mem / peft_mem] if mem and peft_mem else [])} | {row['trainable']:,} | {row.get('mode', 'eager')} |"
                 )
             if "inference_ms" in case:
                 inf = case["inference_ms"]
@@ -388,7 +514,7 @@ def render_report(store: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(store: dict) -> None:
+def plot(store: dict, path: Path = CHART) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -399,18 +525,19 @@ def plot(store: dict) -> None:
         return
     fig, axes = plt.subplots(len(panels), 1, figsize=(10, 2.6 * len(panels)), squeeze=False)
     for ax, (key, case, name) in zip(axes[:, 0], panels):
-        rows = {k: v for k, v in case["rows"].items() if "ms" in v}
-        full = rows.get("full", {}).get("ms", 1.0)
-        names = list(rows)
-        values = [rows[n]["ms"] / full for n in names]
+        full = case["rows"].get("full")
+        ratios = {n: ratio_rounds(r, full) for n, r in case["rows"].items()}
+        names = [n for n, v in ratios.items() if v]
+        med = [statistics.median(ratios[n]) for n in names]
+        err = [[m - min(ratios[n]) for n, m in zip(names, med)], [max(ratios[n]) - m for n, m in zip(names, med)]]
         colors = ["#999" if n in ("full", "floor") else "#d62728" if n.startswith("peft") else "#1f77b4" for n in names]
-        ax.barh(names, values, color=colors)
+        ax.barh(names, med, xerr=err, color=colors)
         ax.axvline(1.0, color="k", lw=0.8)
         ax.set_title(f"{name} [{key}]", fontsize=9)
         ax.tick_params(labelsize=7)
-        ax.set_xlabel("step time / full fine-tuning", fontsize=8)
+        ax.set_xlabel("step time / full fine-tuning (median, min-max over rounds)", fontsize=8)
     fig.tight_layout()
-    save_figure(fig, CHART, dpi=100)
+    save_figure(fig, path, dpi=100)
 
 
 def environment(device, args) -> dict:
@@ -427,7 +554,7 @@ def environment(device, args) -> dict:
         machine = f"{torch.cuda.get_device_name(device)}, " + machine
     return {"machine": machine, "versions": ", ".join(versions), "command": "python " + " ".join(sys.argv),
             "precision": "bf16 autocast" if device.type == "cuda" else "fp32", "steps": args.steps, "warmup": args.warmup,
-            "rounds": args.rounds}
+            "rounds": args.rounds, "mode": args.mode, "profiled": not args.no_profile}
 
 
 def main(argv=None) -> int:
@@ -438,11 +565,18 @@ def main(argv=None) -> int:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--warmup", type=int, default=None)
     parser.add_argument("--compile", action="store_true", help="torch.compile every variant")
-    parser.add_argument("--rounds", type=int, default=1, help="time every variant this many interleaved times, keep the fastest")
+    parser.add_argument("--rounds", type=int, default=3, help="time every variant this many interleaved times (>= 3 for a claim)")
+    parser.add_argument("--mode", choices=MODES, default="eager", help="cuda_graph: capture each variant's whole step once, time replays")
+    parser.add_argument("--no-profile", action="store_true", help="skip the profiled pass (kernel time and count)")
+    parser.add_argument("--report", default=str(REPORT), help="markdown page to write (its .png chart beside it)")
     parser.add_argument("--no-inference", action="store_true")
     parser.add_argument("--results", default=str(RESULTS))
     parser.add_argument("--report-only", action="store_true", help="re-render docs/benchmarks.md from stored results")
     args = parser.parse_args(argv)
+    if args.compile and args.mode == "cuda_graph":
+        parser.error("--compile and --mode cuda_graph are exclusive (compiled graphs: torch.compile's own reduce-overhead mode)")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
     results_path = Path(args.results)
     store = json.loads(results_path.read_text()) if results_path.is_file() else {}
     if not args.report_only:
@@ -455,19 +589,24 @@ def main(argv=None) -> int:
         unknown = [c for c in chosen if c not in all_cases]
         if unknown:
             parser.error(f"--models: unknown {unknown}; choose from {list(all_cases)}")
-        variants = args.variants.split(",") if args.variants else variant_names(args.compile)
-        key = f"{device.type}{' + torch.compile' if args.compile else ''}"
+        variants = args.variants.split(",") if args.variants else variant_names(args.compile, args.mode)
+        key = f"{device.type}{' + torch.compile' if args.compile else ''}{' + cuda graph' if args.mode == 'cuda_graph' else ''}"
         run = store.setdefault(key, {"cases": {}})
         run["env"] = environment(device, args)
         for name in chosen:
             print(f"== {name}", flush=True)
-            run["cases"][name] = run_case(all_cases[name], device, amp_dtype, args.steps, args.warmup, args.compile, variants, not args.no_inference, args.rounds)
-            for variant, row in run["cases"][name]["rows"].items():
-                print(f"  {variant:24s} {row.get('ms', float('nan')):9.2f} ms  {row.get('peak_mib') or 0:9.0f} MiB  {row.get('error', '')}", flush=True)
+            run["cases"][name] = run_case(all_cases[name], device, amp_dtype, args.steps, args.warmup, args.compile, variants,
+                                          not args.no_inference and args.mode == "eager", args.rounds, args.mode, not args.no_profile)
+            rows = run["cases"][name]["rows"]
+            for variant, row in rows.items():
+                print(f"  {variant:24s} {fmt_spread(rounds_of(row), 2):>24s} ms  / full {fmt_spread(ratio_rounds(row, rows.get('full'))):>20s}  "
+                      f"kernel {fmt_spread(rounds_of(row, 'kernel_ms'), 2) if row.get('kernel_ms') is not None else 'n/a':>20s} ms  "
+                      f"{row.get('mode', '')} {row.get('error', '')}", flush=True)
             write_json(results_path, store, indent=1)
-    write_text(REPORT, render_report(store))
-    plot(store)
-    print(f"wrote {REPORT}")
+    report = Path(args.report)
+    write_text(report, render_report(store))
+    plot(store, report.with_suffix(".png"))
+    print(f"wrote {report}")
     return 0
 
 

@@ -24,6 +24,15 @@ Choices this module makes (none of them come from a paper):
   with the same weights as an uninterrupted one. This is exact when a dataset item depends only on
   its index (model-side randomness such as dropout is restored); random augmentations drawn from
   the global RNG inside ``__getitem__`` or in loader workers are not replayed exactly.
+* ``cuda_graph=True`` captures the whole optimizer step (forward, backward, gradient clipping, AdamW
+  with ``capturable=True`` and a tensor learning rate that the schedule fills in place) once in a
+  ``torch.cuda.graph`` after ``_GRAPH_WARMUP`` eager steps on a side stream, then replays it with each batch
+  copied into the captured (static) input tensors. Eager steps are used instead, and the reason is
+  recorded in ``TrainResult.cuda_graph``, on a CPU, with several processes (DDP), with ``grad_accum > 1``,
+  with fp16 (the gradient scaler's skipped steps are host decisions), when ``loss_fn`` returns extra
+  metrics (host floats), when the capture raises, and for any batch whose tensor shapes/dtypes differ
+  from the captured one (only that batch; e.g. a short last batch). In graph mode a non-finite loss is
+  detected after that step's update (the check needs the host), not before it.
 * Metrics (``step``, ``loss``, ``lr``, anything ``loss_fn`` returns, ``eval_*`` from ``eval_fn``)
   are appended, one JSON object per line, to ``output_dir/metrics.jsonl``; on resume, lines past
   the checkpoint's step (written by the interrupted run) are dropped first.
@@ -90,6 +99,8 @@ class TrainConfig:
     """How many checkpoints to keep (older ones are deleted; 0 keeps all)."""
     eval_every: int = 0
     """Call ``eval_fn`` every N optimizer steps (0: only after the last step)."""
+    cuda_graph: bool = False
+    """Replay the whole optimizer step as one captured CUDA graph (static shapes; eager fallback, see the module docstring)."""
 
     def __post_init__(self) -> None:
         require(self, "max_steps", isinstance(self.max_steps, int) and self.max_steps >= 1, "an int >= 1")
@@ -104,6 +115,7 @@ class TrainConfig:
         require(self, "log_every", isinstance(self.log_every, int) and self.log_every >= 1, "an int >= 1")
         require(self, "keep_last", isinstance(self.keep_last, int) and self.keep_last >= 0, "an int >= 0")
         require(self, "eval_every", isinstance(self.eval_every, int) and self.eval_every >= 0, "an int >= 0")
+        require(self, "cuda_graph", isinstance(self.cuda_graph, bool), "a bool")
         if (self.checkpoint_every or self.resume) and self.output_dir is None:
             raise ValueError("TrainConfig.output_dir must be set when checkpoint_every > 0 or resume=True")
 
@@ -120,6 +132,9 @@ class TrainResult:
     """Every metrics line written (one dict per logged step)."""
     model: Optional[nn.Module] = None
     """The trained model, unwrapped from DDP/autocast."""
+    cuda_graph: dict = field(default_factory=dict)
+    """Whole-step graph record: ``requested``, ``captured``, ``graph_steps``, ``eager_steps``, ``fallback_reason``
+    (why the run, or its first eager batch after capture, was not replayed; ``None`` when every step after warm-up was)."""
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -218,11 +233,158 @@ def _new_accelerator(config: TrainConfig):
         GradientState._reset_state()
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         raise ValueError("TrainConfig.mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU")
+    from accelerate.utils import AutocastKwargs
+
     return Accelerator(
         cpu=config.cpu,
         mixed_precision=config.mixed_precision,
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=config.seed),
+        # autocast's cast cache holds tensors made outside the capture; a captured graph must not rely on it
+        kwargs_handlers=[AutocastKwargs(cache_enabled=False)] if config.cuda_graph else [],
     )
+
+
+# ----------------------------------------------------------------------------- whole-step CUDA graph
+
+_GRAPH_WARMUP = 3
+"""Eager steps on a side stream before the capture (lazy state: optimizer moments, cuBLAS workspaces, autotuning)."""
+
+
+def graph_fallback_reason(config: TrainConfig, device_type: str, num_processes: int) -> Optional[str]:
+    """Why a run cannot use a whole-step CUDA graph at all (``None``: it can, or it was not asked for)."""
+    if not config.cuda_graph:
+        return None
+    if device_type != "cuda":
+        return f"device is {device_type}: CUDA graphs need a CUDA device"
+    if num_processes > 1:
+        return f"{num_processes} processes: the whole-step graph is single-process (DDP's reducer is not captured)"
+    if config.grad_accum > 1:
+        return f"grad_accum={config.grad_accum}: the captured step holds one micro-batch"
+    if config.mixed_precision == "fp16":
+        return "mixed_precision='fp16': the gradient scaler decides on the host whether a step is skipped"
+    return None
+
+
+def _set_lr_kind(optimizer: torch.optim.Optimizer, device: Optional[torch.device]) -> None:
+    """Every group's lr as a 0-d tensor on ``device`` (graph mode: the captured step reads it) or, with ``None``, as a float.
+
+    For graph mode the groups are also made ``capturable`` with their ``step`` counters on ``device``: a checkpoint
+    written by an eager run brings back ``capturable=False`` groups and host step counters."""
+    for group in optimizer.param_groups:
+        if device is not None and not group.get("capturable", False):
+            group["capturable"] = True
+            for param in group["params"]:
+                state = optimizer.state.get(param, {})
+                if isinstance(state.get("step"), torch.Tensor):
+                    state["step"] = state["step"].to(device=device, dtype=torch.float32)
+        for key in ("lr", "initial_lr"):
+            if key not in group:
+                continue
+            value = group[key]
+            if device is not None and not isinstance(value, torch.Tensor):
+                group[key] = torch.tensor(float(value), device=device)
+            elif device is None and isinstance(value, torch.Tensor):
+                group[key] = float(value)
+
+
+def batch_signature(batch: Any) -> tuple:
+    """Structure, tensor shapes/dtypes/devices and non-tensor values of a batch: a replay needs all of them equal."""
+    from torch.utils._pytree import tree_flatten
+
+    leaves, spec = tree_flatten(batch)
+    return (str(spec),) + tuple(
+        (tuple(x.shape), str(x.dtype), str(x.device)) if isinstance(x, torch.Tensor) else ("value", repr(x)) for x in leaves
+    )
+
+
+class _WholeStepGraph:
+    """Warm-up, capture and replay of forward + backward + clipping + optimizer step (see the module docstring)."""
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, max_grad_norm: Optional[float]):
+        self.model, self.optimizer, self.loss_fn, self.max_grad_norm = model, optimizer, loss_fn, max_grad_norm
+        self.params = [p for g in optimizer.param_groups for p in g["params"]]
+        self.warmup_left = _GRAPH_WARMUP
+        self.graph: Optional[torch.cuda.CUDAGraph] = None
+        self.static_batch = self.static_loss = self.signature = None
+        self.given_up = False
+        self.record = {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 0, "fallback_reason": None}
+
+    def _update(self, loss: torch.Tensor) -> None:
+        loss.backward()
+        if self.max_grad_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.params, self.max_grad_norm, foreach=True)
+        self.optimizer.step()
+
+    def _eager(self, batch: Any, note: Optional[str] = None) -> tuple[torch.Tensor, dict]:
+        if note is not None and self.record["fallback_reason"] is None:
+            self.record["fallback_reason"] = note
+        self.record["eager_steps"] += 1
+        loss, extra = _as_loss(self.loss_fn(self.model, batch))
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"loss is {loss.item()}")
+        self._update(loss)
+        self.optimizer.zero_grad(set_to_none=True)
+        if extra and self.graph is None and not self.given_up:
+            self.given_up = True
+            self.record["fallback_reason"] = f"loss_fn returns extra metrics {sorted(extra)} (host floats cannot be captured)"
+        return loss.detach().float(), extra
+
+    def step(self, batch: Any) -> tuple[torch.Tensor, dict]:
+        """One optimizer step on ``batch``: returns (the loss as a 0-d float tensor, extra metrics)."""
+        if self.given_up:
+            return self._eager(batch)
+        if self.graph is None and self.warmup_left > 0:
+            self.warmup_left -= 1
+            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                out = self._eager(batch)
+            main.wait_stream(side)
+            return out
+        signature = batch_signature(batch)
+        if self.graph is None:
+            try:
+                self._capture(batch, signature)
+            except Exception as exc:  # an op that cannot be captured: stay eager for the whole run
+                self.graph, self.given_up = None, True
+                self.optimizer.zero_grad(set_to_none=True)
+                torch.cuda.synchronize()
+                self.record["fallback_reason"] = f"capture failed: {type(exc).__name__}: {str(exc)[:300]}"
+                return self._eager(batch)
+        elif signature != self.signature:
+            static_grads = [p.grad for p in self.params]
+            for p in self.params:
+                p.grad = None
+            out = self._eager(batch, f"batch shapes changed after capture: {signature[1:]} vs captured {self.signature[1:]}")
+            for p, g in zip(self.params, static_grads):
+                p.grad = g
+            return out
+        else:
+            from torch.utils._pytree import tree_leaves
+
+            for static, new in zip(tree_leaves(self.static_batch), tree_leaves(batch)):
+                if isinstance(static, torch.Tensor):
+                    static.copy_(new, non_blocking=True)
+        self.graph.replay()
+        self.record["graph_steps"] += 1
+        loss = self.static_loss.clone()
+        if not torch.isfinite(loss):
+            raise FloatingPointError(f"loss is {loss.item()} (the captured step has already applied its update)")
+        return loss, {}
+
+    def _capture(self, batch: Any, signature: tuple) -> None:
+        from torch.utils._pytree import tree_map
+
+        self.static_batch = tree_map(lambda x: x.clone() if isinstance(x, torch.Tensor) else x, batch)
+        self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients inside the graph's pool
+        torch.cuda.synchronize()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            loss, extra = _as_loss(self.loss_fn(self.model, self.static_batch))
+            self._update(loss)
+            self.static_loss = loss.detach().float()
+        self.graph, self.signature = graph, signature
+        self.record["captured"] = True
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -271,7 +433,14 @@ def fit(
         if not params:
             raise ValueError("model has no parameter with requires_grad=True; nothing to train")
         param_groups = [{"params": params}]
-    optimizer = torch.optim.AdamW(list(param_groups), lr=config.lr, weight_decay=config.weight_decay)
+    graph_reason = graph_fallback_reason(config, accelerator.device.type, accelerator.num_processes)
+    use_graph = config.cuda_graph and graph_reason is None
+    if use_graph:  # the schedule fills a tensor lr in place, so the captured AdamW reads the current value
+        optimizer = torch.optim.AdamW(list(param_groups), lr=torch.tensor(config.lr, device=accelerator.device),
+                                      weight_decay=config.weight_decay, capturable=True)
+        _set_lr_kind(optimizer, accelerator.device if use_graph else None)
+    else:
+        optimizer = torch.optim.AdamW(list(param_groups), lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _StepScheduler(optimizer, config)
     model.__dict__.pop("_is_accelerate_prepared", None)  # left by an earlier accelerator (e.g. a copied model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
@@ -311,6 +480,9 @@ def fit(
             accelerator.load_state(str(ckpt))
         except Exception as exc:
             raise RuntimeError(f"cannot resume from {ckpt}: it does not match this model/optimizer ({exc})") from exc
+        # a checkpoint of the other mode holds the other kind of lr (float vs the graph's in-place tensor)
+        _set_lr_kind(optimizer.optimizer, accelerator.device if use_graph else None)
+        scheduler.sched.base_lrs = [b if use_graph else float(b) for b in scheduler.sched.base_lrs]
         if accelerator.is_main_process and out_dir is not None:
             _truncate_metrics(out_dir, step)
     else:
@@ -332,13 +504,20 @@ def fit(
         raw.train(was_training)
         metrics.update({f"eval_{k}": float(v) for k, v in values.items()})
 
+    graph = _WholeStepGraph(model, optimizer.optimizer, loss_fn, config.max_grad_norm) if use_graph else None
+    eager_steps_before = step
     bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True)
     running, last_loss = None, float("nan")
     model.train()
     while step < config.max_steps:
         loss_sum = torch.zeros((), device=accelerator.device)
         extras: dict[str, float] = {}
-        for micro in range(config.grad_accum):
+        lr = float(scheduler.get_last_lr()[0])
+        if graph is not None:
+            consumed += 1
+            loss_sum, extra = graph.step(next_batch())
+            extras = {k: float(v) for k, v in extra.items()}
+        for micro in range(config.grad_accum if graph is None else 0):
             batch = next_batch()
             consumed += 1
             sync = micro == config.grad_accum - 1
@@ -351,13 +530,14 @@ def fit(
             loss_sum += loss.detach().float()
             for k, v in extra.items():
                 extras[k] = extras.get(k, 0.0) + float(v) / config.grad_accum
-        if config.max_grad_norm is not None:
-            accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
+        if graph is None:
+            if config.max_grad_norm is not None:
+                accelerator.clip_grad_norm_(model.parameters(), config.max_grad_norm)
+            optimizer.step()
         if not accelerator.optimizer_step_was_skipped:
             scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        if graph is None:
+            optimizer.zero_grad(set_to_none=True)
         step += 1
 
         local = (loss_sum / config.grad_accum).item()
@@ -380,6 +560,9 @@ def fit(
         for cb in callbacks:
             cb(step, accelerator.unwrap_model(model), metrics)
     bar.close()
+    if graph is not None:  # the graph's gradient buffers go with it, as an eager run ends with no gradients
+        graph.optimizer.zero_grad(set_to_none=True)
+        graph.graph = graph.static_batch = None
     accelerator.wait_for_everyone()
     if math.isnan(last_loss) and history:
         last_loss = history[-1]["loss"]
@@ -389,7 +572,13 @@ def fit(
     trained.__dict__.pop("_is_accelerate_prepared", None)
     if getattr(trained.__dict__.get("forward"), "__func__", None) is type(trained).forward:
         del trained.__dict__["forward"]
-    return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=trained)
+    if graph is not None:
+        graph_record = graph.record
+    else:
+        graph_record = {"requested": config.cuda_graph}
+        if config.cuda_graph:
+            graph_record.update(captured=False, graph_steps=0, eager_steps=step - eager_steps_before, fallback_reason=graph_reason)
+    return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=trained, cuda_graph=graph_record)
 
 
 def _save_checkpoint(accelerator, out_dir: Path, config: TrainConfig, step: int, consumed: int, history: list) -> None:

@@ -111,3 +111,105 @@ def test_tuning_leaves_no_gradients_behind():
     tune_strategies(model, torch.randn(2, 3, 8, 8), repeats=1)
     assert torch.equal(model[0].root.bias.grad, torch.ones_like(model[0].root.bias))
     assert all(p.grad is None for n, p in model.named_parameters() if n != "0.base_layer.bias"), "gradients left by timing"
+
+
+# --------------------------------------------------------------------- bench accounting (bench/adapters.py)
+
+
+def _bench():
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench_dir = str(Path(__file__).resolve().parents[2] / "bench")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    return importlib.import_module("adapters"), importlib.import_module("profile_step")
+
+
+def test_summarize_records_per_step_kernel_time_and_count():
+    _, prof = _bench()
+    R = prof.Record
+    records = [R("kernel", "gemm", 100.0), R("kernel", "gemm", 300.0), R("kernel", "Memcpy HtoD", 20.0), R("kernel", "relu", 80.0),
+               R("cpu_op", "aten::mm", 50.0), R("cpu_op", "aten::relu", 10.0)]
+    out = prof.summarize_records(records, steps=2)
+    assert out == pytest.approx({"kernel_ms": 0.25, "kernels": 2.0, "cpu_op_ms": 0.03, "cpu_ops": 1.0})
+    cpu_only = prof.summarize_records([R("cpu_op", "aten::mm", 40.0)], steps=1)
+    assert cpu_only["kernel_ms"] is None and cpu_only["kernels"] is None and cpu_only["cpu_ops"] == 1.0
+    with pytest.raises(ValueError, match="steps must be >= 1"):
+        prof.summarize_records(records, steps=0)
+
+
+def test_profile_steps_on_cpu_counts_host_ops_and_no_kernels():
+    _, prof = _bench()
+    layer = nn.Linear(16, 16)
+    x = torch.randn(4, 16)
+
+    def step():
+        layer(x).square().mean().backward()
+
+    out = prof.profile_steps(step, torch.device("cpu"), steps=2)
+    assert out["kernel_ms"] is None and out["kernels"] is None
+    assert out["cpu_ops"] >= 3 and out["cpu_op_ms"] > 0  # linear, square, mean (+ backward) per step
+
+
+def test_rounds_merge_and_ratios_round_by_round():
+    adapters, _ = _bench()
+    row = None
+    for ms, k in ((10.0, 4.0), (14.0, 5.0), (12.0, 6.0)):
+        row = adapters.merge_round(row, {"ms": ms, "kernel_ms": k, "peak_mib": ms, "mode": "eager"})
+    assert row["rounds_ms"] == [10.0, 14.0, 12.0] and row["ms"] == 12.0 and row["kernel_ms"] == 5.0 and row["peak_mib"] == 14.0
+    full = {"rounds_ms": [20.0, 20.0, 30.0]}
+    assert adapters.ratio_rounds(row, full) == pytest.approx([0.5, 0.7, 0.4])
+    assert adapters.fmt_spread(adapters.ratio_rounds(row, full)) == "0.50 [0.40, 0.70]"
+    assert adapters.ratio_rounds(row, {"ms": 24.0}) == pytest.approx([0.5])  # unpaired rounds: ratio of medians
+    assert adapters.ratio_rounds(row, {"error": "x"}) == [] and adapters.fmt_spread([]) == "–"
+
+
+def _store(rounds_ours, rounds_peft):
+    rows = {"ours:lora:auto": {"rounds_ms": rounds_ours, "trainable": 1, "cpu_ops": 3.0, "kernel_ms": None},
+            "peft_lora": {"rounds_ms": rounds_peft, "trainable": 1, "cpu_ops": 5.0, "kernel_ms": None}}
+    env = {"machine": "m", "versions": "v", "command": "c", "precision": "fp32", "steps": 1, "warmup": 1, "rounds": len(rounds_ours)}
+    return {"cpu": {"env": env, "cases": {"unet3d_cpu": {"description": "d", "targets": 1, "rows": rows}}}}
+
+
+def test_goal_needs_three_rounds_and_reads_the_median():
+    adapters, _ = _bench()
+    goal = [line for line in adapters.goals_section(_store([6.0, 9.0, 6.5], [10.0, 10.0, 10.0])) if "| unet3d_cpu |" in line]
+    assert goal == ["| CPU lora / PEFT LoRA | unet3d_cpu | 0.65 [0.60, 0.90] | 3 | 0.7 | yes |"]
+    goal = [line for line in adapters.goals_section(_store([8.0, 9.0, 6.5], [10.0, 10.0, 10.0])) if "| unet3d_cpu |" in line]
+    assert goal[0].endswith("| 3 | 0.7 | no |")
+    goal = [line for line in adapters.goals_section(_store([6.0, 6.0], [10.0, 10.0])) if "| unet3d_cpu |" in line]
+    assert goal[0].endswith("| 2 | 0.7 | unclaimed (2 round(s)) |")
+    page = adapters.render_report(_store([6.0, 9.0, 6.5], [10.0, 10.0, 10.0]))
+    assert "| ours:lora:auto | 6.5 [6.0, 9.0] | – | 0.65 [0.60, 0.90] | n/a | n/a | n/a (3 host ops) |" in page
+
+
+def test_cuda_graph_mode_falls_back_on_cpu_with_reason():
+    adapters, _ = _bench()
+    torch.manual_seed(0)
+    model = small_net()
+    params = list(model.parameters())
+    before = [p.detach().clone() for p in params]
+    row = adapters.time_training(model, params, (torch.randn(2, 3, 8, 8),), torch.device("cpu"), None, steps=2, warmup=1,
+                                 floor=False, compile_mode=False, mode="cuda_graph", profile=True)
+    assert row["mode"].startswith("eager (fallback: device is cpu")
+    assert row["ms"] > 0 and row["kernel_ms"] is None and row["cpu_ops"] > 0
+    assert any(not torch.equal(a, b) for a, b in zip(before, params)), "the fallback must still train"
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_graph_mode_captures_ours_and_peft_on_cuda():
+    adapters, _ = _bench()
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    base = small_net().eval()
+    inputs = (torch.randn(4, 3, 8, 8, device=device),)
+    targets = [n for n, m in base.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    for variant in ("full", "peft_lora", "ours:lora:auto", "ours:cp_lora:auto", "floor"):
+        model, params = adapters.build_variant(variant, base, targets, inputs, device, torch.bfloat16)
+        row = adapters.time_training(model, params, inputs, device, torch.bfloat16, steps=3, warmup=2, floor=variant == "floor",
+                                     compile_mode=False, mode="cuda_graph", profile=True)
+        assert row["mode"] == "cuda_graph", (variant, row["mode"])
+        assert row["kernel_ms"] > 0 and row["kernels"] >= 3, (variant, row)
