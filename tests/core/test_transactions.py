@@ -9,48 +9,10 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from lowrank_vision.core import adapter_layers, apply, import_peft, load, save
-from lowrank_vision.core.adapters import base as adapter_base
 
-from .cases import randomize_adapter
-from .test_inject_io import PeftNet, SmallConvNet
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "types": [(n, type(m)) for n, m in model.named_modules(remove_duplicate=False)],
-        "grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
-        "attrs": sorted(model.__dict__),
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    assert after["types"] == before["types"]
-    assert after["grad"] == before["grad"]
-    assert after["attrs"] == before["attrs"]
-    assert after["state"].keys() == before["state"].keys()
-    for key, value in before["state"].items():
-        assert torch.equal(after["state"][key], value), key
-
-
-class FailAt:
-    """Make the ``k``-th adapter construction raise (``AdapterLayer.__init__`` runs once per wrapped layer)."""
-
-    def __init__(self, monkeypatch, k: int):
-        self.k, self.calls = k, 0
-        original = adapter_base.AdapterLayer.__init__
-
-        def init(layer, *args, **kwargs):
-            if self.calls == self.k:
-                raise RuntimeError(f"injected failure at layer {self.k}")
-            self.calls += 1
-            original(layer, *args, **kwargs)
-
-        monkeypatch.setattr(adapter_base.AdapterLayer, "__init__", init)
+from .cases import FailAt, PeftNet, SmallConvNet, assert_unchanged, randomize_adapter, snapshot
 
 
 # SmallConvNet has five layers the conv-capable methods wrap; the paper's NeRA (KAN form) wraps four of them
