@@ -165,3 +165,15 @@ class FailAt:
             original(layer, *args, **kwargs)
 
         monkeypatch.setattr(adapter_base.AdapterLayer, "__init__", init)
+
+
+def train_losses(model: nn.Module, opt, x, y, steps: int) -> list[float]:
+    """``steps`` full-batch cross-entropy steps of ``opt``; the loss before each step (the optimizer tests)."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
