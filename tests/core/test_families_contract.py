@@ -1,11 +1,12 @@
-"""The every-method tests whose method lists are written out (failed-apply transactions, option errors,
+"""The every-method tests whose method lists are written out (option errors, load into another shape,
 ``torch.compile``, shared modules), run for the families of issue 20; the gradient comparison across
-strategies runs them in ``test_gradients.py`` (its ``DELTA_METHODS`` table names them).
+strategies and the failed-apply transaction run them in ``test_gradients.py`` and
+``test_transactions.py`` (their tables name them; the last test here checks that).
 
-Excluded there, with the reason: ``noble`` and ``flylora`` (nonlinear in the input, they have one
-execution path, so there is nothing to compare; ``weight`` is refused, tested below) and ``sltrain`` in
-its default ``mode="replace"`` with the wrapped weight trainable (the dense weight is not used in that
-mode, so it gets no gradient by design; its bias is compared in
+Excluded from the gradient table, with the reason: ``noble`` and ``flylora`` (nonlinear in the input,
+they have one execution path, so there is nothing to compare; ``weight`` is refused, tested below) and
+``sltrain`` in its default ``mode="replace"`` with the wrapped weight trainable (the dense weight is not
+used in that mode, so it gets no gradient by design; its bias is compared in
 ``test_families.py::test_sltrain_strategies_agree_in_replace_mode``; the table runs ``mode="add"``).
 """
 
@@ -19,9 +20,11 @@ from torch import nn
 
 from lowrank_vision.core import AdapterLayer, adapter_layers, apply, load, save
 
-from .cases import LAYERS, METHODS, FailAt, SmallConvNet, assert_unchanged, randomize_adapter, snapshot
+from .cases import LAYERS, METHODS, SmallConvNet, assert_unchanged, randomize_adapter, snapshot
 from .test_aliasing import SharedNet, unique_adapters
 from .test_gradients import DELTA_METHODS, LAYER_TYPES
+from .test_speed_paths import small_net
+from .test_transactions import FAILING_LAYER_CASES
 
 NEW = ["noble", "sltrain", "flylora", "block_lora", "mtlora", "hypelora"]
 
@@ -30,18 +33,6 @@ NEW = ["noble", "sltrain", "flylora", "block_lora", "mtlora", "hypelora"]
 def test_nonlinear_families_refuse_the_weight_strategy(method):
     with pytest.raises(ValueError, match=f"strategy.*{method}"):
         apply(nn.Sequential(nn.Linear(4, 4)), method, rank=2, strategy="weight")
-
-
-# SmallConvNet: stem, two convs, a ConvTranspose2d and a Linear head; every new family wraps all five
-@pytest.mark.parametrize("k", [0, 1, 4])
-@pytest.mark.parametrize("method", NEW)
-def test_apply_failing_at_layer_k_leaves_model_unchanged(method, k, monkeypatch):
-    model = SmallConvNet()
-    before = snapshot(model)
-    FailAt(monkeypatch, k)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        apply(model, method, rank=4)
-    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -80,10 +71,6 @@ def test_noble_options(option, value, message):
 def test_option_errors_name_class_and_field(method, options, message):
     with pytest.raises(ValueError, match=message):
         apply(nn.Sequential(nn.Linear(4, 4)), method, rank=2, **options)
-
-
-def small_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, stride=2), nn.Flatten(), nn.Linear(8 * 16 * 16, 4))
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -134,3 +121,4 @@ def test_shared_modules_wrapped_once_and_loaded_onto_every_alias(method, tmp_pat
 def test_table_covers_the_new_families():
     assert set(NEW) <= set(METHODS) and all(name in LAYERS for name in LAYER_TYPES)
     assert set(NEW) - {"noble", "flylora"} <= set(DELTA_METHODS)  # test_gradients.py runs the strategy comparison for them
+    assert set(NEW) <= {m for m, _ in FAILING_LAYER_CASES}  # test_transactions.py runs the failed-apply test for them

@@ -16,8 +16,9 @@ from .cases import FailAt, PeftNet, SmallConvNet, assert_unchanged, randomize_ad
 
 
 # SmallConvNet has five layers the conv-capable methods wrap; the paper's NeRA (KAN form) wraps four of them
-# (not the ConvTranspose2d), so its last injected failure is at layer 3.
+# (not the ConvTranspose2d), so its last injected failure is at layer 3. The families of issue 20 wrap all five.
 FAILING_LAYER_CASES = [(m, k) for m in ("lora", "dora", "spline_lora", "nera") for k in (0, 1, 3, 4) if (m, k) != ("nera", 4)]
+FAILING_LAYER_CASES += [(m, k) for m in ("noble", "sltrain", "flylora", "block_lora", "mtlora", "hypelora") for k in (0, 1, 4)]
 
 
 @pytest.mark.parametrize("method,k", FAILING_LAYER_CASES)
@@ -26,7 +27,7 @@ def test_apply_failing_at_layer_k_leaves_model_unchanged(method, k, monkeypatch)
     before = snapshot(model)
     FailAt(monkeypatch, k)
     with pytest.raises(RuntimeError, match="injected failure"):
-        apply(model, method, rank=2)
+        apply(model, method, rank=4 if method == "block_lora" else 2)  # block_lora: a multiple of num_blocks (4)
     assert_unchanged(model, before)
 
 
@@ -98,10 +99,8 @@ def test_load_with_a_bad_tensor_leaves_model_and_its_adapter_unchanged(tmp_path)
     assert_unchanged(loaded, before)
 
 
-peft = pytest.importorskip("peft")
-
-
 def peft_folder(tmp_path):
+    peft = pytest.importorskip("peft")  # only the import_peft tests need it
     torch.manual_seed(0)
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=["conv", "conv3d", "fc"], rank_pattern={"fc": 2})
     peft_model = peft.get_peft_model(PeftNet(), config)
