@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from ..functional import galore as F_galore
+from ..validate import is_int, is_number
 
 __all__ = ["GaLore", "Fira"]
 
@@ -40,13 +41,13 @@ def _check_group(group: dict) -> None:
     if "rank" not in group:
         return
     rank = group["rank"]
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0 or (isinstance(rank, float) and rank > 1):
+    if not is_number(rank) or rank <= 0 or (isinstance(rank, float) and rank > 1):
         raise ValueError(f"param group 'rank' must be an int >= 1 or a float fraction in (0, 1], got {rank!r}")
     gap = group.get("update_proj_gap")
-    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
+    if not is_int(gap, 1):
         raise ValueError(f"param group 'update_proj_gap' must be an int >= 1, got {gap!r}")
     scale = group.get("scale")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+    if not is_number(scale) or scale <= 0:
         raise ValueError(f"param group 'scale' must be a positive number, got {scale!r}")
     if group.get("projection") not in PROJECTIONS:
         raise ValueError(f"param group 'projection' must be one of {PROJECTIONS}, got {group.get('projection')!r}")
