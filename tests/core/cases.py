@@ -3,7 +3,9 @@ the transaction helpers (snapshot, assert_unchanged, FailAt) of the inject/IO, t
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -177,3 +179,12 @@ def train_losses(model: nn.Module, opt, x, y, steps: int) -> list[float]:
         opt.step()
         losses.append(loss.item())
     return losses
+
+
+def load_bench_script(filename: str):
+    """Import ``bench/<filename>`` as a module (bench/ is not a package; the tests that check its scripts use this)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

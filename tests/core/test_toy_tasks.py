@@ -3,26 +3,15 @@ two copies must draw the same data and train the same weights, so the documented
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import torch
 
 from . import toy_tasks
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("bench_compress", ROOT / "bench" / "compress.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from .cases import load_bench_script
 
 
 def test_bench_copies_of_the_toy_tasks_match_the_tests():
     torch.set_num_threads(1)
-    bench = load_bench()
+    bench = load_bench_script("compress.py")
     for ours, theirs in ((toy_tasks.make_task(n_train=64, n_test=32), bench.image_task(n_train=64, n_test=32)),
                          (toy_tasks.vector_task(), bench.vector_task())):
         for a, b in zip(ours, theirs):
