@@ -5,7 +5,8 @@
 CPU, one thread, about a minute of compute. Writes the raw numbers to ``<out>/results.json``, a
 figure to ``<out>/compression.png`` and rewrites the block between the ``bench/compress.py``
 markers of ``--doc`` from that JSON. Every model is trained here from fixed seeds on synthetic data
-(the same recipes as tests/core/test_factorize*.py and test_watermark.py).
+(the same recipes as tests/core/toy_tasks.py, which the factorize and watermark tests use; bench does not import
+tests, so tests/core/test_toy_tasks.py checks that the two copies draw the same data and train the same weights).
 """
 
 from __future__ import annotations

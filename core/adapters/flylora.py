@@ -19,7 +19,7 @@ from ..functional import flylora as F_fly
 from ..functional import lora as F_lora
 from ..functional.layout import LayerGeometry
 from ..functional.nola import layer_seed
-from ..validate import is_int, require
+from ..validate import is_int, is_number, require
 from .base import AdapterLayer
 from .registry import register_adapter
 
@@ -37,8 +37,7 @@ class FlyLoRAOptions:
 
     def __post_init__(self) -> None:
         require(self, "top_k", self.top_k is None or is_int(self.top_k, 1), "None or an integer >= 1")
-        ok = not isinstance(self.density, bool) and isinstance(self.density, (int, float)) and 0 < self.density <= 1
-        require(self, "density", ok, "a number in (0, 1]")
+        require(self, "density", is_number(self.density) and 0 < self.density <= 1, "a number in (0, 1]")
         require(self, "seed", is_int(self.seed), "an integer")
 
     def active(self, rank: int) -> int:

@@ -25,7 +25,7 @@ from ..functional import lora as F_lora
 from ..functional import sltrain as F_sl
 from ..functional.layout import LayerGeometry, channel_view, layer_forward, logical_to_weight
 from ..functional.nola import layer_seed
-from ..validate import is_int, require
+from ..validate import is_int, is_number, require
 from .base import AdapterLayer, DeltaAdapter, LowRankDelta
 from .registry import register_adapter
 
@@ -42,8 +42,7 @@ class SLTrainOptions:
     """Base seed of the support; each layer combines it with a CRC32 of its module name."""
 
     def __post_init__(self) -> None:
-        ok = not isinstance(self.density, bool) and isinstance(self.density, (int, float)) and 0 < self.density <= 1
-        require(self, "density", ok, "a number in (0, 1]")
+        require(self, "density", is_number(self.density) and 0 < self.density <= 1, "a number in (0, 1]")
         require(self, "mode", self.mode in ("replace", "add"), "'replace' or 'add'")
         require(self, "seed", is_int(self.seed), "an integer")
 

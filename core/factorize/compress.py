@@ -33,6 +33,7 @@ from torch import nn
 
 from ..adapters import AdapterLayer
 from ..functional import factorize as F_fact
+from ..validate import is_int, is_number, require
 from .layers import CONV_TYPES, DENSE_TYPES, FACTORIZED_TYPES, CPConv, LowRankLayer, TuckerConv, kernel_numel, param_count
 
 __all__ = [
@@ -51,8 +52,7 @@ class ParamBudget:
     """Share of the whole model's parameter count that remains, in (0, 1]."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.fraction, bool) or not isinstance(self.fraction, (int, float)) or not 0 < self.fraction <= 1:
-            raise ValueError(f"ParamBudget.fraction must be a number in (0, 1], got {self.fraction!r}")
+        require(self, "fraction", is_number(self.fraction) and 0 < self.fraction <= 1, "a number in (0, 1]")
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,7 @@ class ErrorBudget:
     """Largest ``||W - W_r||_F / ||W||_F`` allowed on any factorised layer, in [0, 1)."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.max_error, bool) or not isinstance(self.max_error, (int, float)) or not 0 <= self.max_error < 1:
-            raise ValueError(f"ErrorBudget.max_error must be a number in [0, 1), got {self.max_error!r}")
+        require(self, "max_error", is_number(self.max_error) and 0 <= self.max_error < 1, "a number in [0, 1)")
 
 
 @dataclass
@@ -235,11 +234,11 @@ def compress(
     if ranks is not None:
         chosen = [ranks[n] if isinstance(ranks, Mapping) else ranks for n in names]
         for name, r in zip(names, chosen):
-            if isinstance(r, bool) or not isinstance(r, int) or r < 1:
+            if not is_int(r, 1):
                 raise ValueError(f"ranks[{name!r}] must be a positive integer, got {r!r}")
         description = "explicit ranks"
     else:
-        budget = ParamBudget(budget) if isinstance(budget, (int, float)) and not isinstance(budget, bool) else budget
+        budget = ParamBudget(budget) if is_number(budget) else budget
         chosen, threshold, description = _budget_ranks(budget, model, list(layers.values()), spectra, shapes)
     before = _total_params(model)
     rows, replacements = [], {}
@@ -290,7 +289,7 @@ class OrderedRankDropout:
     """
 
     def __init__(self, model: nn.Module, *, min_fraction: float = 0.0, shared: bool = False, seed: int = 0):
-        if isinstance(min_fraction, bool) or not isinstance(min_fraction, (int, float)) or not 0 <= min_fraction <= 1:
+        if not (is_number(min_fraction) and 0 <= min_fraction <= 1):
             raise ValueError(f"min_fraction must be a number in [0, 1], got {min_fraction!r}")
         self.layers = list(_low_rank_layers(model).values())
         self.min_fraction, self.shared = float(min_fraction), shared
@@ -318,7 +317,7 @@ def _target_ranks(layers: dict[str, LowRankLayer], ranks) -> dict[str, object]:
         if not 0 < ranks <= 1:
             raise ValueError(f"a fractional ranks must be in (0, 1], got {ranks!r}")
         return {name: max(1, math.ceil(ranks * layer.rank)) for name, layer in layers.items()}
-    if isinstance(ranks, int) and not isinstance(ranks, bool) and ranks >= 1:
+    if is_int(ranks, 1):
         return {name: min(ranks, layer.rank) for name, layer in layers.items()}
     raise ValueError(f"ranks must be a positive int, a float in (0, 1] or {{layer name: rank}}, got {ranks!r}")
 
@@ -333,7 +332,7 @@ def truncate(model: nn.Module, ranks: Union[int, float, Mapping[str, int]]) -> d
     replacements, out = {}, {}
     for name, rank in _target_ranks(layers, ranks).items():
         layer = layers[name]
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= layer.rank:
+        if not (is_int(rank) and 1 <= rank <= layer.rank):
             raise ValueError(f"rank for {name!r} must be an integer in 1..{layer.rank}, got {rank!r}")
         replacements[id(layer)] = layer.truncate(rank)
         out[name] = rank

@@ -26,6 +26,7 @@ from typing import Iterable, Optional, Sequence
 import torch
 from torch import Tensor, nn
 
+from ..validate import is_int
 from .compress import factorized_layers
 
 __all__ = ["DistillReport", "distill", "feature_loss"]
@@ -103,7 +104,7 @@ def distill(
         layers: module names whose outputs are matched; default every factorised layer of ``student``.
         weight_regularization: weight of PELA's term keeping each factorised weight near the teacher's.
     """
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+    if not is_int(steps, 0):
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
     batches = list(batches)
     if not batches:

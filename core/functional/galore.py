@@ -28,6 +28,8 @@ from typing import Literal, Optional
 import torch
 from torch import Tensor
 
+from ..validate import is_number
+
 __all__ = [
     "Side", "matricize", "projection_side", "resolve_rank", "project", "project_back", "svd_basis", "dct_matrix",
     "dct_select", "adam_direction", "fira_residual_scale", "limit_norm_growth",
@@ -52,7 +54,7 @@ def projection_side(shape: tuple[int, ...]) -> Side:
 def resolve_rank(rank: float, shape: tuple[int, ...]) -> int:
     """An int rank is absolute (clipped to ``min(m, n)``); a float in ``(0, 1]`` is that fraction of ``min(m, n)`` (ceil)."""
     short = min(shape[0], math.prod(shape[1:]))
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0:
+    if not is_number(rank) or rank <= 0:
         raise ValueError(f"rank must be an int >= 1 or a fraction in (0, 1], got {rank!r}")
     if isinstance(rank, float):
         if rank > 1:

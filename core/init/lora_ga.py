@@ -18,6 +18,7 @@ from ..adapters.lora import LoRADelta
 from ..functional.layout import logical_to_weight
 from ..functional.lora_init import lora_ga_factors
 from ..inject import adapter_layers
+from ..validate import is_number, require
 from .gradients import estimate_weight_gradients
 
 __all__ = ["LoRAGAInit"]
@@ -33,8 +34,7 @@ class LoRAGAInit:
     name = "lora_ga"
 
     def __post_init__(self) -> None:
-        if isinstance(self.gamma, bool) or not isinstance(self.gamma, (int, float)) or not self.gamma > 0:
-            raise ValueError(f"LoRAGAInit.gamma must be a positive number, got {self.gamma!r}")
+        require(self, "gamma", is_number(self.gamma) and self.gamma > 0, "a positive number")
 
     def adapter_method(self, method: str) -> str:
         if method not in ("lora", "lora_c"):

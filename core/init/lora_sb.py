@@ -24,6 +24,7 @@ from ..adapters.registry import register_adapter
 from ..functional.layout import LayerGeometry, weight_to_logical
 from ..functional.lora_init import lora_sb_factors
 from ..inject import adapter_layers
+from ..validate import is_number, require
 from .gradients import estimate_weight_gradients
 
 __all__ = ["FrozenParameter", "LoRAXSDelta", "LoRAXS", "LoRASBInit"]
@@ -84,8 +85,7 @@ class LoRASBInit:
     name = "lora_sb"
 
     def __post_init__(self) -> None:
-        if isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float)) or not self.step_size > 0:
-            raise ValueError(f"LoRASBInit.step_size must be a positive number, got {self.step_size!r}")
+        require(self, "step_size", is_number(self.step_size) and self.step_size > 0, "a positive number")
 
     def adapter_method(self, method: str) -> str:
         if method not in ("lora", "lora_c", "lora_xs"):

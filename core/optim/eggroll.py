@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional import eggroll as F_egg
+from ..validate import is_int
 
 __all__ = ["EGGROLL"]
 
@@ -56,9 +57,9 @@ class EGGROLL(torch.optim.Optimizer):
 
     def __init__(self, model: nn.Module, *, population: int = 32, rank: int = 1, sigma: float = 0.02, lr: float = 0.01,
                  weight_decay: float = 0.0, targets: Optional[Sequence[str]] = None, seed: int = 0):
-        if isinstance(population, bool) or not isinstance(population, int) or population < 2 or population % 2:
+        if not is_int(population, 2) or population % 2:
             raise ValueError(f"population must be an even int >= 2 (antithetic pairs), got {population!r}")
-        if isinstance(rank, bool) or not isinstance(rank, int) or rank < 1:
+        if not is_int(rank, 1):
             raise ValueError(f"rank must be an int >= 1, got {rank!r}")
         if not sigma > 0:
             raise ValueError(f"sigma must be > 0, got {sigma!r}")

@@ -21,23 +21,33 @@ import torch
 from torch import Tensor
 
 from ..functional import galore as F_galore
+from ..validate import is_int, is_number
 
 __all__ = ["GaLore", "Fira"]
 
 PROJECTIONS = ("svd", "dct")
 
 
+def stateful_adam_direction(state: dict, grad: Tensor, step: int, betas: tuple[float, float], eps: float, key: str = "") -> Tensor:
+    """The Adam direction of ``grad`` with its moments kept in ``state[key + "exp_avg"]`` / ``state[key + "exp_avg_sq"]``
+    (zeros of ``grad``'s shape on first use); GaLore/Fira and LoRA-Pro share it."""
+    if key + "exp_avg" not in state:
+        state[key + "exp_avg"] = torch.zeros_like(grad)
+        state[key + "exp_avg_sq"] = torch.zeros_like(grad)
+    return F_galore.adam_direction(grad, state[key + "exp_avg"], state[key + "exp_avg_sq"], step, betas, eps)
+
+
 def _check_group(group: dict) -> None:
     if "rank" not in group:
         return
     rank = group["rank"]
-    if isinstance(rank, bool) or not isinstance(rank, (int, float)) or rank <= 0 or (isinstance(rank, float) and rank > 1):
+    if not is_number(rank) or rank <= 0 or (isinstance(rank, float) and rank > 1):
         raise ValueError(f"param group 'rank' must be an int >= 1 or a float fraction in (0, 1], got {rank!r}")
     gap = group.get("update_proj_gap")
-    if isinstance(gap, bool) or not isinstance(gap, int) or gap < 1:
+    if not is_int(gap, 1):
         raise ValueError(f"param group 'update_proj_gap' must be an int >= 1, got {gap!r}")
     scale = group.get("scale")
-    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or scale <= 0:
+    if not is_number(scale) or scale <= 0:
         raise ValueError(f"param group 'scale' must be a positive number, got {scale!r}")
     if group.get("projection") not in PROJECTIONS:
         raise ValueError(f"param group 'projection' must be one of {PROJECTIONS}, got {group.get('projection')!r}")
@@ -123,20 +133,14 @@ class GaLore(torch.optim.Optimizer):
                 if wd:
                     p.mul_(1 - lr * wd)
                 if not projected:
-                    if "exp_avg" not in state:
-                        state["exp_avg"] = torch.zeros_like(p)
-                        state["exp_avg_sq"] = torch.zeros_like(p)
-                    direction = F_galore.adam_direction(p.grad, state["exp_avg"], state["exp_avg_sq"], state["step"], betas, eps)
+                    direction = stateful_adam_direction(state, p.grad, state["step"], betas, eps)
                     p.add_(direction, alpha=-lr)
                     continue
                 side = F_galore.projection_side(tuple(p.shape))
                 matrix = F_galore.matricize(p.grad)
                 basis = self._basis(group, state, matrix, side, F_galore.resolve_rank(group["rank"], tuple(p.shape)))
                 low = F_galore.project(matrix, basis, side)
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(low)
-                    state["exp_avg_sq"] = torch.zeros_like(low)
-                direction = F_galore.adam_direction(low, state["exp_avg"], state["exp_avg_sq"], state["step"], betas, eps)
+                direction = stateful_adam_direction(state, low, state["step"], betas, eps)
                 update = F_galore.project_back(direction, basis, side)
                 extra = self._residual_update(group, state, matrix, low, direction, basis, side)
                 if extra is not None:

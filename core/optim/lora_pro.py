@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ..adapters.lora import LoRADelta
-from ..functional import galore as F_galore
 from ..functional import lora_pro as F_pro
 from ..inject import adapter_layers
+from .galore import stateful_adam_direction
 
 __all__ = ["LoRAPro"]
 
@@ -53,10 +53,7 @@ class LoRAPro(torch.optim.Optimizer):
         super().__init__(groups, defaults)
 
     def _adam(self, state: dict, key: str, grad: Tensor, step: int, group: dict) -> Tensor:
-        if key + "exp_avg" not in state:
-            state[key + "exp_avg"] = torch.zeros_like(grad)
-            state[key + "exp_avg_sq"] = torch.zeros_like(grad)
-        return F_galore.adam_direction(grad, state[key + "exp_avg"], state[key + "exp_avg_sq"], step, group["betas"], group["eps"])
+        return stateful_adam_direction(state, grad, step, group["betas"], group["eps"], key)
 
     @torch.no_grad()
     def step(self, closure: Optional[Callable[[], Tensor]] = None) -> Optional[Tensor]:

@@ -1,11 +1,16 @@
-"""Shared test tables: layer types and adapter families with their closed-form parameter counts."""
+"""Shared test tables: layer types and adapter families with their closed-form parameter counts; the small models and
+the transaction helpers (snapshot, assert_unchanged, FailAt) of the inject/IO, transaction and family-contract tests."""
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
 
 import torch
 from torch import nn
+
+from lowrank_vision.core.adapters import base as adapter_base
 
 # name -> (layer factory, input factory, (C_out, C_in_per_group, kernel tuple))
 LAYERS = {
@@ -96,3 +101,90 @@ def randomize_adapter(model: nn.Module, std: float = 0.3, seed: int = 1) -> None
         for adapter in adapter_layers(model).values():
             for _, p in adapter.adapter_parameters():
                 p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
+
+
+class SmallConvNet(nn.Module):
+    """Five adaptable layers: stem, two convs, a ConvTranspose2d and a Linear head."""
+
+    def __init__(self, width: int = 8, classes: int = 3):
+        super().__init__()
+        self.stem = nn.Conv2d(3, width, 3, padding=1)
+        self.blocks = nn.Sequential(
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
+            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
+        )
+        self.up = nn.ConvTranspose2d(width, width, 2, stride=2)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(width, classes)
+
+    def forward(self, x):
+        x = self.up(self.blocks(torch.relu(self.stem(x))))
+        return self.head(self.pool(x).flatten(1))
+
+
+class PeftNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv3d = nn.Conv3d(2, 4, 3, padding=1)
+        self.fc = nn.Linear(6 * 4 * 4, 5)
+
+    def forward(self, x):
+        y = torch.relu(self.conv(x))
+        return self.fc(y.flatten(1))
+
+
+def snapshot(model: nn.Module) -> dict:
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "types": [(n, type(m)) for n, m in model.named_modules(remove_duplicate=False)],
+        "grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
+        "attrs": sorted(model.__dict__),
+    }
+
+
+def assert_unchanged(model: nn.Module, before: dict) -> None:
+    after = snapshot(model)
+    assert after["types"] == before["types"]
+    assert after["grad"] == before["grad"]
+    assert after["attrs"] == before["attrs"]
+    assert after["state"].keys() == before["state"].keys()
+    for key, value in before["state"].items():
+        assert torch.equal(after["state"][key], value), key
+
+
+class FailAt:
+    """Make the ``k``-th adapter construction raise (``AdapterLayer.__init__`` runs once per wrapped layer)."""
+
+    def __init__(self, monkeypatch, k: int):
+        self.k, self.calls = k, 0
+        original = adapter_base.AdapterLayer.__init__
+
+        def init(layer, *args, **kwargs):
+            if self.calls == self.k:
+                raise RuntimeError(f"injected failure at layer {self.k}")
+            self.calls += 1
+            original(layer, *args, **kwargs)
+
+        monkeypatch.setattr(adapter_base.AdapterLayer, "__init__", init)
+
+
+def train_losses(model: nn.Module, opt, x, y, steps: int) -> list[float]:
+    """``steps`` full-batch cross-entropy steps of ``opt``; the loss before each step (the optimizer tests)."""
+    losses = []
+    for _ in range(steps):
+        opt.zero_grad()
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def load_bench_script(filename: str):
+    """Import ``bench/<filename>`` as a module (bench/ is not a package; the tests that check its scripts use this)."""
+    path = Path(__file__).resolve().parents[2] / "bench" / filename
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,63 +6,33 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from lowrank_vision.core import factorize
 
+from .toy_tasks import accuracy, train, vector_task
+
 D, CLASSES = 24, 8
-
-
-def make_task(seed: int = 0):
-    """Labels from a fixed random tanh network: a smooth 8-class problem on 24-d Gaussian inputs."""
-    g = torch.Generator().manual_seed(seed)
-    w1, w2 = torch.randn(D, 32, generator=g) / D ** 0.5, torch.randn(32, CLASSES, generator=g) / 32 ** 0.5
-
-    def draw(n):
-        x = torch.randn(n, D, generator=g)
-        return x, (torch.tanh(x @ w1) @ w2).argmax(1)
-
-    return draw(4096), draw(2048)
 
 
 def mlp() -> nn.Module:
     return nn.Sequential(nn.Linear(D, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, CLASSES))
 
 
-def train(model, x, y, steps=600, before_step=None):
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        if before_step is not None:
-            before_step()
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-@torch.no_grad()
-def accuracy(model, x, y) -> float:
-    return float((model(x).argmax(1) == y).float().mean())
-
-
 @pytest.fixture(scope="module")
 def models():
     torch.set_num_threads(1)
-    (x, y), test = make_task()
+    (x, y), test = vector_task(d=D, classes=CLASSES)
     torch.manual_seed(0)
     init = mlp()
     plain = copy.deepcopy(init)
     factorize.factorize_full_rank(plain, exclude="4")  # the same factorised layers, trained without ordering
-    train(plain, x, y)
+    train(plain, x, y, 600).eval()
     ordered = copy.deepcopy(init)
     names = factorize.factorize_full_rank(ordered, exclude="4")
     assert names == ["0", "2"]
     dropout = factorize.OrderedRankDropout(ordered, seed=0)
-    train(ordered, x, y, before_step=dropout.sample)
+    train(ordered, x, y, 600, before_step=dropout.sample).eval()
     dropout.reset()
     return plain, ordered, test
 

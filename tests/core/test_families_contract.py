@@ -1,12 +1,13 @@
-"""The every-method tests whose method lists are written out (gradients across strategies with trainable
-base parameters, failed-apply transactions, option errors, ``torch.compile``, shared modules), run for
-the families of issue 20.
+"""The every-method tests whose method lists are written out (option errors, load into another shape,
+``torch.compile``, shared modules), run for the families of issue 20; the gradient comparison across
+strategies and the failed-apply transaction run them in ``test_gradients.py`` and
+``test_transactions.py`` (their tables name them; the last test here checks that).
 
-Excluded, with the reason: the strategy-gradient comparison for ``noble`` and ``flylora`` (nonlinear in
-the input, they have one execution path, so there is nothing to compare; ``weight`` is refused, tested
-below) and for ``sltrain`` in its default ``mode="replace"`` with the wrapped weight trainable (the
-dense weight is not used in that mode, so it gets no gradient by design; its bias is compared in
-``test_families.py::test_sltrain_strategies_agree_in_replace_mode``).
+Excluded from the gradient table, with the reason: ``noble`` and ``flylora`` (nonlinear in the input,
+they have one execution path, so there is nothing to compare; ``weight`` is refused, tested below) and
+``sltrain`` in its default ``mode="replace"`` with the wrapped weight trainable (the dense weight is not
+used in that mode, so it gets no gradient by design; its bias is compared in
+``test_families.py::test_sltrain_strategies_agree_in_replace_mode``; the table runs ``mode="add"``).
 """
 
 from __future__ import annotations
@@ -18,97 +19,20 @@ import torch
 from torch import nn
 
 from lowrank_vision.core import AdapterLayer, adapter_layers, apply, load, save
-from lowrank_vision.core.adapters import base as adapter_base
 
-from .cases import LAYERS, METHODS, randomize_adapter
+from .cases import LAYERS, METHODS, SmallConvNet, assert_unchanged, randomize_adapter, snapshot
 from .test_aliasing import SharedNet, unique_adapters
-from .test_gradients import LAYER_TYPES, TRAINABLE, gradients
-
-# test_inject_io and test_transactions skip as a whole without peft; their small helpers are repeated here
-
-
-class SmallConvNet(nn.Module):
-    def __init__(self, width: int = 8, classes: int = 3):
-        super().__init__()
-        self.stem = nn.Conv2d(3, width, 3, padding=1)
-        self.blocks = nn.Sequential(
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
-        )
-        self.up = nn.ConvTranspose2d(width, width, 2, stride=2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, x):
-        x = self.up(self.blocks(torch.relu(self.stem(x))))
-        return self.head(self.pool(x).flatten(1))
-
-
-def snapshot(model: nn.Module) -> dict:
-    return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
-        "types": [(n, type(m)) for n, m in model.named_modules(remove_duplicate=False)],
-        "grad": [(n, p.requires_grad) for n, p in model.named_parameters()],
-        "attrs": sorted(model.__dict__),
-    }
-
-
-def assert_unchanged(model: nn.Module, before: dict) -> None:
-    after = snapshot(model)
-    assert (after["types"], after["grad"], after["attrs"]) == (before["types"], before["grad"], before["attrs"])
-    assert after["state"].keys() == before["state"].keys()
-    for key, value in before["state"].items():
-        assert torch.equal(after["state"][key], value), key
-
-
-def fail_at(monkeypatch, k: int) -> None:
-    """Make the ``k``-th adapter construction raise."""
-    calls = []
-    original = adapter_base.AdapterLayer.__init__
-
-    def init(layer, *args, **kwargs):
-        if len(calls) == k:
-            raise RuntimeError(f"injected failure at layer {k}")
-        calls.append(k)
-        original(layer, *args, **kwargs)
-
-    monkeypatch.setattr(adapter_base.AdapterLayer, "__init__", init)
+from .test_gradients import DELTA_METHODS, LAYER_TYPES
+from .test_speed_paths import small_net
+from .test_transactions import FAILING_LAYER_CASES
 
 NEW = ["noble", "sltrain", "flylora", "block_lora", "mtlora", "hypelora"]
-NEW_DELTA = ["sltrain", "block_lora", "mtlora", "hypelora"]  # linear in the weight: every strategy runs
-
-
-@pytest.mark.parametrize("pattern", list(TRAINABLE))
-@pytest.mark.parametrize("layer_name", LAYER_TYPES)
-@pytest.mark.parametrize("method", NEW_DELTA)
-def test_every_strategy_gives_every_trainable_parameter_the_same_gradient(method, layer_name, pattern):
-    """As ``test_gradients.py`` (same helper, same tolerances), for the new linear families."""
-    reference = gradients(method, layer_name, TRAINABLE[pattern], "weight")
-    for strategy in ("activation", "auto"):
-        grads = gradients(method, layer_name, TRAINABLE[pattern], strategy)
-        assert grads.keys() == reference.keys()
-        for name, expected in reference.items():
-            assert grads[name] is not None, f"{strategy}: no gradient for {name}"
-            atol = 1e-5 + 1e-6 * float(expected.abs().max())
-            torch.testing.assert_close(grads[name], expected, rtol=1e-4, atol=atol, msg=f"{strategy}: {name}")
 
 
 @pytest.mark.parametrize("method", ["noble", "flylora"])
 def test_nonlinear_families_refuse_the_weight_strategy(method):
     with pytest.raises(ValueError, match=f"strategy.*{method}"):
         apply(nn.Sequential(nn.Linear(4, 4)), method, rank=2, strategy="weight")
-
-
-# SmallConvNet: stem, two convs, a ConvTranspose2d and a Linear head; every new family wraps all five
-@pytest.mark.parametrize("k", [0, 1, 4])
-@pytest.mark.parametrize("method", NEW)
-def test_apply_failing_at_layer_k_leaves_model_unchanged(method, k, monkeypatch):
-    model = SmallConvNet()
-    before = snapshot(model)
-    fail_at(monkeypatch, k)
-    with pytest.raises(RuntimeError, match="injected failure"):
-        apply(model, method, rank=4)
-    assert_unchanged(model, before)
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -147,10 +71,6 @@ def test_noble_options(option, value, message):
 def test_option_errors_name_class_and_field(method, options, message):
     with pytest.raises(ValueError, match=message):
         apply(nn.Sequential(nn.Linear(4, 4)), method, rank=2, **options)
-
-
-def small_net() -> nn.Module:
-    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.ConvTranspose2d(8, 8, 2, stride=2), nn.Flatten(), nn.Linear(8 * 16 * 16, 4))
 
 
 @pytest.mark.parametrize("method", NEW)
@@ -200,3 +120,5 @@ def test_shared_modules_wrapped_once_and_loaded_onto_every_alias(method, tmp_pat
 
 def test_table_covers_the_new_families():
     assert set(NEW) <= set(METHODS) and all(name in LAYERS for name in LAYER_TYPES)
+    assert set(NEW) - {"noble", "flylora"} <= set(DELTA_METHODS)  # test_gradients.py runs the strategy comparison for them
+    assert set(NEW) <= {m for m, _ in FAILING_LAYER_CASES}  # test_transactions.py runs the failed-apply test for them

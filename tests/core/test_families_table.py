@@ -2,19 +2,17 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 from lowrank_vision.core import list_adapters
+
+from .cases import load_bench_script
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
 def load_script():
-    spec = importlib.util.spec_from_file_location("families_table", ROOT / "bench" / "families_table.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench_script("families_table.py")
 
 
 def test_page_lists_every_registered_family():

@@ -18,6 +18,7 @@ from lowrank_vision.core import apply
 from .cases import LAYERS, METHODS, RANK, randomize_adapter
 
 DELTA_METHODS = ["lora", "conv_lora", "cp_lora", "dora", "conv_dora", "cp_dora", "nola"]
+DELTA_METHODS += ["sltrain", "block_lora", "mtlora", "hypelora"]  # the families of issue 20 linear in the weight (options: cases.METHODS)
 LAYER_TYPES = ["linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 TRAINABLE = {"bias": ("*.bias",), "base_weight": ("*.base_layer.weight",), "both": ("*.bias", "*.base_layer.weight")}
 CASES = [(m, layer, t) for m in DELTA_METHODS for layer in LAYER_TYPES for t in TRAINABLE]

@@ -13,24 +13,7 @@ from lowrank_vision.core import (
     AdapterFileError, adapter_layers, apply, export_peft, import_peft, load, merge, remove, save, set_active, unmerge,
 )
 
-from .cases import randomize_adapter
-
-
-class SmallConvNet(nn.Module):
-    def __init__(self, width: int = 8, classes: int = 3):
-        super().__init__()
-        self.stem = nn.Conv2d(3, width, 3, padding=1)
-        self.blocks = nn.Sequential(
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
-            nn.Sequential(nn.Conv2d(width, width, 3, padding=1), nn.ReLU()),
-        )
-        self.up = nn.ConvTranspose2d(width, width, 2, stride=2)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(width, classes)
-
-    def forward(self, x):
-        x = self.up(self.blocks(torch.relu(self.stem(x))))
-        return self.head(self.pool(x).flatten(1))
+from .cases import PeftNet, SmallConvNet, randomize_adapter
 
 
 @pytest.mark.parametrize(
@@ -160,18 +143,6 @@ def test_save_is_atomic_no_temp_files_left(tmp_path):
 
 # -- PEFT interop ------------------------------------------------------------------------------
 peft = pytest.importorskip("peft")
-
-
-class PeftNet(nn.Module):
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(3, 6, 3, padding=1)
-        self.conv3d = nn.Conv3d(2, 4, 3, padding=1)
-        self.fc = nn.Linear(6 * 4 * 4, 5)
-
-    def forward(self, x):
-        y = torch.relu(self.conv(x))
-        return self.fc(y.flatten(1))
 
 
 @pytest.mark.parametrize("method", ["lora", "lora_c", "dora"])

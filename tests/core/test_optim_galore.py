@@ -11,6 +11,8 @@ from torch import nn
 from lowrank_vision.core.functional import galore as F_galore
 from lowrank_vision.core.optim import Fira, GaLore, optimizer_state_bytes
 
+from .cases import train_losses
+
 torch.set_num_threads(1)
 
 
@@ -36,22 +38,11 @@ def _optimizer(kind: str, model: nn.Module, **kw):
     return cls(groups, lr=kw.pop("lr", 1e-2), **kw)
 
 
-def _train(model, opt, x, y, steps):
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.mark.parametrize("kind", ["galore_svd", "galore_dct", "fira"])
 def test_loss_goes_down_on_a_conv_net(kind):
     model = _conv_net()
     x, y = _data()
-    losses = _train(model, _optimizer(kind, model, lr=3e-2), x, y, 40)
+    losses = train_losses(model, _optimizer(kind, model, lr=3e-2), x, y, 40)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
@@ -102,15 +93,15 @@ def test_state_dict_round_trip_resumes_identically(kind):
     x, y = _data()
     model = _conv_net()
     opt = _optimizer(kind, model, gap=3)
-    _train(model, opt, x, y, 4)
+    train_losses(model, opt, x, y, 4)
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    _train(model, opt, x, y, 5)  # crosses a basis update (steps 7)
+    train_losses(model, opt, x, y, 5)  # crosses a basis update (steps 7)
 
     resumed = _conv_net(seed=5)
     resumed.load_state_dict(saved_model)
     opt2 = _optimizer(kind, resumed, gap=3)
     opt2.load_state_dict(saved_opt)
-    _train(resumed, opt2, x, y, 5)
+    train_losses(resumed, opt2, x, y, 5)
     for a, b in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(a, b)
 

@@ -12,6 +12,8 @@ from lowrank_vision.core import apply
 from lowrank_vision.core.functional import lora_pro as F_pro
 from lowrank_vision.core.optim import LoRAPro
 
+from .cases import train_losses
+
 torch.set_num_threads(1)
 
 
@@ -44,17 +46,6 @@ def _lora_net(seed=0):
     return model
 
 
-def _train(model, opt, x, y, steps):
-    losses = []
-    for _ in range(steps):
-        opt.zero_grad()
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
-
-
 @pytest.mark.parametrize("full_rank_adam", [True, False])
 def test_lora_pro_lowers_the_loss_on_a_conv_net(full_rank_adam):
     g = torch.Generator().manual_seed(1)
@@ -62,7 +53,7 @@ def test_lora_pro_lowers_the_loss_on_a_conv_net(full_rank_adam):
     model = _lora_net()
     opt = LoRAPro(model, lr=2e-2, full_rank_adam=full_rank_adam)
     assert len(opt.param_groups) == 3  # two LoRA pairs + the head
-    losses = _train(model, opt, x, y, 40)
+    losses = train_losses(model, opt, x, y, 40)
     assert losses[-1] < 0.5 * losses[0], losses[::10]
 
 
@@ -71,14 +62,14 @@ def test_lora_pro_state_dict_round_trip():
     x, y = torch.randn(16, 3, 8, 8, generator=g), torch.randint(0, 4, (16,), generator=g)
     model = _lora_net()
     opt = LoRAPro(model, lr=1e-2)
-    _train(model, opt, x, y, 3)
+    train_losses(model, opt, x, y, 3)
     saved_model, saved_opt = copy.deepcopy(model.state_dict()), copy.deepcopy(opt.state_dict())
-    _train(model, opt, x, y, 3)
+    train_losses(model, opt, x, y, 3)
     resumed = _lora_net(seed=3)
     resumed.load_state_dict(saved_model)
     opt2 = LoRAPro(resumed, lr=1e-2)
     opt2.load_state_dict(saved_opt)
-    _train(resumed, opt2, x, y, 3)
+    train_losses(resumed, opt2, x, y, 3)
     for p, q in zip(model.parameters(), resumed.parameters()):
         assert torch.equal(p, q)
 

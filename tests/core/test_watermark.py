@@ -11,7 +11,7 @@ from torch import nn
 from lowrank_vision.core import AdapterLayer, count_parameters, watermark
 from lowrank_vision.core.functional import watermark as F_wm
 
-from .test_factorize import accuracy, make_task, train
+from .toy_tasks import accuracy, make_task, train
 
 N_BITS = 8
 
