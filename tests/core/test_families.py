@@ -361,6 +361,26 @@ def test_mtlora_all_tasks_in_one_pass_equal_one_task_at_a_time():
         torch.testing.assert_close(features[task]["conv"], single[task], rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("layer, x", [
+    (nn.Embedding(10, 6), torch.tensor([[1, 4, 9]])),
+    (nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.randn(2, 4, 5, 5)),  # dense branch through the layer's op
+    (nn.ConvTranspose2d(4, 3, 2, stride=2), torch.randn(2, 4, 3, 3)),
+])
+def test_mtlora_all_tasks_on_every_layer_type(layer, x):
+    torch.manual_seed(0)
+    model = nn.Sequential(layer)
+    apply(model, "mtlora", rank=2, tasks=("a", "b"))
+    randomize_adapter(model)
+    single = {}
+    for task in ("a", "b"):
+        set_task(model, task)
+        single[task] = model(x).detach()
+    _, features = forward_all_tasks(model, x)
+    for task in ("a", "b"):
+        torch.testing.assert_close(features[task]["0"], single[task], rtol=1e-5, atol=1e-5)
+    assert (single["a"] - single["b"]).abs().max() > 1e-3
+
+
 def test_mtlora_all_tasks_gradients_reach_only_the_tasks_used():
     model = multitask_net()
     set_task(model, "all")
