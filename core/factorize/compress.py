@@ -17,8 +17,9 @@ the chosen rank (a choice: WeLore's rule is defined on matrices).
 
 Maestro (Horvath et al., arXiv 2308.14929) ordered-rank training: :func:`factorize_full_rank`
 turns layers into full-rank :class:`LowRankLayer` s, :class:`OrderedRankDropout` samples per step
-how many leading ranks each layer uses, :func:`truncate` cuts the ranks after training. The paper's
-group-lasso rank shrinking during training is not implemented; ranks are cut after training.
+how many leading ranks each layer uses, :func:`group_lasso_penalty` (added to the loss) shrinks the
+trailing ranks during training, and :func:`truncate` cuts the ranks after training: to given ranks,
+or (``threshold=``) where the learned trailing group norms have fallen below a threshold.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Mapping, Optional, Sequence, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from ..adapters import AdapterLayer
 from ..functional import factorize as F_fact
@@ -322,13 +323,36 @@ def _target_ranks(layers: dict[str, LowRankLayer], ranks) -> dict[str, object]:
     raise ValueError(f"ranks must be a positive int, a float in (0, 1] or {{layer name: rank}}, got {ranks!r}")
 
 
-def truncate(model: nn.Module, ranks: Union[int, float, Mapping[str, int]]) -> dict[str, int]:
+def group_lasso_penalty(model: nn.Module) -> Tensor:
+    """Maestro's hierarchical group lasso summed over every :class:`LowRankLayer` of ``model`` (differentiable).
+
+    Add ``weight * group_lasso_penalty(model)`` to the training loss; the trailing ranks shrink, and
+    ``truncate(model, threshold=...)`` then cuts them. Math in ``core.functional.factorize``.
+    """
+    layers = _low_rank_layers(model)
+    return sum(F_fact.hierarchical_group_lasso(m.down.weight, m.up.weight) for m in layers.values())
+
+
+def group_norms(model: nn.Module) -> dict[str, Tensor]:
+    """``{name: trailing group norms}`` of every :class:`LowRankLayer` (detached; see ``trailing_group_norms``)."""
+    return {name: F_fact.trailing_group_norms(m.down.weight.detach(), m.up.weight.detach()) for name, m in _low_rank_layers(model).items()}
+
+
+def truncate(model: nn.Module, ranks: Union[int, float, Mapping[str, int], None] = None, *, threshold: Optional[float] = None) -> dict[str, int]:
     """Cut factorised layers to their leading ranks, in place. Returns ``{name: new rank}``.
 
     ``ranks``: an int (capped at each layer's rank), a float in (0, 1] (that share of each layer's
-    rank, rounded up) or ``{layer name: rank}``.
+    rank, rounded up) or ``{layer name: rank}``. Or, instead, ``threshold`` in [0, 1): per layer, the
+    fewest leading ranks whose trailing group norm is at most ``threshold`` times the layer's whole
+    norm (the rank learned with :func:`group_lasso_penalty`; ``rank_for_group_threshold``).
     """
     layers = _low_rank_layers(model)
+    if (ranks is None) == (threshold is None):
+        raise ValueError(f"give exactly one of ranks and threshold, got ranks={ranks!r}, threshold={threshold!r}")
+    if threshold is not None:
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+            raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
+        ranks = {name: F_fact.rank_for_group_threshold(norms, float(threshold)) for name, norms in group_norms(model).items()}
     replacements, out = {}, {}
     for name, rank in _target_ranks(layers, ranks).items():
         layer = layers[name]

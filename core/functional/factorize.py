@@ -19,7 +19,16 @@ Pure tensor math behind ``core.factorize`` (no modules, no model walking).
 * CP (CANDECOMP/PARAFAC) by alternating least squares: ``W = sum_r U[:, r] (x) V[:, r] (x) K_1[:, r] ...``
   (Lebedev et al. 2015 style): ``1x1 (C_in -> R)``, one depthwise conv per kernel axis, ``1x1 (R -> C_out)``.
 * Ordered ranks (Maestro, Horvath et al., arXiv 2308.14929): :func:`sample_ordered_ranks` draws how
-  many leading ranks each layer keeps in one training step (ordered dropout).
+  many leading ranks each layer keeps in one training step (ordered dropout), and a hierarchical
+  group lasso shrinks the trailing ranks during training so the rank is learned. Groups are nested:
+  group ``b`` holds every parameter of ranks ``b..r-1`` (columns of ``up``, rows of ``down``), its
+  norm :func:`trailing_group_norms` ``g_b = sqrt(||up[:, b:]||^2 + ||down[b:]||^2)``, the penalty
+  :func:`hierarchical_group_lasso` ``sum_b g_b``; rank ``i`` sits in ``i + 1`` groups, so the later
+  a rank, the harder it is pulled to zero. Choices the abstract leaves open: one joint norm per
+  group over both factors (not one norm per factor), no per-group size weights, and the rank kept
+  after training (:func:`rank_for_group_threshold`) is the shortest prefix whose trailing group norm
+  is at most ``threshold * g_0`` (relative to the layer's whole norm, so one threshold fits layers
+  of every scale).
 """
 
 from __future__ import annotations
@@ -36,7 +45,7 @@ __all__ = [
     "matrix_param_count", "tucker2_param_count", "cp_param_count",
     "ranks_for_error", "ranks_for_threshold", "heavy_tail_threshold",
     "tucker2_ranks_for", "cp_rank_for", "tucker2_factors", "tucker2_weight", "cp_als", "cp_weight",
-    "sample_ordered_ranks",
+    "sample_ordered_ranks", "trailing_group_norms", "hierarchical_group_lasso", "rank_for_group_threshold",
 ]
 
 
@@ -234,3 +243,25 @@ def sample_ordered_ranks(ranks: Sequence[int], generator: torch.Generator, *, mi
         low = max(1, math.ceil(min_fraction * r))
         out.append(int(torch.randint(low, r + 1, (), generator=generator)))
     return out
+
+
+def trailing_group_norms(down: Tensor, up: Tensor) -> Tensor:
+    """``g[b] = sqrt(||up[:, b:]||_F^2 + ||down[b:]||_F^2)`` for ``b = 0 .. r-1`` (non-increasing in ``b``).
+
+    ``down`` is ``[r, ...]`` (rank first), ``up`` is ``[C_out, r, ...]`` (rank second), as stored by
+    Linear and convolution layers. Differentiable.
+    """
+    per_rank = down.reshape(down.shape[0], -1).square().sum(1) + up.transpose(0, 1).reshape(up.shape[1], -1).square().sum(1)
+    return per_rank.flip(0).cumsum(0).flip(0).clamp_min(0).sqrt()
+
+
+def hierarchical_group_lasso(down: Tensor, up: Tensor) -> Tensor:
+    """Maestro's nested group lasso of one factorised layer: ``sum_b g[b]`` (see :func:`trailing_group_norms`)."""
+    return trailing_group_norms(down, up).sum()
+
+
+def rank_for_group_threshold(group_norms: Tensor, threshold: float) -> int:
+    """The fewest leading ranks ``k >= 1`` whose trailing group ``g[k]`` is at most ``threshold * g[0]`` (``r`` if none)."""
+    norms = group_norms.detach()
+    small = (norms[1:] <= threshold * norms[0]).nonzero()
+    return int(small[0]) + 1 if len(small) else len(norms)

@@ -4,11 +4,23 @@
 Task-Agnostic (TA-LoRA) and Task-Specific (TS-LoRA) low-rank modules split the update into what
 the tasks share and what each task needs, ``dW_t = scale * (B_s A_s + B_t A_t)``.
 
-Choices stated here: the paper runs its TS-LoRA modules side by side in the last stage of each
-hierarchical-transformer stage and feeds every task's features to its own decoder in one pass;
-this library selects one task at a time (``core.adapters.mtlora.set_task``), so ``dW_t`` is a
-plain LoRA update with the factors stacked, ``A = [A_s; A_t]``, ``B = [B_s, B_t]``, and merges
-exactly for the selected task. Every factor starts as LoRA's (``A`` Kaiming-uniform, ``B`` zero).
+Two modes (``core.adapters.mtlora.set_task``):
+
+- one task (``set_task(model, t)``): every layer runs ``dW_t``, a plain LoRA update with the
+  factors stacked, ``A = [A_s; A_t]``, ``B = [B_s, B_t]``; it merges exactly for that task.
+- all tasks in one pass (``set_task(model, "all")``, the paper's form): the network runs the
+  task-agnostic path ``y_s = op(x, W + scale * B_s A_s)``, and each layer also emits, from the same
+  input ``x``, one feature per task ``y_t = y_s + scale * B_t(A_t x)`` (:func:`task_branch_outputs`)
+  for that task's head. Shared per layer: ``op(x, W)``, the shared update and ``x`` itself (all
+  upstream computation); per task: only the rank-``r_t`` branch ``B_t A_t x``.
+
+Choice stated here: in the paper the TS-LoRA modules sit in the last block of each stage, and the
+task features are carried through the rest of that block; here a task branch always reads its
+layer's shared input and task features are not carried into later layers (the network continues on
+the shared path). So ``y_t`` of a layer equals its output in one-task mode exactly when no MTLoRA
+layer runs before it in the forward, e.g. MTLoRA on the layers that feed the heads and plain LoRA
+(the task-agnostic path) on the backbone. Every factor starts as LoRA's (``A`` Kaiming-uniform,
+``B`` zero).
 """
 
 from __future__ import annotations
@@ -16,9 +28,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .layout import LayerGeometry
+from torch import nn
 
-__all__ = ["stacked_factors", "mtlora_param_count"]
+from .layout import LayerGeometry, layer_forward, logical_to_weight
+from .lora import lora_bypass, lora_bypass_supported, lora_delta
+
+__all__ = ["stacked_factors", "mtlora_param_count", "task_branch_outputs"]
 
 
 def stacked_factors(shared_a: Tensor, shared_b: Tensor, task_a: Tensor | None = None, task_b: Tensor | None = None) -> tuple[Tensor, Tensor]:
@@ -31,3 +46,22 @@ def stacked_factors(shared_a: Tensor, shared_b: Tensor, task_a: Tensor | None = 
 def mtlora_param_count(geometry: LayerGeometry, rank: int, task_rank: int, num_tasks: int) -> int:
     """``(r + T * r_t) * (C_out + C_in * prod(k))``."""
     return (rank + num_tasks * task_rank) * (geometry.out_channels + geometry.fan_in)
+
+
+def task_branch_outputs(
+    layer: nn.Module, x: Tensor, shared_out: Tensor, task_factors: dict[str, tuple[Tensor, Tensor]],
+    geometry: LayerGeometry, scale: float, **kw,
+) -> dict[str, Tensor]:
+    """``{t: shared_out + scale * B_t(A_t x)}``: each task's feature from the shared output and input of one layer.
+
+    ``layer`` is the root layer (its op, stride, padding...); grouped convolutions take the dense
+    ``B_t A_t`` through the layer's op instead of the two-op path.
+    """
+    outputs = {}
+    for task, (task_a, task_b) in task_factors.items():
+        if lora_bypass_supported(geometry):
+            branch = lora_bypass(layer, x, task_a, task_b, geometry, scale, **kw)
+        else:
+            branch = layer_forward(layer, x, logical_to_weight(lora_delta(task_a, task_b, geometry, scale), geometry), None, **kw)
+        outputs[task] = shared_out + branch.to(shared_out.dtype)
+    return outputs

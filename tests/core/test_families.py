@@ -17,7 +17,7 @@ from torch import nn
 
 from lowrank_vision.core import adapter_layers, apply, load, merge, remove, save, unmerge
 from lowrank_vision.core.adapters.hypelora import HyperNetwork
-from lowrank_vision.core.adapters.mtlora import set_task
+from lowrank_vision.core.adapters.mtlora import forward_all_tasks, set_task, task_outputs
 from lowrank_vision.core.adapters.sltrain import memory_report
 from lowrank_vision.core.functional import flylora as F_fly
 from lowrank_vision.core.functional import hypelora as F_hyper
@@ -296,7 +296,7 @@ def test_mtlora_task_selection():
     torch.testing.assert_close(fc.delta_weight(), expected)
     model(x).square().mean().backward()
     assert d.shared_A.grad is not None and d.task_A["depth"].grad is not None and d.task_A["seg"].grad is None
-    with pytest.raises(ValueError, match=r"task must be None or one of \('seg', 'depth'\)"):
+    with pytest.raises(ValueError, match=r"task must be None, 'all' or one of \('seg', 'depth'\)"):
         set_task(model, "normals")
     merge(model)
     torch.testing.assert_close(model(x), outputs["depth"], rtol=1e-5, atol=1e-5)
@@ -307,9 +307,128 @@ def test_mtlora_task_selection():
     assert torch.equal(model(x), outputs["seg"])
 
 
+class MultiTaskNet(nn.Module):
+    """A conv backbone and one linear feature layer per model, whose output feeds every task's head."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 6, 3, padding=1)
+        self.conv2 = nn.Conv2d(6, 8, 3, padding=1, groups=2)
+        self.neck = nn.Linear(8, 12)
+
+    def forward(self, x):
+        return self.neck(torch.relu(self.conv2(torch.relu(self.conv1(x)))).mean((2, 3)))
+
+
+def multitask_net(seed: int = 0) -> nn.Module:
+    """Plain LoRA (the task-agnostic path) on the backbone, MTLoRA on the layer feeding the heads."""
+    torch.manual_seed(seed)
+    model = MultiTaskNet()
+    apply(model, "lora", rank=2, targets=["conv1", "conv2"], adapter_name="shared")
+    apply(model, "mtlora", rank=2, targets=["neck"], tasks=("seg", "depth", "normals"), task_rank=3)
+    for layer in adapter_layers(model, "shared").values():  # apply froze the first adapter; both train here
+        for _, param in layer.adapter_parameters():
+            param.requires_grad_(True)
+    randomize_adapter(model)
+    return model.eval()
+
+
+def test_mtlora_all_tasks_in_one_pass_equal_one_task_at_a_time():
+    model = multitask_net()
+    x = torch.randn(2, 3, 6, 6)
+    per_task = {}
+    for task in ("seg", "depth", "normals", None):
+        set_task(model, task)
+        per_task[task] = model(x).detach()
+    shared_out, features = forward_all_tasks(model, x)
+    assert model.neck.active_task is None  # the previous mode is restored
+    torch.testing.assert_close(shared_out, per_task[None], rtol=0, atol=0)  # the network runs the shared path
+    assert set(features) == {"seg", "depth", "normals"} and all(set(f) == {"neck"} for f in features.values())
+    for task in ("seg", "depth", "normals"):
+        torch.testing.assert_close(features[task]["neck"], per_task[task], rtol=1e-6, atol=1e-6)
+        assert (features[task]["neck"] - shared_out).abs().max() > 1e-2
+    # every layer of an all-MTLoRA model: the first layer's features equal one-task mode exactly (its input is the
+    # model input); a later layer's task branch reads the shared input, so its features differ from one-task mode
+    model = adapted("mtlora")
+    randomize_adapter(model)
+    single = {}
+    for task in ("seg", "depth"):
+        set_task(model, task)
+        single[task] = model.conv(x[:, :, :5, :5]).detach()
+    _, features = forward_all_tasks(model, x[:, :, :5, :5])
+    assert set(features["seg"]) == {"conv", "up", "fc", "head"}
+    for task in ("seg", "depth"):
+        torch.testing.assert_close(features[task]["conv"], single[task], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer, x", [
+    (nn.Embedding(10, 6), torch.tensor([[1, 4, 9]])),
+    (nn.Conv2d(4, 6, 3, padding=1, groups=2), torch.randn(2, 4, 5, 5)),  # dense branch through the layer's op
+    (nn.ConvTranspose2d(4, 3, 2, stride=2), torch.randn(2, 4, 3, 3)),
+])
+def test_mtlora_all_tasks_on_every_layer_type(layer, x):
+    torch.manual_seed(0)
+    model = nn.Sequential(layer)
+    apply(model, "mtlora", rank=2, tasks=("a", "b"))
+    randomize_adapter(model)
+    single = {}
+    for task in ("a", "b"):
+        set_task(model, task)
+        single[task] = model(x).detach()
+    _, features = forward_all_tasks(model, x)
+    for task in ("a", "b"):
+        torch.testing.assert_close(features[task]["0"], single[task], rtol=1e-5, atol=1e-5)
+    assert (single["a"] - single["b"]).abs().max() > 1e-3
+
+
+def test_mtlora_all_tasks_gradients_reach_only_the_tasks_used():
+    model = multitask_net()
+    set_task(model, "all")
+    model(torch.randn(2, 3, 6, 6))
+    features = task_outputs(model)
+    with pytest.raises(RuntimeError, match="has no task features"):
+        task_outputs(model)  # released after reading
+    features["depth"]["neck"].square().mean().backward()
+    d = model.neck.delta
+    assert d.task_A["depth"].grad.abs().sum() > 0 and d.task_B["depth"].grad.abs().sum() > 0
+    assert d.task_A["seg"].grad is None and d.task_B["normals"].grad is None
+    assert d.shared_A.grad.abs().sum() > 0 and model.conv1.delta.lora_A.grad.abs().sum() > 0  # the shared path learns
+    model.zero_grad(set_to_none=True)
+    out, features = forward_all_tasks(model, torch.randn(2, 3, 6, 6))
+    (out.sum() * 0 + features["seg"]["neck"].sum() + features["normals"]["neck"].sum()).backward()
+    assert d.task_A["depth"].grad is None and d.task_A["seg"].grad.abs().sum() > 0 and d.task_A["normals"].grad.abs().sum() > 0
+
+
+def test_mtlora_all_tasks_after_save_load_and_merge(tmp_path):
+    model = multitask_net()
+    x = torch.randn(2, 3, 6, 6)
+    out, features = forward_all_tasks(model, x)
+    save(model, tmp_path / "shared", adapter_name="shared")
+    save(model, tmp_path / "mt")
+    fresh = MultiTaskNet().eval()
+    fresh.load_state_dict({k: v for k, v in model.state_dict().items() if "neck" not in k and "conv" not in k}, strict=False)
+    for name in ("conv1", "conv2", "neck"):  # the frozen base weights
+        getattr(fresh, name).load_state_dict(adapter_layers(model, "shared" if name != "neck" else "default")[name].root.state_dict())
+    load(fresh, tmp_path / "shared")
+    load(fresh, tmp_path / "mt")
+    fresh_out, fresh_features = forward_all_tasks(fresh.eval(), x)
+    assert torch.equal(fresh_out, out)
+    for task in features:
+        assert torch.equal(fresh_features[task]["neck"], features[task]["neck"])
+    set_task(fresh, "all")
+    merge(fresh)  # folds the shared update; the task branches still run on the input
+    merged_out = fresh(x)
+    torch.testing.assert_close(merged_out, out, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(task_outputs(fresh)["seg"]["neck"], features["seg"]["neck"], rtol=1e-5, atol=1e-5)
+    with pytest.raises(RuntimeError, match="unmerge it before switching"):
+        set_task(fresh, "seg")
+
+
 def test_mtlora_options_are_checked():
     with pytest.raises(ValueError, match="MTLoRAOptions.tasks must be a non-empty tuple of distinct identifier strings"):
         apply(nn.Sequential(nn.Linear(4, 4)), "mtlora", rank=2, tasks=("a", "a"))
+    with pytest.raises(ValueError, match="other than 'all'"):
+        apply(nn.Sequential(nn.Linear(4, 4)), "mtlora", rank=2, tasks=("seg", "all"))
     with pytest.raises(ValueError, match="MTLoRAOptions.tasks"):
         apply(nn.Sequential(nn.Linear(4, 4)), "mtlora", rank=2, tasks=("has.dot",))
     with pytest.raises(ValueError, match="no mtlora adapter"):
