@@ -57,7 +57,7 @@ PURPOSE = {
     "sltrain": "Pre-training: the weight is low-rank + sparse with a fixed random support (SLTrain); memory report in core.adapters.sltrain",
     "flylora": "Fine-tuning with a frozen sparse random router and rank-wise top-k experts; only B trains (FlyLoRA)",
     "block_lora": "Fine-tuning: n up-projection blocks over one shared down-projection block (Block-LoRA)",
-    "mtlora": "Multi-task fine-tuning: shared + per-task low-rank updates, task picked at run time with set_task (MTLoRA)",
+    "mtlora": "Multi-task fine-tuning: shared + per-task low-rank updates, task picked at run time with set_task, or every task in one pass (set_task(model, \"all\")) (MTLoRA)",
     "hypelora": "Fine-tuning with one hyper-network generating every layer's A and B from a layer embedding (HypeLoRA)",
 }
 
