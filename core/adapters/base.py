@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 
 from ..functional.layout import LayerGeometry, geometry_of, layer_forward, logical_to_weight
+from ..validate import is_int, is_number, require
 from .strategy import choose_strategy
 
 __all__ = ["NoOptions", "AdapterConfig", "AdapterLayer", "DeltaAdapter", "LowRankDelta", "root_layer", "STRATEGIES"]
@@ -40,14 +41,10 @@ class AdapterConfig:
     """Where the update is computed: ``weight`` (one op with ``W + dW``), ``activation`` (base output + low-rank path) or ``auto``."""
 
     def __post_init__(self) -> None:
-        if isinstance(self.rank, bool) or not isinstance(self.rank, int) or self.rank <= 0:
-            raise ValueError(f"AdapterConfig.rank must be a positive integer, got {self.rank!r}")
-        if self.alpha is not None and (isinstance(self.alpha, bool) or not isinstance(self.alpha, (int, float)) or not self.alpha > 0):
-            raise ValueError(f"AdapterConfig.alpha must be a positive number or None, got {self.alpha!r}")
-        if isinstance(self.dropout, bool) or not isinstance(self.dropout, (int, float)) or not (0.0 <= float(self.dropout) < 1.0):
-            raise ValueError(f"AdapterConfig.dropout must be a number in [0, 1), got {self.dropout!r}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"AdapterConfig.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        require(self, "rank", is_int(self.rank, 1), "a positive integer")
+        require(self, "alpha", self.alpha is None or (is_number(self.alpha) and self.alpha > 0), "a positive number or None")
+        require(self, "dropout", is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "a number in [0, 1)")
+        require(self, "strategy", self.strategy in STRATEGIES, f"one of {STRATEGIES}")
         if self.dropout > 0 and self.strategy == "weight":
             raise ValueError(
                 f"AdapterConfig.strategy must be 'auto' or 'activation' when dropout > 0 (dropout acts on the adapter's "

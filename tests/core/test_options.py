@@ -33,6 +33,19 @@ def test_errors_name_class_and_field():
         apply(nn.Sequential(nn.Linear(4, 4)), "nera", rank=2, grid_size=0)
 
 
+@pytest.mark.parametrize("kwargs, message", [
+    ({"alpha": 0}, "AdapterConfig.alpha must be a positive number or None, got 0"),
+    ({"alpha": True}, "AdapterConfig.alpha must be a positive number or None, got True"),
+    ({"dropout": 1.0}, r"AdapterConfig.dropout must be a number in \[0, 1\), got 1.0"),
+    ({"dropout": True}, r"AdapterConfig.dropout must be a number in \[0, 1\), got True"),
+    ({"strategy": "fast"}, r"AdapterConfig.strategy must be one of \('auto', 'weight', 'activation'\), got 'fast'"),
+])
+def test_adapter_config_errors(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        AdapterConfig(rank=2, **kwargs)
+    AdapterConfig(rank=2, alpha=4, dropout=0)  # ints are numbers
+
+
 def test_export_peft_refuses_mixed_dropout(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     apply(model, "lora", rank=2, targets=["0"], dropout=0.1)
