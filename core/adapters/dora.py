@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from ..functional import dora as F_dora
 from ..functional.layout import LayerGeometry, channel_view, layer_forward, weight_to_logical
+from ..validate import require
 from .base import DeltaAdapter
 from .conv_lora import ConvLoRADelta
 from .cp_lora import CPDelta
@@ -30,8 +31,7 @@ class DoRAOptions:
     """Treat ``||W + dW||`` as a constant in backward (DoRA paper, Sec. 4.3); ``False`` keeps the exact gradient."""
 
     def __post_init__(self) -> None:
-        if not isinstance(self.detach_norm, bool):
-            raise ValueError(f"DoRAOptions.detach_norm must be True or False, got {self.detach_norm!r}")
+        require(self, "detach_norm", isinstance(self.detach_norm, bool), "True or False")
 
 
 class DoRAAdapter(DeltaAdapter):

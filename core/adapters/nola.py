@@ -9,6 +9,7 @@ from torch import Tensor, nn
 
 from ..functional import nola as F_nola
 from ..functional.layout import LayerGeometry
+from ..validate import is_int, require, require_ints
 from .base import DeltaAdapter, LowRankDelta
 from .lora import LoRADelta
 from .registry import register_adapter
@@ -26,12 +27,8 @@ class NOLAOptions:
     """Base seed; each layer's bases use ``seed`` combined with a CRC32 of its module name."""
 
     def __post_init__(self) -> None:
-        for name in ("num_basis_a", "num_basis_b"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-                raise ValueError(f"NOLAOptions.{name} must be a positive integer, got {value!r}")
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
-            raise ValueError(f"NOLAOptions.seed must be an integer, got {self.seed!r}")
+        require_ints(self, "num_basis_a", "num_basis_b", minimum=1, expected="a positive integer")
+        require(self, "seed", is_int(self.seed), "an integer")
 
 
 layer_seed = F_nola.layer_seed  # kept importable from here

@@ -16,7 +16,7 @@ from torch import Tensor, nn
 from ..functional import lora as F_lora
 from ..functional import spline_lora as F_spline
 from ..functional.layout import LayerGeometry
-from ..validate import is_int, require
+from ..validate import is_int, is_number, require
 from .base import AdapterLayer
 from .registry import register_adapter
 
@@ -32,8 +32,7 @@ class SplineLoRAOptions:
 
     def __post_init__(self) -> None:
         require(self, "grid_size", is_int(self.grid_size, 2), "an integer >= 2")
-        positive = not isinstance(self.grid_range, bool) and isinstance(self.grid_range, (int, float)) and self.grid_range > 0
-        require(self, "grid_range", positive, "a positive number")
+        require(self, "grid_range", is_number(self.grid_range) and self.grid_range > 0, "a positive number")
 
 
 @register_adapter("spline_lora")

@@ -46,6 +46,17 @@ def test_adapter_config_errors(kwargs, message):
     AdapterConfig(rank=2, alpha=4, dropout=0)  # ints are numbers
 
 
+@pytest.mark.parametrize("family, kwargs, message", [
+    ("nola", {"seed": 1.5}, "NOLAOptions.seed must be an integer, got 1.5"),
+    ("nola", {"num_basis_b": True}, "NOLAOptions.num_basis_b must be a positive integer, got True"),
+    ("spline_lora", {"grid_range": True}, "SplineLoRAOptions.grid_range must be a positive number, got True"),
+    ("spline_lora", {"grid_range": 0.0}, "SplineLoRAOptions.grid_range must be a positive number, got 0.0"),
+])
+def test_family_option_errors(family, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        apply(nn.Sequential(nn.Linear(4, 4)), family, rank=2, **kwargs)
+
+
 def test_export_peft_refuses_mixed_dropout(tmp_path):
     model = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 4))
     apply(model, "lora", rank=2, targets=["0"], dropout=0.1)
