@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..functional import nera as F_kan
 from ..functional.layout import LayerGeometry
-from ..validate import is_int, require
+from ..validate import is_int, is_number, require
 from .base import AdapterLayer
 from .registry import register_adapter
 
@@ -39,9 +39,8 @@ class NeRAOptions:
     def __post_init__(self) -> None:
         require(self, "grid_size", is_int(self.grid_size, 1), "an integer >= 1")
         require(self, "spline_order", is_int(self.spline_order, 0), "an integer >= 0")
-        require(self, "grid_range", isinstance(self.grid_range, (int, float)) and self.grid_range > 0, "a positive number")
-        require(self, "spline_init_scale", isinstance(self.spline_init_scale, (int, float)) and self.spline_init_scale >= 0,
-                "a number >= 0")
+        require(self, "grid_range", is_number(self.grid_range) and self.grid_range > 0, "a positive number")
+        require(self, "spline_init_scale", is_number(self.spline_init_scale) and self.spline_init_scale >= 0, "a number >= 0")
 
     @property
     def num_basis(self) -> int:

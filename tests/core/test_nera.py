@@ -131,6 +131,14 @@ def test_convs_start_unchanged_grouped_refused_bad_options_named():
         apply(_model(), "nera", rank=2, targets=["0"], spline_order=-1)
 
 
+@pytest.mark.parametrize("field, expected", [("grid_range", "a positive number"), ("spline_init_scale", "a number >= 0")])
+def test_bool_is_not_a_number_option(field, expected):
+    """``True`` is an int to Python; as a grid range or init scale it is a mistake, refused like in every other family."""
+    with pytest.raises(ValueError, match=f"NeRAOptions.{field} must be {expected}, got True"):
+        NeRAOptions(**{field: True})
+    assert getattr(NeRAOptions(**{field: 2}), field) == 2  # a plain int is still a number
+
+
 def test_training_lowers_loss_and_save_load_exact(tmp_path):
     torch.manual_seed(1)
     model = _model()
