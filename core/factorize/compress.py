@@ -350,7 +350,7 @@ def truncate(model: nn.Module, ranks: Union[int, float, Mapping[str, int], None]
     if (ranks is None) == (threshold is None):
         raise ValueError(f"give exactly one of ranks and threshold, got ranks={ranks!r}, threshold={threshold!r}")
     if threshold is not None:
-        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 <= threshold < 1:
+        if not (is_number(threshold) and 0 <= threshold < 1):
             raise ValueError(f"threshold must be a number in [0, 1), got {threshold!r}")
         ranks = {name: F_fact.rank_for_group_threshold(norms, float(threshold)) for name, norms in group_norms(model).items()}
     replacements, out = {}, {}
