@@ -1,4 +1,4 @@
-"""HSI data: synthetic scenes, readers/writers (.mat, ENVI, GeoTIFF), leak-free block splits, train-only PCA, metrics."""
+"""HSI data: synthetic scenes, readers/writers (.mat, ENVI, GeoTIFF), train-only PCA, patches (splits: test_hsi_split.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from lowrank_vision.datasets.hsi import HSICube
 from lowrank_vision.datasets.hsi.io import HSIFormatError, read_cube, read_envi, read_geotiff, read_mat, write_envi, write_geotiff
-from lowrank_vision.datasets.hsi.split import block_split, extract_patches, fit_pca, pad_cube
+from lowrank_vision.datasets.hsi.split import extract_patches, fit_pca, make_split, pad_cube
 from lowrank_vision.datasets.hsi.synthetic import make_synthetic_scene
 
 
@@ -41,32 +41,8 @@ def test_domain_shift_changes_spectra_not_classes():
     assert np.abs(a.data - b.data).mean() > 0.01
 
 
-@pytest.mark.parametrize("patch,block", [(3, 8), (5, 8), (9, 16)])
-def test_block_split_windows_never_cross_splits(small_scene, patch, block):
-    s = block_split(small_scene.labels, (0.4, 0.1, 0.5), block=block, patch=patch, seed=0)
-    r = patch // 2
-    for i, name in enumerate(("train", "val", "test")):
-        for y, x in s.coords[name]:
-            win = s.assignment[max(y - r, 0) : y + r + 1, max(x - r, 0) : x + r + 1]
-            assert np.all(win == i)
-    tr, te = s.coords["train"], s.coords["test"]
-    cheb = np.abs(tr[:, None, :] - te[None, :, :]).max(-1)
-    assert cheb.min() >= patch  # windows of a train and a test pixel never overlap
-    assert np.all(small_scene.labels[tr[:, 0], tr[:, 1]] > 0)
-    assert min(s.summary(small_scene.labels)["train"]) >= 5
-
-
-def test_block_split_bad_input(small_scene):
-    with pytest.raises(ValueError, match="fractions"):
-        block_split(small_scene.labels, (0.5, 0.5, 0.5))
-    with pytest.raises(ValueError, match="patch"):
-        block_split(small_scene.labels, patch=4)
-    with pytest.raises(ValueError, match="no labelled pixel"):
-        block_split(np.zeros((32, 32), int), block=8, patch=3)
-
-
 def test_pca_uses_train_pixels_only(small_scene):
-    s = block_split(small_scene.labels, block=8, patch=3, seed=0)
+    s = make_split(small_scene.labels, block=8, seed=0)
     train_mask = s.assignment == 0
     p1 = fit_pca(small_scene.data, train_mask, 6)
     poisoned = small_scene.data.copy()
