@@ -161,3 +161,22 @@ def test_synthetic_config_errors_name_class_and_field(field, value, expected):
 
     with pytest.raises(ValueError, match=rf"SyntheticSceneConfig.{field} must be {expected}, got {value!r}"):
         SyntheticSceneConfig(**{field: value})
+
+
+def test_default_scene_has_the_statistics_of_a_real_one():
+    """145x145x200, 16 classes with long-tailed sizes (tens to thousands of pixels), similar pairs, bad bands."""
+    from lowrank_vision.datasets.hsi.synthetic import _absorption
+
+    a = make_synthetic_scene()
+    assert a.shape == (145, 145, 200) and a.num_classes == 16
+    sizes = np.bincount(a.labels.reshape(-1), minlength=17)[1:]
+    assert sizes.min() >= 20 and sizes.min() < 100 and sizes.max() > 1000  # tens to thousands
+    assert (sizes < 100).sum() == 3 and 0.35 < (a.labels > 0).mean() < 0.8  # 3 tiny classes; unlabelled background
+    means = np.stack([a.data[a.labels == k].mean(0) for k in range(1, 17)])
+    good = ~_absorption(a.wavelengths)
+    d = np.linalg.norm(means[:, None, good] - means[None, :, good], axis=-1) / np.sqrt(good.sum())
+    assert d[0, 1] < 0.5 * np.median(d[~np.eye(16, dtype=bool)])  # a similar pair: much closer than a typical pair
+    hi = np.diff(a.data[..., ~good], axis=1).std() / np.abs(a.data[..., ~good]).mean()
+    lo = np.diff(a.data[..., good], axis=1).std() / np.abs(a.data[..., good]).mean()
+    assert hi > 3 * lo  # absorption bands: low signal, high noise
+    assert np.array_equal(make_synthetic_scene().data, a.data)  # deterministic
