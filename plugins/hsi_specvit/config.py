@@ -152,6 +152,9 @@ class RecipeConfig:
     """Label smoothing of the cross-entropy loss."""
     augment: bool = True
     """Random flips / 90-degree rotations of each batch."""
+    class_weighting: Literal["none", "sqrt_inverse"] = "none"
+    """Cross-entropy class weights: ``sqrt_inverse`` weighs class c by 1/sqrt(its training pixels), normalised to
+    mean 1 (long-tailed scenes), ``none`` weighs every sample alike."""
     spectral_jitter: float = 0.0
     """Std of a random per-sample gain on every input component (1 + N(0, s)), a brightness / illumination jitter."""
     eval_every: int = 25
@@ -170,6 +173,7 @@ class RecipeConfig:
         require(self, "f_min", 0.0 <= self.f_min <= 1.0, "in [0, 1]")
         require(self, "batch_size", is_int(self.batch_size, 1), "an int >= 1")
         require(self, "label_smoothing", 0.0 <= self.label_smoothing < 1.0, "in [0, 1)")
+        require(self, "class_weighting", self.class_weighting in ("none", "sqrt_inverse"), "'none' or 'sqrt_inverse'")
         require(self, "spectral_jitter", 0.0 <= self.spectral_jitter < 1.0, "in [0, 1)")
         require(self, "eval_every", is_int(self.eval_every, 0), "an int >= 0")
         if self.train is None:

@@ -216,13 +216,19 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
         raise ValueError(f"RecipeConfig.batch_size must be <= the {len(y)} training samples, got {recipe.batch_size}")
     model, info = build_model(recipe, x.shape[1], data.num_classes, data.patch, init_state)
     loader = DataLoader(TensorDataset(x, y), batch_size=recipe.batch_size, shuffle=True, drop_last=True)
+    weight = None
+    if recipe.class_weighting == "sqrt_inverse":
+        counts = torch.bincount(y, minlength=data.num_classes).float()
+        weight = torch.where(counts > 0, counts.clamp(min=1).rsqrt(), torch.zeros(()))
+        weight = weight / weight[counts > 0].mean()
 
     def loss_fn(m: nn.Module, batch) -> tuple[torch.Tensor, dict]:
         xb, yb = batch
         if recipe.augment:
             xb = _augment(xb, recipe.spectral_jitter)
         logits = m(xb)
-        loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+        loss = F.cross_entropy(logits, yb, weight=None if weight is None else weight.to(logits.device),
+                               label_smoothing=recipe.label_smoothing)
         return loss, {"acc": float((logits.argmax(1) == yb).float().mean())}
 
     callbacks, schedule = [], None
