@@ -1,8 +1,4 @@
-"""``lowrank-hsi``: LoLA-SpecViT + LoRA hyperspectral classification, with SVM / random-forest baselines; outputs in
-runs/hsi/<command>. CUBE: a ``.mat`` cube (labels in it or ``--gt``), ENVI ``.hdr`` or raster; default: the synthetic
-scene (``finetune``: its shifted twin)."""
-
-from __future__ import annotations
+"""``lowrank-hsi``: LoLA-SpecViT + LoRA HSI classification, SVM / RF baselines. CUBE: .mat / ENVI / raster (default: synthetic)."""
 
 import sys
 from pathlib import Path
@@ -13,8 +9,7 @@ from lowrank_vision.plugins.hsi_specvit.config import DataConfig, RecipeConfig, 
 from lowrank_vision.plugins.hsi_specvit.weights import DEFAULT_WEIGHTS, load_bundle
 
 RECIPE_OPTIONS = (("rank", int, 8, "LoRA rank"), ("alpha", float, 16.0, "LoRA alpha"), ("batch_size", int, 64, "patches per step"),
-                  ("cycle_steps", int, 40, "first cycle of the LoRA-scale schedule"),
-                  ("eval_every", int, 25, "score val every N steps and keep the best weights (0: keep the last)"))
+                  ("cycle_steps", int, 40, "first LoRA-scale cycle"), ("eval_every", int, 25, "keep the best val weights, every"))
 
 
 def _recipes(args, model: str) -> list:
@@ -24,11 +19,10 @@ def _recipes(args, model: str) -> list:
 
 
 def train_cmd(args):
-    data = DataConfig(pca_components=args.pca, patch=args.patch, split=args.split, split_seed=args.split_seed,
-                      block=args.block or (29 if args.split == "checkerboard" else 16), train_mask=args.train_mask,
-                      test_mask=args.test_mask)
-    print_json(commands.train(Path(args.out), commands.load_input(args.cube, args.gt), _recipes(args, args.model), data, args.weights_out, args.device,
-                              command=args.command_line)["rows"])
+    data = DataConfig(pca_components=args.pca, patch=args.patch, split=args.split, split_seed=args.split_seed, test_mask=args.test_mask,
+                      block=args.block or (29 if args.split == "checkerboard" else 16), train_mask=args.train_mask)
+    print_json(commands.train(Path(args.out), commands.load_input(args.cube, args.gt), _recipes(args, args.model), data,
+                              args.weights_out, args.device, args.command_line)["rows"])
 
 
 def finetune_cmd(args):
@@ -63,20 +57,17 @@ def build_parser():
         g = cmds[name].add_argument_group("training")
         g.add_argument("--method", nargs="+", default=methods, choices=["lora", "full"] + ["hybridsn", "svm", "rf"] * (name == "train"))
         g.add_argument("--lr", type=float, help="peak AdamW lr (default 5e-3 for lora, 2e-3 otherwise)")
-        g.add_argument("--no-cyclical", action="store_true", help="keep the LoRA scale fixed (no cyclical schedule)")
+        g.add_argument("--no-cyclical", action="store_true", help="fixed LoRA scale (no cyclical schedule)")
         for field, typ, default, what in RECIPE_OPTIONS + (("steps", int, steps, "optimizer steps"), ("seed", int, 0, "seed")):
             g.add_argument("--" + field.replace("_", "-"), type=typ, default=default, help=what + " (default %(default)s)")
     t = cmds["train"]
     t.add_argument("--model", default="lola_specvit_tiny", choices=[f"lola_specvit_{s}" for s in ("tiny", "small", "base")])
-    t.add_argument("--split", default="regions", choices=["regions", "checkerboard", "masks"], help="split protocol (regions: "
-                   "class-stratified disjoint regions; checkerboard: alternating cells; masks: --train-mask/--test-mask)")
-    for flag, default, what in (("--patch", 9, "patch side"), ("--pca", 15, "PCA components, fitted on train pixels"),
-                                ("--block", None, "regions: grid cutting fields (16); checkerboard: cell side (29)"),
-                                ("--split-seed", 0, "seed of the split")):
+    t.add_argument("--split", default="regions", choices=["regions", "checkerboard", "masks"], help="regions: class-stratified disjoint")
+    for flag, default, what in (("--patch", 9, "patch side"), ("--pca", 15, "PCA components, fitted on train pixels"), ("--block", None,
+                                "regions: grid cutting fields (16); checkerboard: cell side (29)"), ("--split-seed", 0, "split seed")):
         t.add_argument(flag, type=int, default=default, help=f"{what} (default %(default)s)")
-    for which in ("train", "test"):
-        t.add_argument(f"--{which}-mask", help=f"--split masks: {which} map file (nonzero = {which})")
-    t.add_argument("--weights-out", type=Path, help="also write the first network's bundle here, with its card (.md)")
+    [t.add_argument(f"--{w}-mask", help=f"--split masks: {w} map file (nonzero = {w})") for w in ("train", "test")]
+    t.add_argument("--weights-out", type=Path, help="also write the first network's bundle here, with its card")
     cmds["finetune"].add_argument("--refit-pca", action="store_true", help="fit a new PCA on the target's train split")
     cmds["eval"].add_argument("--split", default="test", choices=["test", "val", "all"])
     return parser

@@ -313,10 +313,15 @@ class PCA:
 
 
 def fit_pca(data: np.ndarray, mask: np.ndarray, n_components: int = 15, whiten: bool = True, max_pixels: int = 200_000,
-            seed: int = 0) -> PCA:
+            seed: int = 0, noise_adjusted: bool = False) -> PCA:
     """Fit PCA on the pixels of ``data[H, W, B]`` where ``mask[H, W]`` is true (the training region only).
 
-    The sign of each component is fixed (largest loading positive) so fits are reproducible.
+    ``noise_adjusted``: the minimum-noise-fraction transform (Green et al. 1988, "A transformation for ordering
+    multispectral data in terms of image quality"): the bands are first whitened with respect to the noise
+    covariance, estimated as half the covariance of differences between horizontally adjacent training pixels,
+    then PCA orders components by signal-to-noise ratio instead of variance, so noisy bands (water absorption,
+    bad detectors) do not take the first components. The sign of each component is fixed (largest loading
+    positive) so fits are reproducible.
     """
     if data.ndim != 3:
         raise ValueError(f"data: expected [H, W, B], got shape {data.shape}")
@@ -327,11 +332,23 @@ def fit_pca(data: np.ndarray, mask: np.ndarray, n_components: int = 15, whiten: 
     x = data[mask].astype(np.float64)
     if x.shape[0] <= n_components:
         raise ValueError(f"mask: only {x.shape[0]} pixels to fit {n_components} components")
+    rng = np.random.default_rng(seed)
     if x.shape[0] > max_pixels:
-        x = x[np.random.default_rng(seed).choice(x.shape[0], max_pixels, replace=False)]
+        x = x[rng.choice(x.shape[0], max_pixels, replace=False)]
     mean = x.mean(0)
-    _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
-    comps = vt[:n_components]
+    bands = data.shape[2]
+    pre = np.eye(bands)  # x @ pre: identity for PCA, noise whitening for MNF
+    if noise_adjusted:
+        pair = mask[:, 1:] & mask[:, :-1]
+        diff = (data[:, 1:][pair] - data[:, :-1][pair]).astype(np.float64)
+        if diff.shape[0] <= bands:
+            raise ValueError(f"mask: only {diff.shape[0]} adjacent training pixel pairs to estimate the {bands}-band noise")
+        if diff.shape[0] > max_pixels:
+            diff = diff[rng.choice(diff.shape[0], max_pixels, replace=False)]
+        evals, evecs = np.linalg.eigh(np.cov(diff, rowvar=False) / 2.0)
+        pre = evecs / np.sqrt(np.maximum(evals, evals.max() * 1e-10))
+    _, s, vt = np.linalg.svd((x - mean) @ pre, full_matrices=False)
+    comps = vt[:n_components] @ pre.T  # components in band space: z = (x - mean) @ comps.T
     signs = np.sign(comps[np.arange(n_components), np.abs(comps).argmax(1)])
     comps = comps * signs[:, None]
     std = s[:n_components] / np.sqrt(x.shape[0] - 1)

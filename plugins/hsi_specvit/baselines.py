@@ -44,10 +44,12 @@ class Standardizer:
         return ((x - self.mean) / self.std).astype(np.float32)
 
 
-def pixel_features(data, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """Spectra ``[N, B]`` and zero-based labels of a split's samples of a :class:`.recipes.PreparedData`."""
+def pixel_features(data, split: str, reduced: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Spectra ``[N, B]`` (``reduced``: the networks' PCA / MNF components ``[N, k]``) and zero-based labels of a
+    split's samples of a :class:`.recipes.PreparedData`."""
     rc = data.split.coords[split]
-    return data.cube.data[rc[:, 0], rc[:, 1]].astype(np.float64), data.split.labels(data.cube.labels, split)
+    x = data.cube.data[rc[:, 0], rc[:, 1]].astype(np.float64)
+    return (data.pca.transform(x).astype(np.float64) if reduced else x), data.split.labels(data.cube.labels, split)
 
 
 def _make(method: str, params: dict, bands: int, seed: int):
@@ -68,8 +70,9 @@ def _size(method: str, model) -> int:
     return int(sum(t.tree_.node_count for t in model.estimators_))
 
 
-def fit_classic(method: str, data, seed: int = 0, grid: dict | None = None) -> tuple[object, Standardizer, dict]:
-    """Fit ``svm`` or ``rf`` on the training pixels of ``data`` with hyperparameters chosen on val.
+def fit_classic(method: str, data, seed: int = 0, grid: dict | None = None, reduced: bool = False) -> tuple[object, Standardizer, dict]:
+    """Fit ``svm`` or ``rf`` on the training pixels of ``data`` with hyperparameters chosen on val (``reduced``: on the
+    networks' reduced input instead of the spectra, a diagnostic of what the reduction alone gives).
 
     Returns ``(model, standardizer, record)``; the record has the chosen setting, the val OA of every
     setting, parameter counts, time, val / test metrics and the class map (same layout as :func:`.recipes.train`'s).
@@ -77,10 +80,10 @@ def fit_classic(method: str, data, seed: int = 0, grid: dict | None = None) -> t
     if method not in ("svm", "rf"):
         raise ValueError(f"method must be 'svm' or 'rf', got {method!r}")
     grid = grid or (SVM_GRID if method == "svm" else RF_GRID)
-    x_tr, y_tr = pixel_features(data, "train")
+    x_tr, y_tr = pixel_features(data, "train", reduced)
     scaler = Standardizer.fit(x_tr)
     x_tr = scaler(x_tr)
-    x_va, y_va = pixel_features(data, "val")
+    x_va, y_va = pixel_features(data, "val", reduced)
     x_va = scaler(x_va)
     settings = [dict(zip(grid, v)) for v in itertools.product(*grid.values())]
     t0 = time.time()
@@ -98,21 +101,22 @@ def fit_classic(method: str, data, seed: int = 0, grid: dict | None = None) -> t
         best = settings[0]
     model = _make(method, best, x_tr.shape[1], seed).fit(x_tr, y_tr)
     size = _size(method, model)
-    record = {"arch": method, "recipe": {"method": method, "grid": {k: list(v) for k, v in grid.items()}},
+    record = {"arch": method, "features": "reduced" if reduced else "spectra", "recipe": {"method": method, "grid": {k: list(v) for k, v in grid.items()}},
               "selected": best, "search": search, "total_params": size, "trainable_params": size,
               "train_seconds": round(time.time() - t0, 1),
               "samples": {k: int(len(v)) for k, v in data.split.coords.items()},
               "split": data.split.summary(data.cube.labels)}
     from .recipes import split_metrics
 
-    record.update(split_metrics(predict_classic(model, scaler, data), data))
+    record.update(split_metrics(predict_classic(model, scaler, data, reduced), data))
     return model, scaler, record
 
 
-def predict_classic(model, scaler: Standardizer, data) -> np.ndarray:
+def predict_classic(model, scaler: Standardizer, data, reduced: bool = False) -> np.ndarray:
     """Class map ``[H, W]`` (1..K) of every sample of every split (0 elsewhere), like :func:`.recipes.predict_split_map`."""
     out = np.zeros(data.cube.labels.shape, np.int64)
     for split, rc in data.split.coords.items():
         if len(rc):
-            out[rc[:, 0], rc[:, 1]] = model.predict(scaler(data.cube.data[rc[:, 0], rc[:, 1]].astype(np.float64))) + 1
+            x = data.cube.data[rc[:, 0], rc[:, 1]].astype(np.float64)
+            out[rc[:, 0], rc[:, 1]] = model.predict(scaler(data.pca.transform(x) if reduced else x)) + 1
     return out

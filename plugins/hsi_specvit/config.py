@@ -73,7 +73,10 @@ class DataConfig:
     """How samples are drawn from a labelled cube (the split and PCA are fitted per run, never on test pixels)."""
 
     pca_components: int = 15
-    """Bands after PCA (the paper's code uses 15, whitened)."""
+    """Bands after the reduction (the paper's code uses 15 PCA components, whitened)."""
+    reduction: Literal["pca", "mnf"] = "pca"
+    """``pca``: principal components of the training pixels; ``mnf``: minimum noise fraction (noise-adjusted PCA:
+    components ordered by signal-to-noise ratio, so noisy / absorption bands do not fill them), also train-only."""
     patch: int = 9
     """Side of the square window around each pixel (odd); neighbours of another split are zeroed in it."""
     split: Protocol = "regions"
@@ -97,6 +100,7 @@ class DataConfig:
     def __post_init__(self) -> None:
         require(self, "pca_components", is_int(self.pca_components, 1), "an int >= 1")
         require(self, "patch", is_int(self.patch, 1) and self.patch % 2 == 1, "an odd int >= 1")
+        require(self, "reduction", self.reduction in ("pca", "mnf"), "'pca' or 'mnf'")
         require(self, "split", self.split in get_args(Protocol), f"one of {get_args(Protocol)}")
         require(self, "block", is_int(self.block, 2), "an int >= 2")
         require(self, "fractions", len(self.fractions) == 3 and min(self.fractions) >= 0 and self.fractions[0] > 0

@@ -82,7 +82,8 @@ def prepare(cube: HSICube, cfg: DataConfig = DataConfig(), pca: Optional[PCA] = 
             raise ValueError(f"{name}: {getattr(cfg, name)!r} is {m.shape}, expected the cube's {labels.shape}")
     split = make_split(labels, cfg.split, cfg.fractions, cfg.block, cfg.split_seed, cfg.val_fraction, *masks)
     if pca is None:
-        pca = fit_pca(cube.data, split.assignment == 0, min(cfg.pca_components, cube.bands), cfg.whiten, seed=cfg.split_seed)
+        pca = fit_pca(cube.data, split.assignment == 0, min(cfg.pca_components, cube.bands), cfg.whiten, seed=cfg.split_seed,
+                      noise_adjusted=cfg.reduction == "mnf")
     reduced = pca.transform(cube.data)
     return PreparedData(cube=cube, split=split, pca=pca, padded=pad_cube(reduced, cfg.patch),
                         padded_assignment=pad_assignment(split.assignment, cfg.patch), patch=cfg.patch,

@@ -180,3 +180,17 @@ def test_default_scene_has_the_statistics_of_a_real_one():
     lo = np.diff(a.data[..., good], axis=1).std() / np.abs(a.data[..., good]).mean()
     assert hi > 3 * lo  # absorption bands: low signal, high noise
     assert np.array_equal(make_synthetic_scene().data, a.data)  # deterministic
+
+
+def test_mnf_orders_components_by_signal_to_noise_not_variance():
+    """A smooth signal in 4 bands, strong pixel noise in 2 others: PCA's first component is noise, MNF's is signal."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:40]
+    signal = np.sin(xx / 6.0) + np.cos(yy / 7.0)  # spatially smooth
+    data = np.concatenate([signal[..., None] * [[0.1, 0.2, 0.15, 0.1]] + 0.01 * rng.standard_normal((40, 40, 4)),
+                           3.0 * rng.standard_normal((40, 40, 2))], axis=-1).astype(np.float32)
+    mask = np.ones((40, 40), bool)
+    mask[:, 30:] = False  # fitted on the "training" part only
+    first = {name: fit_pca(data, mask, 2, noise_adjusted=mnf).transform(data)[..., 0] for name, mnf in (("pca", False), ("mnf", True))}
+    corr = {k: abs(np.corrcoef(v.reshape(-1), signal.reshape(-1))[0, 1]) for k, v in first.items()}
+    assert corr["mnf"] > 0.99 and corr["pca"] < 0.3
