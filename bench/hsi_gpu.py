@@ -50,8 +50,8 @@ LABELS = {"svm_reduced": "SVM-RBF on the networks' reduced input (diagnostic)", 
           "full": "LoLA-SpecViT tiny, full training", "lora": "LoLA-SpecViT tiny, LoRA (frozen base)"}
 
 REDUCTIONS = {  # phase 1: the spectral reduction (name -> DataConfig changes)
-    "pca15": {},
-    "pca30": {"pca_components": 30},
+    "pca15": {"reduction": "pca"},
+    "pca30": {"reduction": "pca", "pca_components": 30},
     "mnf15": {"reduction": "mnf"},
 }
 CANDIDATES = {  # phase 2, on top of the chosen reduction: name -> (DataConfig changes, RecipeConfig changes, lr or None)
@@ -260,7 +260,9 @@ def stage_report(args, done: dict) -> str:
                   if (args.docs / "hsi" / f"{protocol}_{m}_classmap.png").exists()]
         lines += [""]
     ft = done.get("finetune")
-    if ft:
+    if not ft:
+        lines += ["## Fine-tuning a pre-trained model to the default scene", "", "Not run (budget spent before this stage).", ""]
+    else:
         src = ft["source_training"]
         lines += ["## Fine-tuning a pre-trained model to the default scene (`regions` split)", "",
                   f"Source: full training on `{src['scene']}` (another layout of the same classes seen by another sensor; "
@@ -303,7 +305,7 @@ def main(argv=None) -> None:
     ap.add_argument("--out", default="runs/hsi_gpu")
     ap.add_argument("--budget-s", type=float, default=1e9)
     ap.add_argument("--reserve-s", type=float, default=0.0, help="stop the search when less than this is left")
-    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per network (default 300; 1200 on cuda)")
+    ap.add_argument("--steps", type=int, default=None, help="optimizer steps per network (default 300; 1000 on cuda)")
     ap.add_argument("--search-steps", type=int, default=None, help="steps of each search run (default: half of --steps)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a 40x40x24 scene and 6 steps: checks the script, not the method")
@@ -314,7 +316,7 @@ def main(argv=None) -> None:
     from lowrank_vision.core.files import write_json
 
     torch.set_num_threads(args.threads)
-    args.steps = args.steps or (6 if args.smoke else 1200 if args.device.startswith("cuda") else 300)
+    args.steps = args.steps or (6 if args.smoke else 1000 if args.device.startswith("cuda") else 300)
     args.search_steps = args.search_steps or max(args.steps // 2, 2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -341,6 +343,7 @@ def main(argv=None) -> None:
             done[stage] = stage_protocol(args, stage, done["search"])
         write_json(path, done[stage])
         write_json(args.docs / "hsi" / f"{stage}.json", done[stage])
+        stage_report(args, done)  # after every stage: a run cut short still leaves a report of what it reached
         print(f"{stage}: done in {time.time() - t:.0f} s ({_left(args):.0f} s of budget left)", flush=True)
 
 

@@ -154,7 +154,7 @@ def finetune(out: Path, target: HSICube, source_weights: Path = DEFAULT_WEIGHTS,
 
 def evaluate(out: Path, cube: HSICube, weights: Path = DEFAULT_WEIGHTS, split: str = "test", progress: bool = True,
              device: str = "cpu") -> dict:
-    """Score a bundle on a labelled cube: ``test``/``val`` = the bundle's own block split of this cube, ``all`` = every labelled pixel."""
+    """Score a bundle on a labelled cube: ``test``/``val`` = the bundle's own split of this cube, ``all`` = every labelled pixel."""
     if cube.labels is None or cube.num_classes == 0:
         raise ValueError(f"cube: {cube.source or 'input'} has no ground truth; eval needs a label map (pass --gt)")
     if split not in ("test", "val", "all"):
@@ -212,7 +212,7 @@ def predict(out: Path, cube: HSICube, weights: Path = DEFAULT_WEIGHTS, progress:
 
 
 def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """``lowrank demo``: the shipped weights scored on the test blocks of the synthetic default (CPU, seconds).
+    """``lowrank demo``: the shipped weights scored on the test pixels of the synthetic default's split (CPU, seconds).
 
     Returns OA / AA / kappa, the class-map PNG (prediction beside ground truth) and the confusion PNG.
     """
@@ -225,12 +225,12 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
         "recorded_test_OA": meta["test"]["OA"],
         "figures": [
             {"path": str(out_dir / "eval_classmap.png"),
-             "caption": "LoLA-SpecViT tiny (shipped weights): predicted classes on the test blocks of the synthetic "
-                        "scene (left) beside the ground truth (right); black = road or a train/val block"},
+             "caption": "LoLA-SpecViT tiny (shipped weights): predicted classes on the test pixels of the synthetic "
+                        "scene (left) beside the ground truth (right); black = unlabelled or a train/val pixel"},
             {"path": str(out_dir / "eval_confusion.png"), "caption": "Confusion matrix on the same test pixels"},
         ],
         "summary": (f"The shipped LoLA-SpecViT tiny ({cube.bands} bands -> {pca.n_components} PCA components, "
                     f"{meta['patch']}x{meta['patch']} patches) classified the {m['n']:,} test pixels of the synthetic "
-                    f"default scene ({cube.source}), blocks never seen in training: overall accuracy "
+                    f"default scene ({cube.source}), regions never seen in training: overall accuracy "
                     f"{m['OA']:.2f} %, mean per-class accuracy {m['AA']:.2f} %, Cohen's kappa {m['kappa']:.2f}."),
     }

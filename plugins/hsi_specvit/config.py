@@ -74,9 +74,10 @@ class DataConfig:
 
     pca_components: int = 15
     """Bands after the reduction (the paper's code uses 15 PCA components, whitened)."""
-    reduction: Literal["pca", "mnf"] = "pca"
-    """``pca``: principal components of the training pixels; ``mnf``: minimum noise fraction (noise-adjusted PCA:
-    components ordered by signal-to-noise ratio, so noisy / absorption bands do not fill them), also train-only."""
+    reduction: Literal["pca", "mnf"] = "mnf"
+    """``mnf`` (default): minimum noise fraction (noise-adjusted PCA: components ordered by signal-to-noise ratio, so
+    noisy / absorption bands do not fill them); ``pca``: principal components. Both fitted on training pixels only.
+    Chosen on val: LoRA, 300 steps, regions split of the synthetic default, val OA 94.1 (mnf) vs 61.0 (pca)."""
     patch: int = 9
     """Side of the square window around each pixel (odd); neighbours of another split are zeroed in it."""
     split: Protocol = "regions"
