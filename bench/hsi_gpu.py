@@ -231,8 +231,10 @@ def stage_report(args, done: dict) -> str:
              "whole to train / val / test, 30 / 10 / 60 % of each class's pixels; small fields cut along their axis). "
              "`checkerboard`: 29-pixel cells alternate train / test, val carved out of the train cells.",
              "* Every labelled pixel is a sample; inside its patch the pixels of another split are zeroed, so no training "
-             "input contains a val/test pixel. PCA is fitted on training pixels only. SVM and RF see the raw spectrum of "
-             "the pixel, standardised with training statistics, hyperparameters chosen on val.", ""]
+             "input contains a val/test pixel. The networks' reduction (PCA or MNF, chosen on val) is fitted on training "
+             "pixels only. SVM and RF see the raw spectrum of the pixel (all 200 bands), standardised with training "
+             "statistics, hyperparameters chosen on val; the last row of each table is an SVM on the networks' reduced "
+             "input, a diagnostic of what the reduction alone gives.", ""]
     if search:
         lines += ["## Recipe search (validation pixels only)", "",
                   f"LoRA LoLA-SpecViT tiny, {search['steps']} steps each, `regions` split; val OA of the weights "
