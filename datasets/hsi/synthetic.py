@@ -61,6 +61,8 @@ class SyntheticSceneConfig:
     """Share of the fields beyond one per class left unlabelled (background of another material mix)."""
     tiny_classes: int = 3
     """The rarest classes shrunk to blobs of 20-60 pixels (capped at num_classes // 5)."""
+    purity: float = 6.0
+    """Dirichlet concentration of a class's dominant material (0.3 for each other one): higher = purer classes."""
     similar_pairs: int = 4
     """Pairs of classes with the same dominant material, differing by a soil share (capped at num_classes // 4)."""
     field_variability: float = 0.5
@@ -86,6 +88,7 @@ class SyntheticSceneConfig:
                      "row_texture"):
             require(self, name, getattr(self, name) >= 0, ">= 0")
         require(self, "background_fields", 0 <= self.background_fields < 1, "in [0, 1)")
+        require(self, "purity", self.purity > 0, "> 0")
         for name in ("tiny_classes", "similar_pairs", "noisy_bands"):
             require(self, name, isinstance(getattr(self, name), int) and getattr(self, name) >= 0, "an int >= 0")
 
@@ -181,7 +184,7 @@ def make_synthetic_scene(cfg: SyntheticSceneConfig | None = None, **overrides) -
     endmembers = make_endmembers(lib_rng, n_end, wavelengths)
     # class c is dominated by endmember c; shares of the 3 "background" endmembers make classes overlap
     concentration = np.full((k, n_end), 0.3)
-    concentration[np.arange(k), np.arange(k)] = 6.0
+    concentration[np.arange(k), np.arange(k)] = cfg.purity
     pairs = min(cfg.similar_pairs, k // 4)
     for i in range(pairs):  # class 2i + 1 = class 2i's material with more soil (another tillage)
         concentration[2 * i + 1] = concentration[2 * i]
@@ -227,7 +230,8 @@ def make_synthetic_scene(cfg: SyntheticSceneConfig | None = None, **overrides) -
     padded = np.pad(white, ((0, 0), (0, 0), (4, 4)), mode="reflect") if cfg.bands > 4 else None
     correlated = white if padded is None else sum(kern[j] * padded[..., j : j + cfg.bands] for j in range(9))
     band_noise = np.where(absorbing, 5.0, 1.0)
-    band_noise[rng.choice(cfg.bands, min(cfg.noisy_bands, cfg.bands), replace=False)] *= 4.0
+    sensor_rng = np.random.default_rng(999 + cfg.bands)  # bad detector elements belong to the sensor, not the layout
+    band_noise[sensor_rng.choice(cfg.bands, min(cfg.noisy_bands, cfg.bands), replace=False)] *= 4.0
     cube = cube + cfg.noise * band_noise * correlated
     return HSICube(
         data=cube.astype(np.float32),
