@@ -122,6 +122,8 @@ def stage_search(args) -> dict:
     base = max(runs, key=lambda n: runs[n]["val_OA"])
     base_data = REDUCTIONS[base]
     for name, (d, r, lr) in CANDIDATES.items():
+        if args.candidates is not None and name not in args.candidates:
+            continue
         if _left(args) < args.reserve_s:
             print(f"search: budget spent, {name} and later candidates not run", flush=True)
             break
@@ -309,6 +311,7 @@ def main(argv=None) -> None:
     ap.add_argument("--reserve-s", type=float, default=0.0, help="stop the search when less than this is left")
     ap.add_argument("--steps", type=int, default=None, help="optimizer steps per network (default 300; 1000 on cuda)")
     ap.add_argument("--search-steps", type=int, default=None, help="steps of each search run (default: half of --steps)")
+    ap.add_argument("--candidates", nargs="*", choices=list(CANDIDATES), help="phase-2 candidates to try (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a 40x40x24 scene and 6 steps: checks the script, not the method")
     ap.add_argument("--only", nargs="+", choices=STAGES, default=list(STAGES))
