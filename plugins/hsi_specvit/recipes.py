@@ -84,6 +84,7 @@ def prepare(cube: HSICube, cfg: DataConfig = DataConfig(), pca: Optional[PCA] = 
     if pca is None:
         pca = fit_pca(cube.data, split.assignment == 0, min(cfg.pca_components, cube.bands), cfg.whiten, seed=cfg.split_seed,
                       noise_adjusted=cfg.reduction == "mnf")
+        pca = PCA.from_state_dict(pca.state_dict())  # float32 round trip: training uses exactly what a bundle stores
     reduced = pca.transform(cube.data)
     return PreparedData(cube=cube, split=split, pca=pca, padded=pad_cube(reduced, cfg.patch),
                         padded_assignment=pad_assignment(split.assignment, cfg.patch), patch=cfg.patch,
