@@ -246,6 +246,9 @@ def stage_report(args, done: dict) -> str:
             ch = {**r["data"], **r["recipe"], **({"lr": r["lr"]} if r["lr"] else {})}
             lines.append(f"| {n}{' **(chosen)**' if n == search['chosen'] else ''} | `{json.dumps(ch) if ch else '—'}` | "
                          f"{r['val_OA']:.2f} | {r['val_AA']:.2f} | {r['selected_step']} | {r['seconds']} |")
+        if not any("+" in n for n in search["runs"]):
+            lines += ["", "Phase 2 (one change at a time on top of the best reduction) was not run: the budget was spent "
+                      "(`--reserve-s`)."]
         lines += [""]
     for protocol in ("regions", "checkerboard"):
         res = done.get(protocol)
