@@ -222,7 +222,7 @@ def test_default_cli_runs_end_to_end(tmp_path):
     m = json.loads((tmp_path / "t" / "train_metrics.json").read_text())
     rows = {r["run"]: r for r in m["rows"]}
     assert m["split"]["protocol"] == "regions" and m["split"]["labelled_used_fraction"] == 1.0
-    assert rows["lora"]["OA"] >= rows["svm"]["OA"] + 5.0  # measured 92.71 vs 79.55 (300 steps, MNF input)
+    assert rows["lora"]["OA"] >= rows["svm"]["OA"] + 5.0  # measured 88.51 vs 81.05 (300 steps, MNF input)
     assert rows["lora"]["trainable_params"] <= 0.2 * m["runs"]["lora"]["full_model_params"]
 
 
