@@ -2,7 +2,7 @@
 
 * :mod:`.cube`      ``HSICube`` (``data[H, W, B]``, labels, wavelengths, georeferencing)
 * :mod:`.io`        ``.mat`` (Indian Pines layout), ENVI ``.hdr``, GeoTIFF via rasterio
-* :mod:`.split`     spatially disjoint block splits, train-only PCA, patch extraction
+* :mod:`.split`     split protocols (class-stratified regions, checkerboard, masks), train-only PCA / MNF, patches
 * :mod:`.synthetic` the deterministic synthetic scene with ground truth (the embedded default)
 
 Importing this package loads numpy only; scipy, rasterio and torch load with the modules that need them.

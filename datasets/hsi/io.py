@@ -35,6 +35,7 @@ __all__ = [
     "write_envi",
     "read_geotiff",
     "write_geotiff",
+    "read_label_map",
 ]
 
 PathLike = Union[str, os.PathLike]
@@ -67,18 +68,25 @@ def read_cube(path: PathLike, gt: Optional[PathLike] = None, **kwargs) -> HSICub
     return cube
 
 
-def _read_label_map(path: Path, shape: tuple) -> np.ndarray:
+def read_label_map(path: PathLike, shape: Optional[tuple] = None) -> np.ndarray:
+    """A one-band label / mask map (``.mat``, ENVI or GeoTIFF) as int64 ``[H, W]`` (checked against ``shape`` when given)."""
+    return _read_label_map(Path(path), shape)
+
+
+def _read_label_map(path: Path, shape: Optional[tuple]) -> np.ndarray:
     if not path.exists():
         raise FileNotFoundError(f"gt: no such file {str(path)!r}")
     if path.suffix.lower() == ".mat":
         labels = _mat_pick(_load_mat(path), None, ndim=2, what="ground truth", path=path)
+        if labels is None:
+            raise HSIFormatError(f"gt: {str(path)!r} holds no 2-D label map")
     else:
         c = read_envi(path) if path.suffix.lower() == ".hdr" else read_geotiff(path)
         if c.bands != 1:
             raise HSIFormatError(f"gt: {str(path)!r} has {c.bands} bands, expected a single-band label map")
         labels = c.data[..., 0]
     labels = np.asarray(labels)
-    if labels.shape != tuple(shape):
+    if shape is not None and labels.shape != tuple(shape):
         raise HSIFormatError(f"gt: {str(path)!r} is {labels.shape}, expected the cube's {tuple(shape)}")
     if not np.all(np.equal(np.mod(labels, 1), 0)):
         raise HSIFormatError(f"gt: {str(path)!r} holds non-integer values, expected class ids")

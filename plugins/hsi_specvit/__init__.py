@@ -22,7 +22,7 @@ __all__ = ["PLUGIN"]
 PLUGIN = PluginSpec(
     name="hsi_specvit",
     app="lowrank-hsi",
-    description="LoLA-SpecViT hyperspectral classification with LoRA; .mat/ENVI/GeoTIFF readers, leak-free block splits",
+    description="LoLA-SpecViT hyperspectral classification with LoRA; .mat/ENVI/GeoTIFF readers, leak-free splits, SVM/RF baselines",
     host="timm (register_model), rasterio",
     demo=lazy_demo(__name__),
 )

@@ -21,7 +21,7 @@ from lowrank_vision.datasets.hsi.cube import HSICube
 from lowrank_vision.datasets.hsi.synthetic import SyntheticSceneConfig, make_synthetic_scene
 
 from . import recipes
-from .config import DataConfig, RecipeConfig, train_config
+from .config import NEURAL_METHODS, DataConfig, RecipeConfig, train_config
 from .metrics import classification_metrics, save_class_map_png, save_confusion_png
 from .weights import DEFAULT_WEIGHTS, load_bundle, save_bundle, write_card
 
@@ -44,21 +44,21 @@ def load_input(path: Optional[Path], gt: Optional[Path] = None, scene: Optional[
     return read_cube(path, gt=gt)
 
 
-def _artifacts(out: Path, name: str, model, data: recipes.PreparedData, record: dict) -> None:
+def _artifacts(out: Path, name: str, cmap: np.ndarray, data: recipes.PreparedData, record: dict) -> None:
     names = data.cube.class_names or None
     if "test" in record:
         save_confusion_png(record["test"]["confusion"], out / f"{name}_confusion.png", names,
                            title=f"{name}: test OA {record['test']['OA']:.2f}%")
-    cmap = recipes.predict_map(model, data.pca, data.cube, data.patch, progress=False, mask=data.cube.labels > 0)
-    save_class_map_png(cmap, out / f"{name}_classmap.png", data.num_classes, ground_truth=data.cube.labels, title=name)
+    save_class_map_png(cmap, out / f"{name}_classmap.png", data.num_classes, ground_truth=data.cube.labels,
+                       title=f"{name} (test OA {record['test']['OA']:.1f}%)" if "test" in record else name)
 
 
 def _meta(record: dict, data: recipes.PreparedData, data_cfg: DataConfig, command: str, device: str) -> dict:
     keep = ("arch", "model_cfg", "recipe", "total_params", "trainable_params", "full_model_params", "adapter",
-            "train_seconds")
+            "train_seconds", "selected_step")
     meta = {k: record[k] for k in keep if k in record}
     meta.update(patch=data.patch, data=dataclasses.asdict(data_cfg), class_names=data.cube.class_names,
-                source=data.cube.source, command=command,
+                source=data.cube.source, command=command, split=data.split.summary(data.cube.labels),
                 environment={"torch": torch.__version__, "device": device, "threads": torch.get_num_threads()},
                 test={k: record["test"][k] for k in ("OA", "AA", "kappa", "n")} if "test" in record else None)
     return meta
@@ -70,29 +70,38 @@ def _bundle_data_config(meta: dict) -> DataConfig:
 
 def train(out: Path, cube: HSICube, runs: Sequence[RecipeConfig] = (RecipeConfig(),), data_cfg: DataConfig = DataConfig(),
           weights_out: Optional[Path] = None, device: str = "cpu", command: str = "python API") -> dict:
-    """Train each recipe on the same split; write metrics JSON, confusion and class-map PNGs, a bundle per method.
+    """Train each recipe on the same split; write metrics JSON, confusion and class-map PNGs, a bundle per network.
 
-    ``weights_out``: also write the first run's bundle there, with its card (``<weights_out>.md``);
-    this is how the shipped weights are made. ``command`` is recorded in the bundles.
+    ``svm`` / ``rf`` runs (:mod:`.baselines`) get metrics and PNGs but no bundle. ``weights_out``: also write
+    the first network's bundle there, with its card (``<weights_out>.md``); this is how the shipped weights
+    are made. ``command`` is recorded in the bundles.
     """
+    from .baselines import fit_classic
+
     if not runs:
         raise ValueError("runs must hold at least one RecipeConfig, got none")
     data = recipes.prepare(cube, data_cfg)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    rows, records = [], {}
-    for i, recipe in enumerate(runs):
-        model, record = recipes.train(recipe, data, device=device)
+    rows, records, shipped = [], {}, weights_out is None
+    for recipe in runs:
+        if recipe.method in NEURAL_METHODS:
+            model, record = recipes.train(recipe, data, device=device)
+            bundle = save_bundle(out / f"{recipe.method}.safetensors", model, data.pca,
+                                 _meta(record, data, data_cfg, command, device))
+            if not shipped:
+                write_card(save_bundle(Path(weights_out), model, data.pca, _meta(record, data, data_cfg, command, device)))
+                shipped = True
+        else:
+            model, scaler, record = fit_classic(recipe.method, data, seed=recipe.train.seed)
+            bundle = "(no bundle)"
+        cmap = record.pop("class_map")
         records[recipe.method] = record
         rows.append(recipes.summary_row(recipe.method, record))
-        _artifacts(out, recipe.method, model, data, record)
-        meta = _meta(record, data, data_cfg, command, device)
-        bundle = save_bundle(out / f"{recipe.method}.safetensors", model, data.pca, meta)
-        if weights_out is not None and i == 0:
-            write_card(save_bundle(Path(weights_out), model, data.pca, meta))
+        _artifacts(out, recipe.method, cmap, data, record)
         print(f"{recipe.method}: test OA {rows[-1]['OA']:.2f}  AA {rows[-1]['AA']:.2f}  kappa {rows[-1]['kappa']:.2f}  "
               f"trainable {rows[-1]['trainable_params']:,}/{rows[-1]['total_params']:,}  -> {bundle}")
-    summary = {"cube": cube.source, "split": data.split.summary(cube.labels), "rows": rows, "runs": records}
+    summary = {"cube": cube.source, "split": data.split.summary(data.cube.labels), "rows": rows, "runs": records}
     write_json(out / "train_metrics.json", summary)
     return summary
 
@@ -112,7 +121,7 @@ def finetune(out: Path, target: HSICube, source_weights: Path = DEFAULT_WEIGHTS,
         raise ValueError(f"source_weights: fine-tuning needs a LoLA-SpecViT bundle, got arch {meta.get('arch')!r}")
     variant = meta["recipe"]["model"]
     for recipe in runs:
-        if recipe.method == "hybridsn" or recipe.model != variant:
+        if recipe.method not in ("lora", "full") or recipe.model != variant:
             raise ValueError(f"RecipeConfig.model must be the bundle's {variant!r} with method lora or full, "
                              f"got {recipe.model!r} / {recipe.method!r}")
     if not refit_pca and target.bands != pca.in_bands:
@@ -130,10 +139,11 @@ def finetune(out: Path, target: HSICube, source_weights: Path = DEFAULT_WEIGHTS,
         rows.append(recipes.summary_row("no_adaptation", rec))
     for recipe in runs:
         model, record = recipes.train(recipe, data, init_state=init, device=device)
+        cmap = record.pop("class_map")
         name = f"{recipe.method}_finetune"
         records[name] = record
         rows.append(recipes.summary_row(name, record))
-        _artifacts(out, name, model, data, record)
+        _artifacts(out, name, cmap, data, record)
         save_bundle(out / f"{name}.safetensors", model, data.pca,
                     _meta(record, data, data_cfg, f"lowrank-hsi finetune (source {source_weights})", device))
         print(f"{name}: test OA {rows[-1]['OA']:.2f}  trainable {rows[-1]['trainable_params']:,}/{rows[-1]['total_params']:,}")
@@ -144,7 +154,7 @@ def finetune(out: Path, target: HSICube, source_weights: Path = DEFAULT_WEIGHTS,
 
 def evaluate(out: Path, cube: HSICube, weights: Path = DEFAULT_WEIGHTS, split: str = "test", progress: bool = True,
              device: str = "cpu") -> dict:
-    """Score a bundle on a labelled cube: ``test``/``val`` = the bundle's own block split of this cube, ``all`` = every labelled pixel."""
+    """Score a bundle on a labelled cube: ``test``/``val`` = the bundle's own split of this cube, ``all`` = every labelled pixel."""
     if cube.labels is None or cube.num_classes == 0:
         raise ValueError(f"cube: {cube.source or 'input'} has no ground truth; eval needs a label map (pass --gt)")
     if split not in ("test", "val", "all"):
@@ -155,12 +165,16 @@ def evaluate(out: Path, cube: HSICube, weights: Path = DEFAULT_WEIGHTS, split: s
     if cube.num_classes > model.num_classes:
         raise ValueError(f"cube: labels go up to class {cube.num_classes}, the model knows {model.num_classes} classes")
     data = recipes.prepare(dataclasses.replace(cube), _bundle_data_config(meta), pca=pca)
-    coords = np.argwhere(cube.labels > 0) if split == "all" else data.split.coords[split]
+    coords = np.argwhere(data.cube.labels > 0) if split == "all" else data.split.coords[split]
     if len(coords) == 0:
         raise ValueError(f"split: {split!r} has no samples in this cube")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    logits = recipes.predict_logits(model, data.padded, coords, data.patch, progress=progress, desc=f"eval {split}")
+    if split == "all":  # every labelled pixel with its whole neighbourhood, as predict sees it
+        logits = recipes.predict_logits(model, data.padded, coords, data.patch, progress=progress, desc="eval all")
+    else:  # the split's pixels as in training: other splits' pixels zeroed
+        logits = recipes.split_logits(model, data, split, progress=progress)
+    cube = data.cube
     pred = logits.argmax(1).numpy()
     m = classification_metrics(cube.labels[coords[:, 0], coords[:, 1]] - 1, pred, model.num_classes)
     cmap = np.zeros(cube.labels.shape, np.int64)
@@ -198,7 +212,7 @@ def predict(out: Path, cube: HSICube, weights: Path = DEFAULT_WEIGHTS, progress:
 
 
 def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """``lowrank demo``: the shipped weights scored on the test blocks of the synthetic default (CPU, seconds).
+    """``lowrank demo``: the shipped weights scored on the test pixels of the synthetic default's split (CPU, seconds).
 
     Returns OA / AA / kappa, the class-map PNG (prediction beside ground truth) and the confusion PNG.
     """
@@ -211,12 +225,12 @@ def demo(out_dir: Path, device: str = "cpu") -> dict:
         "recorded_test_OA": meta["test"]["OA"],
         "figures": [
             {"path": str(out_dir / "eval_classmap.png"),
-             "caption": "LoLA-SpecViT tiny (shipped weights): predicted classes on the test blocks of the synthetic "
-                        "scene (left) beside the ground truth (right); black = road or a train/val block"},
+             "caption": "LoLA-SpecViT tiny (shipped weights): predicted classes on the test pixels of the synthetic "
+                        "scene (left) beside the ground truth (right); black = unlabelled or a train/val pixel"},
             {"path": str(out_dir / "eval_confusion.png"), "caption": "Confusion matrix on the same test pixels"},
         ],
         "summary": (f"The shipped LoLA-SpecViT tiny ({cube.bands} bands -> {pca.n_components} PCA components, "
                     f"{meta['patch']}x{meta['patch']} patches) classified the {m['n']:,} test pixels of the synthetic "
-                    f"default scene ({cube.source}), blocks never seen in training: overall accuracy "
+                    f"default scene ({cube.source}), regions never seen in training: overall accuracy "
                     f"{m['OA']:.2f} %, mean per-class accuracy {m['AA']:.2f} %, Cohen's kappa {m['kappa']:.2f}."),
     }

@@ -4,8 +4,10 @@ One harness for every model: the LoLA-SpecViT trained with LoRA (``method="lora"
 adapters inserted by ``lowrank_vision.core.apply`` in the attention and projection layers,
 LoRA scale modulated by :class:`~.schedule.CyclicalLoRAScale`), the same ViT trained or
 fine-tuned in full (``"full"``), and the HybridSN-like CNN (``"hybridsn"``). Data go
-through :func:`prepare` (block split, train-only PCA, guarded patches); training through
-the shared trainer ``lowrank_vision.core.train.fit``.
+through :func:`prepare` (split protocol, train-only PCA, patches whose neighbours of another
+split are zeroed); training through the shared trainer ``lowrank_vision.core.train.fit``.
+With ``RecipeConfig.eval_every`` the val OA is measured during training and the best weights
+are kept (model selection on val only; the test split is scored once, at the end).
 """
 
 from __future__ import annotations
@@ -23,7 +25,8 @@ from torch import nn
 
 from lowrank_vision.core import apply, count_parameters
 from lowrank_vision.datasets.hsi.cube import HSICube
-from lowrank_vision.datasets.hsi.split import PCA, BlockSplit, block_split, extract_patches, fit_pca, pad_cube
+from lowrank_vision.datasets.hsi.split import (PCA, SPLITS, Split, extract_patches, fit_pca, make_split, masked_patches,
+                                               pad_assignment, pad_cube)
 
 from .config import DataConfig, RecipeConfig
 from .metrics import classification_metrics
@@ -31,39 +34,60 @@ from .model import HybridSN, create_lola_specvit
 from .schedule import CyclicalLoRAScale
 
 __all__ = ["PreparedData", "prepare", "build_model", "train", "evaluate", "predict_logits", "predict_map",
-           "parameter_counts", "summary_row"]
+           "predict_split_map", "split_logits", "split_metrics", "parameter_counts", "summary_row"]
 
 
 @dataclass
 class PreparedData:
-    """A cube ready for training: split, PCA, padded reduced cube."""
+    """A cube ready for training: split, PCA, padded reduced cube and padded split map."""
 
     cube: HSICube
-    split: BlockSplit
+    split: Split
     pca: PCA
     padded: torch.Tensor  # [k, H + 2r, W + 2r]
+    padded_assignment: torch.Tensor  # [1, H + 2r, W + 2r], -1 outside the image
     patch: int
     num_classes: int
 
+    def patches(self, name: str, coords: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Patches of a split's pixels (default: all its samples) with the other splits' pixels zeroed."""
+        rc = self.split.coords[name] if coords is None else coords
+        return masked_patches(self.padded, self.padded_assignment, rc, self.patch, SPLITS.index(name))
+
     def samples(self, name: str) -> tuple[torch.Tensor, torch.Tensor]:
-        rc = self.split.coords[name]
-        x = extract_patches(self.padded, rc, self.patch)
-        y = torch.from_numpy(self.split.labels(self.cube.labels, name))
-        return x, y
+        return self.patches(name), torch.from_numpy(self.split.labels(self.cube.labels, name))
+
+
+def _read_mask(path) -> np.ndarray:
+    from lowrank_vision.datasets.hsi.io import read_label_map
+
+    return read_label_map(Path(path))
 
 
 def prepare(cube: HSICube, cfg: DataConfig = DataConfig(), pca: Optional[PCA] = None) -> PreparedData:
-    """Split ``cube`` into spatially disjoint blocks and reduce it with PCA fitted on the train blocks.
+    """Split ``cube`` with ``cfg.split`` and reduce it with PCA fitted on the training split's pixels.
 
-    ``pca`` reuses a given projection (fine-tuning keeps the pre-trained model's input space).
+    ``pca`` reuses a given projection (fine-tuning keeps the pre-trained model's input space). With
+    ``split="masks"`` the cube's own ground truth is optional (the masks' labels are used).
     """
-    if cube.labels is None or cube.num_classes == 0:
+    masks = (_read_mask(cfg.train_mask), _read_mask(cfg.test_mask)) if cfg.split == "masks" else (None, None)
+    labels = cube.labels
+    if cfg.split == "masks" and (labels is None or cube.num_classes == 0):
+        labels = np.where(masks[0] > 0, masks[0], masks[1]).astype(np.int64)
+        cube = dataclasses.replace(cube, labels=labels)
+    if labels is None or cube.num_classes == 0:
         raise ValueError(f"cube: {cube.source or 'the cube'} has no ground truth; training and eval need a label map")
-    split = block_split(cube.labels, cfg.fractions, cfg.block, cfg.patch, cfg.split_seed)
+    for name, m in zip(("train_mask", "test_mask"), masks):
+        if m is not None and m.shape != labels.shape:
+            raise ValueError(f"{name}: {getattr(cfg, name)!r} is {m.shape}, expected the cube's {labels.shape}")
+    split = make_split(labels, cfg.split, cfg.fractions, cfg.block, cfg.split_seed, cfg.val_fraction, *masks)
     if pca is None:
-        pca = fit_pca(cube.data, split.assignment == 0, min(cfg.pca_components, cube.bands), cfg.whiten, seed=cfg.split_seed)
+        pca = fit_pca(cube.data, split.assignment == 0, min(cfg.pca_components, cube.bands), cfg.whiten, seed=cfg.split_seed,
+                      noise_adjusted=cfg.reduction == "mnf")
+        pca = PCA.from_state_dict(pca.state_dict())  # float32 round trip: training uses exactly what a bundle stores
     reduced = pca.transform(cube.data)
-    return PreparedData(cube=cube, split=split, pca=pca, padded=pad_cube(reduced, cfg.patch), patch=cfg.patch,
+    return PreparedData(cube=cube, split=split, pca=pca, padded=pad_cube(reduced, cfg.patch),
+                        padded_assignment=pad_assignment(split.assignment, cfg.patch), patch=cfg.patch,
                         num_classes=cube.num_classes)
 
 
@@ -104,10 +128,13 @@ def build_model(recipe: RecipeConfig, in_chans: int, num_classes: int, patch: in
     return model, {**meta, **info}
 
 
-def _augment(x: torch.Tensor) -> torch.Tensor:
+def _augment(x: torch.Tensor, spectral_jitter: float = 0.0) -> torch.Tensor:
     k = int(torch.randint(0, 4, (1,)))
     x = torch.rot90(x, k, dims=(2, 3))
-    return torch.flip(x, dims=(3,)) if bool(torch.randint(0, 2, (1,))) else x
+    x = torch.flip(x, dims=(3,)) if bool(torch.randint(0, 2, (1,))) else x
+    if spectral_jitter > 0:
+        x = x * (1.0 + spectral_jitter * torch.randn(x.shape[0], x.shape[1], 1, 1, device=x.device, dtype=x.dtype))
+    return x
 
 
 @torch.no_grad()
@@ -125,14 +152,35 @@ def predict_logits(model: nn.Module, padded: torch.Tensor, coords: np.ndarray, p
     return torch.cat(out) if out else torch.zeros(0, 0)
 
 
+def split_logits(model: nn.Module, data: PreparedData, split: str, batch_size: int = 512, progress: bool = False) -> torch.Tensor:
+    """Logits ``[N, K]`` of a split's samples, each patch with the other splits' pixels zeroed."""
+    model.eval()
+    device = next(model.parameters()).device
+    coords, out = data.split.coords[split], []
+    from tqdm.auto import tqdm
+
+    for s in tqdm(range(0, len(coords), batch_size), desc=f"eval {split}", disable=not progress, leave=False):
+        out.append(model(data.patches(split, coords[s : s + batch_size]).to(device)).float().cpu())
+    return torch.cat(out) if out else torch.zeros(0, data.num_classes)
+
+
 def evaluate(model: nn.Module, data: PreparedData, split: str = "test", progress: bool = False) -> dict:
-    """OA / AA / kappa / per-class / confusion of ``model`` on one split."""
-    coords = data.split.coords[split]
-    if len(coords) == 0:
+    """OA / AA / kappa / per-class / confusion of ``model`` on one split (classes left out by the split are not scored)."""
+    if len(data.split.coords[split]) == 0:
         raise ValueError(f"split: {split!r} has no samples")
-    logits = predict_logits(model, data.padded, coords, data.patch, progress=progress, desc=f"eval {split}")
+    logits = split_logits(model, data, split, progress=progress)
     y = data.split.labels(data.cube.labels, split)
     return classification_metrics(y, logits.argmax(1).numpy(), data.num_classes)
+
+
+def predict_split_map(model: nn.Module, data: PreparedData) -> np.ndarray:
+    """Class map ``[H, W]`` of every sample of every split, each seen as in training / evaluation (0 elsewhere)."""
+    out = np.zeros(data.cube.labels.shape, np.int64)
+    for name in SPLITS:
+        rc = data.split.coords[name]
+        if len(rc):
+            out[rc[:, 0], rc[:, 1]] = split_logits(model, data, name).argmax(1).numpy() + 1
+    return out
 
 
 def predict_map(model: nn.Module, pca: PCA, cube: HSICube, patch: int, progress: bool = True,
@@ -170,39 +218,80 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
         raise ValueError(f"RecipeConfig.batch_size must be <= the {len(y)} training samples, got {recipe.batch_size}")
     model, info = build_model(recipe, x.shape[1], data.num_classes, data.patch, init_state)
     loader = DataLoader(TensorDataset(x, y), batch_size=recipe.batch_size, shuffle=True, drop_last=True)
+    weight = None
+    if recipe.class_weighting == "sqrt_inverse":
+        counts = torch.bincount(y, minlength=data.num_classes).float()
+        weight = torch.where(counts > 0, counts.clamp(min=1).rsqrt(), torch.zeros(()))
+        weight = weight / weight[counts > 0].mean()
 
     def loss_fn(m: nn.Module, batch) -> tuple[torch.Tensor, dict]:
         xb, yb = batch
         if recipe.augment:
-            xb = _augment(xb)
+            xb = _augment(xb, recipe.spectral_jitter)
         logits = m(xb)
-        loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+        loss = F.cross_entropy(logits, yb, weight=None if weight is None else weight.to(logits.device),
+                               label_smoothing=recipe.label_smoothing)
         return loss, {"acc": float((logits.argmax(1) == yb).float().mean())}
 
     callbacks, schedule = [], None
     if recipe.method == "lora" and recipe.cyclical:
         schedule = CyclicalLoRAScale(recipe.cycle_steps, recipe.cycle_mult, recipe.f_min, recipe.train.max_steps)
         callbacks.append(schedule.attach(model))
-    config = dataclasses.replace(recipe.train, cpu=device == "cpu",
+    best = {"OA": -1.0, "step": 0, "state": None, "curve": []}
+    eval_fn = None
+    if recipe.eval_every and len(data.split.coords["val"]):
+        def eval_fn(m: nn.Module) -> dict:  # val OA at the scale used at inference (the nominal LoRA scale)
+            factor = schedule.factors[-1] if schedule is not None else None
+            if schedule is not None:
+                schedule.set_factor(m, 1.0)
+            oa = evaluate(m, data, "val")["OA"]
+            if schedule is not None:
+                schedule.set_factor(m, factor)
+            return {"val_OA": oa}
+
+        def keep_best(step: int, m: nn.Module, metrics: dict) -> None:
+            if "eval_val_OA" in metrics:
+                best["curve"].append([step, round(metrics["eval_val_OA"], 2)])
+                if metrics["eval_val_OA"] > best["OA"]:
+                    best.update(OA=metrics["eval_val_OA"], step=step,
+                                state={k: v.detach().clone() for k, v in m.state_dict().items()})
+
+        callbacks.append(keep_best)
+    config = dataclasses.replace(recipe.train, cpu=device == "cpu", eval_every=recipe.eval_every if eval_fn else 0,
                                  output_dir=recipe.train.output_dir if output_dir is None else str(output_dir))
     t0 = time.time()
-    result = fit(model, loader, loss_fn, config, callbacks=callbacks)
+    result = fit(model, loader, loss_fn, config, callbacks=callbacks, eval_fn=eval_fn)
     model = result.model
     if schedule is not None:
         schedule.finish(model)
+    if best["state"] is not None:
+        model.load_state_dict(best["state"])
+    train_seconds = round(time.time() - t0, 1)
     record = {
         "recipe": dataclasses.asdict(recipe),
         **info,
-        "train_seconds": round(time.time() - t0, 1),
+        "train_seconds": train_seconds,
+        "selected_step": best["step"] if best["state"] is not None else result.steps,
+        "val_curve": best["curve"],
         "final_loss": result.final_loss,
         "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history],
         "samples": {k: int(len(v)) for k, v in data.split.coords.items()},
+        "split": data.split.summary(data.cube.labels),
     }
-    for split in ("val", "test"):
-        if len(data.split.coords[split]):
-            m = evaluate(model, data, split, progress=recipe.train.progress)
-            record[split] = m
+    record.update(split_metrics(predict_split_map(model, data), data))
     return model, record
+
+
+def split_metrics(class_map: np.ndarray, data: PreparedData) -> dict:
+    """``{"val": metrics, "test": metrics}`` of a :func:`predict_split_map` map (splits without samples left out);
+    ``"class_map"`` keeps the map itself (an array: callers drop it before writing JSON)."""
+    out = {"class_map": class_map}
+    for split in ("val", "test"):
+        rc = data.split.coords[split]
+        if len(rc):
+            out[split] = classification_metrics(data.split.labels(data.cube.labels, split),
+                                                class_map[rc[:, 0], rc[:, 1]] - 1, data.num_classes)
+    return out
 
 
 def summary_row(name: str, record: dict) -> dict:

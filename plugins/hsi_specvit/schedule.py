@@ -74,10 +74,14 @@ class CyclicalLoRAScale:
         self._set(model, self._factor(0))
         return self
 
-    def _set(self, model: nn.Module, factor: float) -> None:
+    def set_factor(self, model: nn.Module, factor: float) -> None:
+        """Set every adapter's scale to ``factor`` x its nominal scale, without recording it (e.g. to score val at 1x)."""
         for n, m in adapter_layers(model).items():
             if n in self.nominal:
                 m.scale = self.nominal[n] * factor
+
+    def _set(self, model: nn.Module, factor: float) -> None:
+        self.set_factor(model, factor)
         self.factors.append(factor)
 
     def __call__(self, step: int, model: nn.Module, metrics: dict) -> None:

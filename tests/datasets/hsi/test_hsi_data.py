@@ -1,4 +1,4 @@
-"""HSI data: synthetic scenes, readers/writers (.mat, ENVI, GeoTIFF), leak-free block splits, train-only PCA, metrics."""
+"""HSI data: synthetic scenes, readers/writers (.mat, ENVI, GeoTIFF), train-only PCA, patches (splits: test_hsi_split.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 
 from lowrank_vision.datasets.hsi import HSICube
 from lowrank_vision.datasets.hsi.io import HSIFormatError, read_cube, read_envi, read_geotiff, read_mat, write_envi, write_geotiff
-from lowrank_vision.datasets.hsi.split import block_split, extract_patches, fit_pca, pad_cube
+from lowrank_vision.datasets.hsi.split import extract_patches, fit_pca, make_split, pad_cube
 from lowrank_vision.datasets.hsi.synthetic import make_synthetic_scene
 
 
@@ -41,32 +41,8 @@ def test_domain_shift_changes_spectra_not_classes():
     assert np.abs(a.data - b.data).mean() > 0.01
 
 
-@pytest.mark.parametrize("patch,block", [(3, 8), (5, 8), (9, 16)])
-def test_block_split_windows_never_cross_splits(small_scene, patch, block):
-    s = block_split(small_scene.labels, (0.4, 0.1, 0.5), block=block, patch=patch, seed=0)
-    r = patch // 2
-    for i, name in enumerate(("train", "val", "test")):
-        for y, x in s.coords[name]:
-            win = s.assignment[max(y - r, 0) : y + r + 1, max(x - r, 0) : x + r + 1]
-            assert np.all(win == i)
-    tr, te = s.coords["train"], s.coords["test"]
-    cheb = np.abs(tr[:, None, :] - te[None, :, :]).max(-1)
-    assert cheb.min() >= patch  # windows of a train and a test pixel never overlap
-    assert np.all(small_scene.labels[tr[:, 0], tr[:, 1]] > 0)
-    assert min(s.summary(small_scene.labels)["train"]) >= 5
-
-
-def test_block_split_bad_input(small_scene):
-    with pytest.raises(ValueError, match="fractions"):
-        block_split(small_scene.labels, (0.5, 0.5, 0.5))
-    with pytest.raises(ValueError, match="patch"):
-        block_split(small_scene.labels, patch=4)
-    with pytest.raises(ValueError, match="no labelled pixel"):
-        block_split(np.zeros((32, 32), int), block=8, patch=3)
-
-
 def test_pca_uses_train_pixels_only(small_scene):
-    s = block_split(small_scene.labels, block=8, patch=3, seed=0)
+    s = make_split(small_scene.labels, block=8, seed=0)
     train_mask = s.assignment == 0
     p1 = fit_pca(small_scene.data, train_mask, 6)
     poisoned = small_scene.data.copy()
@@ -185,3 +161,36 @@ def test_synthetic_config_errors_name_class_and_field(field, value, expected):
 
     with pytest.raises(ValueError, match=rf"SyntheticSceneConfig.{field} must be {expected}, got {value!r}"):
         SyntheticSceneConfig(**{field: value})
+
+
+def test_default_scene_has_the_statistics_of_a_real_one():
+    """145x145x200, 16 classes with long-tailed sizes (tens to thousands of pixels), similar pairs, bad bands."""
+    from lowrank_vision.datasets.hsi.synthetic import _absorption
+
+    a = make_synthetic_scene()
+    assert a.shape == (145, 145, 200) and a.num_classes == 16
+    sizes = np.bincount(a.labels.reshape(-1), minlength=17)[1:]
+    assert sizes.min() >= 20 and sizes.min() < 100 and sizes.max() > 1000  # tens to thousands
+    assert (sizes < 100).sum() == 3 and 0.35 < (a.labels > 0).mean() < 0.8  # 3 tiny classes; unlabelled background
+    means = np.stack([a.data[a.labels == k].mean(0) for k in range(1, 17)])
+    good = ~_absorption(a.wavelengths)
+    d = np.linalg.norm(means[:, None, good] - means[None, :, good], axis=-1) / np.sqrt(good.sum())
+    assert d[0, 1] < 0.5 * np.median(d[~np.eye(16, dtype=bool)])  # a similar pair: much closer than a typical pair
+    hi = np.diff(a.data[..., ~good], axis=1).std() / np.abs(a.data[..., ~good]).mean()
+    lo = np.diff(a.data[..., good], axis=1).std() / np.abs(a.data[..., good]).mean()
+    assert hi > 3 * lo  # absorption bands: low signal, high noise
+    assert np.array_equal(make_synthetic_scene().data, a.data)  # deterministic
+
+
+def test_mnf_orders_components_by_signal_to_noise_not_variance():
+    """A smooth signal in 4 bands, strong pixel noise in 2 others: PCA's first component is noise, MNF's is signal."""
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:40, 0:40]
+    signal = np.sin(xx / 6.0) + np.cos(yy / 7.0)  # spatially smooth
+    data = np.concatenate([signal[..., None] * [[0.1, 0.2, 0.15, 0.1]] + 0.01 * rng.standard_normal((40, 40, 4)),
+                           3.0 * rng.standard_normal((40, 40, 2))], axis=-1).astype(np.float32)
+    mask = np.ones((40, 40), bool)
+    mask[:, 30:] = False  # fitted on the "training" part only
+    first = {name: fit_pca(data, mask, 2, noise_adjusted=mnf).transform(data)[..., 0] for name, mnf in (("pca", False), ("mnf", True))}
+    corr = {k: abs(np.corrcoef(v.reshape(-1), signal.reshape(-1))[0, 1]) for k, v in first.items()}
+    assert corr["mnf"] > 0.99 and corr["pca"] < 0.3

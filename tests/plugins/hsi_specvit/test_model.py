@@ -188,11 +188,15 @@ def test_supported_timm_options_are_honoured():
     (lambda: SpecViTConfig(num_heads=(5, 4)), r"SpecViTConfig.num_heads must be divisors of the stage widths"),
     (lambda: DataConfig(patch=8), r"DataConfig.patch must be an odd int >= 1, got 8"),
     (lambda: DataConfig(fractions=(0.5, 0.5, 0.5)), r"DataConfig.fractions must be 3 non-negative numbers"),
-    (lambda: RecipeConfig(method="svd"), r"RecipeConfig.method must be one of \('lora', 'full', 'hybridsn'\), got 'svd'"),
+    (lambda: RecipeConfig(method="svd"), r"RecipeConfig.method must be one of \('lora', 'full', 'hybridsn', 'svm', 'rf'\), got 'svd'"),
     (lambda: RecipeConfig(model="lola_specvit_huge"), r"RecipeConfig.model must be one of"),
     (lambda: RecipeConfig(rank=0), r"RecipeConfig.rank must be an int >= 1, got 0"),
     (lambda: RecipeConfig(label_smoothing=1.0), r"RecipeConfig.label_smoothing must be in \[0, 1\), got 1.0"),
     (lambda: RecipeConfig(train=train_config(steps=0)), r"TrainConfig.max_steps must be an int >= 1, got 0"),
+    (lambda: DataConfig(split="random"), r"DataConfig.split must be one of \('regions', 'checkerboard', 'masks'\), got 'random'"),
+    (lambda: DataConfig(split="masks"), r"DataConfig.train_mask must be a file with split='masks', got None"),
+    (lambda: DataConfig(reduction="ica"), r"DataConfig.reduction must be 'pca' or 'mnf', got 'ica'"),
+    (lambda: RecipeConfig(class_weighting="inverse"), r"RecipeConfig.class_weighting must be 'none' or 'sqrt_inverse'"),
 ])
 def test_config_errors_name_class_and_field(make, match):
     with pytest.raises(ValueError, match=match):
