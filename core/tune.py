@@ -217,7 +217,8 @@ def tune_strategies(
 
 
 def _choose_whole_model(model, layers, records, example_input, autocast, repeats, timer) -> None:
-    """Time whole steps under :data:`MODEL_CANDIDATES` and keep the fastest assignment (records updated in place)."""
+    """Time whole steps under :data:`MODEL_CANDIDATES` (in the model's current train/eval mode) and keep the fastest
+    assignment (records updated in place; on a tie the earlier candidate, so the per-layer choice stands)."""
     per_layer = {name: r["strategy"] for name, r in records.items()}
     free = {name for name in records if len(_candidates(layers[name])) == 2 and records[name]["source"] != "dropout"}
     assignments = {
@@ -235,15 +236,19 @@ def _choose_whole_model(model, layers, records, example_input, autocast, repeats
         if loss.requires_grad:
             loss.backward()
 
-    times = {}
+    times: dict[str, float] = {}
+    timed: dict[tuple, float] = {}  # identical assignments are timed once (on the real clock)
     for label, assignment in assignments.items():
-        for name, strategy in assignment.items():
-            layers[name].strategy = strategy
-        if timer is not None:
-            times[label] = float(timer("", label))
-        else:
-            with _gradients_kept(params):
-                times[label] = _median_seconds(step, device, repeats)
+        key = tuple(sorted(assignment.items())) if timer is None else (label,)
+        if key not in timed:
+            for name, strategy in assignment.items():
+                layers[name].strategy = strategy
+            if timer is not None:
+                timed[key] = float(timer("", label))
+            else:
+                with _gradients_kept(params):
+                    timed[key] = _median_seconds(step, device, repeats)
+        times[label] = timed[key]
     best = min(times, key=times.get)
     for name, strategy in assignments[best].items():
         layers[name].strategy = strategy
