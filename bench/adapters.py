@@ -160,7 +160,7 @@ def variant_names(compile_mode: bool, mode: str = "eager") -> list[str]:
     if compile_mode:
         return ["full", "floor", "peft_lora", "ours:lora:auto", "ours:lora:weight", "ours:lora:activation"]
     names = ["full", "floor", "peft_lora", "peft_dora"]
-    names += [f"ours:lora:{s}" for s in ("weight", "activation", "auto", "tuned")]
+    names += [f"ours:lora:{s}" for s in ("weight", "activation", "auto", "tuned", "measured")]
     names += [f"ours:{m}:auto" for m in OUR_METHODS if m != "lora"]
     names += ["ours:dora:weight", "ours:dora:activation"]
     return names
@@ -185,11 +185,13 @@ def build_variant(variant: str, base: nn.Module, targets: list[str], inputs: tup
     _, method, strategy = variant.split(":")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lr.apply(model, method, rank=RANK, alpha=2 * RANK, targets=targets, strategy="auto" if strategy == "tuned" else strategy)
-    if strategy == "tuned":
+        lr.apply(model, method, rank=RANK, alpha=2 * RANK, targets=targets,
+                 strategy="auto" if strategy in ("tuned", "measured") else strategy)
+    if strategy in ("tuned", "measured"):  # measured: per layer, then whole steps (core.tune whole_model)
         from lowrank_vision.core.tune import tune_strategies
 
-        tune_strategies(model, inputs, autocast_dtype=amp_dtype, repeats=3)
+        model.train()  # timed in the mode the step runs in
+        tune_strategies(model, inputs, autocast_dtype=amp_dtype, repeats=3, whole_model=strategy == "measured")
     return model, [p for p in model.parameters() if p.requires_grad]
 
 
@@ -299,6 +301,22 @@ def sync(device):
         torch.cuda.synchronize(device)
 
 
+def choice_summary(model: nn.Module) -> Optional[dict]:
+    """Counts of the tuned layers' strategies and sources (``core.tune`` records); ``None`` for an untuned variant."""
+    from lowrank_vision.core.tune import strategy_choices
+
+    choices = strategy_choices(model)
+    if not choices:
+        return None
+    count = lambda key: {v: sum(r[key] == v for r in choices.values()) for v in sorted({r[key] for r in choices.values()})}  # noqa: E731
+    summary = {"strategy": count("strategy"), "source": count("source"),
+               "cost_model_wrong": sum(bool(r.get("cost_model_wrong")) for r in choices.values())}
+    model_times = next((r["model_times_s"] for r in choices.values() if r.get("model_times_s")), None)
+    if model_times:
+        summary["model_ms"] = {k: round(v * 1e3, 3) for k, v in model_times.items()}
+    return summary
+
+
 def merge_round(previous: Optional[dict], row: dict) -> dict:
     """Append one round's measurements to a variant's row: ``rounds_<key>`` lists, ``ms``/``kernel_ms`` = their median."""
     if previous is not None and "error" in previous:
@@ -334,6 +352,8 @@ def run_case(case: ModelCase, device, amp_dtype, steps, warmup, compile_mode, va
                 row = time_training(model, params, inputs, device, amp_dtype, steps, warmup, variant == "floor", compile_mode,
                                     mode, profile)
                 row["trainable"] = sum(p.numel() for p in params)
+                if (choices := choice_summary(model)) is not None:
+                    row["strategy_choice"] = choices
                 rows[variant] = merge_round(rows.get(variant), row)
             except Exception as exc:  # a variant that cannot run (e.g. PEFT DoRA on an unsupported layer) is reported
                 rows[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
@@ -444,6 +464,8 @@ def goals_section(store: dict) -> list[str]:
     for row in CPU_ROWS:
         rows = _rows(store, "cpu", row)
         add("CPU lora / PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("peft_lora")), 0.7)
+        if rows.get("ours:lora:measured"):
+            add("CPU lora (measured strategies) / PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:measured"), rows.get("peft_lora")), 0.7)
     return lines + [""]
 
 

@@ -2,10 +2,10 @@
 
 Our format (a directory): ``adapter_model.safetensors`` with one tensor per adapter
 parameter keyed ``<original layer name>.<parameter>``, and ``adapter_config.json`` with the
-method, rank, alpha, options, wrapped layers, library version and a fingerprint of the base
-layers' weight shapes. Both files are written into a temporary folder that then replaces the
-target folder (``core.files.atomic_dir``), so a crash never leaves a half-written adapter or new
-weights beside an old config. A layer reached under several names is saved once; its other
+method, rank, alpha, options, wrapped layers (with each tuned layer's ``strategy_choice``, see
+``core.tune``), library version and a fingerprint of the base layers' weight shapes. Both files
+are written into a temporary folder that then replaces the target folder (``core.files.atomic_dir``),
+so a crash never leaves a half-written adapter or new weights beside an old config. A layer reached under several names is saved once; its other
 names are listed under ``aliases`` and get the same adapter back on load.
 
 PEFT layout: ``export_peft`` writes what ``peft.PeftModel.from_pretrained(base, dir)`` reads
@@ -96,6 +96,7 @@ def _layer_record(adapter: AdapterLayer) -> dict[str, Any]:
         "dropout": adapter.config.dropout,
         "strategy": adapter.config.strategy,
         "options": dataclasses.asdict(adapter.options),
+        **({"strategy_choice": dict(choice)} if (choice := getattr(adapter, "strategy_choice", None)) else {}),
     }
 
 
@@ -206,6 +207,17 @@ def _copy_into(layers: dict[str, AdapterLayer], tensors: dict[str, torch.Tensor]
             param.copy_(tensors[key].to(device=param.device, dtype=param.dtype))
 
 
+def _restore_strategy_choice(layer: AdapterLayer, choice: Optional[dict]) -> None:
+    """A tuned choice (``core.tune``) comes back as ``layer.strategy_choice``; its strategy is used again on the
+    device type it was measured on (on another device the layer keeps its configured strategy)."""
+    if not choice:
+        return
+    layer.strategy_choice = dict(choice)
+    root_weight = getattr(layer.root, "weight", None)
+    if root_weight is not None and choice.get("device") == root_weight.device.type and choice.get("strategy") in ("weight", "activation"):
+        layer.strategy = choice["strategy"]
+
+
 def load(model: nn.Module, directory: PathLike, adapter_name: Optional[str] = None) -> dict:
     """Load an adapter saved by :func:`save` into ``model`` (adding adapter layers if absent). Returns the config.
 
@@ -228,6 +240,7 @@ def load(model: nn.Module, directory: PathLike, adapter_name: Optional[str] = No
         for name, record in records.items():
             if "scale" in record:  # files from before 0.1.x have no scale: it is config.scale
                 layers[name].scale = float(record["scale"])
+            _restore_strategy_choice(layers[name], record.get("strategy_choice"))
     return config
 
 

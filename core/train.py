@@ -33,6 +33,11 @@ Choices this module makes (none of them come from a paper):
   metrics (host floats), when the capture raises, and for any batch whose tensor shapes/dtypes differ
   from the captured one (only that batch; e.g. a short last batch). In graph mode a non-finite loss is
   detected after that step's update (the check needs the host), not before it.
+* ``optimizer_impl`` picks the AdamW kernel (``auto``: fused on an eager CUDA run, foreach otherwise; a
+  resumed checkpoint gets this run's kernel back); ``TrainResult.optimizer`` records it.
+* ``strategy_tuning`` ("layer"/"model") times the adapter layers' execution strategies on the first batch
+  before the first step (``core.tune``; every RNG is put back afterwards, so the run draws the same dropout
+  and data as an untuned one) and records each choice and its times in ``TrainResult.strategies``.
 * Metrics (``step``, ``loss``, ``lr``, anything ``loss_fn`` returns, ``eval_*`` from ``eval_fn``)
   are appended, one JSON object per line, to ``output_dir/metrics.jsonl``; on resume, lines past
   the checkpoint's step (written by the interrupted run) are dropped first.
@@ -101,6 +106,13 @@ class TrainConfig:
     """Call ``eval_fn`` every N optimizer steps (0: only after the last step)."""
     cuda_graph: bool = False
     """Replay the whole optimizer step as one captured CUDA graph (static shapes; eager fallback, see the module docstring)."""
+    optimizer_impl: Literal["auto", "fused", "foreach", "plain"] = "auto"
+    """AdamW kernel: ``fused`` (one kernel for all parameters), ``foreach`` (multi-tensor ops), ``plain`` (a loop
+    over parameters); ``auto`` is fused on an eager CUDA run, foreach otherwise (the chosen one is in ``TrainResult.optimizer``)."""
+    strategy_tuning: Literal["off", "layer", "model"] = "off"
+    """Before the first step, time each adapter layer's strategies on the first batch and keep the fastest (``layer``),
+    then also time whole steps under the per-layer, cost-model, all-weight and all-activation assignments (``model``);
+    see ``core.tune``. The choices and their times are in ``TrainResult.strategies``."""
 
     def __post_init__(self) -> None:
         require(self, "max_steps", isinstance(self.max_steps, int) and self.max_steps >= 1, "an int >= 1")
@@ -116,6 +128,8 @@ class TrainConfig:
         require(self, "keep_last", isinstance(self.keep_last, int) and self.keep_last >= 0, "an int >= 0")
         require(self, "eval_every", isinstance(self.eval_every, int) and self.eval_every >= 0, "an int >= 0")
         require(self, "cuda_graph", isinstance(self.cuda_graph, bool), "a bool")
+        require(self, "optimizer_impl", self.optimizer_impl in ("auto", "fused", "foreach", "plain"), "one of 'auto', 'fused', 'foreach', 'plain'")
+        require(self, "strategy_tuning", self.strategy_tuning in ("off", "layer", "model"), "one of 'off', 'layer', 'model'")
         if (self.checkpoint_every or self.resume) and self.output_dir is None:
             raise ValueError("TrainConfig.output_dir must be set when checkpoint_every > 0 or resume=True")
 
@@ -135,6 +149,11 @@ class TrainResult:
     cuda_graph: dict = field(default_factory=dict)
     """Whole-step graph record: ``requested``, ``captured``, ``graph_steps``, ``eager_steps``, ``fallback_reason``
     (why the run, or its first eager batch after capture, was not replayed; ``None`` when every step after warm-up was)."""
+    optimizer: dict = field(default_factory=dict)
+    """The AdamW kernel used: ``requested`` (``TrainConfig.optimizer_impl``), ``impl`` (fused/foreach/plain), ``reason``."""
+    strategies: dict = field(default_factory=dict)
+    """Measured strategy choice (``TrainConfig.strategy_tuning``): ``mode`` and, when tuned, ``layers``:
+    ``{layer name: core.tune strategy_choice record}`` (cost model's pick, measured times, source)."""
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -287,6 +306,44 @@ def _set_lr_kind(optimizer: torch.optim.Optimizer, device: Optional[torch.device
                 group[key] = float(value)
 
 
+def choose_optimizer_impl(requested: str, device_type: str, use_graph: bool, params: Sequence[torch.Tensor]) -> tuple[str, str]:
+    """``(impl, reason)`` of the AdamW kernel for ``TrainConfig.optimizer_impl``; a fused request that cannot run falls back to foreach."""
+    floating = all(p.is_floating_point() for p in params)
+    if requested == "fused" and not floating:
+        return "foreach", "fused AdamW needs floating-point parameters"
+    if requested != "auto":
+        return requested, "requested"
+    if device_type == "cuda" and floating and not use_graph:
+        return "fused", "auto: eager CUDA run"
+    if use_graph:
+        return "foreach", "auto: whole-step graph (the captured capturable foreach step replays as one graph already)"
+    return "foreach", f"auto: {device_type} device"
+
+
+def _new_adamw(param_groups: Sequence[dict], impl: str, **kwargs) -> torch.optim.AdamW:
+    return torch.optim.AdamW(list(param_groups), fused=impl == "fused" or None, foreach=impl == "foreach", **kwargs)
+
+
+def _set_optimizer_impl(optimizer: torch.optim.Optimizer, impl: str) -> None:
+    """A loaded state dict brings back the writer's kernel flags; put this run's back."""
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = (True if impl == "fused" else None), impl == "foreach"
+
+
+def _tune_before_training(model: nn.Module, raw: nn.Module, batch: Any, loss_fn: Callable, config: TrainConfig,
+                          device: torch.device) -> dict:
+    """Measured strategy choice on ``batch`` (``core.tune``), with every RNG put back so training draws what it would have."""
+    from .tune import strategy_choices, tune_strategies
+
+    amp = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(config.mixed_precision)
+    devices = [device.index if device.index is not None else torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices, device_type=device.type if device.type == "cuda" else "cuda"):
+        model.train()
+        tune_strategies(raw, lambda _raw: _as_loss(loss_fn(model, batch))[0], autocast_dtype=amp, repeats=3,
+                        whole_model=config.strategy_tuning == "model")
+    return {"mode": config.strategy_tuning, "layers": strategy_choices(raw)}
+
+
 def batch_signature(batch: Any) -> tuple:
     """Structure, tensor shapes/dtypes/devices and non-tensor values of a batch: a replay needs all of them equal."""
     from torch.utils._pytree import tree_flatten
@@ -435,12 +492,14 @@ def fit(
         param_groups = [{"params": params}]
     graph_reason = graph_fallback_reason(config, accelerator.device.type, accelerator.num_processes)
     use_graph = config.cuda_graph and graph_reason is None
+    impl, impl_reason = choose_optimizer_impl(config.optimizer_impl, accelerator.device.type, use_graph,
+                                              [p for g in param_groups for p in g["params"]])
     if use_graph:  # the schedule fills a tensor lr in place, so the captured AdamW reads the current value
-        optimizer = torch.optim.AdamW(list(param_groups), lr=torch.tensor(config.lr, device=accelerator.device),
-                                      weight_decay=config.weight_decay, capturable=True)
+        optimizer = _new_adamw(param_groups, impl, lr=torch.tensor(config.lr, device=accelerator.device),
+                               weight_decay=config.weight_decay, capturable=True)
         _set_lr_kind(optimizer, accelerator.device if use_graph else None)
     else:
-        optimizer = torch.optim.AdamW(list(param_groups), lr=config.lr, weight_decay=config.weight_decay)
+        optimizer = _new_adamw(param_groups, impl, lr=config.lr, weight_decay=config.weight_decay)
     scheduler = _StepScheduler(optimizer, config)
     model.__dict__.pop("_is_accelerate_prepared", None)  # left by an earlier accelerator (e.g. a copied model)
     model, optimizer, loader = accelerator.prepare(model, optimizer, train_loader)
@@ -482,6 +541,7 @@ def fit(
             raise RuntimeError(f"cannot resume from {ckpt}: it does not match this model/optimizer ({exc})") from exc
         # a checkpoint of the other mode holds the other kind of lr (float vs the graph's in-place tensor)
         _set_lr_kind(optimizer.optimizer, accelerator.device if use_graph else None)
+        _set_optimizer_impl(optimizer.optimizer, impl)
         scheduler.sched.base_lrs = [b if use_graph else float(b) for b in scheduler.sched.base_lrs]
         if accelerator.is_main_process and out_dir is not None:
             _truncate_metrics(out_dir, step)
@@ -504,6 +564,11 @@ def fit(
         raw.train(was_training)
         metrics.update({f"eval_{k}": float(v) for k, v in values.items()})
 
+    strategies = {"mode": config.strategy_tuning}
+    if config.strategy_tuning != "off" and step < config.max_steps:
+        if pending is None:
+            pending = next(stream)
+        strategies = _tune_before_training(model, accelerator.unwrap_model(model), pending, loss_fn, config, accelerator.device)
     graph = _WholeStepGraph(model, optimizer.optimizer, loss_fn, config.max_grad_norm) if use_graph else None
     eager_steps_before = step
     bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True)
@@ -578,7 +643,8 @@ def fit(
         graph_record = {"requested": config.cuda_graph}
         if config.cuda_graph:
             graph_record.update(captured=False, graph_steps=0, eager_steps=step - eager_steps_before, fallback_reason=graph_reason)
-    return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=trained, cuda_graph=graph_record)
+    return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=trained, cuda_graph=graph_record,
+                       optimizer={"requested": config.optimizer_impl, "impl": impl, "reason": impl_reason}, strategies=strategies)
 
 
 def _save_checkpoint(accelerator, out_dir: Path, config: TrainConfig, step: int, consumed: int, history: list) -> None:

@@ -213,3 +213,16 @@ def test_cuda_graph_mode_captures_ours_and_peft_on_cuda():
                                      compile_mode=False, mode="cuda_graph", profile=True)
         assert row["mode"] == "cuda_graph", (variant, row["mode"])
         assert row["kernel_ms"] > 0 and row["kernels"] >= 3, (variant, row)
+
+
+def test_bench_choice_summary_counts_the_recorded_choices():
+    adapters, _ = _bench()
+    torch.manual_seed(0)
+    model = small_net()
+    assert adapters.choice_summary(model) is None  # no adapter, nothing tuned
+    apply(model, "lora", rank=2)
+    seconds = {"0[default]": (3.0, 1.0), "2[default]": (0.5, 2.0), "4[default]": (9.0, 4.0)}
+    tune_strategies(model, torch.randn(2, 3, 8, 8), timer=lambda name, s: seconds[name][s == "activation"] if name else 1.0)
+    summary = adapters.choice_summary(model)
+    assert summary["strategy"] == {"activation": 2, "weight": 1} and summary["source"] == {"measured": 3}
+    assert "model_ms" not in summary

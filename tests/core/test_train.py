@@ -190,6 +190,8 @@ def test_eval_fn_and_callbacks():
         ({"max_grad_norm": -1.0}, "max_grad_norm"),
         ({"checkpoint_every": 5}, "output_dir"),
         ({"log_every": 0}, "log_every"),
+        ({"optimizer_impl": "apex"}, "optimizer_impl"),
+        ({"strategy_tuning": "on"}, "strategy_tuning"),
     ],
 )
 def test_config_errors_name_the_field(kwargs, field):
@@ -218,3 +220,73 @@ def test_resume_with_other_architecture_fails_clearly(tmp_path):
     other = nn.Sequential(nn.Linear(8, 4), nn.ReLU(), nn.Linear(4, 1))
     with pytest.raises(RuntimeError, match="cannot resume"):
         fit(other, loader(), mse, TrainConfig(max_steps=2, checkpoint_every=2, output_dir=str(tmp_path), resume=True, progress=False))
+
+
+# ----------------------------------------------------------------------------- AdamW kernels, measured strategies
+
+
+@pytest.mark.parametrize("impl", ["fused", "foreach"])
+def test_adamw_kernel_steps_equal_the_plain_step(impl):
+    from lowrank_vision.core.train import _new_adamw
+
+    torch.manual_seed(0)
+    shapes = [(4, 8), (8,), (3, 2, 5)]
+    ref_params = [nn.Parameter(torch.randn(s)) for s in shapes]
+    params = [nn.Parameter(p.detach().clone()) for p in ref_params]
+    ref = _new_adamw([{"params": ref_params}], "plain", lr=1e-2, weight_decay=0.1)
+    opt = _new_adamw([{"params": params}], impl, lr=1e-2, weight_decay=0.1)
+    assert opt.param_groups[0]["foreach"] == (impl == "foreach") and bool(opt.param_groups[0]["fused"]) == (impl == "fused")
+    for _ in range(3):
+        grads = [torch.randn(s) for s in shapes]
+        for p, q, g in zip(ref_params, params, grads):
+            p.grad, q.grad = g.clone(), g.clone()
+        ref.step()
+        opt.step()
+    for p, q in zip(ref_params, params):
+        assert not torch.equal(p, q.new_zeros(q.shape))
+        torch.testing.assert_close(q, p, rtol=1e-6, atol=1e-7)
+
+
+def test_fit_records_the_adamw_kernel_and_foreach_trains_like_plain():
+    cfg = dict(max_steps=6, lr=1e-2, progress=False, scheduler="constant")
+    plain = fit(make_model(), loader(), mse, TrainConfig(**cfg, optimizer_impl="plain"))
+    auto = fit(make_model(), loader(), mse, TrainConfig(**cfg))
+    assert plain.optimizer == {"requested": "plain", "impl": "plain", "reason": "requested"}
+    assert auto.optimizer["impl"] == "foreach" and auto.optimizer["requested"] == "auto"  # a CPU run
+    torch.testing.assert_close(flat(auto.model), flat(plain.model), rtol=1e-5, atol=1e-6)
+
+
+def test_choose_optimizer_impl_table():
+    from lowrank_vision.core.train import choose_optimizer_impl
+
+    floats, ints = [torch.zeros(2)], [torch.zeros(2, dtype=torch.long)]
+    assert choose_optimizer_impl("auto", "cuda", False, floats)[0] == "fused"
+    assert choose_optimizer_impl("auto", "cuda", True, floats)[0] == "foreach"
+    assert choose_optimizer_impl("auto", "cpu", False, floats)[0] == "foreach"
+    assert choose_optimizer_impl("fused", "cpu", False, ints)[0] == "foreach"
+    assert choose_optimizer_impl("plain", "cuda", False, floats) == ("plain", "requested")
+
+
+@pytest.mark.parametrize("mode", ["layer", "model"])
+def test_fit_measured_strategies_are_recorded_and_train_like_untuned(mode):
+    from lowrank_vision.core import adapter_layers, apply
+
+    def adapted():
+        model = make_model()
+        apply(model, "lora", rank=2, targets=("0",))
+        return model
+
+    cfg = dict(max_steps=4, lr=1e-2, progress=False, scheduler="constant")
+    untuned = fit(adapted(), loader(), mse, TrainConfig(**cfg))
+    tuned = fit(adapted(), loader(), mse, TrainConfig(**cfg, strategy_tuning=mode))
+    assert untuned.strategies == {"mode": "off"}
+    layers = tuned.strategies["layers"]
+    assert tuned.strategies["mode"] == mode and set(layers) == set(adapter_layers(tuned.model))
+    for name, record in layers.items():
+        assert record["strategy"] == adapter_layers(tuned.model)[name].strategy
+        assert record["input_shape"][-1] in (8, 16) and record["device"] == "cpu"
+        if record["source"] == "measured":
+            assert record["strategy"] == min(record["times_s"], key=record["times_s"].get)
+        assert (mode == "model") == ("model_times_s" in record)
+    # same numbers: the strategies compute the same update, and the tuning put every RNG back (dropout draws)
+    torch.testing.assert_close(flat(tuned.model), flat(untuned.model), rtol=1e-5, atol=1e-6)
