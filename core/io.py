@@ -96,7 +96,7 @@ def _layer_record(adapter: AdapterLayer) -> dict[str, Any]:
         "dropout": adapter.config.dropout,
         "strategy": adapter.config.strategy,
         "options": dataclasses.asdict(adapter.options),
-        **({"strategy_choice": dict(choice)} if (choice := getattr(adapter, "strategy_choice", None)) else {}),
+        **({"strategy_choice": dict(choice)} if (choice := adapter.strategy_choice) else {}),
     }
 
 

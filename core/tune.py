@@ -54,7 +54,7 @@ def strategy_cache_key(layer: AdapterLayer, x: Tensor, autocast_dtype: Optional[
 
 def strategy_choices(model: nn.Module) -> dict[str, dict]:
     """``{layer name: strategy_choice record}`` of every adapter layer that was tuned (see the module docstring)."""
-    return {name: dict(layer.strategy_choice) for name, layer in adapter_layers(model).items() if getattr(layer, "strategy_choice", None)}
+    return {name: dict(layer.strategy_choice) for name, layer in adapter_layers(model).items() if layer.strategy_choice}
 
 
 def _sync(device: torch.device) -> None:

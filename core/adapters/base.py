@@ -110,6 +110,8 @@ class AdapterLayer(nn.Module):
         self.dropout = nn.Dropout(config.dropout) if config.dropout > 0 else nn.Identity()
         self.strategy: str = config.strategy
         """Current execution strategy; starts at ``config.strategy`` (``tune_strategies`` may change it)."""
+        self.strategy_choice: Optional[dict] = None
+        """The measured choice and its reasons (set by ``core.tune``, saved and restored by ``core.io``); ``None`` untuned."""
         self.adapter_name = adapter_name
         self.layer_name = layer_name
         self.active = True
