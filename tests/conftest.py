@@ -3,11 +3,21 @@
 A test skipped because a host tool is missing counts as not run: the ``test`` extra installs
 every plugin's host, so here a skip is turned into a failure that says why. Only tests marked
 ``gpu`` may skip (CI has no GPU).
+
+Host tools that create their loggers at import (ultralytics) keep writing to the stream pytest had
+captured for the test that imported them; once that stream is closed, every later record would print
+"--- Logging error ---" with a traceback onto the CURRENT test's stderr (seen: the sr app's one-line
+error test after the detect tests, through ultralytics' patched ``PIL.Image.open``). Such records are
+dropped instead, as logging does in production (``logging.raiseExceptions``).
 """
 
 from __future__ import annotations
 
+import logging
+
 import pytest
+
+logging.raiseExceptions = False
 
 
 @pytest.hookimpl(hookwrapper=True)
