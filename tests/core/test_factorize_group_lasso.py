@@ -7,29 +7,14 @@ import copy
 
 import pytest
 import torch
-import torch.nn.functional as F
 
 from lowrank_vision.core import factorize
 from lowrank_vision.core.functional import factorize as F_fact
 
 from .test_factorize_ordered import CLASSES, D, mlp
-from .toy_tasks import accuracy, vector_task
+from .toy_tasks import accuracy, train, vector_task
 
 PENALTY = 5e-3  # chosen by bench/compress.py on a validation split (train[3072:]): the largest of 1e-3..1e-2 within 0.01 of no penalty
-
-
-def train(model, x, y, penalty: float, steps: int = 600):
-    g = torch.Generator().manual_seed(0)
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (64,), generator=g)
-        loss = F.cross_entropy(model(x[idx]), y[idx])
-        if penalty:
-            loss = loss + penalty * factorize.group_lasso_penalty(model)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return model.eval()
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +24,8 @@ def trained():
     torch.manual_seed(0)
     init = mlp()
     factorize.factorize_full_rank(init, exclude="4")
-    plain = train(copy.deepcopy(init), x[:3072], y[:3072], 0.0)
-    penalised = train(copy.deepcopy(init), x[:3072], y[:3072], PENALTY)
+    plain = train(copy.deepcopy(init), x[:3072], y[:3072], 600).eval()
+    penalised = train(copy.deepcopy(init), x[:3072], y[:3072], 600, penalty=PENALTY).eval()
     return plain, penalised, test
 
 

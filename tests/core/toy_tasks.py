@@ -50,8 +50,11 @@ class SmallCNN(nn.Module):
         return self.fc2(F.relu(self.fc1(x.mean((2, 3)))))
 
 
-def train(model, x, y, steps, *, lr=3e-3, batch=64, seed=0, before_step=None):
-    """``steps`` Adam steps on seeded random batches; ``before_step()`` runs before each (e.g. a rank-dropout sample)."""
+def train(model, x, y, steps, *, lr=3e-3, batch=64, seed=0, before_step=None, penalty=0.0):
+    """``steps`` Adam steps on seeded random batches; ``before_step()`` runs before each (e.g. a rank-dropout sample);
+    ``penalty`` > 0 adds that weight times Maestro's group lasso (``core.factorize.group_lasso_penalty``)."""
+    from lowrank_vision.core import factorize
+
     g = torch.Generator().manual_seed(seed)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
     for _ in range(steps):
@@ -59,6 +62,8 @@ def train(model, x, y, steps, *, lr=3e-3, batch=64, seed=0, before_step=None):
         if before_step is not None:
             before_step()
         loss = F.cross_entropy(model(x[idx]), y[idx])
+        if penalty:
+            loss = loss + penalty * factorize.group_lasso_penalty(model)
         opt.zero_grad()
         loss.backward()
         opt.step()
