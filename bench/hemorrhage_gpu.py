@@ -128,7 +128,12 @@ def acceptance(rows: list[dict]) -> dict:
     res["gain_over_none_ge_0.15"] = cp["dice_mean"] >= none["dice_mean"] + 0.15
     res["within_0.03_of_full"] = cp["dice_mean"] >= full["dice_mean"] - 0.03
     res["params_le_5pct"] = res["cp_params_pct_of_full"] <= 5.0
-    res["pass"] = res["gain_over_none_ge_0.15"] and res["within_0.03_of_full"] and res["params_le_5pct"]
+    # a full fine-tune that ends below the pre-trained model is not the tuned baseline the goal compares against
+    res["full_beats_none"] = full["dice_mean"] > none["dice_mean"]
+    res["pass"] = (res["gain_over_none_ge_0.15"] and res["within_0.03_of_full"] and res["params_le_5pct"]
+                   and res["full_beats_none"])
+    if not res["full_beats_none"]:
+        res["why_not"] = "full fine-tuning ended below the pre-trained model: its learning rate or steps were not enough"
     return res
 
 
