@@ -73,10 +73,7 @@ def other_core_tools() -> list[dict[str, str]]:
     before = sum(p.numel() for p in dense.parameters())
     factorize.compress(dense, ranks=RANK)
     after = sum(p.numel() for p in dense.parameters())
-    branch = nn.Sequential(nn.Linear(768, 768))
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        branch_params = apply(branch, "lora", rank=RANK).adapter_params
+    branch_params = reference_params("lora")["Linear(768, 768)"]  # a MarkBoard branch is one core lora adapter
     return [
         {"tool": "core.factorize (compression)",
          "what it is for": "Making a trained model smaller: Linear/Conv layers replaced by low-rank factors, rank per layer from "
