@@ -25,7 +25,7 @@ done
 wait
 nvidia-smi --query-gpu=name,memory.used --format=csv > "$OUT/gpu.txt" 2>&1
 for name in "${names[@]}"; do  # one archive per plugin, each under 16 MB
-  find docs/results/$name* "runs/${name}_gpu" -type f -size -12M ! -name '*.tif' ! -name '*.tiff' ! -name '*.pt' ! -name '*.onnx' ! -name '*.cache' \
+  find docs/results/$name* "runs/${name}_gpu" -type f -size -12M ! -name '*.tif' ! -name '*.tiff' \( ! -name '*.pt' -o -path '*/weights/*' \) ! -name '*.onnx' ! -name '*.cache' \
     ! -path '*/images/*' ! -path '*/labels/*' ! -path '*/scene/*' ! -path '*/data/*' 2>/dev/null \
     | tar czf "$OUT/results_$name.tgz" -T -
 done

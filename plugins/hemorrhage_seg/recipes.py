@@ -246,7 +246,8 @@ def training_set(dataset, indices: Sequence[int], cfg: SegExperimentConfig, seed
             return sub, "whole volumes"
     largest = [max(s[k] for s in shapes) for k in range(3)]
     roi = [min(int(p), -(-n // d) * d) for p, n in zip(cfg.patch, largest)]
-    return RandomPatches(sub, roi, cfg.samples_per_case, seed=seed), "patches"
+    return RandomPatches(sub, roi, cfg.samples_per_case, seed=seed, thick_slice_prob=cfg.thick_slice_prob,
+                         thick_slice_factor=cfg.thick_slice_factor), "patches"
 
 
 def _eval_device(tc: TrainConfig) -> str:

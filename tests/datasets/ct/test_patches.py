@@ -69,3 +69,26 @@ def test_plugin_trains_small_equal_volumes_whole_and_others_on_patches():
     assert how == "patches" and data[0]["image"].shape == (2, 32, 40, 16)
     with pytest.raises(ValueError, match="patch"):
         replace(cfg, patch=(90, 96, 32))
+
+
+def test_thick_slice_augmentation_blurs_slices_only_and_keeps_labels():
+    from lowrank_vision.datasets.ct.patches import thick_slices
+
+    x = torch.zeros(2, 8, 8, 12)
+    x[:, :, :, 5] = 1.0  # one bright slice
+    t = thick_slices(x, 2)
+    assert t.shape == x.shape
+    assert torch.allclose(t.sum(-1), x.sum(-1), atol=0.3)  # about the same signal, spread along z
+    assert 0.2 < float(t[0, 0, 0, 5]) < 0.8 and float(t[0, 0, 0, 4] + t[0, 0, 0, 6]) > 0.2
+    assert torch.allclose(thick_slices(torch.full((1, 4, 4, 8), 0.7), 2), torch.full((1, 4, 4, 8), 0.7))
+    ds = _Cases([(24, 24, 12)])
+    plain = RandomPatches(ds, (16, 16, 8), samples_per_case=6, seed=1)
+    always = RandomPatches(ds, (16, 16, 8), samples_per_case=6, seed=1, thick_slice_prob=1.0)
+    for i in range(6):  # same crops, same labels; every image smoother along z than the plain crop
+        a, b = plain[i], always[i]
+        assert torch.equal(a["label"], b["label"])
+        assert (b["image"].diff(dim=-1).abs().mean() < 0.8 * a["image"].diff(dim=-1).abs().mean())
+    with pytest.raises(ValueError, match="thick_slice_prob"):
+        RandomPatches(ds, (16, 16, 8), thick_slice_prob=1.5)
+    with pytest.raises(ValueError, match="thick_slice_factor"):
+        RandomPatches(ds, (16, 16, 8), thick_slice_prob=0.5, thick_slice_factor=1)
