@@ -141,10 +141,10 @@ def acceptance(rows: list[dict]) -> dict:
 
 REAL_STRATEGIES = (("none", None), ("full", None), ("cp_lora", 4), ("cp_lora", 16), ("lora_c", 4), ("conv_lora", 4), ("dora_c", 4))
 """The grid of the 300 s run (CP-LoRA, LoRA-C, convLoRA, DoRA, full); convDoRA/CP-DoRA left out for time."""
-TUNE_LRS = {"full": (1e-4, 3e-4, 1e-3), "cp_lora": (1e-2, 3e-2, 1e-1), "lora_c": (3e-3, 1e-2), "conv_lora": (3e-3, 1e-2)}
+TUNE_LRS = {"full": (3e-4, 1e-3, 3e-3), "cp_lora": (1e-2, 3e-2, 1e-1), "lora_c": (3e-3, 1e-2), "conv_lora": (3e-3, 1e-2)}
 """Rates tried on the tuning cases; each DoRA variant takes the rate chosen for its LoRA sibling (a budget choice).
-Full fine-tuning's grid reaches down to 1e-4: in the first real-geometry run its best rate was the smallest one tried
-(1e-3 of {1e-3, 4e-3}) and it ended below the pre-trained model."""
+Full fine-tuning's grid brackets 1e-3: the first real-geometry run chose 1e-3 of {1e-3, 4e-3} (the smallest) and the
+second 1e-3 of {1e-4, 3e-4, 1e-3} (the largest)."""
 SIBLING = {"dora_c": "lora_c"}
 SHARES = {"data": 0.22, "pretrain": 0.25, "tune": 0.15, "compare": 0.28, "accept": 0.07}
 
@@ -155,7 +155,8 @@ def _real_config(smoke: bool, cuda: bool):
 
     cfg = replace(PRESETS["real"], n_tbi=40, n_sah=24)
     if smoke:
-        cfg = replace(cfg, data=HeadCTConfig(shape=(48, 56, 16), spacing=(4.0, 4.0, 10.0), subsample_mm=(4.0, 4.0, 10.0)), n_tbi=6,
+        cfg = replace(cfg, data=HeadCTConfig(shape=(48, 56, 16), spacing=(4.0, 4.0, 10.0), subsample_mm=(4.0, 4.0, 10.0)),
+                      acquisitions=(HeadCTConfig(shape=(96, 112, 8), spacing=(2.0, 2.0, 20.0), subsample_mm=(4.0, 4.0, 10.0)),), n_tbi=6,
                       n_sah=6, patch=(32, 32, 16), net=UNetConfig(channels=(4, 8, 16), strides=(2, 2)), batch_size=2, samples_per_case=2)
     mp = "bf16" if cuda else "no"
     return replace(cfg, pretrain=replace(cfg.pretrain, cpu=not cuda, progress=False, mixed_precision=mp),
@@ -226,7 +227,8 @@ def stage_data(cfg, out, seconds, args) -> dict:
 
     make_synthetic_data(cfg, out / "data", progress=False)
     workers = max(1, min(16, (os.cpu_count() or 1) - 1))
-    write_head_dataset(out / "data" / "sah_tune", "sah", 9 if not args.smoke else 4, cfg.seed + 1, cfg.data, progress=False, workers=workers)
+    grids = (cfg.data, *cfg.acquisitions) if cfg.acquisitions else cfg.data
+    write_head_dataset(out / "data" / "sah_tune", "sah", 9 if not args.smoke else 4, cfg.seed + 1, grids, progress=False, workers=workers)
     geos = {"thick": HEAD_PRESETS["thick"], "iso": HEAD_PRESETS["iso"]}
     if args.smoke:
         geos = {"thick": HeadCTConfig(shape=(96, 112, 16), spacing=(2.0, 2.0, 10.0), subsample_mm=(2.0, 2.0, 10.0)),
@@ -417,7 +419,9 @@ def stage_report(cfg, out, args, elapsed: float, quiet: bool = False) -> None:
     lines = [f"# Hemorrhage segmentation at real geometry{' (SMOKE rehearsal, toy sizes: not a result)' if args.smoke else ''}", "",
              f"Written by `{_command(args)}` ({elapsed:.0f} s wall in this call). Raw JSON: `hemorrhage_real/results.json`.", "",
              f"Data: realistic synthetic heads (`lowrank_vision.datasets.ct.phantom`) drawn on the canonical grid "
-             f"{cfg.data.shape} of {cfg.data.spacing} mm; {cfg.n_tbi} TBI cases (every 5th held out), {cfg.n_sah} SAH cases in "
+             f"{cfg.data.shape} of {cfg.data.spacing} mm"
+             + "".join(f", 1 in {len(cfg.acquisitions) + 1} cases instead drawn as a {a.shape} scan of {a.spacing} mm (brought to the "
+                       "canonical grid when loaded)" for a in cfg.acquisitions) + f"; {cfg.n_tbi} TBI cases (every 5th held out), {cfg.n_sah} SAH cases in "
              f"{cfg.folds}-fold CV; learning rates chosen on separate SAH tuning cases (seed {cfg.seed + 1}).", ""]
     if cut:
         lines += [f"**Stages not reached in this budget: {', '.join(cut)}.**", ""]

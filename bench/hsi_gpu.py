@@ -62,6 +62,8 @@ CANDIDATES = {  # phase 2, on top of the chosen reduction: name -> (DataConfig c
     "fixed_scale": ({}, {"cyclical": False}, None),
     "lr1e-2": ({}, {}, 1e-2),
     "balanced": ({}, {"class_weighting": "sqrt_inverse"}, None),
+    "f_min0.2": ({}, {"f_min": 0.2}, None),  # f_min and the target set were once picked on test blocks: re-checked on val
+    "no_frontend_lora": ({}, {"targets": ("*.attn.qkv", "*.attn.proj", "*.mlp.fc1", "*.mlp.fc2")}, None),
 }
 SHARED = ("spectral_jitter", "label_smoothing", "class_weighting")
 """Choices that apply to every network (data and loss), not only to LoRA."""
@@ -98,13 +100,26 @@ def _configs(args, data_changes: dict, recipe_changes: dict, lr, method: str = "
     return data, recipe
 
 
-def stage_search(args) -> dict:
+def _all_candidates_in(search: dict) -> bool:
+    """Whether a search.json written before searches recorded ``complete`` holds every phase-2 candidate."""
+    return all(any(name.endswith("+" + c) for name in search["runs"]) for c in CANDIDATES)
+
+
+def stage_search(args, previous: dict | None = None) -> dict:
+    """The recipe search; ``previous`` (an incomplete search.json of the same steps and device) lends the candidates it
+    already measured, so a search cut short by the budget carries on in the next job."""
     from lowrank_vision.plugins.hsi_specvit import recipes
 
     cube = _scene(args)
     runs, prepared = {}, {}
+    reuse = (previous or {}).get("runs", {}) if (previous or {}).get("steps") == args.search_steps \
+        and (previous or {}).get("device") == args.device else {}
 
     def run(name, data_changes, recipe_changes, lr):
+        if name in reuse:
+            runs[name] = {**reuse[name], "from_earlier_job": True}
+            print(f"search {name}: val OA {runs[name]['val_OA']:.2f} (measured in an earlier job)", flush=True)
+            return
         data_cfg, recipe = _configs(args, data_changes, recipe_changes, lr, steps=args.search_steps)
         key = json.dumps(dataclasses.asdict(data_cfg), sort_keys=True)
         if key not in prepared:
@@ -121,22 +136,26 @@ def stage_search(args) -> dict:
         run(name, d, {}, None)
     base = max(runs, key=lambda n: runs[n]["val_OA"])
     base_data = REDUCTIONS[base]
+    complete = True
     for name, (d, r, lr) in CANDIDATES.items():
         if args.candidates is not None and name not in args.candidates:
             continue
-        if _left(args) < args.reserve_s:
+        if _left(args) < args.reserve_s and f"{base}+{name}" not in reuse:
             print(f"search: budget spent, {name} and later candidates not run", flush=True)
+            complete = False
             break
         run(f"{base}+{name}", {**base_data, **d}, r, lr)
     gains = [n for n in CANDIDATES if f"{base}+{n}" in runs and runs[f"{base}+{n}"]["val_OA"] >= runs[base]["val_OA"] + 0.5]
-    if len(gains) > 1 and _left(args) >= args.reserve_s:
+    if len(gains) > 1 and complete and _left(args) < args.reserve_s and f"{base}+" + "+".join(gains) not in reuse:
+        complete = False
+    elif len(gains) > 1 and complete:
         d = {**base_data, **{k: v for n in gains for k, v in CANDIDATES[n][0].items()}}
         r = {k: v for n in gains for k, v in CANDIDATES[n][1].items()}
         lr = next((CANDIDATES[n][2] for n in gains if CANDIDATES[n][2] is not None), None)
         run(f"{base}+" + "+".join(gains), d, r, lr)
     chosen = max(runs, key=lambda n: runs[n]["val_OA"])
     return {"scene": cube.source, "steps": args.search_steps, "device": args.device, "runs": runs, "gains": gains,
-            "chosen": chosen, "chosen_config": {"data": runs[chosen]["data"], "recipe": runs[chosen]["recipe"],
+            "complete": complete, "chosen": chosen, "chosen_config": {"data": runs[chosen]["data"], "recipe": runs[chosen]["recipe"],
                                                 "lr": runs[chosen]["lr"]}}
 
 
@@ -249,6 +268,11 @@ def stage_report(args, done: dict) -> str:
         if not any("+" in n for n in search["runs"]):
             lines += ["", "Phase 2 (one change at a time on top of the best reduction) was not run: the budget was spent "
                       "(`--reserve-s`)."]
+        elif search.get("complete") is False:
+            lines += ["", "Phase 2 was cut short by the budget (`--reserve-s`): the candidates missing from the table were not "
+                      "tried; the next job carries on from `search.json`."]
+        if any(r.get("from_earlier_job") for r in search["runs"].values()):
+            lines += ["", "Rows measured in an earlier job of the same command (same steps and device) were carried over."]
         lines += [""]
     for protocol in ("regions", "checkerboard"):
         res = done.get(protocol)
@@ -329,16 +353,29 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     args.docs = out / "docs" if args.smoke else DOCS  # a rehearsal never touches docs/results
-    done = {}
+    done, earlier_choice = {}, None
     for stage in STAGES:
         path = out / f"{stage}.json"
         if stage == "report":
             stage_report(args, done)
             break
         if path.exists():
-            done[stage] = json.loads(path.read_text())
-            print(f"{stage}: {path} exists, skipped", flush=True)
-            continue
+            found = json.loads(path.read_text())
+            if stage == "search":
+                earlier_choice = found["chosen"]  # later stages of an earlier job were made with this recipe
+            if stage == "search" and found.get("complete", _all_candidates_in(found)) is False and stage in args.only and _left(args) > args.reserve_s:
+                done[stage] = stage_search(args, found)
+                write_json(path, done[stage])
+                write_json(args.docs / "hsi" / f"{stage}.json", done[stage])
+                print(f"search: carried on from {path}; chosen {done[stage]['chosen']}", flush=True)
+                continue
+            if stage != "search" and found.get("chosen", earlier_choice) != done["search"]["chosen"]:
+                print(f"{stage}: {path} was made with recipe {found.get('chosen', earlier_choice)}, not the chosen one: run again",
+                      flush=True)
+            else:
+                done[stage] = found
+                print(f"{stage}: {path} exists, skipped", flush=True)
+                continue
         if stage not in args.only or _left(args) <= 0 or (stage != "search" and "search" not in done):
             print(f"{stage}: not run", flush=True)
             continue
@@ -346,9 +383,9 @@ def main(argv=None) -> None:
         if stage == "search":
             done[stage] = stage_search(args)
         elif stage == "finetune":
-            done[stage] = stage_finetune(args, done["search"])
+            done[stage] = {**stage_finetune(args, done["search"]), "chosen": done["search"]["chosen"]}
         else:
-            done[stage] = stage_protocol(args, stage, done["search"])
+            done[stage] = {**stage_protocol(args, stage, done["search"]), "chosen": done["search"]["chosen"]}
         write_json(path, done[stage])
         write_json(args.docs / "hsi" / f"{stage}.json", done[stage])
         stage_report(args, done)  # after every stage: a run cut short still leaves a report of what it reached

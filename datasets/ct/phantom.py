@@ -482,16 +482,21 @@ def synthesize_chest(seed: int = 0, config: HeadCTConfig | None = None) -> np.nd
     return _store(np.clip(np.round(hu), -1024, 3071).astype(np.int16), cfg)
 
 
-def write_head_dataset(out_dir, domain: Literal["tbi", "sah"], n_cases: int, seed: int = 0, config: HeadCTConfig | str = "small",
-                       progress: bool = True, workers: int = 1):
+def write_head_dataset(out_dir, domain: Literal["tbi", "sah"], n_cases: int, seed: int = 0,
+                       config: HeadCTConfig | str | Sequence[HeadCTConfig | str] = "small", progress: bool = True, workers: int = 1):
     """Write ``imagesTr/<domain>_NNN.nii.gz``, ``labelsTr/...`` and ``dataset.json`` of realistic heads (reused when the
-    same request is already there; ``workers`` > 1 draws cases in that many processes); returns ``out_dir``."""
+    same request is already there; ``workers`` > 1 draws cases in that many processes); returns ``out_dir``.
+    A sequence of configs draws case ``i`` on grid ``i % len(config)`` (a cohort from several scanners)."""
     from dataclasses import asdict
 
     from .synthetic import write_case_folder
 
-    cfg = HEAD_PRESETS[config] if isinstance(config, str) else config
+    many = isinstance(config, (list, tuple))
+    cfgs = [HEAD_PRESETS[c] if isinstance(c, str) else c for c in (config if many else [config])]
+    if not cfgs:
+        raise ValueError("config must be a HeadCTConfig, a preset name or a non-empty sequence of them, got an empty sequence")
+    cfg = cfgs if many else cfgs[0]
     want = {"generator": "lowrank_vision.datasets.ct.phantom", "version": PHANTOM_VERSION, "domain": domain, "n_cases": int(n_cases), "seed": int(seed),
-            "config": asdict(cfg)}
+            "config": [asdict(c) for c in cfgs] if many else asdict(cfgs[0])}
     return write_case_folder(out_dir, want, synthesize_head, domain, n_cases, seed, cfg, progress=progress, workers=workers,
                              desc=f"head CT {domain}")

@@ -263,8 +263,9 @@ def write_case_folder(out_dir, want: dict, draw, domain: str, n_cases: int, seed
                       workers: int = 1, desc: str = "") -> Path:
     """The folder both CT generators write: ``imagesTr/<domain>_NNN.nii.gz``, ``labelsTr/...`` and ``dataset.json``
     (``want`` plus each case's info); a folder whose ``dataset.json`` records the same ``want`` is reused as is.
-    ``draw(domain, i, seed, cfg) -> (image, mask, info)``, written on ``cfg.affine``; with ``workers`` > 1 the cases
-    are drawn in that many spawned processes (one torch thread each), so ``draw`` must be a module-level function."""
+    ``draw(domain, i, seed, cfg) -> (image, mask, info)``, written on ``cfg.affine``; a sequence of configs gives case
+    ``i`` config ``i % len(cfg)`` (cases from several scanner grids); with ``workers`` > 1 the cases are drawn in that
+    many spawned processes (one torch thread each), so ``draw`` must be a module-level function."""
     from tqdm.auto import tqdm
 
     from lowrank_vision.core.files import write_json
@@ -279,7 +280,8 @@ def write_case_folder(out_dir, want: dict, draw, domain: str, n_cases: int, seed
             return out
     (out / "imagesTr").mkdir(parents=True, exist_ok=True)
     (out / "labelsTr").mkdir(parents=True, exist_ok=True)
-    jobs = [(draw, out, domain, i, int(seed), cfg) for i in range(int(n_cases))]
+    cfgs = list(cfg) if isinstance(cfg, (list, tuple)) else [cfg]
+    jobs = [(draw, out, domain, i, int(seed), cfgs[i % len(cfgs)]) for i in range(int(n_cases))]
     if workers > 1:
         import multiprocessing as mp
         from concurrent.futures import ProcessPoolExecutor
