@@ -109,6 +109,42 @@ def test_fused_must_be_a_bool():
         apply(nn.Sequential(nn.Linear(4, 4)), "lora", rank=2, fused=1)
 
 
+def _bench_adapters():
+    """``bench/adapters.py`` imported as ``adapters`` (it imports its sibling ``profile_step``)."""
+    import importlib
+    import sys
+    from pathlib import Path
+
+    bench_dir = str(Path(__file__).resolve().parents[2] / "bench")
+    if bench_dir not in sys.path:
+        sys.path.insert(0, bench_dir)
+    return importlib.import_module("adapters")
+
+
+def test_bench_fused_variants_build_and_report_the_fallback(monkeypatch, fresh_cache):
+    """``bench/adapters.py``: ``ours:<method>:fused`` is the weight strategy with ``fused=True``; a fallback shows in the table."""
+    def no_compiler(fn, **kwargs):
+        raise RuntimeError("no compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    bench = _bench_adapters()
+    assert {"ours:lora:fused", "ours:cp_lora:fused", "ours:dora:fused"} <= set(bench.variant_names(False, "eager"))
+    assert {"ours:lora:fused", "ours:cp_lora:fused", "ours:dora:fused"} <= set(bench.variant_names(False, "cuda_graph"))
+    torch.manual_seed(0)
+    base = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 2, 3))
+    inputs = (torch.randn(2, 3, 8, 8),)
+    model, params = bench.build_variant("ours:dora:fused", base, ["0", "2"], inputs, torch.device("cpu"), None)
+    assert all(a.fused and a.strategy == "weight" for a in adapter_layers(model, "default").values())
+    row = bench.time_training(model, params, inputs, torch.device("cpu"), None, steps=1, warmup=1, floor=False,
+                              compile_mode=False, profile=False)
+    row["fused_status"] = bench.fused_summary(model)
+    assert row["fused_status"] == {"eager (fallback: torch.compile failed: RuntimeError: no compiler)": 2}
+    assert bench.mode_cell(row) == "eager; fused build: 2 layers eager (fallback: torch.compile failed: RuntimeError: no compiler)"
+    assert bench.mode_cell({"mode": "cuda_graph", "fused_status": {"compiled": 2}}) == "cuda_graph"
+    plain, _ = bench.build_variant("ours:dora:auto", base, ["0", "2"], inputs, torch.device("cpu"), None)
+    assert bench.fused_summary(plain) is None
+
+
 # -- compiled path on this machine's CPU (inductor's C++ backend) ----------------------------------------------------
 @pytest.mark.parametrize("kind,method", [("linear", "lora"), ("conv2d", "cp_lora"), ("conv3d", "dora")])
 def test_compiled_equals_eager_cpu_fast(kind, method, fresh_cache):
@@ -150,8 +186,13 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 @pytest.mark.gpu
 @needs_cuda
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "autocast_bf16"])
-@pytest.mark.parametrize("kind,method", TABLE + [("conv_transpose2d", "lora"), ("conv3d", "conv_lora")])
+@pytest.mark.parametrize("kind,method,precision", [
+    # a Latin square: every method and every layer kind once in each precision (each case compiles anew, ~seconds each)
+    ("linear", "lora", "fp32"), ("linear", "cp_lora", "autocast_bf16"), ("linear", "dora", "bf16"),
+    ("conv2d", "lora", "autocast_bf16"), ("conv2d", "cp_lora", "bf16"), ("conv2d", "dora", "fp32"),
+    ("conv3d", "lora", "bf16"), ("conv3d", "cp_lora", "fp32"), ("conv3d", "dora", "autocast_bf16"),
+    ("conv_transpose2d", "cp_dora", "autocast_bf16"), ("conv3d", "conv_lora", "fp32"),
+])
 def test_compiled_equals_eager_cuda(kind, method, precision, fresh_cache):
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     eager, fused, x = _pair(kind, method, dtype, device="cuda")
