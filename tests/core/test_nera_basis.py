@@ -96,3 +96,23 @@ def test_kan_conv_unchanged():
     # float32 knots are uniform only to rounding; the old form used each knot, the new one the first knot and the
     # step: gradients agree to float32 resolution of their largest entry (cancellation makes single entries noisier)
     torch.testing.assert_close(gx, gx_ref, rtol=1e-4, atol=1e-5 * float(gx_ref.abs().max()))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_kan_layer_equals_dense_form_on_cuda_and_captures():
+    x, params, knots = _inputs(3, 5, lead=(64,))
+    x, knots = x.detach().cuda().requires_grad_(), knots.cuda()
+    params = [p.detach().cuda().requires_grad_() for p in params]
+    out = F_kan.kan_layer(x, *params, knots, 3)
+    ref = F_kan.kan_layer_dense(x, *params, knots, 3)
+    torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)
+    grads = torch.autograd.grad(out.square().sum(), [x, *params])
+    grads_ref = torch.autograd.grad(ref.square().sum(), [x, *params])
+    for a, b in zip(grads, grads_ref):
+        torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-5 * max(1.0, float(b.abs().max())))
+    graph = torch.cuda.CUDAGraph()  # no host sync or host-to-device copy in forward + backward (the piece matrix is cached)
+    with torch.cuda.graph(graph):
+        captured = torch.autograd.grad(F_kan.kan_layer(x, *params, knots, 3).square().sum(), [x])[0]
+    graph.replay()
+    torch.testing.assert_close(captured, grads[0], rtol=1e-5, atol=1e-6)
