@@ -11,6 +11,8 @@ Choices:
   input shapes / dtypes / devices / requires-grad flags, autocast state). Each gets its own copy of the
   wrapper's code object, so dynamo's per-code recompile limit never mixes the layers of a model.
 - Only called with gradients enabled (the training step); ``merge`` and no-grad inference stay eager.
+- ``scale`` is a compile-time constant (``addmm``'s ``alpha``, as in eager); a layer whose scale keeps changing (a
+  schedule) compiles up to :data:`MAX_STATIC_VARIANTS` values per shape, then runs eagerly, saying so.
 - Falls back to the eager function, with the reason returned, where compiling fails (no C++ compiler
   for inductor's CPU backend, no Triton, an unsupported op), where the first call of a shape happens
   during CUDA-graph capture (it is compiled at a later, uncaptured call), and inside an outer
@@ -29,12 +31,17 @@ __all__ = ["compiled_call", "COMPILED", "clear_compiled"]
 
 COMPILED: dict[tuple, Union[Callable[..., Tensor], str]] = {}
 """Compiled build per key, or the reason its compilation failed (then it runs eagerly)."""
+MAX_STATIC_VARIANTS = 8
+"""Distinct static-argument sets compiled per function and input shapes; past it (e.g. a scale schedule that changes
+``scale`` every step) the build runs eagerly instead of compiling on every step."""
+_variants: dict[tuple, set] = {}
 _serial = itertools.count()
 
 
 def clear_compiled() -> None:
     """Forget every compiled build and remembered failure (tests; after changing the compiler setup)."""
     COMPILED.clear()
+    _variants.clear()
 
 
 def _key(fn: Callable, args: tuple[Tensor, ...], static: dict[str, Any]) -> tuple:
@@ -72,6 +79,11 @@ def compiled_call(fn: Callable[..., Tensor], args: tuple[Tensor, ...], static: d
         return entry(*args), "compiled"
     if args[0].is_cuda and torch.cuda.is_current_stream_capturing():
         return None, "eager (fallback: first call of this shape inside CUDA-graph capture)"
+    variants = _variants.setdefault((fn, key[2], key[3]), set())
+    if len(variants) >= MAX_STATIC_VARIANTS:
+        return None, (f"eager (fallback: {MAX_STATIC_VARIANTS} static-argument sets already compiled for this shape, "
+                      f"e.g. a changing scale; this one has scale={static.get('scale')})")
+    variants.add(key[1])
     try:
         compiled = torch.compile(_specialised(fn, static), dynamic=False, fullgraph=True)
         out = compiled(*args)

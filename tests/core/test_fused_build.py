@@ -96,6 +96,27 @@ def test_compile_failure_falls_back_to_eager_with_reason(kind, method, monkeypat
     assert len(calls) == 1
 
 
+def test_changing_scale_compiles_a_bounded_number_of_times(monkeypatch, fresh_cache):
+    """A scale schedule would compile every step: past MAX_STATIC_VARIANTS values per shape the build runs eagerly."""
+    compiles = []
+
+    def traced(fn, **kwargs):  # stands in for torch.compile: runs the function itself
+        compiles.append(fn.__code__.co_name)
+        return fn
+
+    monkeypatch.setattr(torch, "compile", traced)
+    monkeypatch.setattr(compiled_mod, "MAX_STATIC_VARIANTS", 2)
+    eager, fused, x = _pair("conv2d", "lora")
+    layer_e, layer_f = adapter_layers(eager, "default")["0"], adapter_layers(fused, "default")["0"]
+    statuses = []
+    for scale in (1.5, 0.5, 1.5, 0.25):
+        layer_e.scale = layer_f.scale = scale
+        _assert_same(eager, fused, x, rtol=0, atol=0)
+        statuses.append(layer_f.fused_status)
+    assert statuses[:3] == ["compiled"] * 3 and statuses[3].startswith("eager (fallback: 2 static-argument sets") and "scale=0.25" in statuses[3]
+    assert len(compiles) == 2 and len(set(compiles)) == 2 and all(n.startswith("lora_add_to_weight_") for n in compiles)
+
+
 def test_family_without_build_function_records_reason():
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(6, 5))
