@@ -154,16 +154,21 @@ OUR_METHODS = ["lora", "cp_lora", "conv_lora", "dora", "cp_dora", "spline_lora",
 MODES = ("eager", "cuda_graph")
 
 
+FUSED_VARIANTS = ["ours:lora:fused", "ours:cp_lora:fused", "ours:dora:fused"]
+"""``ours:<method>:fused``: the weight strategy with the build compiled (``apply(..., fused=True)``); pointless under
+``--compile``, where the outer graph fuses the build anyway."""
+
+
 def variant_names(compile_mode: bool, mode: str = "eager") -> list[str]:
     if mode == "cuda_graph":
-        return ["full", "floor", "peft_lora", "ours:lora:auto", "ours:lora:weight", "ours:cp_lora:auto", "ours:dora:auto"]
+        return ["full", "floor", "peft_lora", "ours:lora:auto", "ours:lora:weight", "ours:cp_lora:auto", "ours:dora:auto", *FUSED_VARIANTS]
     if compile_mode:
         return ["full", "floor", "peft_lora", "ours:lora:auto", "ours:lora:weight", "ours:lora:activation"]
     names = ["full", "floor", "peft_lora", "peft_dora"]
     names += [f"ours:lora:{s}" for s in ("weight", "activation", "auto", "tuned", "measured")]
     names += [f"ours:{m}:auto" for m in OUR_METHODS if m != "lora"]
     names += ["ours:dora:weight", "ours:dora:activation"]
-    return names
+    return names + FUSED_VARIANTS
 
 
 def build_variant(variant: str, base: nn.Module, targets: list[str], inputs: tuple, device, amp_dtype):
@@ -185,8 +190,8 @@ def build_variant(variant: str, base: nn.Module, targets: list[str], inputs: tup
     _, method, strategy = variant.split(":")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        lr.apply(model, method, rank=RANK, alpha=2 * RANK, targets=targets,
-                 strategy="auto" if strategy in ("tuned", "measured") else strategy)
+        lr.apply(model, method, rank=RANK, alpha=2 * RANK, targets=targets, fused=strategy == "fused",
+                 strategy="auto" if strategy in ("tuned", "measured") else "weight" if strategy == "fused" else strategy)
     if strategy in ("tuned", "measured"):  # measured: per layer, then whole steps (core.tune whole_model)
         from lowrank_vision.core.tune import tune_strategies
 
@@ -317,6 +322,16 @@ def choice_summary(model: nn.Module) -> Optional[dict]:
     return summary
 
 
+def fused_summary(model: nn.Module) -> Optional[dict]:
+    """``{fused_status: layer count}`` of the layers built with ``fused=True`` (``None`` for other variants)."""
+    import lowrank_vision.core as lr
+
+    statuses = [a.fused_status for a in lr.adapter_layers(model, unique=True).values() if a.fused]
+    if not statuses:
+        return None
+    return {str(s): statuses.count(s) for s in sorted(set(statuses), key=str)}
+
+
 def merge_round(previous: Optional[dict], row: dict) -> dict:
     """Append one round's measurements to a variant's row: ``rounds_<key>`` lists, ``ms``/``kernel_ms`` = their median."""
     if previous is not None and "error" in previous:
@@ -354,6 +369,8 @@ def run_case(case: ModelCase, device, amp_dtype, steps, warmup, compile_mode, va
                 row["trainable"] = sum(p.numel() for p in params)
                 if (choices := choice_summary(model)) is not None:
                     row["strategy_choice"] = choices
+                if (fused := fused_summary(model)) is not None:
+                    row["fused_status"] = fused
                 rows[variant] = merge_round(rows.get(variant), row)
             except Exception as exc:  # a variant that cannot run (e.g. PEFT DoRA on an unsupported layer) is reported
                 rows[variant] = {"error": f"{type(exc).__name__}: {str(exc)[:200]}"}
@@ -477,6 +494,14 @@ def _kernel_cells(row: dict, full: dict) -> tuple[str, str, str]:
     return fmt_spread(rounds_of(row, "kernel_ms")), fmt_spread(ratio_rounds(row, full, "kernel_ms")), f"{row['kernels']:.0f}"
 
 
+def mode_cell(row: dict) -> str:
+    """The step's mode, plus how the fused builds ran where any layer did not run compiled."""
+    fused = row.get("fused_status")
+    if not fused or set(fused) == {"compiled"}:
+        return row.get("mode", "eager")
+    return f"{row.get('mode', 'eager')}; fused build: " + ", ".join(f"{n} layers {s}" for s, n in fused.items())
+
+
 def render_report(store: dict) -> str:
     lines = [
         "# Benchmarks: adapter training step vs full fine-tuning, the frozen floor and PEFT",
@@ -485,7 +510,8 @@ def render_report(store: dict) -> str:
         f"for every variant; rank {RANK}, alpha {2 * RANK}, the same target layers for ours and PEFT. `floor` = every",
         "weight frozen, the input requires grad (the least any adapter can cost). `ours:<method>:<strategy>`:",
         "`weight` = one op with W + dW built on the fly, `activation` = fused frozen op + low-rank path,",
-        "`auto` = cost model, `tuned` = measured per layer (`lowrank_vision.core.tune.tune_strategies`).",
+        "`auto` = cost model, `tuned` = measured per layer (`lowrank_vision.core.tune.tune_strategies`), `fused` = `weight`",
+        "with W + dW (DoRA: and its norm scaling) built by torch.compile-generated kernels (`apply(..., fused=True)`).",
         "Every figure is median [min, max] over interleaved rounds; a ratio is taken round by round.",
         "`kernel ms` = summed device time of every kernel/memcpy of one step (profiler, `bench/profile_step.py`),",
         "`kernels` = their count per step; wall time minus kernel time is launch and host overhead (n/a on a CPU).",
@@ -526,7 +552,7 @@ def render_report(store: dict) -> str:
                 lines.append(
                     f"| {variant} | {fmt_spread(rounds_of(row), 1)} | {fmt_spread(ratio_rounds(row, full))} | {fmt_spread(ratio_rounds(row, peft))} | "
                     f"{k_ms} | {k_ratio} | {k_count} | {'–' if mem is None else f'{mem:,.0f}'} | "
-                    f"{fmt_spread([mem / peft_mem] if mem and peft_mem else [])} | {row['trainable']:,} | {row.get('mode', 'eager')} |"
+                    f"{fmt_spread([mem / peft_mem] if mem and peft_mem else [])} | {row['trainable']:,} | {mode_cell(row)} |"
                 )
             if "inference_ms" in case:
                 inf = case["inference_ms"]

@@ -190,7 +190,7 @@ def _build_options(cls: type[AdapterLayer], method: str, options: dict):
         unknown = sorted(set(options) - set(accepted))
         raise TypeError(
             f"unknown option(s) {unknown} for method {method!r}; accepted options: {accepted or 'none'} "
-            f"(plus rank, alpha, dropout, strategy)"
+            f"(plus rank, alpha, dropout, strategy, fused)"
         ) from exc
 
 
@@ -258,6 +258,7 @@ def apply(
     adapter_name: str = "default",
     dropout: float = 0.0,
     strategy: str = "auto",
+    fused: bool = False,
     init=None,
     init_data=None,
     init_loss=None,
@@ -274,6 +275,7 @@ def apply(
             match); a list of names/patterns (each must match; naming an unsupported layer is an error);
             or a layer type / tuple of types.
         trainable: glob patterns of parameter or module names that stay trainable (e.g. a new head).
+        fused: build the weight-space update through ``torch.compile`` (``AdapterConfig.fused``; not saved by ``save``).
         **options: the family's own options (e.g. ``num_basis_a`` for NOLA, ``detach_norm`` for DoRA).
         init: gradient-informed initialisation (``"lora_ga"``, ``"lora_sb"`` or an object, see ``core.init``), run on
             ``init_data`` (an iterable of batches) with ``init_loss(model, batch) -> loss`` once the adapters are in.
@@ -286,7 +288,7 @@ def apply(
         check_init_arguments(init, init_data, init_loss)
         method = initialiser.adapter_method(method)
     cls = get_adapter_class(method)
-    config = AdapterConfig(rank=rank, alpha=alpha, dropout=dropout, strategy=strategy)  # validates
+    config = AdapterConfig(rank=rank, alpha=alpha, dropout=dropout, strategy=strategy, fused=fused)  # validates
     cls.check_config(config)
     opts = _build_options(cls, method, options)
     if isinstance(trainable, str):

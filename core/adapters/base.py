@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal, Optional
+from typing import Any, Callable, ClassVar, Literal, Optional
 
 import torch
 from torch import Tensor, nn
 
+from ..functional.compiled import compiled_call
 from ..functional.layout import LayerGeometry, geometry_of, layer_forward, logical_to_weight
 from ..validate import is_int, is_number, require
 from .strategy import choose_strategy
@@ -39,12 +40,18 @@ class AdapterConfig:
     """Dropout on the adapter's input path (training only)."""
     strategy: Strategy = "auto"
     """Where the update is computed: ``weight`` (one op with ``W + dW``), ``activation`` (base output + low-rank path) or ``auto``."""
+    fused: bool = False
+    """Build ``W + dW`` (DoRA: with its norm and magnitude scaling) through ``torch.compile`` whenever the ``weight``
+    strategy runs with gradients on (``core.functional.compiled``); same numbers, fewer kernels. Falls back to eager
+    where compiling is impossible; ``layer.fused_status`` says which ran and why. An execution choice of this
+    process, like a tuned strategy's timing: ``core.io.save`` does not store it."""
 
     def __post_init__(self) -> None:
         require(self, "rank", is_int(self.rank, 1), "a positive integer")
         require(self, "alpha", self.alpha is None or (is_number(self.alpha) and self.alpha > 0), "a positive number or None")
         require(self, "dropout", is_number(self.dropout) and 0.0 <= self.dropout < 1.0, "a number in [0, 1)")
         require(self, "strategy", self.strategy in STRATEGIES, f"one of {STRATEGIES}")
+        require(self, "fused", isinstance(self.fused, bool), "True or False")
         if self.dropout > 0 and self.strategy == "weight":
             raise ValueError(
                 f"AdapterConfig.strategy must be 'auto' or 'activation' when dropout > 0 (dropout acts on the adapter's "
@@ -112,6 +119,10 @@ class AdapterLayer(nn.Module):
         """Current execution strategy; starts at ``config.strategy`` (``tune_strategies`` may change it)."""
         self.strategy_choice: Optional[dict] = None
         """The measured choice and its reasons (set by ``core.tune``, saved and restored by ``core.io``); ``None`` untuned."""
+        self.fused: bool = config.fused
+        """Whether the weight-space build runs through ``torch.compile`` (starts at ``config.fused``; may be switched)."""
+        self.fused_status: Optional[str] = None
+        """What the last fused build ran: ``compiled`` or ``eager (fallback: <why>)``; ``None`` before one ran."""
         self.adapter_name = adapter_name
         self.layer_name = layer_name
         self.active = True
@@ -156,7 +167,8 @@ class AdapterLayer(nn.Module):
         raise TypeError(f"{type(self).__name__} ({self.method}) is nonlinear in the input and has no dense weight update")
 
     def extra_repr(self) -> str:
-        return f"method={self.method}, rank={self.rank}, alpha={self.alpha:g}, adapter={self.adapter_name!r}, strategy={self.strategy}"
+        fused = ", fused=True" if self.fused else ""
+        return f"method={self.method}, rank={self.rank}, alpha={self.alpha:g}, adapter={self.adapter_name!r}, strategy={self.strategy}{fused}"
 
     # -- forward -----------------------------------------------------------------------------
     def forward(self, x: Tensor, *args, **kwargs) -> Tensor:
@@ -238,6 +250,11 @@ class LowRankDelta(nn.Module):
         """``op(x, W) + bias + scale * dW(x)`` in fused kernels, or ``None`` where there are none."""
         return None
 
+    def weight_build(self) -> Optional[tuple[Callable[..., Tensor], tuple[Tensor, ...], dict[str, Any]]]:
+        """``(fn, tensors, static)`` with ``fn(weight, *tensors, scale=scale, **static) == add_to_weight(weight, scale)``,
+        ``fn`` pure (the ``fused`` option compiles it), or ``None`` where the family has no such function."""
+        return None
+
     def has_thin_path(self) -> bool:
         """Whether the activation path is cheaper than a dense op with ``dW`` (a true low-rank bypass)."""
         return False
@@ -279,7 +296,33 @@ class DeltaAdapter(AdapterLayer):
         base = self.base_weight()
         if self.merged or not self.active:
             return base
+        if self.fused_build_applies():
+            out = self.fused_weight(base)
+            if out is not None:
+                return out
         return self.delta.add_to_weight(base, self.scale)
+
+    def fused_build_applies(self) -> bool:
+        """``fused`` is on, gradients are (the training step) and no outer ``torch.compile`` is tracing this layer."""
+        return self.fused and torch.is_grad_enabled() and not torch.compiler.is_compiling()
+
+    def weight_build(self) -> Optional[tuple[Callable[..., Tensor], tuple[Tensor, ...], dict[str, Any]]]:
+        """The whole effective-weight build as ``(pure fn, tensors after the base weight, static arguments)``."""
+        spec = self.delta.weight_build()
+        if spec is None:
+            return None
+        fn, tensors, static = spec
+        return fn, tuple(tensors), {**static, "scale": self.scale}
+
+    def fused_weight(self, base: Tensor) -> Optional[Tensor]:
+        """:meth:`weight_build` run through ``torch.compile``; ``None`` (and the reason in ``fused_status``) where it cannot."""
+        spec = self.weight_build()
+        if spec is None:
+            self.fused_status = f"eager (fallback: {type(self.delta).__name__} has no weight-build function)"
+            return None
+        fn, tensors, static = spec
+        out, self.fused_status = compiled_call(fn, (base, *tensors), static)
+        return out
 
     def _pick_strategy(self, x: Tensor) -> str:
         if self.training and not isinstance(self.dropout, nn.Identity):

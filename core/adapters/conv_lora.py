@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from torch import Tensor, nn
 
@@ -35,6 +35,9 @@ class ConvLoRADelta(LowRankDelta):
 
     def logical_delta(self, scale: float) -> Tensor:
         return F_conv_lora.conv_lora_delta(self.lora_A, self.lora_B, self.geometry, scale)
+
+    def weight_build(self) -> tuple[Callable[..., Tensor], tuple[Tensor, ...], dict[str, Any]]:
+        return F_conv_lora.conv_lora_add_to_weight, (self.lora_A, self.lora_B), {"geometry": self.geometry}
 
 
 @register_adapter("conv_lora")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 from torch import Tensor, nn
 
@@ -40,6 +40,10 @@ class CPDelta(LoRADelta):
     def factors(self) -> tuple[Tensor, Tensor]:
         """``(A, B)`` of the equivalent LoRA update."""
         return F_cp.cp_as_lora_factors(self.cp_factors())
+
+    def weight_build(self) -> tuple[Callable[..., Tensor], tuple[Tensor, ...], dict[str, Any]]:
+        """The whole build -- ``A`` from the CP factors, the GEMM, the merge -- as one pure function."""
+        return F_cp.cp_add_to_weight, tuple(self.cp_factors()), {"geometry": self.geometry}
 
 
 @register_adapter("cp_lora")

@@ -8,7 +8,7 @@ delta family gets a DoRA variant by subclassing with ``delta_cls`` set.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from torch import Tensor, nn
@@ -52,8 +52,21 @@ class DoRAAdapter(DeltaAdapter):
         """``m * V / ||V||`` with ``V = W + dW`` built in one op (``core.functional.dora.dora_weight``)."""
         if self.merged or not self.active:
             return self.base_weight()
-        direction = self.delta.add_to_weight(self.base_weight(), self.scale)
+        base = self.base_weight()
+        if self.fused_build_applies():
+            out = self.fused_weight(base)
+            if out is not None:
+                return out
+        direction = self.delta.add_to_weight(base, self.scale)
         return F_dora.dora_weight(direction, self.magnitude, out_dim=self.geometry.weight_out_dim, detach_norm=self.options.detach_norm)
+
+    def weight_build(self) -> Optional[tuple[Callable[..., Tensor], tuple[Tensor, ...], dict[str, Any]]]:
+        """The delta's build with DoRA's norm and magnitude scaling folded in (``core.functional.dora.dora_build``)."""
+        spec = super().weight_build()
+        if spec is None:
+            return None
+        build, tensors, static = spec
+        return F_dora.dora_build, (self.magnitude, *tensors), {**static, "build": build, "detach_norm": self.options.detach_norm}
 
     def delta_weight(self) -> Tensor:
         """``W' - W``: DoRA rescales the whole kernel, so the dense update is not ``scale * B @ A``."""

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from torch import Tensor, nn
-
-import torch
 
 from ..functional import lora as F_lora
 from ..functional.fused import lora_fused_forward
@@ -53,16 +51,15 @@ class LoRADelta(LowRankDelta):
         return lora_fused_forward(layer, x, lora_a, lora_b, self.geometry, scale, bias, kwargs.get("output_size"))
 
     def add_to_weight(self, weight: Tensor, scale: float) -> Tensor:
-        """One addmm on ``W`` viewed as ``[C_out, C_in*prod(k)]`` (Linear and convolutions).
-
-        Runs outside autocast, in the weight's dtype: the layer's op casts the result once, as it
-        casts ``W`` in full fine-tuning, instead of three extra casts (``W``, ``A``, ``B``) per call.
-        """
-        if self.geometry.kind not in ("linear", "conv"):
-            return super().add_to_weight(weight, scale)
+        """One addmm on ``W`` viewed as ``[C_out, C_in*prod(k)]`` (Linear and convolutions), outside autocast
+        (``core.functional.lora.lora_add_to_weight``)."""
         lora_a, lora_b = self.factors()
-        with torch.autocast(weight.device.type, enabled=False):
-            return torch.addmm(weight.reshape(weight.shape[0], -1), lora_b.to(weight.dtype), lora_a.to(weight.dtype), alpha=scale).view(weight.shape)
+        return F_lora.lora_add_to_weight(weight, lora_a, lora_b, scale=scale, geometry=self.geometry)
+
+    def weight_build(self) -> tuple[Callable[..., Tensor], tuple[Tensor, ...], dict[str, Any]]:
+        """The product and merge as one pure function; the factors (``factors()``, which subclasses
+        override) are formed outside it."""
+        return F_lora.lora_add_to_weight, self.factors(), {"geometry": self.geometry}
 
 
 @register_adapter("lora", aliases=("lora_c",))

@@ -16,10 +16,10 @@ from typing import Optional
 import torch
 from torch import Tensor
 
-from .layout import LayerGeometry
+from .layout import LayerGeometry, logical_to_weight
 from .lora import lora_delta
 
-__all__ = ["conv_lora_shapes", "init_conv_lora_factors", "conv_lora_delta", "conv_lora_param_count", "conv_lora_unsupported_reason"]
+__all__ = ["conv_lora_shapes", "init_conv_lora_factors", "conv_lora_delta", "conv_lora_param_count", "conv_lora_unsupported_reason", "conv_lora_add_to_weight"]
 
 
 def _edge(geometry: LayerGeometry) -> int:
@@ -59,3 +59,8 @@ def init_conv_lora_factors(
 def conv_lora_delta(lora_a: Tensor, lora_b: Tensor, geometry: LayerGeometry, scale: float) -> Tensor:
     """Logical ``[C_out, C_in, *k]`` update ``scale * reshape(B @ A)``: LoRA's product, with convLoRA's factor shapes."""
     return lora_delta(lora_a, lora_b, geometry, scale)
+
+
+def conv_lora_add_to_weight(weight: Tensor, lora_a: Tensor, lora_b: Tensor, *, scale: float, geometry: LayerGeometry) -> Tensor:
+    """``weight + scale * reshape(B @ A)`` in the stored layout."""
+    return weight + logical_to_weight(conv_lora_delta(lora_a, lora_b, geometry, scale), geometry).to(weight.dtype)

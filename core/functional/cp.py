@@ -21,8 +21,9 @@ import torch
 from torch import Tensor
 
 from .layout import LayerGeometry
+from .lora import lora_add_to_weight
 
-__all__ = ["init_cp_factors", "cp_delta", "cp_param_count", "cp_einsum_equation", "cp_as_lora_factors"]
+__all__ = ["init_cp_factors", "cp_delta", "cp_param_count", "cp_einsum_equation", "cp_as_lora_factors", "cp_add_to_weight"]
 
 
 def cp_param_count(geometry: LayerGeometry, rank: int) -> int:
@@ -65,3 +66,9 @@ def cp_as_lora_factors(factors: Sequence[Tensor]) -> tuple[Tensor, Tensor]:
     for kernel_factor in kernel_factors:
         rows = (rows.unsqueeze(-1) * kernel_factor.t().unsqueeze(1)).flatten(1)
     return rows, out_factor
+
+
+def cp_add_to_weight(weight: Tensor, *factors: Tensor, scale: float, geometry: LayerGeometry) -> Tensor:
+    """``weight + dW`` of the CP factors ``[U, V, K_1, ...]``: :func:`cp_as_lora_factors`, then LoRA's one GEMM."""
+    lora_a, lora_b = cp_as_lora_factors(factors)
+    return lora_add_to_weight(weight, lora_a, lora_b, scale=scale, geometry=geometry)

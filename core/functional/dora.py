@@ -12,12 +12,14 @@ exact gradient.
 
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 from torch import Tensor
 
 from .layout import LayerGeometry, weight_to_logical
 
-__all__ = ["row_norm", "channel_norm", "init_magnitude", "dora_weight", "dora_output_scale", "lowrank_row_norm", "lowrank_output_scale"]
+__all__ = ["row_norm", "channel_norm", "init_magnitude", "dora_weight", "dora_output_scale", "lowrank_row_norm", "lowrank_output_scale", "dora_build"]
 
 
 def row_norm(weight: Tensor) -> Tensor:
@@ -77,3 +79,14 @@ def lowrank_output_scale(weight_2d: Tensor, lora_a: Tensor, lora_b: Tensor, scal
     if detach_norm:
         norm = norm.detach()
     return magnitude.float() / norm
+
+
+def dora_build(weight: Tensor, magnitude: Tensor, *factors: Tensor, build: Callable[..., Tensor], scale: float,
+               geometry: LayerGeometry, detach_norm: bool = True) -> Tensor:
+    """DoRA's whole weight build as one pure function: ``V = build(W, *factors)`` (``W + dW``), then ``m * V / ||V||``.
+
+    ``build`` is a delta's ``*_add_to_weight`` function; the compiled path (``core.functional.compiled``) turns this
+    into one generated function, so the norm and the magnitude scaling fuse with the merge.
+    """
+    direction = build(weight, *factors, scale=scale, geometry=geometry)
+    return dora_weight(direction, magnitude, out_dim=geometry.weight_out_dim, detach_norm=detach_norm)

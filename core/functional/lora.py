@@ -17,9 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .layout import LayerGeometry, layer_forward
+from .layout import LayerGeometry, layer_forward, logical_to_weight
 
-__all__ = ["init_lora_factors", "lora_delta", "lora_bypass", "low_rank_down", "low_rank_up", "lora_param_count", "lora_bypass_supported"]
+__all__ = ["init_lora_factors", "lora_delta", "lora_bypass", "low_rank_down", "low_rank_up", "lora_param_count", "lora_bypass_supported", "lora_add_to_weight"]
 
 
 def lora_param_count(geometry: LayerGeometry, rank: int) -> int:
@@ -70,3 +70,17 @@ def low_rank_up(hidden: Tensor, lora_b: Tensor, geometry: LayerGeometry) -> Tens
 def lora_bypass(layer: nn.Module, x: Tensor, lora_a: Tensor, lora_b: Tensor, geometry: LayerGeometry, scale: float, **kw) -> Tensor:
     """``scale * B(A(x))`` computed on activations: the layer's op down to ``r`` channels, then 1x1 up."""
     return low_rank_up(low_rank_down(layer, x, lora_a, geometry, **kw), lora_b, geometry) * scale
+
+
+def lora_add_to_weight(weight: Tensor, lora_a: Tensor, lora_b: Tensor, *, scale: float, geometry: LayerGeometry) -> Tensor:
+    """``weight + scale * B @ A`` in the stored layout ``weight`` has.
+
+    Linear and convolutions: one addmm on ``W`` viewed as ``[C_out, C_in*prod(k)]``, outside autocast and in the
+    weight's dtype (the layer's op casts the result once, as it casts ``W`` in full fine-tuning, instead of
+    three extra casts per call). Transposed convolutions and embeddings: the logical update mapped to their layout.
+    """
+    if geometry.kind not in ("linear", "conv"):
+        return weight + logical_to_weight(lora_delta(lora_a, lora_b, geometry, scale), geometry).to(weight.dtype)
+    with torch.autocast(weight.device.type, enabled=False):
+        flat = weight.reshape(weight.shape[0], -1)
+        return torch.addmm(flat, lora_b.to(weight.dtype), lora_a.to(weight.dtype), alpha=scale).view(weight.shape)

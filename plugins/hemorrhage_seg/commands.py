@@ -68,7 +68,8 @@ def finetune(cfg: SegExperimentConfig, out: Path, method: str = "cp_lora", rank:
     cfg = replace(cfg, net=arch, windows=tuple(ckpt["windows"]))
     sah = load_dataset(Path(data) if data is not None else make_synthetic_data(cfg, out / "data")[1], cfg.windows, grid)
     test = fold_indices(len(sah), cfg.folds, cfg.seed)[0]
-    model, n_train = finetune_copy(net, sah, [i for i in range(len(sah)) if i not in test], method, rank, cfg)
+    trainer = {}
+    model, n_train = finetune_copy(net, sah, [i for i in range(len(sah)) if i not in test], method, rank, cfg, record=trainer)
     if method in ADAPTER_METHODS:
         saved = save(model, out / f"sah_{method}_r{rank}")
     else:
@@ -77,7 +78,7 @@ def finetune(cfg: SegExperimentConfig, out: Path, method: str = "cp_lora", rank:
     after = summarize_cases(evaluate(model, sah, arch, test))
     m = {"base": str(base_path), "method": method, "rank": rank if method in ADAPTER_METHODS else None, "saved": str(saved),
          "trainable_params": n_train, "total_params_base": count_parameters(net)[1], "heldout_cases": len(test),
-         "dice_before": before["dice_mean"], "dice_after": after["dice_mean"], "heldout": after}
+         "dice_before": before["dice_mean"], "dice_after": after["dice_mean"], "heldout": after, "trainer": trainer}
     write_json(out / "finetune.json", m, indent=1)
     return m
 

@@ -72,7 +72,10 @@ class UNetConfig:
 
 def trainer(steps: int, lr: float, **options) -> TrainConfig:
     """The recipe's trainer for ``steps`` AdamW steps at peak ``lr``: cosine decay, linear warm-up over
-    min(20, steps // 10) steps, a metrics line every max(1, steps // 20) steps; ``options`` set other fields."""
+    min(20, steps // 10) steps, a metrics line every max(1, steps // 20) steps, and on a GPU the whole step as one
+    captured CUDA graph (fixed patch or volume shapes; eager on a CPU, the reason in ``TrainResult.cuda_graph``);
+    ``options`` set other fields."""
+    options = {"cuda_graph": True, **options}
     return TrainConfig(max_steps=int(steps), lr=float(lr), scheduler="cosine", warmup_steps=min(20, int(steps) // 10),
                        log_every=max(1, int(steps) // 20), **options)
 

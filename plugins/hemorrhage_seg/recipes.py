@@ -284,21 +284,29 @@ def pretrain(cfg: SegExperimentConfig, data_root: str | os.PathLike, out_path: s
     m = {"checkpoint": str(out_path), "steps": res.steps, "final_loss": res.final_loss,
          "tbi_heldout_dice": summarize_cases(evaluate(on, tbi, cfg.net, held))["dice_mean"],
          "sah_dice_pretrained_only": summarize_cases(evaluate(on, sah, cfg.net))["dice_mean"],
-         "params": count_parameters(net)[1]}
+         "params": count_parameters(net)[1], "trainer": trainer_record(res)}
     net.cpu()
     return m
 
 
+def trainer_record(result) -> dict:
+    """How ``fit`` ran the steps: CUDA-graph capture (or why not), the AdamW kernel, measured adapter strategies."""
+    return {"cuda_graph": result.cuda_graph, "optimizer": result.optimizer, "strategies": result.strategies}
+
+
 def finetune(base: nn.Module, dataset, indices, strategy: str, rank: Optional[int], cfg: SegExperimentConfig,
-             progress: bool = True) -> tuple[nn.Module, int]:
+             progress: bool = True, record: Optional[dict] = None) -> tuple[nn.Module, int]:
     """Copy of ``base`` fine-tuned on ``indices`` with ``strategy`` (``cfg.train`` at ``cfg.lr_for(strategy)``);
-    returns (model, trainable params)."""
+    returns (model, trainable params). A ``record`` dict given is filled with :func:`trainer_record` of the run."""
     model = copy.deepcopy(base)
     alpha = cfg.alpha_over_rank * int(rank) if strategy in ADAPTER_METHODS and rank is not None else None
     torch.manual_seed(cfg.train.seed)  # the adapters' random init must not depend on what ran before in the process
     n_train = apply_strategy(model, strategy, rank, modules=cfg.modules, alpha=alpha)
     if strategy != "none":
-        model = _fit(model, dataset, indices, replace(cfg.train, lr=cfg.lr_for(strategy)), cfg, progress).model
+        result = _fit(model, dataset, indices, replace(cfg.train, lr=cfg.lr_for(strategy)), cfg, progress)
+        model = result.model
+        if record is not None:
+            record.update(trainer_record(result))
     return model.cpu(), n_train
 
 
@@ -312,14 +320,16 @@ def cross_validate(base: nn.Module, dataset, strategy: str, rank: Optional[int],
     """k-fold CV of one strategy; metrics over the pooled held-out cases."""
     from lowrank_vision.core import count_parameters
 
-    cases, n_train = [], 0
+    cases, n_train, trainers = [], 0, []
     for test in fold_indices(len(dataset), cfg.folds, cfg.seed):
         train = [i for i in range(len(dataset)) if i not in test]
-        model, n_train = finetune(base, dataset, train, strategy, rank, cfg, progress=progress)
+        trainers.append({})
+        model, n_train = finetune(base, dataset, train, strategy, rank, cfg, progress=progress, record=trainers[-1])
         cases += evaluate(model.to(_eval_device(cfg.train)), dataset, cfg.net, test)
     full = count_parameters(base)[1]
     return {"strategy": strategy, "rank": rank if strategy in ADAPTER_METHODS else None, "trainable_params": n_train,
-            "trainable_pct_of_full": 100.0 * n_train / full, **summarize_cases(cases), "cases": cases}
+            "trainable_pct_of_full": 100.0 * n_train / full, **summarize_cases(cases), "cases": cases,
+            "trainer_per_fold": trainers}
 
 
 def compare(cfg: SegExperimentConfig, base_ckpt: str | os.PathLike, data_root: str | os.PathLike, out_dir: str | os.PathLike,

@@ -59,6 +59,11 @@ def _data_description(cfg: SRTrainConfig) -> str:
     return f"HR folder {cfg.data}" + (f" with LR folder {cfg.lr_dir}" if cfg.lr_dir else " (bicubic LR)")
 
 
+def _trainer_record(result) -> dict:
+    """How ``fit`` ran the steps: CUDA-graph capture (or why not), the AdamW kernel, measured adapter strategies."""
+    return {"cuda_graph": result.cuda_graph, "optimizer": result.optimizer, "strategies": result.strategies}
+
+
 def resolve_weights(weights: Optional[PathLike], kind: str, scale: int) -> Path:
     """``weights`` if given, else the shipped ``<kind>_x<scale>.safetensors``."""
     return Path(weights) if weights else default_weights(kind, scale)
@@ -92,7 +97,7 @@ def train(cfg: SRTrainConfig, out_dir: PathLike, save: Optional[PathLike] = None
         "final_loss": result.final_loss, "eval_psnr": scores["psnr"], "eval_ssim": scores["ssim"],
         "bicubic_psnr": bicubic["psnr"], "bicubic_ssim": bicubic["ssim"], "per_image": scores["per_image"],
         "init": str(init) if init else None, "eval_data": eval_dir or "bundled eval photos", "config": cfg.to_dict(),
-        "data": _data_description(cfg), "command": command_line(),
+        "data": _data_description(cfg), "command": command_line(), "trainer": _trainer_record(result),
     }
     extra = {k: summary[k] for k in ("command", "data", "steps", "eval_psnr", "eval_ssim", "bicubic_psnr")}
     summary["weights"] = str(save_span(model, save or out_dir / f"span_x{cfg.scale}.safetensors", extra=extra))
@@ -127,7 +132,7 @@ def finetune(cfg: SRTrainConfig, out_dir: PathLike, teacher: Optional[PathLike] 
         "delta_psnr": after["psnr"] - before["psnr"], "params_teacher": _params(base), "params_student": _params(student),
         "trainable_params": trainable, "wrapped": wrapped, "per_image": after["per_image"],
         "dsclora": dsclora.to_dict() if dsclora is not None else None, "eval_data": eval_dir or "bundled eval photos",
-        "config": cfg.to_dict(), "data": _data_description(cfg), "command": command_line(),
+        "config": cfg.to_dict(), "data": _data_description(cfg), "command": command_line(), "trainer": _trainer_record(result),
     }
     name = "dsclora" if dsclora is not None else "fullft"
     extra = {k: summary[k] for k in ("command", "data", "steps", "teacher_psnr", "eval_psnr", "eval_ssim")}

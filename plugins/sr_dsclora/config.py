@@ -86,8 +86,10 @@ class DSCLoRAConfig:
 
 
 def sr_train_defaults(**overrides) -> TrainConfig:
-    """The SR loop settings: cosine schedule, no gradient clipping, 300 steps at lr 1e-3."""
-    values = dict(max_steps=300, lr=1e-3, scheduler="cosine", max_grad_norm=None)
+    """The SR loop settings: cosine schedule, no gradient clipping, 300 steps at lr 1e-3; on a GPU the whole step is
+    one captured CUDA graph (fixed patch batches; the trainer runs eagerly where it cannot, e.g. on a CPU or with the
+    distillation loss's host metrics, and says why in ``TrainResult.cuda_graph``)."""
+    values = dict(max_steps=300, lr=1e-3, scheduler="cosine", max_grad_norm=None, cuda_graph=True)
     values.update(overrides)
     return TrainConfig(**values)
 

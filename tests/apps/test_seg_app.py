@@ -36,6 +36,8 @@ def test_pretrain_finetune_predict_eval(run_dir, capsys):
     hist = [json.loads(line) for line in (run_dir / "pretrain_run" / "metrics.jsonl").read_text().splitlines()]
     assert pre["steps"] == 60 and hist[-1]["loss"] < 0.8 * hist[0]["loss"]
     assert (run_dir / "pretrain_run" / "checkpoints" / "step_60").is_dir()
+    graph = pre["trainer"]["cuda_graph"]  # the recipe asks for CUDA graphs; a CPU run records why it stayed eager
+    assert graph["requested"] is True and graph["fallback_reason"].startswith("device is cpu") and graph["eager_steps"] == 60
 
     rc, ft, _ = _run(capsys, ["finetune", "--preset", "tiny", "--out", str(run_dir), "--method", "cp_lora", "--rank", "8"])
     assert rc == 0 and ft == json.loads((run_dir / "finetune.json").read_text())
@@ -43,6 +45,7 @@ def test_pretrain_finetune_predict_eval(run_dir, capsys):
     assert ft["base"] == str(run_dir / "tbi_unet.pt")  # OUT/tbi_unet.pt is preferred over the shipped UNet
     assert (run_dir / "sah_cp_lora_r8" / "adapter_config.json").is_file()
     assert 0.0 <= ft["dice_after"] <= 1.0
+    assert ft["trainer"]["cuda_graph"]["requested"] is True and ft["trainer"]["optimizer"]["impl"] in ("foreach", "plain")
 
     # predict with the adapter just trained, on a synthetic SAH volume written by the data step
     src = sorted((run_dir / "data" / "sah" / "imagesTr").iterdir())[0]
@@ -68,6 +71,8 @@ def test_compare_writes_table_json_and_png(run_dir):
     assert set(rows) == {("none", None), ("cp_lora", 2), ("cp_lora", 8)}
     assert rows[("none", None)]["trainable_params"] == 0 and rows[("cp_lora", 8)]["trainable_params"] == 4 * rows[("cp_lora", 2)]["trainable_params"]
     assert all(len(r["cases"]) == 6 for r in res["rows"])  # 3 folds pooled: every SAH case predicted once
+    assert rows[("none", None)]["trainer_per_fold"] == [{}, {}, {}]  # nothing trained
+    assert [t["cuda_graph"]["eager_steps"] for t in rows[("cp_lora", 2)]["trainer_per_fold"]] == [5, 5, 5]
     assert res["config"]["train"]["max_steps"] == 5 and res["config"]["seed"] == 0
     md = (run_dir / "compare" / "results.md").read_text()
     assert md.count("\n| cp_lora |") == 2

@@ -42,12 +42,16 @@ def test_train_finetune_eval_export(tmp_path, bundled):
     train = json.loads((tmp_path / "train" / "metrics.json").read_text())
     assert train["params"] == count_params(load_span(tmp_path / "train" / "span_x2.safetensors"))
     assert (tmp_path / "train" / "loss.png").stat().st_size > 0
+    graph = train["trainer"]["cuda_graph"]  # requested by the SR defaults; a CPU run says why it stayed eager
+    assert graph["requested"] is True and graph["captured"] is False and graph["fallback_reason"].startswith("device is cpu")
+    assert train["trainer"]["optimizer"]["impl"] in ("foreach", "plain") and train["trainer"]["strategies"] == {"mode": "off"}
     teacher = tmp_path / "train" / "span_x2.safetensors"
 
     assert main(["finetune", "--dsclora", *TINY, *data, "--steps", "3", "--teacher", str(teacher), "--out", str(tmp_path / "ft")]) == 0
     ft = json.loads((tmp_path / "ft" / "metrics.json").read_text())
     assert ft["method"] == "DSCLoRA" and ft["params_student"] == ft["params_teacher"] == train["params"]
     assert 0 < ft["trainable_params"] < ft["params_teacher"]
+    assert ft["trainer"]["cuda_graph"]["eager_steps"] == 3 and ft["trainer"]["cuda_graph"]["graph_steps"] == 0
     student = tmp_path / "ft" / "dsclora_x2.safetensors"
 
     eval_dir = [] if bundled else [str(tmp_path / "val")]
