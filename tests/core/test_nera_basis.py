@@ -111,7 +111,20 @@ def test_kan_layer_equals_dense_form_on_cuda_and_captures():
     grads_ref = torch.autograd.grad(ref.square().sum(), [x, *params])
     for a, b in zip(grads, grads_ref):
         torch.testing.assert_close(a, b, rtol=1e-3, atol=2e-5 * max(1.0, float(b.abs().max())))
-    graph = torch.cuda.CUDAGraph()  # no host sync or host-to-device copy in forward + backward (the piece matrix is cached)
+    # no host sync or host-to-device copy in forward + backward (the piece matrix is cached). Warm-up on a side stream
+    # first, as torch.cuda.graphs asks (and as the trainer does): without it the first capture of this backward failed
+    # on an H200 (session 6) with cudaErrorStreamCaptureImplicit (the legacy stream made to wait on the capture)
+    # fresh leaves: the eager graphs above keep AccumulateGrad nodes of x and params tied to the default stream
+    del out, ref
+    x = x.detach().clone().requires_grad_()
+    params = [p.detach().clone().requires_grad_() for p in params]
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            torch.autograd.grad(F_kan.kan_layer(x, *params, knots, 3).square().sum(), [x])
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         captured = torch.autograd.grad(F_kan.kan_layer(x, *params, knots, 3).square().sum(), [x])[0]
     graph.replay()
