@@ -9,6 +9,7 @@ from __future__ import annotations
 from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
 from lowrank_vision.plugins.hemorrhage_seg import commands as cmd
 from lowrank_vision.plugins.hemorrhage_seg.config import FINETUNE_STRATEGIES, MODULE_GROUPS, PRESETS, from_options
+from lowrank_vision.plugins.hemorrhage_seg.weights import WEIGHT_SETS
 
 EXPERIMENT = ("arch", "seed", "pretrain_steps", "finetune_steps", "mixed_precision", "method_lr", "adapter_lr", "alpha_over_rank",
               "modules", "strategies", "ranks", "folds")
@@ -32,7 +33,14 @@ def _experiment(p, steps_dest: str, adapters: bool = True) -> None:
         g.add_argument("--base", help="pre-trained checkpoint (must exist; default OUT/tbi_unet.pt, else the shipped one)")
 
 
+def _weight_set(p) -> None:
+    p.add_argument("--weights", default="auto", choices=WEIGHT_SETS,
+                   help="shipped weights without --base: real (1 x 1 x 2.5 mm grid, for real-resolution scans), low-res (the "
+                        "embedded examples' demo weights); auto = real for your own input, low-res for the embedded examples")
+
+
 def _weights(p) -> None:
+    _weight_set(p)
     p.add_argument("--base", help="pre-trained checkpoint (default: the shipped TBI UNet)")
     p.add_argument("--adapter", help="adapter folder (default: the shipped CP-LoRA adapter when --base is not given)")
     p.add_argument("--no-adapter", action="store_true", help="use the base network only")
@@ -48,7 +56,10 @@ def build_parser():
     _experiment(p, "pretrain_steps", adapters=False)
     p.add_argument("--checkpoint-every", type=int, default=50, help="resumable checkpoint every N steps (0: none)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/pretrain_run/checkpoints")
-    p = add("finetune", lambda a: cmd.finetune(_config(a), a.out, a.method, a.rank, a.base, a.data), "fine-tune on SAH, one strategy")
+    p = add("finetune", lambda a: cmd.finetune(_config(a), a.out, a.method, a.rank, a.base, a.data, a.weights,
+                                                     lr_from_card=not (a.adapter_lr or a.method_lr)),
+            "fine-tune on SAH, one strategy")
+    _weight_set(p)
     _experiment(p, "finetune_steps")
     p.add_argument("--method", default="cp_lora", choices=FINETUNE_STRATEGIES)
     p.add_argument("--rank", type=int, default=8)
@@ -59,11 +70,11 @@ def build_parser():
     p.add_argument("--strategies", nargs="+", choices=FINETUNE_STRATEGIES)
     p.add_argument("--ranks", nargs="+", type=int, help="ranks of the adapter methods")
     p.add_argument("--folds", type=int)
-    p = add("predict", lambda a: cmd.predict(a.out, a.input, a.output, a.base, a.adapter, a.no_adapter, a.device), "segment a NIfTI")
+    p = add("predict", lambda a: cmd.predict(a.out, a.input, a.output, a.base, a.adapter, a.no_adapter, a.device, a.weights), "segment a NIfTI")
     p.add_argument("input", nargs="?", help="input CT in HU (.nii/.nii.gz or a DICOM series folder); default: a synthetic SAH example")
     p.add_argument("output", nargs="?", help="output mask (.nii.gz); default OUT/example_sah_mask.nii.gz")
     _weights(p)
-    p = add("eval", lambda a: cmd.evaluate(a.out, a.data, a.base, a.adapter, a.no_adapter, a.device), "metrics on a data folder")
+    p = add("eval", lambda a: cmd.evaluate(a.out, a.data, a.base, a.adapter, a.no_adapter, a.device, a.weights), "metrics on a data folder")
     p.add_argument("--data", help="folder of image/mask pairs (default: held-out synthetic SAH, seed 3)")
     _weights(p)
     p = add("make-weights", lambda a: cmd.make_weights(a.out, a.into, a.measure_only), "train + measure the shipped weights")

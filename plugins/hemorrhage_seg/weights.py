@@ -25,13 +25,19 @@ from torch import nn
 
 from .config import PRESETS, UNetConfig
 
-__all__ = ["WEIGHTS_DIR", "DEFAULT_BASE", "DEFAULT_ADAPTER", "BUNDLE_DIR", "SELECTION_SEEDS", "HELDOUT_SEED",
+__all__ = ["WEIGHTS_DIR", "DEFAULT_BASE", "DEFAULT_ADAPTER", "REAL_DIR", "REAL_BASE", "WEIGHT_SETS", "real_adapter",
+           "shipped_weights", "BUNDLE_DIR", "SELECTION_SEEDS", "HELDOUT_SEED",
            "load_model", "write_bundle_model", "measure", "make_weights"]
 
 WEIGHTS_DIR = Path(__file__).parent / "weights"
 DEFAULT_BASE = WEIGHTS_DIR / "tbi_unet.pt"
 DEFAULT_ADAPTER = WEIGHTS_DIR / "sah_cp_lora_r8"
 BUNDLE_DIR = Path(__file__).parent / "bundle"
+REAL_DIR = WEIGHTS_DIR / "real"
+"""Real-geometry weights (canonical grid 1 x 1 x 2.5 mm, realistic synthetic heads), made on a GPU by
+``bench/hemorrhage_gpu.py`` (its card ``real/README.md`` and ``real/metrics.json`` are written by that command); the
+models ``predict``, ``eval`` and ``finetune`` use for a user's own scans."""
+REAL_BASE = REAL_DIR / "tbi_unet.pt"
 TRAIN_SEED = 0
 """SAH/TBI data seed the shipped weights are trained on (preset ``cpu``)."""
 SELECTION_SEEDS = (1, 2)
@@ -39,6 +45,29 @@ SELECTION_SEEDS = (1, 2)
 HELDOUT_SEED = 3
 """SAH data seed used only to report the shipped weights (and by ``lowrank demo``)."""
 RANK = 8
+
+
+def real_adapter() -> Path:
+    """The CP-LoRA SAH adapter folder of the real-geometry weights (its rank is the one the GPU run chose)."""
+    found = sorted(REAL_DIR.glob("sah_cp_lora_r*"))
+    if not found:
+        raise FileNotFoundError(f"no real-geometry adapter under {REAL_DIR}")
+    return found[0]
+
+
+WEIGHT_SETS = ("auto", "real", "low-res")
+"""``--weights``: ``real`` (canonical grid 1 x 1 x 2.5 mm, for scans at real resolution), ``low-res`` (the CPU-made
+demo weights of the embedded low-resolution examples), ``auto`` = ``real`` for a user's input, ``low-res`` for the
+embedded examples."""
+
+
+def shipped_weights(kind: str, user_input: bool) -> tuple[Path, Path]:
+    """``(base checkpoint, adapter folder)`` of the shipped set ``kind`` (see :data:`WEIGHT_SETS`)."""
+    if kind not in WEIGHT_SETS:
+        raise ValueError(f"--weights must be one of {WEIGHT_SETS}, got {kind!r}")
+    if kind == "real" or (kind == "auto" and user_input):
+        return REAL_BASE, real_adapter()
+    return DEFAULT_BASE, DEFAULT_ADAPTER
 
 
 def load_model(base: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None,

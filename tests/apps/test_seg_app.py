@@ -221,6 +221,9 @@ def test_predict_at_real_size_warns_on_chest_only(tmp_path, capsys):
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always", NotHeadCTWarning)
         rc, pred, _ = _run(capsys, ["predict", str(tmp_path / "head.nii.gz"), str(tmp_path / "h.nii.gz"), "--out", str(tmp_path)])
-    # the input passes the head-CT check; the shipped low-resolution weights may still over-segment a realistic head
-    # (measured 260 mL), which the blood-volume check then reports: that is the guard working, not a false alarm on the input
-    assert rc == 0 and not [w for w in pred["warnings"] if "does not look like a head CT" in w] and pred["shape"] == [512, 512, 32]
+    # a user's scan gets the real-geometry weights (--weights auto); the shipped low-resolution ones over-segmented this
+    # head (260 mL, which the blood-volume check reported), the real-geometry ones raise no warning at all
+    assert rc == 0 and pred["warnings"] == [] and pred["shape"] == [512, 512, 32] and pred["model_grid"]["spacing_mm"] == [1.0, 1.0, 2.5]
+    rc, low, _ = _run(capsys, ["predict", str(tmp_path / "head.nii.gz"), str(tmp_path / "h2.nii.gz"), "--out", str(tmp_path),
+                               "--weights", "low-res"])
+    assert rc == 0 and low["model_grid"]["spacing_mm"] == [3.75, 3.75, 10.5]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import os
 import subprocess
 import sys
@@ -357,3 +358,40 @@ def test_summary_with_equal_volumes_states_why_tertiles_are_missing():
     cases = [{"dice": 0.5, "true_ml": 3.0, "pred_ml": 3.0}] * 7
     s = summarize_cases(cases)
     assert "too alike" in s["tertiles"] and s["dice_medium"] is None and s["volume_pearson_r"] is None
+
+
+def test_weight_sets_pick_real_geometry_for_user_input():
+    from lowrank_vision.plugins.hemorrhage_seg.commands import _model_paths
+    from lowrank_vision.plugins.hemorrhage_seg.weights import REAL_BASE, real_adapter, shipped_weights
+
+    assert shipped_weights("auto", user_input=True) == (REAL_BASE, real_adapter())
+    assert shipped_weights("auto", user_input=False) == (DEFAULT_BASE, DEFAULT_ADAPTER)
+    assert shipped_weights("real", user_input=False)[0] == REAL_BASE and shipped_weights("low-res", True)[0] == DEFAULT_BASE
+    assert _model_paths(None, None, True, "auto", True) == (REAL_BASE, None)
+    assert _model_paths(Path("b.pt"), None, False, "auto", True) == (Path("b.pt"), None)  # --base alone: no shipped adapter
+    with pytest.raises(ValueError, match="--weights"):
+        shipped_weights("big", True)
+    # the real-geometry set is small, stores its grid, and its card says what it scored
+    size = REAL_BASE.stat().st_size + sum(f.stat().st_size for f in real_adapter().iterdir())
+    assert size < 6_000_000
+    grid = load_model(REAL_BASE)[3]
+    assert grid.spacing == (1.0, 1.0, 2.5)
+    card = json.loads((REAL_BASE.parent / "metrics.json").read_text())
+    assert card["thick"]["dice_cp_lora"] >= 0.5 and card["iso"]["dice_cp_lora"] >= 0.5  # issue 18's acceptance, as measured
+    assert f"{card['iso']['dice_cp_lora']:.3f}" in (REAL_BASE.parent / "README.md").read_text()
+
+
+@pytest.mark.slow
+def test_real_weights_reproduce_their_card_on_an_unseen_flipped_iso_head(tmp_path):
+    """Case sah_001 of the card's iso set (seed 1000, 1 mm, posterior-to-anterior) through the predict path on a CPU:
+    the Dice the GPU run wrote into real/metrics.json, within bf16-vs-fp32 noise."""
+    from lowrank_vision.datasets.ct.phantom import HEAD_PRESETS, synthesize_head
+    from lowrank_vision.plugins.hemorrhage_seg.recipes import segment_volume
+    from lowrank_vision.plugins.hemorrhage_seg.weights import REAL_BASE, real_adapter
+
+    card = json.loads((REAL_BASE.parent / "metrics.json").read_text())
+    expected = {c["name"]: c["dice_cp_lora"] for c in card["iso"]["cases"]}["sah_001"]
+    image, mask, _ = synthesize_head("sah", 1, seed=1000, config="iso")
+    model, arch, windows, grid = load_model(REAL_BASE, real_adapter())
+    pred = segment_volume(image.astype(np.float32), HEAD_PRESETS["iso"].affine, model, arch, windows, grid)
+    assert dice(pred, mask > 0) == pytest.approx(expected, abs=0.03)
