@@ -524,7 +524,9 @@ def render_report(store: dict) -> str:
         "has not been benchmarked here yet.",
         "",
         "Other benchmark pages: low-rank optimizers and adapter initialisations (GaLore, Fira, LoRA-GA,",
-        "LoRA-SB) in `docs/benchmarks_optim.md` (`python bench/optim.py`).",
+        "LoRA-SB) in `docs/benchmarks_optim.md` (`python bench/optim.py`); the fused weight build (`ours:*:fused`,",
+        "first H200 rows, small 3-D UNet, eager and whole-step graphs) in `docs/benchmarks_fused.md` (commands there);",
+        "NeRA's spline without its basis tensor in `docs/results/nera_basis.md` (`python bench/nera_basis.py`).",
         "",
     ]
     summary = ROOT / "docs" / "benchmarks_notes.md"
