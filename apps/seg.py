@@ -1,18 +1,12 @@
-"""``lowrank-seg``: TBI -> SAH hemorrhage segmentation with low-rank adapters on MONAI UNets.
-
-Every subcommand runs with no arguments on the embedded synthetic data (preset ``cpu``) and writes
-its files (JSON results, NIfTI masks, adapters, PNG plots) into runs/seg/<command> unless --out is given.
-"""
-
-from __future__ import annotations
+"""``lowrank-seg``: TBI -> SAH hemorrhage segmentation with low-rank adapters on MONAI UNets (no arguments: embedded data)."""
 
 from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
 from lowrank_vision.plugins.hemorrhage_seg import commands as cmd
 from lowrank_vision.plugins.hemorrhage_seg.config import FINETUNE_STRATEGIES, MODULE_GROUPS, PRESETS, from_options
-from lowrank_vision.plugins.hemorrhage_seg.weights import WEIGHT_SETS
+from lowrank_vision.plugins.hemorrhage_seg.weights import WEIGHT_SETS, WEIGHTS_HELP
 
-EXPERIMENT = ("arch", "seed", "pretrain_steps", "finetune_steps", "mixed_precision", "method_lr", "adapter_lr", "alpha_over_rank",
-              "modules", "strategies", "ranks", "folds")
+EXPERIMENT = ("arch", "seed", "pretrain_steps", "finetune_steps", "mixed_precision", "method_lr", "adapter_lr", "alpha_over_rank", "modules",
+              "strategies", "ranks", "folds")
 
 
 def _config(a):
@@ -33,14 +27,8 @@ def _experiment(p, steps_dest: str, adapters: bool = True) -> None:
         g.add_argument("--base", help="pre-trained checkpoint (must exist; default OUT/tbi_unet.pt, else the shipped one)")
 
 
-def _weight_set(p) -> None:
-    p.add_argument("--weights", default="auto", choices=WEIGHT_SETS,
-                   help="shipped weights without --base: real (1 x 1 x 2.5 mm grid, for real-resolution scans), low-res (the "
-                        "embedded examples' demo weights); auto = real for your own input, low-res for the embedded examples")
-
-
 def _weights(p) -> None:
-    _weight_set(p)
+    p.add_argument("--weights", default="auto", choices=WEIGHT_SETS, help=WEIGHTS_HELP)
     p.add_argument("--base", help="pre-trained checkpoint (default: the shipped TBI UNet)")
     p.add_argument("--adapter", help="adapter folder (default: the shipped CP-LoRA adapter when --base is not given)")
     p.add_argument("--no-adapter", action="store_true", help="use the base network only")
@@ -57,9 +45,8 @@ def build_parser():
     p.add_argument("--checkpoint-every", type=int, default=50, help="resumable checkpoint every N steps (0: none)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/pretrain_run/checkpoints")
     p = add("finetune", lambda a: cmd.finetune(_config(a), a.out, a.method, a.rank, a.base, a.data, a.weights,
-                                                     lr_from_card=not (a.adapter_lr or a.method_lr)),
-            "fine-tune on SAH, one strategy")
-    _weight_set(p)
+                                                     not (a.adapter_lr or a.method_lr)), "fine-tune on SAH, one strategy")
+    p.add_argument("--weights", default="auto", choices=WEIGHT_SETS, help=WEIGHTS_HELP)
     _experiment(p, "finetune_steps")
     p.add_argument("--method", default="cp_lora", choices=FINETUNE_STRATEGIES)
     p.add_argument("--rank", type=int, default=8)

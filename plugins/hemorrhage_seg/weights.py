@@ -25,7 +25,7 @@ from torch import nn
 
 from .config import PRESETS, UNetConfig
 
-__all__ = ["WEIGHTS_DIR", "DEFAULT_BASE", "DEFAULT_ADAPTER", "REAL_DIR", "REAL_BASE", "WEIGHT_SETS", "real_adapter",
+__all__ = ["WEIGHTS_DIR", "DEFAULT_BASE", "DEFAULT_ADAPTER", "REAL_DIR", "REAL_BASE", "WEIGHT_SETS", "WEIGHTS_HELP", "real_adapter",
            "shipped_weights", "BUNDLE_DIR", "SELECTION_SEEDS", "HELDOUT_SEED",
            "load_model", "write_bundle_model", "measure", "make_weights"]
 
@@ -59,6 +59,10 @@ WEIGHT_SETS = ("auto", "real", "low-res")
 """``--weights``: ``real`` (canonical grid 1 x 1 x 2.5 mm, for scans at real resolution), ``low-res`` (the CPU-made
 demo weights of the embedded low-resolution examples), ``auto`` = ``real`` for a user's input, ``low-res`` for the
 embedded examples."""
+
+
+WEIGHTS_HELP = ("shipped weights without --base: real (1 x 1 x 2.5 mm grid, for real-resolution scans), low-res (the embedded "
+                "examples' demo weights); auto = real for your own input, low-res for the embedded examples")
 
 
 def shipped_weights(kind: str, user_input: bool) -> tuple[Path, Path]:
