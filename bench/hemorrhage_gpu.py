@@ -141,10 +141,17 @@ def acceptance(rows: list[dict]) -> dict:
 
 REAL_STRATEGIES = (("none", None), ("full", None), ("cp_lora", 4), ("cp_lora", 16), ("lora_c", 4), ("conv_lora", 4), ("dora_c", 4))
 """The grid of the 300 s run (CP-LoRA, LoRA-C, convLoRA, DoRA, full); convDoRA/CP-DoRA left out for time."""
-TUNE_LRS = {"full": (3e-4, 1e-3, 3e-3), "cp_lora": (1e-2, 3e-2, 1e-1), "lora_c": (3e-3, 1e-2), "conv_lora": (3e-3, 1e-2)}
+TUNE_LRS = {"full": (1e-3, 3e-3, 1e-2), "cp_lora": (1e-2, 3e-2, 1e-1), "lora_c": (3e-3, 1e-2), "conv_lora": (3e-3, 1e-2)}
 """Rates tried on the tuning cases; each DoRA variant takes the rate chosen for its LoRA sibling (a budget choice).
-Full fine-tuning's grid brackets 1e-3: the first real-geometry run chose 1e-3 of {1e-3, 4e-3} (the smallest) and the
-second 1e-3 of {1e-4, 3e-4, 1e-3} (the largest)."""
+Full fine-tuning's grid has moved with what the runs chose: 1e-3 of {1e-3, 4e-3} (the smallest), 1e-3 of
+{1e-4, 3e-4, 1e-3} (the largest), then, on the 2.5 mm grid with mixed-scanner cohorts, 3e-3 of {3e-4, 1e-3, 3e-3}
+(the largest again). The report flags a rate chosen at either edge of its grid."""
+
+
+def edge_choices(chosen: dict, grids: dict = TUNE_LRS) -> list[str]:
+    """Strategies whose chosen rate is the smallest or largest of their grid (a better rate may lie outside it)."""
+    return [f"{s} ({lr:g}, the {'largest' if lr == max(grids[s]) else 'smallest'} tried)" for s, lr in chosen.items()
+            if s in grids and len(grids[s]) > 1 and lr in (min(grids[s]), max(grids[s]))]
 SIBLING = {"dora_c": "lora_c"}
 SHARES = {"data": 0.22, "pretrain": 0.25, "tune": 0.15, "compare": 0.28, "accept": 0.07}
 
@@ -431,6 +438,10 @@ def stage_report(cfg, out, args, elapsed: float, quiet: bool = False) -> None:
     if tune:
         lines += [f"Tuning ({tune['steps']} steps each): chosen lr {json.dumps(tune['chosen_lr'])}; validation Dice "
                   f"{json.dumps({k: round(v, 3) for k, v in tune['validation_dice'].items()})}.", ""]
+        grids = {s: tuple(float(k.split("@")[1]) for k in tune["validation_dice"] if k.split("@")[0] == s) for s in tune["chosen_lr"]}
+        edges = edge_choices(tune["chosen_lr"], grids)
+        if edges:
+            lines += [f"Chosen at the edge of its grid (a better rate may lie outside it): {', '.join(edges)}.", ""]
     if rows:
         lines += [f"Comparison ({res['compare']['steps']} fine-tuning steps per fold):", "", results_table(rows), "",
                   "![Dice vs trainable parameters](hemorrhage_real/dice_vs_params.png)", "", f"Acceptance check: `{json.dumps(verdict)}`", ""]

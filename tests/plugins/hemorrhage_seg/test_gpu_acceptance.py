@@ -23,3 +23,13 @@ def test_acceptance_needs_a_full_fine_tune_above_the_pretrained_model(none, full
     verdict = load_bench_script("hemorrhage_gpu.py").acceptance(_rows(none, full, cp))
     assert verdict["checked"] and verdict["pass"] is passes
     assert verdict["full_beats_none"] is (full > none)
+
+
+@pytest.mark.parametrize("chosen, grids, flagged", [
+    ({"full": 3e-3, "cp_lora": 3e-2}, {"full": (3e-4, 1e-3, 3e-3), "cp_lora": (1e-2, 3e-2, 1e-1)}, ["full"]),  # session 6, job 2
+    ({"full": 3e-4}, {"full": (3e-4, 1e-3, 3e-3)}, ["full"]),
+    ({"cp_lora": 3e-2, "dora_c": 1e-2}, {"cp_lora": (1e-2, 3e-2, 1e-1), "dora_c": ()}, []),  # middle; a sibling without a grid
+])
+def test_the_report_flags_rates_chosen_at_the_edge_of_their_grid(chosen, grids, flagged):
+    edges = load_bench_script("hemorrhage_gpu.py").edge_choices(chosen, grids)
+    assert [e.split(" ")[0] for e in edges] == flagged
