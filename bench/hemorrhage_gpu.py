@@ -148,7 +148,7 @@ Full fine-tuning's grid has moved with what the runs chose: 1e-3 of {1e-3, 4e-3}
 (the largest again). The report flags a rate chosen at either edge of its grid."""
 
 
-def edge_choices(chosen: dict, grids: dict = TUNE_LRS) -> list[str]:
+def edge_choices(chosen: dict, grids: dict) -> list[str]:
     """Strategies whose chosen rate is the smallest or largest of their grid (a better rate may lie outside it)."""
     return [f"{s} ({lr:g}, the {'largest' if lr == max(grids[s]) else 'smallest'} tried)" for s, lr in chosen.items()
             if s in grids and len(grids[s]) > 1 and lr in (min(grids[s]), max(grids[s]))]
@@ -234,8 +234,8 @@ def stage_data(cfg, out, seconds, args) -> dict:
 
     make_synthetic_data(cfg, out / "data", progress=False)
     workers = max(1, min(16, (os.cpu_count() or 1) - 1))
-    grids = (cfg.data, *cfg.acquisitions) if cfg.acquisitions else cfg.data
-    write_head_dataset(out / "data" / "sah_tune", "sah", 9 if not args.smoke else 4, cfg.seed + 1, grids, progress=False, workers=workers)
+    write_head_dataset(out / "data" / "sah_tune", "sah", 9 if not args.smoke else 4, cfg.seed + 1, cfg.data_grids, progress=False,
+                       workers=workers)
     geos = {"thick": HEAD_PRESETS["thick"], "iso": HEAD_PRESETS["iso"]}
     if args.smoke:
         geos = {"thick": HeadCTConfig(shape=(96, 112, 16), spacing=(2.0, 2.0, 10.0), subsample_mm=(2.0, 2.0, 10.0)),

@@ -22,6 +22,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from .geometry import resample_axes
+
 __all__ = ["RandomPatches", "crop_or_pad", "thick_slices"]
 
 
@@ -76,8 +78,6 @@ class RandomPatches(torch.utils.data.Dataset):
 
 def thick_slices(image: torch.Tensor, factor: int) -> torch.Tensor:
     """``image`` (last axis = slices) as a scan with ``factor`` times thicker slices brought back to its grid."""
-    from .geometry import resample_axes
-
     shape = tuple(image.shape[-3:])
     coarse = (*shape[:2], max(1, int(round(shape[2] / factor))))
     return resample_axes(resample_axes(image.float(), coarse), shape).to(image.dtype)

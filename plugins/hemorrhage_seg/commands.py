@@ -30,7 +30,7 @@ def base_for(base: Optional[Path], out: Path, weights: str = "low-res", user_inp
 
 
 def _model_paths(base: Optional[Path], adapter: Optional[Path], no_adapter: bool, weights: str,
-                 user_input: bool) -> tuple[Optional[Path], Optional[Path]]:
+                 user_input: bool) -> tuple[Path, Optional[Path]]:
     """``(base, adapter)`` to load: ``--base``/``--adapter`` as given, else the shipped set ``weights`` (base and its
     CP-LoRA adapter; no adapter with ``no_adapter``)."""
     from .weights import shipped_weights
@@ -75,15 +75,12 @@ def finetune(cfg: SegExperimentConfig, out: Path, method: str = "cp_lora", rank:
     grid = checkpoint_grid(ckpt)
     cfg = replace(cfg, net=arch, windows=tuple(ckpt["windows"]))
     lr_source = "config"
-    from .weights import REAL_BASE
+    from .weights import REAL_BASE, REAL_DIR, real_card_lr
 
-    if lr_from_card and base_path.resolve() == REAL_BASE.resolve():
-        import json
-
-        card = json.loads((REAL_BASE.parent / "metrics.json").read_text())["adapter"]
-        if card["method"] == method:
-            cfg = replace(cfg, adapter_lr_by_method=((method, float(card["lr"])),))
-            lr_source = f"{REAL_BASE.parent / 'metrics.json'} ({card['lr_chosen_on']})"
+    card = real_card_lr(method) if lr_from_card and base_path.resolve() == REAL_BASE.resolve() else None
+    if card is not None:
+        cfg = replace(cfg, adapter_lr_by_method=((method, card[0]),))
+        lr_source = f"{REAL_DIR / 'metrics.json'} ({card[1]})"
     sah = load_dataset(Path(data) if data is not None else make_synthetic_data(cfg, out / "data")[1], cfg.windows, grid)
     test = fold_indices(len(sah), cfg.folds, cfg.seed)[0]
     trainer = {}

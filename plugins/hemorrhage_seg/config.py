@@ -160,6 +160,11 @@ class SegExperimentConfig:
                 "HeadCTConfig grids, and only with a realistic-head data config")
 
     @property
+    def data_grids(self):
+        """What the case writers take: ``data`` alone, or ``(data, *acquisitions)`` for a cohort from several grids."""
+        return (self.data, *self.acquisitions) if self.acquisitions else self.data
+
+    @property
     def grid(self):
         """The network's canonical grid: RAS axes at the synthetic data's spacing (stored in every checkpoint)."""
         from lowrank_vision.datasets.ct.geometry import CanonicalGrid

@@ -88,9 +88,8 @@ def make_synthetic_data(cfg: SegExperimentConfig, root: str | os.PathLike, progr
     root = Path(root)
     if isinstance(cfg.data, HeadCTConfig):
         workers = max(1, min(16, (os.cpu_count() or 1) - 1))
-        grids = (cfg.data, *cfg.acquisitions) if cfg.acquisitions else cfg.data
-        tbi = write_head_dataset(root / "tbi", "tbi", cfg.n_tbi, cfg.seed, grids, progress=progress, workers=workers)
-        sah = write_head_dataset(root / "sah", "sah", cfg.n_sah, cfg.seed, grids, progress=progress, workers=workers)
+        tbi = write_head_dataset(root / "tbi", "tbi", cfg.n_tbi, cfg.seed, cfg.data_grids, progress=progress, workers=workers)
+        sah = write_head_dataset(root / "sah", "sah", cfg.n_sah, cfg.seed, cfg.data_grids, progress=progress, workers=workers)
         return tbi, sah
     tbi = write_synthetic_dataset(root / "tbi", "tbi", cfg.n_tbi, cfg.seed, cfg.data, progress=progress)
     sah = write_synthetic_dataset(root / "sah", "sah", cfg.n_sah, cfg.seed, cfg.data, progress=progress)

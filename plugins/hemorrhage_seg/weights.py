@@ -20,12 +20,13 @@ import os
 import tempfile
 from dataclasses import replace
 from pathlib import Path
+from typing import Optional
 
 from torch import nn
 
 from .config import PRESETS, UNetConfig
 
-__all__ = ["WEIGHTS_DIR", "DEFAULT_BASE", "DEFAULT_ADAPTER", "REAL_DIR", "REAL_BASE", "WEIGHT_SETS", "WEIGHTS_HELP", "real_adapter",
+__all__ = ["WEIGHTS_DIR", "DEFAULT_BASE", "DEFAULT_ADAPTER", "REAL_DIR", "REAL_BASE", "WEIGHT_SETS", "WEIGHTS_HELP", "real_adapter", "real_card_lr",
            "shipped_weights", "BUNDLE_DIR", "SELECTION_SEEDS", "HELDOUT_SEED",
            "load_model", "write_bundle_model", "measure", "make_weights"]
 
@@ -72,6 +73,13 @@ def shipped_weights(kind: str, user_input: bool) -> tuple[Path, Path]:
     if kind == "real" or (kind == "auto" and user_input):
         return REAL_BASE, real_adapter()
     return DEFAULT_BASE, DEFAULT_ADAPTER
+
+
+def real_card_lr(method: str) -> Optional[tuple[float, str]]:
+    """``(lr, where it was chosen)`` the real-geometry card (``real/metrics.json``) records for an adapter of ``method``,
+    or ``None`` when the card's adapter is another method."""
+    card = json.loads((REAL_DIR / "metrics.json").read_text())["adapter"]
+    return (float(card["lr"]), card["lr_chosen_on"]) if card["method"] == method else None
 
 
 def load_model(base: str | os.PathLike | None = None, adapter: str | os.PathLike | None = None,
