@@ -359,20 +359,21 @@ def main(argv=None) -> None:
         if stage == "report":
             stage_report(args, done)
             break
+        previous = None  # an incomplete search to carry on
         if path.exists():
             found = json.loads(path.read_text())
+            stale = False
             if stage == "search":
                 earlier_choice = found["chosen"]  # later stages of an earlier job were made with this recipe
-            if stage == "search" and found.get("complete", _all_candidates_in(found)) is False and stage in args.only and _left(args) > args.reserve_s:
-                done[stage] = stage_search(args, found)
-                write_json(path, done[stage])
-                write_json(args.docs / "hsi" / f"{stage}.json", done[stage])
-                print(f"search: carried on from {path}; chosen {done[stage]['chosen']}", flush=True)
-                continue
-            if stage != "search" and found.get("chosen", earlier_choice) != done["search"]["chosen"]:
+                if (found.get("complete", _all_candidates_in(found)) is False and stage in args.only
+                        and _left(args) > args.reserve_s):
+                    previous = found
+                    print(f"search: carrying on from {path}", flush=True)
+            elif found.get("chosen", earlier_choice) != done.get("search", {}).get("chosen"):
+                stale = True
                 print(f"{stage}: {path} was made with recipe {found.get('chosen', earlier_choice)}, not the chosen one: run again",
                       flush=True)
-            else:
+            if previous is None and not stale:
                 done[stage] = found
                 print(f"{stage}: {path} exists, skipped", flush=True)
                 continue
@@ -381,7 +382,7 @@ def main(argv=None) -> None:
             continue
         t = time.time()
         if stage == "search":
-            done[stage] = stage_search(args)
+            done[stage] = stage_search(args, previous)
         elif stage == "finetune":
             done[stage] = {**stage_finetune(args, done["search"]), "chosen": done["search"]["chosen"]}
         else:
