@@ -202,7 +202,8 @@ PRESETS: dict[str, SegExperimentConfig] = {
         net=UNetConfig(channels=(16, 32, 64, 128, 256), strides=(2, 2, 2, 1), num_res_units=2),
         adapter_lr=1e-2, adapter_lr_by_method=_CP_LR),
     # real geometry (GPU): realistic heads drawn on a 1 x 1 x 2.5 mm canonical grid (5 mm slices cost a 1 mm
-    # isotropic scan's thin blood: a mask taken to 5 mm and back keeps Dice ~0.75 of itself, 2.5 mm ~0.87), patch
+    # isotropic scan's thin blood: a mask taken to 5 mm and back keeps Dice ~0.76 of itself, 2.5 mm ~0.87;
+    # bench/ct_grid_ceiling.py -> docs/results/hemorrhage_real/grid_ceiling.json), patch
     # training with thick-slice augmentation, half the cases drawn as 0.5 x 0.5 x 5 mm scans (in the first 2.5 mm
     # run, trained on 2.5 mm heads only, unseen 0.45 x 0.45 x 5 mm scans scored 0.41), sliding-window eval; 1 residual unit keeps the fp16
     # weights at ~4.5 MB
