@@ -190,7 +190,8 @@ def _trainer_worker(run: str, args, time_s: float | None, threads: int) -> None:
         return
     if group in ("teacher", "yolov8n"):
         source = model_yaml(_scale(args)["model"]) if group == "teacher" else "yolov8n.yaml"
-        callbacks = {"on_fit_epoch_end": plateau_stopper(**PLATEAU)} if group == "teacher" else None
+        stop = group == "teacher" and args.teacher_patience > 0
+        callbacks = {"on_fit_epoch_end": plateau_stopper(**{**PLATEAU, "patience": args.teacher_patience})} if stop else None
         r = train_detector(source, data_yaml, cfg, out / "runs", run, args.device, callbacks=callbacks)
         r["recipe"] = asdict(cfg)
     else:
@@ -238,8 +239,8 @@ def _export_teacher(args) -> dict:
         raise SystemExit("export_teacher: no trained teacher")
     save_weights(load_detection_model(done["checkpoint"]), dest / "teacher.safetensors", extra={"imgsz": _scale(args)["imgsz"]})
     cmd = (f"python3 bench/detect_gpu.py --device {args.device} --out {args.out} --budget-s {args.budget_s:.0f} --teacher-only"
-           + (" --smoke" if args.smoke else ""))
-    meta = {"command": cmd, "data": asdict(_scale(args)["data"]), "teacher": done}
+           + f" --teacher-patience {args.teacher_patience}" + (" --smoke" if args.smoke else ""))
+    meta = {"command": cmd, "data": asdict(_scale(args)["data"]), "teacher": {**done, "plateau_patience": args.teacher_patience}}
     write_json(dest / "teacher.json", meta)
     return {"weights": str(dest / "teacher.safetensors"), "json": str(dest / "teacher.json")}
 
@@ -482,9 +483,10 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
     plateau = teacher.get("plateau")
     t_stop = ("cut short at its time cap" if teacher.get("cut_short") else
               f"stopped at the val mAP50 plateau (best {plateau['best']:.3f} at epoch {plateau['best_epoch']}, no gain of "
-              f"{PLATEAU['min_delta']} for {PLATEAU['patience']} epochs)" if plateau else
+              f"{PLATEAU['min_delta']} for {plateau.get('patience', PLATEAU['patience'])} epochs)" if plateau else
               f"stopped by its time cap ({_fmt(teacher.get('time_budget_s'), '.0f')} s, ultralytics' time=, lr schedule fitted to it) "
-              "before its val mAP50 plateaued")
+              + ("with the plateau stop off (`--teacher-patience 0`), so its lr decayed fully"
+                 if teacher.get("plateau_patience") == 0 else "before its val mAP50 plateaued"))
     alone = "one job, nothing else on the GPU" if args.exclusive else "whether other jobs shared the GPU was not recorded (no --exclusive)"
     if args.teacher_weights:
         cmd += f" --teacher-weights {args.teacher_weights}"
@@ -816,6 +818,10 @@ def main(argv=None) -> int:
                    help="DistillConfig.align_norm of the SAD students (default: the one sad_check chose on val, else mse)")
     p.add_argument("--teacher-only", action="store_true",
                    help="job 1 of two: data + the teacher alone with the whole budget, saved to <docs>/teacher/ (no students, no report)")
+    p.add_argument("--teacher-patience", type=int, default=PLATEAU["patience"],
+                   help="epochs without a val mAP50 gain of 0.005 before the teacher stops; 0: train to the time cap, so the "
+                        "lr schedule (fitted to the cap) decays fully (job 1 of 2 on 2026-12-02 stopped at epoch 19 of ~40 "
+                        "planned, at a still-high lr)")
     p.add_argument("--teacher-weights", default=None,
                    help="job 2 of two: the folder --teacher-only wrote (teacher.safetensors + teacher.json); YOLOv8n trains beside the students")
     p.add_argument("--exclusive", action="store_true", help="say in the report that nothing else ran on the GPU (the caller knows)")
