@@ -71,10 +71,21 @@ ROOT = Path(__file__).resolve().parents[1]
 GPU_STAGES = ("data", "teacher", "students", "eval", "report")
 LOCAL_STAGES = ("lr_search", "cpu_latency", "sad_check")
 SEEDS = (0, 1)
-GROUPS = {"teacher": ("teacher",), "yolov8n": tuple(f"yolov8n_s{s}" for s in SEEDS),
-          "student_sad": tuple(f"student_sad_s{s}" for s in SEEDS), "student_plain": tuple(f"student_plain_s{s}" for s in SEEDS)}
-STAGE_RUNS = {"teacher": ("teacher",) + GROUPS["yolov8n"], "students": GROUPS["student_sad"] + GROUPS["student_plain"]}
-RUNS = tuple(r for g in GROUPS.values() for r in g)
+"""YOLOv8n's seeds; the students' are ``--student-seeds`` (default the same two)."""
+
+
+def _set_student_seeds(count: int) -> None:
+    """Run names per group and stage for ``count`` student seeds (0 .. count-1); YOLOv8n keeps :data:`SEEDS`."""
+    global STUDENT_SEEDS, GROUPS, STAGE_RUNS, RUNS
+    STUDENT_SEEDS = tuple(range(count))
+    GROUPS = {"teacher": ("teacher",), "yolov8n": tuple(f"yolov8n_s{s}" for s in SEEDS),
+              "student_sad": tuple(f"student_sad_s{s}" for s in STUDENT_SEEDS),
+              "student_plain": tuple(f"student_plain_s{s}" for s in STUDENT_SEEDS)}
+    STAGE_RUNS = {"teacher": ("teacher",) + GROUPS["yolov8n"], "students": GROUPS["student_sad"] + GROUPS["student_plain"]}
+    RUNS = tuple(r for g in GROUPS.values() for r in g)
+
+
+_set_student_seeds(len(SEEDS))
 LR_CANDIDATES = (("AdamW", 0.0015), ("AdamW", 0.004), ("SGD", 0.01))
 DEFAULT_LR = ("AdamW", 0.002)
 NAMES = {"teacher": "DLRMamba-n teacher (full-rank SS2D)", "student_sad": "student r=0.5 + SAD",
@@ -93,7 +104,8 @@ def _stage_runs(args) -> dict[str, tuple[str, ...]]:
 
 
 def _group(run: str) -> str:
-    return next(g for g, runs in GROUPS.items() if run in runs)
+    """``teacher``, or the name before ``_s<seed>`` (also in worker processes, which see the default seeds)."""
+    return run.rsplit("_s", 1)[0] if "_s" in run else run
 
 
 def _seed(run: str) -> int:
@@ -475,6 +487,7 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
     dc = d.get("config", {})
     teacher = runs["teacher"] or {}
     cmd = (f"python3 bench/detect_gpu.py --device {args.device} --out {args.out} --budget-s {args.budget_s:.0f}"
+           + f" --student-epochs {args.student_epochs}" + (f" --student-seeds {args.student_seeds}" if args.student_seeds != len(SEEDS) else "")
            + (" --exclusive" if args.exclusive else "") + (" --smoke" if args.smoke else ""))
     model = _scale(args)["model"]
     lines = ["# multispectral_det (DLRMamba) results", ""]
@@ -496,7 +509,7 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               f"- Teacher ({model}, full-rank SS2D) trained until its val mAP50 plateaus or its time cap: {teacher.get('epochs_run', '?')} epochs, {t_stop}"
               + (f"; trained alone in an earlier GPU job (`{teacher['from_earlier_job']}`), its weights carried into this one "
                  "(same generated data)." if teacher.get("from_earlier_job") else "."),
-              f"- Students: rank ratio 0.5, **{args.student_epochs} epochs each** (same lr schedule), seeds {list(SEEDS)} for each of "
+              f"- Students: rank ratio 0.5, **{args.student_epochs} epochs each** (same lr schedule), seeds {list(STUDENT_SEEDS)} for each of "
               "'+ SAD' and 'no distillation'. **Both start from the same weights**: the converged teacher with every SS2D replaced "
               "by its truncated SVD (DLRMamba's L_SVD pulls the student's factors to exactly these SVD factors, so the paper's "
               "student starts there); the seed changes data order and augmentation only. SAD: DLRMamba's weights 1.0 / 0.5 / 0.1 / 1.5 "
@@ -813,6 +826,9 @@ def main(argv=None) -> int:
     p.add_argument("--stage", default="all", choices=("all",) + GPU_STAGES + ("export_teacher",) + LOCAL_STAGES,
                    help="all: the GPU stages in order; lr_search / cpu_latency run on the development CPU")
     p.add_argument("--student-epochs", type=int, default=6, help="epochs of every student and of YOLOv8n")
+    p.add_argument("--student-seeds", type=int, default=len(SEEDS),
+                   help="seeds 0..N-1 of each student (a later job with a larger N trains only the seeds not yet done; "
+                        "delete <out>/students_stage/done.json so the stage runs again)")
     p.add_argument("--students-s", type=float, default=175.0, help="wall clock of the students stage (the teacher gets the rest)")
     p.add_argument("--align-norm", default=None, choices=("mse", "relative"),
                    help="DistillConfig.align_norm of the SAD students (default: the one sad_check chose on val, else mse)")
@@ -830,6 +846,7 @@ def main(argv=None) -> int:
     p.add_argument("--lr-epochs", type=int, default=10, help="lr_search: epochs per candidate")
     p.add_argument("--sad-epochs", type=int, default=4, help="sad_check: epochs per student variant")
     args = p.parse_args(argv)
+    _set_student_seeds(args.student_seeds)
     t_start = time.time()
     os.environ.setdefault("YOLO_OFFLINE", "1")
     out = Path(args.out)
