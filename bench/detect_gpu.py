@@ -516,9 +516,11 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               f"(task / SVD / state / feature), alignment terms scaled `{args.align_norm}` (`DistillConfig.align_norm`).",
               *_sad_check_lines(args),
               f"- YOLOv8n (ultralytics, 4 input channels, from scratch): the students' {args.student_epochs} epochs, seeds {list(SEEDS)}.",
-              "- The four students trained side by side in separate processes ("
-              + ("and YOLOv8n beside them" if args.teacher_weights else "as did YOLOv8n beside the teacher") + "), so training "
-              "wall times are shared-GPU times and no acceptance number depends on them.",
+              "- The students trained side by side in separate processes ("
+              + ("and YOLOv8n beside them" if args.teacher_weights else "as did YOLOv8n beside the teacher") + "); a run whose "
+              "`done.json` an earlier job of this command left is kept, not retrained, so seeds added later with "
+              "`--student-seeds` trained in a later job with fewer processes beside them. Training wall times are therefore "
+              "shared-GPU times and no acceptance number depends on them.",
               "", "Which data each number comes from:", "",
               f"- mAP: the **test split** ({dc.get('n_test', '?')} images) of the synthetic RGB+thermal generator "
               f"(`lowrank_vision.datasets.multispectral`, {dc.get('size', '?')} px, 4 channels; train "
