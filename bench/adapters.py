@@ -483,6 +483,12 @@ def goals_section(store: dict) -> list[str]:
         add("CPU lora / PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("peft_lora")), 0.7)
         if rows.get("ours:lora:measured"):
             add("CPU lora (measured strategies) / PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:measured"), rows.get("peft_lora")), 0.7)
+        floor = ratio_rounds(rows.get("floor"), rows.get("peft_lora"))
+        if floor:  # not a goal: what a frozen network with the input's gradient costs, the least any adapter can cost
+            below = statistics.median(floor) > 0.7
+            lines.append(f"| (reference) frozen floor / PEFT LoRA | {row} | {fmt_spread(floor)} | {len(floor)} | – | "
+                         + ("the 0.7 goal is below the frozen floor: no adapter that runs the frozen network reaches it |"
+                            if below else "the 0.7 goal is above the frozen floor |"))
     return lines + [""]
 
 
