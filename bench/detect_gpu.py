@@ -34,6 +34,12 @@ Two jobs instead of one, for a teacher trained longer than one job allows (each 
         --teacher-weights docs/results/detect/teacher
         # the same data again (deterministic), that teacher imported and tested, students + YOLOv8n side by side, eval, report
 
+More student seeds in a later job, from the committed run JSONs and teacher (the runs already done are kept):
+
+    mkdir -p runs/detect_gpu && cp -r docs/results/detect/runs/. runs/detect_gpu/
+    python3 bench/detect_gpu.py --device cuda --out runs/detect_gpu --budget-s 345 --exclusive --student-epochs 8 \
+        --student-seeds 5 --students-s 190 --teacher-weights docs/results/detect/teacher
+
 Every trainer evaluates its best-val checkpoint on the test split itself as soon as it finishes. Time: after
 ``data``, the students get ``--students-s`` seconds and eval a fixed reserve; the teacher's cap is what is left.
 A student still running at the deadline is stopped; then every student is compared at the last epoch all four
@@ -220,6 +226,19 @@ def _trainer_worker(run: str, args, time_s: float | None, threads: int) -> None:
     r["test"] = evaluate(r["checkpoint"], data_yaml, "test", imgsz=cfg.imgsz, batch=_scale(args)["eval_batch"], device=args.device)
     _finish(out, run, {**r, "seed": cfg.seed, "wall_s": train_s, "test_eval_s": time.time() - t0 - train_s,
                        "time_budget_s": time_s, "cut_short": False})
+
+
+def _forget_unusable_runs(args, stage: str) -> None:
+    """Lets a later job carry on from the run JSONs alone (``docs/results/detect/runs``, copied to ``--out``): an
+    imported teacher whose checkpoint is not on this machine is imported again, and a training stage whose runs are
+    not all done (more ``--student-seeds`` than before) runs again for the missing ones."""
+    out = Path(args.out)
+    teacher = _done(out, "teacher")
+    if stage == "teacher" and args.teacher_weights and teacher and not Path(teacher["checkpoint"]).is_file():
+        (out / "teacher" / "done.json").unlink()
+        (out / "teacher_stage" / "done.json").unlink(missing_ok=True)
+    if any(_done(out, r) is None for r in _stage_runs(args)[stage]):
+        (out / f"{stage}_stage" / "done.json").unlink(missing_ok=True)
 
 
 def _import_teacher(args) -> None:
@@ -472,6 +491,9 @@ def _report(args) -> dict:
                "align_norm": args.align_norm, "exclusive": args.exclusive, "cut_short": cut, "eval_cut_short": eval_cut}
     docs.mkdir(parents=True, exist_ok=True)
     write_json(docs / "gpu_results.json", results)
+    for stage_dir in sorted(out.iterdir()):  # every run's and stage's JSON, so a later job can carry on from the docs
+        if (stage_dir / "done.json").is_file() and stage_dir.name != "data":
+            write_json(docs / "runs" / stage_dir.name / "done.json", json.loads((stage_dir / "done.json").read_text()))
     png = None
     if cpu and all(mean(g) is not None for g in GROUPS):
         rows = [{"name": NAMES[g] + (f" (mean of {groups[g]['mAP50']['n']})" if groups[g]["mAP50"]["n"] > 1 else ""), "mAP50": mean(g),
@@ -874,6 +896,8 @@ def main(argv=None) -> int:
     for stage in stages if args.stage == "all" else (args.stage,):
         t0 = time.time()
         marker = f"{stage}_stage" if stage in STAGE_RUNS else stage
+        if stage in STAGE_RUNS:
+            _forget_unusable_runs(args, stage)
         if stage != "report" and _done(out, marker) is not None:
             _log(f"{stage}: done before, skipped")
             continue

@@ -1,0 +1,52 @@
+"""bench/detect_gpu.py carries on from run JSONs alone: more student seeds re-open the students stage (the seeds
+already done are kept), and an imported teacher whose checkpoint is not on this machine is imported again."""
+
+import json
+
+import pytest
+
+from tests.core.cases import load_bench_script
+
+
+def _write(out, name, payload):
+    (out / name).mkdir(parents=True, exist_ok=True)
+    (out / name / "done.json").write_text(json.dumps(payload))
+
+
+@pytest.fixture
+def bench():
+    module = load_bench_script("detect_gpu.py")
+    yield module
+    module._set_student_seeds(len(module.SEEDS))
+
+
+@pytest.mark.parametrize("run, group", [("teacher", "teacher"), ("yolov8n_s1", "yolov8n"), ("student_sad_s4", "student_sad"),
+                                        ("student_plain_s0", "student_plain")])
+def test_group_of_a_run_name(bench, run, group):
+    assert bench._group(run) == group
+
+
+@pytest.mark.parametrize("seeds, stage_reopened", [(2, False), (3, True)])
+def test_more_seeds_reopen_the_students_stage(bench, tmp_path, seeds, stage_reopened):
+    for run in ("student_sad_s0", "student_sad_s1", "student_plain_s0", "student_plain_s1", "yolov8n_s0", "yolov8n_s1"):
+        _write(tmp_path, run, {"seed": int(run[-1])})
+    _write(tmp_path, "students_stage", {"runs": {}})
+    bench._set_student_seeds(seeds)
+    assert len(bench.GROUPS["student_sad"]) == seeds and len(bench.GROUPS["yolov8n"]) == 2
+    args = type("Args", (), {"out": str(tmp_path), "teacher_weights": "teacher_dir", "teacher_only": False})()
+    bench._forget_unusable_runs(args, "students")
+    assert (tmp_path / "students_stage" / "done.json").is_file() is not stage_reopened
+    assert (tmp_path / "student_sad_s1" / "done.json").is_file()  # done runs are kept
+
+
+@pytest.mark.parametrize("checkpoint_exists", [True, False])
+def test_imported_teacher_without_its_checkpoint_is_imported_again(bench, tmp_path, checkpoint_exists):
+    ckpt = tmp_path / "best.pt"
+    if checkpoint_exists:
+        ckpt.write_bytes(b"x")
+    _write(tmp_path, "teacher", {"checkpoint": str(ckpt)})
+    _write(tmp_path, "teacher_stage", {"runs": {"teacher": True}})
+    args = type("Args", (), {"out": str(tmp_path), "teacher_weights": "teacher_dir", "teacher_only": False})()
+    bench._forget_unusable_runs(args, "teacher")
+    assert (tmp_path / "teacher" / "done.json").is_file() is checkpoint_exists
+    assert (tmp_path / "teacher_stage" / "done.json").is_file() is checkpoint_exists
