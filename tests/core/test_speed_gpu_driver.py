@@ -1,0 +1,29 @@
+"""bench/speed_gpu.py skips a (mode, row) only when every stored variant has the rounds asked for."""
+
+import json
+
+import pytest
+
+from tests.core.cases import load_bench_script
+
+
+@pytest.mark.parametrize("stored, mode, expected", [
+    ({}, "eager", 0),
+    ({"cuda": {"cases": {"vit_b": {"rows": {"full": {"rounds_ms": [1, 2, 3]}, "peft_lora": {"rounds_ms": [1, 2]}}}}}}, "eager", 2),
+    ({"cuda": {"cases": {"vit_b": {"rows": {"full": {"rounds_ms": [1, 2, 3]}}}}}}, "cuda_graph", 0),
+    ({"cuda + cuda graph": {"cases": {"vit_b": {"rows": {"full": {"rounds_ms": [1, 2, 3]}}}}}}, "cuda_graph", 3),
+])
+def test_stored_rounds(tmp_path, stored, mode, expected):
+    results = tmp_path / "bench_results.json"
+    results.write_text(json.dumps(stored))
+    assert load_bench_script("speed_gpu.py").stored_rounds(results, mode, "vit_b") == expected
+
+
+def test_dry_run_lists_only_missing_rows(tmp_path, capsys):
+    results = tmp_path / "bench_results.json"
+    rows = {"full": {"rounds_ms": [1, 2, 3]}}
+    results.write_text(json.dumps({"cuda": {"cases": {"resnet50": {"rows": rows}}}}))
+    bench = load_bench_script("speed_gpu.py")
+    assert bench.main(["--dry-run", "--rows", "resnet50,vit_b", "--modes", "eager", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "skip eager resnet50" in out and out.count("+ ") == 1 and "--models vit_b" in out
