@@ -903,7 +903,7 @@ def main(argv=None) -> int:
             continue
         if stage == "data":
             proc = _spawn(_data_worker, args)
-            proc.join(max(10.0, end - time.time() - sc["eval_reserve_s"] - args.students_s - 60))
+            proc.join(max(60.0, end - time.time() - sc["eval_reserve_s"] - args.students_s - 60))  # the set takes ~20 s on the H200; a smaller share failed a job on 2026-12-02
             if proc.is_alive():
                 proc.terminate()
             if _done(out, "data") is None:
