@@ -110,7 +110,7 @@ def _stage_runs(args) -> dict[str, tuple[str, ...]]:
 
 
 def _group(run: str) -> str:
-    """``teacher``, or the name before ``_s<seed>`` (also in worker processes, which see the default seeds)."""
+    """``teacher``, or the name before ``_s<seed>``."""
     return run.rsplit("_s", 1)[0] if "_s" in run else run
 
 
@@ -228,17 +228,19 @@ def _trainer_worker(run: str, args, time_s: float | None, threads: int) -> None:
                        "time_budget_s": time_s, "cut_short": False})
 
 
-def _forget_unusable_runs(args, stage: str) -> None:
-    """Lets a later job carry on from the run JSONs alone (``docs/results/detect/runs``, copied to ``--out``): an
-    imported teacher whose checkpoint is not on this machine is imported again, and a training stage whose runs are
-    not all done (more ``--student-seeds`` than before) runs again for the missing ones."""
+def _forget_teacher_without_checkpoint(args) -> None:
+    """An imported teacher (``--teacher-weights``) whose checkpoint is not on this machine -- its JSON was carried in
+    from ``docs/results/detect/runs`` -- is imported again."""
+    teacher = _done(Path(args.out), "teacher")
+    if args.teacher_weights and teacher and not Path(teacher["checkpoint"]).is_file():
+        (Path(args.out) / "teacher" / "done.json").unlink()
+
+
+def _stage_done(args, stage: str) -> bool:
+    """A training stage is done when it finished before and every one of its runs is done, so a later job with more
+    ``--student-seeds`` (or a run lost since) runs the missing runs only."""
     out = Path(args.out)
-    teacher = _done(out, "teacher")
-    if stage == "teacher" and args.teacher_weights and teacher and not Path(teacher["checkpoint"]).is_file():
-        (out / "teacher" / "done.json").unlink()
-        (out / "teacher_stage" / "done.json").unlink(missing_ok=True)
-    if any(_done(out, r) is None for r in _stage_runs(args)[stage]):
-        (out / f"{stage}_stage" / "done.json").unlink(missing_ok=True)
+    return _done(out, f"{stage}_stage") is not None and all(_done(out, r) is not None for r in _stage_runs(args)[stage])
 
 
 def _import_teacher(args) -> None:
@@ -286,8 +288,14 @@ def _data_worker(args) -> None:
     _finish(out, "data", {**summary, "seconds": time.time() - t0, "workers": workers})
 
 
+def _in_child(student_seeds: int, target, *a) -> None:
+    """A spawned process imports this module afresh (default seeds): give it this run's student seeds first."""
+    _set_student_seeds(student_seeds)
+    target(*a)
+
+
 def _spawn(target, *a) -> mp.Process:
-    proc = mp.get_context("spawn").Process(target=target, args=a)
+    proc = mp.get_context("spawn").Process(target=_in_child, args=(len(STUDENT_SEEDS), target, *a))
     proc.start()
     return proc
 
@@ -851,8 +859,7 @@ def main(argv=None) -> int:
                    help="all: the GPU stages in order; lr_search / cpu_latency run on the development CPU")
     p.add_argument("--student-epochs", type=int, default=6, help="epochs of every student and of YOLOv8n")
     p.add_argument("--student-seeds", type=int, default=len(SEEDS),
-                   help="seeds 0..N-1 of each student (a later job with a larger N trains only the seeds not yet done; "
-                        "delete <out>/students_stage/done.json so the stage runs again)")
+                   help="seeds 0..N-1 of each student (a later job with a larger N trains only the seeds not yet done)")
     p.add_argument("--students-s", type=float, default=175.0, help="wall clock of the students stage (the teacher gets the rest)")
     p.add_argument("--align-norm", default=None, choices=("mse", "relative"),
                    help="DistillConfig.align_norm of the SAD students (default: the one sad_check chose on val, else mse)")
@@ -896,9 +903,10 @@ def main(argv=None) -> int:
     for stage in stages if args.stage == "all" else (args.stage,):
         t0 = time.time()
         marker = f"{stage}_stage" if stage in STAGE_RUNS else stage
-        if stage in STAGE_RUNS:
-            _forget_unusable_runs(args, stage)
-        if stage != "report" and _done(out, marker) is not None:
+        if stage == "teacher":
+            _forget_teacher_without_checkpoint(args)
+        done = _stage_done(args, stage) if stage in STAGE_RUNS else _done(out, marker) is not None
+        if stage != "report" and done:
             _log(f"{stage}: done before, skipped")
             continue
         if stage == "data":

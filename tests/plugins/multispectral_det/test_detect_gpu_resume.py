@@ -34,8 +34,7 @@ def test_more_seeds_reopen_the_students_stage(bench, tmp_path, seeds, stage_reop
     bench._set_student_seeds(seeds)
     assert len(bench.GROUPS["student_sad"]) == seeds and len(bench.GROUPS["yolov8n"]) == 2
     args = type("Args", (), {"out": str(tmp_path), "teacher_weights": "teacher_dir", "teacher_only": False})()
-    bench._forget_unusable_runs(args, "students")
-    assert (tmp_path / "students_stage" / "done.json").is_file() is not stage_reopened
+    assert bench._stage_done(args, "students") is not stage_reopened
     assert (tmp_path / "student_sad_s1" / "done.json").is_file()  # done runs are kept
 
 
@@ -47,6 +46,14 @@ def test_imported_teacher_without_its_checkpoint_is_imported_again(bench, tmp_pa
     _write(tmp_path, "teacher", {"checkpoint": str(ckpt)})
     _write(tmp_path, "teacher_stage", {"runs": {"teacher": True}})
     args = type("Args", (), {"out": str(tmp_path), "teacher_weights": "teacher_dir", "teacher_only": False})()
-    bench._forget_unusable_runs(args, "teacher")
+    bench._forget_teacher_without_checkpoint(args)
     assert (tmp_path / "teacher" / "done.json").is_file() is checkpoint_exists
-    assert (tmp_path / "teacher_stage" / "done.json").is_file() is checkpoint_exists
+    assert bench._stage_done(args, "teacher") is checkpoint_exists
+
+
+def test_spawned_workers_get_the_runs_student_seeds(bench):
+    """A worker process imports the module afresh; ``_in_child`` gives it the parent's seed count before it runs."""
+    seen = []
+    bench._set_student_seeds(2)  # what a fresh import has
+    bench._in_child(4, lambda: seen.append(bench.STUDENT_SEEDS))
+    assert seen == [(0, 1, 2, 3)]
