@@ -438,6 +438,11 @@ def fmt_spread(values: list[float], digits: int = 2) -> str:
     return f"{med:.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
 
 
+def store_key(device_type: str, compiled: bool = False, mode: str = "eager") -> str:
+    """Where a run's results live in ``docs/bench_results.json``: ``cuda``, ``cuda + cuda graph``, ``cpu``, ..."""
+    return f"{device_type}{' + torch.compile' if compiled else ''}{' + cuda graph' if mode == 'cuda_graph' else ''}"
+
+
 def _rows(store: dict, key: str, case: str) -> dict:
     return store.get(key, {}).get("cases", {}).get(case, {}).get("rows", {})
 
@@ -649,8 +654,7 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"--models: unknown {unknown}; choose from {list(all_cases)}")
         variants = args.variants.split(",") if args.variants else variant_names(args.compile, args.mode)
-        key = f"{device.type}{' + torch.compile' if args.compile else ''}{' + cuda graph' if args.mode == 'cuda_graph' else ''}"
-        run = store.setdefault(key, {"cases": {}})
+        run = store.setdefault(store_key(device.type, args.compile, args.mode), {"cases": {}})
         run["env"] = environment(device, args)
         for name in chosen:
             print(f"== {name}", flush=True)

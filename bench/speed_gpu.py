@@ -19,9 +19,12 @@ import sys
 import time
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from adapters import MODES, _rows, rounds_of, store_key  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("unet3d_small", "resnet50", "vit_b", "diffusers_unet", "vit_l", "unet3d_large")
-MODES = {"eager": "cuda", "cuda_graph": "cuda + cuda graph"}
+"""``adapters.GPU_ROWS``, smallest first."""
 EAGER_VARIANTS = "full,floor,peft_lora,ours:lora:auto,ours:lora:weight,ours:lora:activation,ours:cp_lora:auto,ours:dora:auto"
 EXPECTED_S = 150.0
 """Guess for a row not timed in this job yet (unet3d_small, 8 variants x 3 rounds + profile: about 100 s)."""
@@ -29,10 +32,8 @@ EXPECTED_S = 150.0
 
 def stored_rounds(results: Path, mode: str, row: str) -> int:
     """The fewest rounds any stored variant of ``row`` has under ``mode`` (0 when the row is absent)."""
-    if not results.is_file():
-        return 0
-    rows = json.loads(results.read_text()).get(MODES[mode], {}).get("cases", {}).get(row, {}).get("rows", {})
-    return min((len(r.get("rounds_ms", [])) for r in rows.values()), default=0)
+    store = json.loads(results.read_text()) if results.is_file() else {}
+    return min((len(rounds_of(r)) for r in _rows(store, store_key("cuda", mode=mode), row).values()), default=0)
 
 
 def command(mode: str, row: str, rounds: int, results: Path) -> list[str]:
@@ -51,7 +52,7 @@ def main(argv=None) -> int:
     p.add_argument("--dry-run", action="store_true", help="print what would run, run nothing")
     args = p.parse_args(argv)
     modes = args.modes.split(",")
-    if bad := [m for m in modes if m not in MODES]:
+    if bad := [m for m in modes if m not in MODES]:  # adapters.MODES: eager, cuda_graph
         p.error(f"--modes: unknown {bad}; choose from {list(MODES)}")
     results, start, seen = Path(args.results), time.time(), []
     for row in args.rows.split(","):

@@ -27,3 +27,7 @@ def test_dry_run_lists_only_missing_rows(tmp_path, capsys):
     assert bench.main(["--dry-run", "--rows", "resnet50,vit_b", "--modes", "eager", "--results", str(results)]) == 0
     out = capsys.readouterr().out
     assert "skip eager resnet50" in out and out.count("+ ") == 1 and "--models vit_b" in out
+
+
+def test_rows_are_the_benchmarks_gpu_rows():
+    assert sorted(load_bench_script("speed_gpu.py").ROWS) == sorted(load_bench_script("adapters.py").GPU_ROWS)
