@@ -549,14 +549,19 @@ def render_report(store: dict) -> str:
     lines += goals_section(store)
     for key, run in store.items():
         env = run["env"]
-        lines += [f"## {key}", "", f"- machine: {env['machine']}", f"- versions: {env['versions']}", f"- command: `{env['command']}`",
+        lines += [f"## {key}", "", f"- machine: {env['machine']}", f"- versions: {env['versions']}",
+                  f"- command (the last run into this section; a table measured by another names its own): `{env['command']}`",
                   f"- precision: {env['precision']}; median of {env['steps']} timed steps after {env['warmup']} warm-up steps per round, "
                   f"{env.get('rounds', 1)} interleaved round(s)", ""]
         for case_name, case in run["cases"].items():
             rows = case["rows"]
             full, peft = rows.get("full"), rows.get("peft_lora")
             peft_mem = (peft or {}).get("peak_mib")
-            lines += [f"### {case_name}: {case['description']} ({case['targets']} target layers)", "",
+            lines += [f"### {case_name}: {case['description']} ({case['targets']} target layers)", ""]
+            if case.get("env", env) != env:
+                own = case["env"]
+                lines += [f"Measured by `{own['command']}` ({own['versions']}; {own['machine']}; {own.get('rounds', 1)} interleaved round(s)).", ""]
+            lines += [
                       "| variant | step ms | / full FT | / PEFT LoRA | kernel ms | kernel / full FT | kernels | peak MiB | mem / PEFT LoRA | trainable | mode |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
             for variant, row in rows.items():
@@ -660,6 +665,7 @@ def main(argv=None) -> int:
             print(f"== {name}", flush=True)
             run["cases"][name] = run_case(all_cases[name], device, amp_dtype, args.steps, args.warmup, args.compile, variants,
                                           not args.no_inference and args.mode == "eager", args.rounds, args.mode, not args.no_profile)
+            run["cases"][name]["env"] = run["env"]  # rows of one section come from several commands: each keeps its own
             rows = run["cases"][name]["rows"]
             for variant, row in rows.items():
                 print(f"  {variant:24s} {fmt_spread(rounds_of(row), 2):>24s} ms  / full {fmt_spread(ratio_rounds(row, rows.get('full'))):>20s}  "

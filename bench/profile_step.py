@@ -92,11 +92,13 @@ def main(argv: Optional[list[str]] = None) -> int:
     for variant in args.variants.split(","):
         model, params = build_variant(variant, base, targets, inputs, device, amp)
         model.train()
+        floor = variant == "floor"  # nothing trainable: the input's gradient makes the backward run (as in adapters.py)
+        step_inputs = tuple(t.clone().requires_grad_(floor and t.is_floating_point() and i == 0) for i, t in enumerate(inputs))
         opt = torch.optim.AdamW(params, lr=1e-5, fused=device.type == "cuda") if params else None
 
         def step():
             with torch.autocast(device.type, dtype=amp, enabled=amp is not None):
-                out = _first_tensor(model(*inputs))
+                out = _first_tensor(model(*step_inputs))
             out.float().square().mean().backward()
             if opt:
                 opt.step()

@@ -1,10 +1,13 @@
-"""Fused activation-space LoRA: the frozen op and the down-projection in one GEMM / convolution.
+"""Fused LoRA for a frozen layer: the frozen op and the low-rank path in as few large ops as possible.
 
-``y = op(x, W) + bias + scale * B(op(x, A))`` is computed as one op over the concatenated
-kernel ``[W; A]`` (output channels ``C_out + r``) followed by one addmm / 1x1 convolution that
-adds ``scale * B h`` to the base part. The custom backward computes only what an adapter needs:
-the input gradient through ``[W; A]`` and the gradients of the two thin factors, never the
-frozen weight's gradient (which would cost as much as full fine-tuning). They return no gradient
+Linear: one GEMM over the merged weight ``W + scale * B A`` (the thin merge is an addmm of size
+``C_out x C_in``, much less than the ``tokens x C_out`` add of an unfused low-rank path). Convolutions:
+``y = op(x, W) + bias + scale * B(op(x, A))`` as one op over the concatenated kernel ``[W; A]`` (output
+channels ``C_out + r``) followed by one 1x1 convolution that adds ``scale * B h`` to the base part
+(``h`` is needed for B's gradient, and the concatenated op gives it at the cost of r more output channels).
+The custom backwards compute only what an adapter needs: the input gradient (through the merged
+weight, or through ``[W; A]``) and the gradients of the two thin factors, never the frozen weight's
+gradient (which would cost as much as full fine-tuning). They return no gradient
 for ``W`` or ``bias``, so the adapters call them only while both are frozen
 (``DeltaAdapter._fusable``); a trainable base parameter sends them down the unfused path.
 """
@@ -32,6 +35,10 @@ def _no_autocast(x: Tensor):
 
 
 class _FusedLoRALinear(torch.autograd.Function):
+    """Linear: the forward runs one GEMM over the merged weight ``W + scale * B A`` (built by one thin addmm),
+    so the low-rank path adds no ``[tokens, C_out]``-sized op; the backward reuses that merged weight for the
+    input gradient and forms the factors' gradients from ``h = x A^T`` and ``g B`` (thin GEMMs only)."""
+
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor, scale: float) -> Tensor:
         dtype = _compute_dtype(x)
@@ -40,19 +47,13 @@ class _FusedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def _forward(ctx, x, weight, bias, lora_a, lora_b, scale, dtype):
-        out_features, rank = weight.shape[0], lora_a.shape[0]
+        out_features = weight.shape[0]
         x2d = x.reshape(-1, x.shape[-1]).to(dtype)
-        w_cat = torch.cat([weight.to(dtype), lora_a.to(dtype)], 0)
-        if bias is not None:
-            b_cat = torch.cat([bias.to(dtype), bias.new_zeros(rank, dtype=dtype)])
-            yh = torch.addmm(b_cat, x2d, w_cat.t())
-        else:
-            yh = x2d @ w_cat.t()
-        y, h = yh[:, :out_features], yh[:, out_features:]
-        b = lora_b.to(dtype)
-        out = torch.addmm(y, h, b.t(), alpha=scale)
-        ctx.save_for_backward(x2d, w_cat, h, b)
-        ctx.scale, ctx.out_features = scale, out_features
+        a, b = lora_a.to(dtype), lora_b.to(dtype)
+        merged = torch.addmm(weight.to(dtype), b, a, alpha=scale)
+        out = x2d @ merged.t() if bias is None else torch.addmm(bias.to(dtype), x2d, merged.t())
+        ctx.save_for_backward(x2d, merged, a, b)
+        ctx.scale = scale
         ctx.shapes = (x.shape, lora_a.dtype, lora_b.dtype, x.dtype)
         return out.view(*x.shape[:-1], out_features)
 
@@ -63,18 +64,16 @@ class _FusedLoRALinear(torch.autograd.Function):
 
     @staticmethod
     def _backward(ctx, grad_out: Tensor):
-        x2d, w_cat, h, b = ctx.saved_tensors
+        x2d, merged, a, b = ctx.saved_tensors
         x_shape, a_dtype, b_dtype, x_dtype = ctx.shapes
-        n = ctx.out_features
-        g = grad_out.reshape(-1, n).to(w_cat.dtype)
-        g_h = (g @ b) * ctx.scale
+        g = grad_out.reshape(-1, merged.shape[0]).to(merged.dtype)
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            grad_x = torch.addmm(g_h @ w_cat[n:], g, w_cat[:n]).view(x_shape).to(x_dtype)
+            grad_x = (g @ merged).view(x_shape).to(x_dtype)
         if ctx.needs_input_grad[3]:
-            grad_a = (g_h.t() @ x2d).to(a_dtype)
+            grad_a = ((g @ b).t() @ x2d).mul_(ctx.scale).to(a_dtype)
         if ctx.needs_input_grad[4]:
-            grad_b = (g.t() @ h).mul_(ctx.scale).to(b_dtype)
+            grad_b = (g.t() @ (x2d @ a.t())).mul_(ctx.scale).to(b_dtype)
         return grad_x, None, None, grad_a, grad_b, None
 
 
