@@ -330,6 +330,11 @@ class DeltaAdapter(AdapterLayer):
         if self.strategy != "auto":
             return self.strategy
         if x.is_cuda and self.geometry.kind != "embedding":
+            if self.geometry.kind == "linear" and torch.cuda.is_current_stream_capturing() and self._fusable():
+                # Inside a captured CUDA graph launches cost nothing, and the fused Linear kernel (no full weight
+                # gradient) does less GPU work: ViT-B on an H200, whole-step graphs, 0.90x full fine-tuning vs
+                # 0.98x for the weight space (docs/benchmarks.md).
+                return "activation"
             # Measured on an H200 in eager mode (docs/benchmarks.md): the weight space won on every model
             # benchmarked; the thin activation path is launch- and bandwidth-bound on GPUs.
             return "weight"

@@ -34,6 +34,11 @@ def _no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
+def _scaled_mm(m1: Tensor, m2: Tensor, scale: float, like: Tensor) -> Tensor:
+    """``scale * m1 @ m2`` as one GEMM (addmm with ``beta=0`` ignores its input, here a 1x1 view of ``like``)."""
+    return torch.addmm(like[:1, :1], m1, m2, beta=0, alpha=scale)
+
+
 class _FusedLoRALinear(torch.autograd.Function):
     """Linear: the forward runs one GEMM over the merged weight ``W + scale * B A`` (built by one thin addmm),
     so the low-rank path adds no ``[tokens, C_out]``-sized op; the backward reuses that merged weight for the
@@ -71,9 +76,9 @@ class _FusedLoRALinear(torch.autograd.Function):
         if ctx.needs_input_grad[0]:
             grad_x = (g @ merged).view(x_shape).to(x_dtype)
         if ctx.needs_input_grad[3]:
-            grad_a = ((g @ b).t() @ x2d).mul_(ctx.scale).to(a_dtype)
+            grad_a = _scaled_mm((g @ b).t(), x2d, ctx.scale, merged).to(a_dtype)
         if ctx.needs_input_grad[4]:
-            grad_b = (g.t() @ (x2d @ a.t())).mul_(ctx.scale).to(b_dtype)
+            grad_b = _scaled_mm(g.t(), x2d @ a.t(), ctx.scale, merged).to(b_dtype)
         return grad_x, None, None, grad_a, grad_b, None
 
 

@@ -77,3 +77,48 @@ def test_fused_linear_under_bf16_autocast_is_as_close_as_the_unfused_bf16_path()
     err_fused = (fused.double() - exact).abs().max().item()
     err_unfused = (unfused.double() - exact).abs().max().item()
     assert err_fused < 3 * err_unfused + 1e-3, (err_fused, err_unfused)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_auto_takes_the_fused_linear_kernel_inside_a_captured_graph_and_trains_the_same():
+    """``auto`` on CUDA: weight space in eager mode, the fused Linear kernel while a CUDA graph is captured
+    (``DeltaAdapter._pick_strategy``); the replayed step's gradients equal the eager step's."""
+    device = torch.device("cuda")
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32)).to(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply(model, "lora", rank=4, alpha=8)
+    randomize_adapter(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    x = torch.randn(16, 64, device=device)
+    picked: list[str] = []
+    layer = model[0]
+    original = layer._pick_strategy
+    layer._pick_strategy = lambda inp: picked.append(original(inp)) or picked[-1]
+
+    def step():
+        loss = model(x).square().mean()
+        loss.backward()
+
+    step()
+    eager = [p.grad.clone() for p in params]
+    assert picked == ["weight"]
+    for p in params:
+        p.grad = None
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):  # warm-up on a side stream, as capture requires
+        step()
+    torch.cuda.current_stream().wait_stream(side)
+    for p in params:
+        p.grad = None
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    graph.replay()
+    torch.cuda.synchronize()
+    assert picked[-1] == "activation"
+    for got, expected in zip((p.grad for p in params), eager):
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
