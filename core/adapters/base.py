@@ -268,6 +268,8 @@ class DeltaAdapter(AdapterLayer):
     """Adapter whose update ``dW`` is linear: ``y = op(x, W + scale * dW)``."""
 
     delta_cls: ClassVar[type[LowRankDelta]] = LowRankDelta
+    fused_linear_when_captured: ClassVar[bool] = True
+    """``auto`` on a CUDA Linear takes the fused kernel while a CUDA graph is captured (``_pick_strategy``)."""
 
     @classmethod
     def unsupported_reason(cls, geometry: LayerGeometry) -> Optional[str]:
@@ -330,7 +332,7 @@ class DeltaAdapter(AdapterLayer):
         if self.strategy != "auto":
             return self.strategy
         if x.is_cuda and self.geometry.kind != "embedding":
-            if self.geometry.kind == "linear" and torch.cuda.is_current_stream_capturing() and self._fusable():
+            if self.fused_linear_when_captured and self.geometry.kind == "linear" and torch.cuda.is_current_stream_capturing() and self._fusable():
                 # Inside a captured CUDA graph launches cost nothing, and the fused Linear kernel (no full weight
                 # gradient) does less GPU work: ViT-B on an H200, whole-step graphs, 0.90x full fine-tuning vs
                 # 0.98x for the weight space (docs/benchmarks.md).

@@ -38,6 +38,7 @@ class DoRAAdapter(DeltaAdapter):
     """``W' = m * (W + dW) / ||W + dW||`` per output channel; ``m`` starts at ``||W||``."""
 
     options_cls = DoRAOptions
+    fused_linear_when_captured = False  # its norm needs W + dW anyway: 1.54x full FT vs 1.17x weight space (vit_b, graphs)
 
     @classmethod
     def param_count(cls, geometry: LayerGeometry, rank: int, options: Any = None) -> int:

@@ -86,11 +86,12 @@ def test_auto_takes_the_fused_linear_kernel_inside_a_captured_graph_and_trains_t
     (``DeltaAdapter._pick_strategy``); the replayed step's gradients equal the eager step's."""
     device = torch.device("cuda")
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32)).to(device)
+    model = nn.Sequential(nn.Linear(64, 96), nn.GELU(), nn.Linear(96, 32))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         apply(model, "lora", rank=4, alpha=8)
-    randomize_adapter(model)
+    randomize_adapter(model)  # on the CPU (its generator is a CPU one), then moved
+    model.to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     x = torch.randn(16, 64, device=device)
     picked: list[str] = []
