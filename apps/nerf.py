@@ -2,7 +2,7 @@
 
     make-scene [--width 64] [--views 40]                  generated scene: transforms.json + PNG splits
     train   [--data DIR] [--field hash|mlp|tensorf_vm|grid] [--steps N]
-    distill [--teacher CKPT] [--student tensorf_vm] [--steps N] [--active-learning] [--data DIR]
+    distill [--teacher CKPT] [--student tensorf_vm] [--steps N] [--active-learning | --teacher-cache N] [--data DIR]
     eval | render | export [--checkpoint CKPT]            PSNR/SSIM; orbit PNG frames + MP4 [--size PX]; PLY points [--mesh]
 Defaults: the generated scene (no --data), the shipped weights (no --teacher/--checkpoint)."""
 
@@ -14,6 +14,15 @@ from pathlib import Path
 from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
 
 FIELDS = ["hash", "mlp", "tensorf_vm", "grid"]
+OPTIONS = (("train", "--field", dict(choices=FIELDS, default="hash")), ("distill", "--student", dict(choices=FIELDS, default="tensorf_vm")),
+    ("distill", "--teacher", dict(help="teacher .safetensors (default: the shipped hash teacher)")),
+    ("distill", "--active-learning", dict(action="store_true", help="PVD-AL: hard rays and points")),
+    ("distill", "--teacher-cache", dict(type=int, default=0, metavar="N", help="teacher renders N steps' rays at once, each used 4 times")),
+    ("eval", "--data", dict(help="dataset folder; default: the generated scene")), ("render", "--frames", dict(type=int, default=24)),
+    ("eval", "--split", dict(choices=["train", "val", "test"], default="test")), ("export", "--resolution", dict(type=int, default=96)),
+    ("render", "--size", dict(type=int, help="frame width, px")), ("export", "--threshold", dict(type=float, default=5.0)),
+    ("render", "--elevation", dict(type=float, help="degrees (default: mid training cameras)")),
+    ("export", "--mesh", dict(action="store_true", help="iso-surface mesh (marching cubes) instead of points")))  # command, flag, kwargs
 
 def _ckpt(path):
     from lowrank_vision.plugins.nerf_pvd.weights import shipped_checkpoint
@@ -32,7 +41,8 @@ def train(a):
     print_json(_cmds().train_cmd(a.data and Path(a.data), cfg, Path(a.out), a.device))
 
 def distill(a):
-    cfg = replace(_cmds().cpu_distill_config(a.student, a.steps, a.seed, active_learning=a.active_learning), rays_per_step=a.rays)
+    cfg = _cmds().cpu_distill_config(a.student, a.steps, a.seed, active_learning=a.active_learning)
+    cfg = replace(cfg, rays_per_step=a.rays, teacher_cache_batches=a.teacher_cache)
     print_json(_cmds().distill_cmd(_ckpt(a.teacher), cfg, Path(a.out), a.device, a.data and Path(a.data)))
 
 def evaluate(a):
@@ -58,22 +68,12 @@ def build_parser():
         p.add_argument("--steps", type=int, default=steps)
         p.add_argument("--rays", type=int, default=1024, help="rays per step")
         p.add_argument("--seed", type=int, default=0)
-    sub.choices["train"].add_argument("--field", choices=FIELDS, default="hash")
-    sub.choices["distill"].add_argument("--teacher", help="teacher .safetensors (default: the shipped hash teacher)")
-    sub.choices["distill"].add_argument("--student", choices=FIELDS, default="tensorf_vm")
-    sub.choices["distill"].add_argument("--active-learning", action="store_true", help="PVD-AL: hard rays and points")
     for name, func, hlp in (("eval", evaluate, "PSNR / SSIM of a checkpoint on a split"),
                             ("render", render, "orbit: PNG frames + MP4 (GIF without imageio-ffmpeg)"),
                             ("export", export, "PLY point cloud (or --mesh: iso-surface) of the dense regions")):
         add_command(sub, name, func, help=hlp).add_argument("--checkpoint", help="field .safetensors (default: the shipped teacher)")
-    sub.choices["eval"].add_argument("--data", help="dataset folder; default: the generated scene")
-    sub.choices["eval"].add_argument("--split", choices=["train", "val", "test"], default="test")
-    for flag, kw in (("--frames", dict(type=int, default=24)), ("--size", dict(type=int, help="frame width in px (default: as trained)")),
-                     ("--elevation", dict(type=float, help="degrees (default: mid training cameras)"))):
-        sub.choices["render"].add_argument(flag, **kw)
-    sub.choices["export"].add_argument("--resolution", type=int, default=96)
-    sub.choices["export"].add_argument("--threshold", type=float, default=5.0, help="density threshold")
-    sub.choices["export"].add_argument("--mesh", action="store_true", help="iso-surface mesh (marching cubes) instead of points")
+    for command, flag, kw in OPTIONS:
+        sub.choices[command].add_argument(flag, **kw)
     return parser
 
 def main(argv=None) -> int:

@@ -117,6 +117,7 @@ class Setup:
     fields: dict
     scale: float  # training seconds multiplier vs the plan at REF_BUDGET
     overhead: float  # seconds per stage that are not training (calibration, evaluations, checkpoint)
+    teacher_cache: int = 0  # DistillConfig.teacher_cache_batches of every PVD stage (0: the paper's teacher render per step)
 
 
 def make_setup(a) -> Setup:
@@ -187,7 +188,13 @@ def pvd_cfg(s: Setup, student: str, steps: int, lr_factor: float = 1.0) -> Disti
     steps = max(1, steps)
     train = replace(base.train, max_steps=steps, lr=base.train.lr * lr_factor, progress=False, log_every=10**9, eval_every=0)
     return replace(base, student=FieldConfig(kind=student, **s.fields[student]), render=s.render, rays_per_step=s.rays,
-                   stage1_iters=round(steps * STAGE_FRACTIONS[0]), stage2_iters=round(steps * STAGE_FRACTIONS[1]), train=train)
+                   stage1_iters=round(steps * STAGE_FRACTIONS[0]), stage2_iters=round(steps * STAGE_FRACTIONS[1]), train=train,
+                   teacher_cache_batches=s.teacher_cache)
+
+
+def rebuild_period(s: Setup, stage: str) -> int:
+    """Steps between two teacher-buffer builds of ``stage`` (0: no buffer)."""
+    return s.teacher_cache * DistillConfig().teacher_cache_reuse if s.teacher_cache and stage.startswith("pvd_") else 0
 
 
 def _run(s: Setup, job, steps: int, clock: Clock):
@@ -206,21 +213,26 @@ def _run(s: Setup, job, steps: int, clock: Clock):
         return field.eval(), count_params(field)
 
 
-def calibrate(s: Setup, job) -> float:
-    """Optimizer steps per second of ``job`` (steps 4..12 of a throw-away run, synchronised)."""
+def calibrate(s: Setup, job, rebuild_every: int = 0) -> float:
+    """Optimizer steps per second of ``job`` (steps 4..12 of a throw-away run, synchronised). ``rebuild_every > 0``
+    (a PVD job with a teacher buffer, built on step 0 and every ``rebuild_every`` steps): the build's time, step 0's
+    time less one ordinary step, is spread over that many steps."""
     n = 12 if not s.smoke else 5
     clock = Clock(s, 1e9, None, 1.0)
     _run(s, job, n, clock)
     t = clock.step_times
     if len(t) < 4:  # stopped early (deadline): a conservative rate from whatever ran
         return max(len(t), 1) / max(t[-1] if t else 1.0, 1e-3)
-    return (len(t) - 4) / max(t[-1] - t[3], 1e-6)
+    per_step = max(t[-1] - t[3], 1e-6) / (len(t) - 4)
+    if rebuild_every:
+        per_step += max(t[0] - per_step, 0.0) / rebuild_every
+    return 1.0 / per_step
 
 
 def budgeted(s: Setup, job, seconds: float, data, background: float, rate: float | None = None,
-             checkpoints=CHECKPOINTS) -> dict:
+             checkpoints=CHECKPOINTS, rebuild_every: int = 0) -> dict:
     """Train ``job`` for about ``seconds``: steps from the calibrated rate, test-PSNR curve, final scores."""
-    rate = rate or calibrate(s, job)
+    rate = rate or calibrate(s, job, rebuild_every)
     steps = max(2, int(rate * seconds))
     clock = Clock(s, seconds, data, background, checkpoints=checkpoints)
     field, params = _run(s, job, steps, clock)
@@ -279,7 +291,7 @@ class Runner:
     def select(self, stage, seconds):
         """Three short runs at lr x0.5, x1, x2 scored on the VAL split; returns the stage JSON."""
         job1, bg = self.job_and_background(stage)
-        rate = calibrate(self.s, job1)
+        rate = calibrate(self.s, job1, rebuild_period(self.s, stage))
         trials = []
         for f in LR_FACTORS:
             job, _ = self.job_and_background(stage, f)
@@ -295,7 +307,7 @@ class Runner:
 
     def train(self, stage, seconds, lr_factor=1.0, checkpoints=CHECKPOINTS):
         job, bg = self.job_and_background(stage, lr_factor)
-        r = budgeted(self.s, job, seconds, self.split("test"), bg, checkpoints=checkpoints)
+        r = budgeted(self.s, job, seconds, self.split("test"), bg, checkpoints=checkpoints, rebuild_every=rebuild_period(self.s, stage))
         field = r.pop("field")
         final = r.pop("final")
         kind = stage.split("_to_")[-1] if stage.startswith("pvd_") else stage[len("scratch_"):]
@@ -349,6 +361,8 @@ def main(argv=None):
     p.add_argument("--docs", default=None, help="folder of nerf_pvd.md (default: the repo's docs/results; <out>/report with --smoke)")
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     p.add_argument("--exclusive", action="store_true", help="the GPU was NOT shared with another job (changes the report's note)")
+    p.add_argument("--teacher-cache", type=int, default=0, metavar="N",
+                   help="PVD stages: the teacher renders N steps' rays at once (DistillConfig.teacher_cache_batches; 0: every step)")
     p.add_argument("--rays", type=int, default=None, help=argparse.SUPPRESS)  # rehearsal override of rays per step
     p.add_argument("--samples", type=int, nargs=2, default=None, help=argparse.SUPPRESS)  # rehearsal: n_coarse n_fine
     p.add_argument("--only", nargs="*", help=argparse.SUPPRESS)  # the old interface; stages now always run in their fixed order
@@ -365,6 +379,7 @@ def main(argv=None):
     s = make_setup(a)
     if a.rays:
         s.rays = a.rays
+    s.teacher_cache = a.teacher_cache
     if a.samples:
         s.render = RenderConfig(n_coarse=a.samples[0], n_fine=a.samples[1])
     docs = Path(a.docs) if a.docs else (s.out / "report" if s.smoke else REPO / "docs" / "results")
@@ -373,7 +388,7 @@ def main(argv=None):
             "device": a.device, "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or "cpu",
             "torch": torch.__version__, "budget_s": a.budget_s, "smoke": s.smoke, "scale": round(s.scale, 3),
             "rays_per_step": s.rays, "render": {"n_coarse": s.render.n_coarse, "n_fine": s.render.n_fine},
-            "fields": s.fields, "scene": s.scene.__dict__, "gpu_shared": not a.exclusive, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+            "fields": s.fields, "scene": s.scene.__dict__, "teacher_cache_batches": s.teacher_cache, "gpu_shared": not a.exclusive, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     write_json(s.out / "meta.json", meta)
     t0 = time.perf_counter()
     if not (s.out / "scene" / "transforms.json").is_file():
@@ -620,7 +635,10 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         "a package on the registries, see `lowrank_vision.datasets.nerf`). Scratch runs train on the train images; PVD students "
         "see only their teacher (random camera poses within the teacher's camera rig, no image). Every PSNR/SSIM below is on the "
         "test split, which no run trained on or chose anything on. Rendering: "
-        f"{s.render.n_coarse} stratified + {s.render.n_fine} importance samples per ray, {s.rays} rays per step. Fields: {fields_txt}.",
+        f"{s.render.n_coarse} stratified + {s.render.n_fine} importance samples per ray, {s.rays} rays per step. Fields: {fields_txt}."
+        + (f" PVD teacher buffer (not in the paper; `DistillConfig.teacher_cache_batches`): the teacher renders {s.teacher_cache} "
+           f"steps' rays at once and each ray is used {DistillConfig().teacher_cache_reuse} times; the buffers' render time is "
+           "training time." if s.teacher_cache else " PVD: the teacher renders every step's rays (the paper)."),
         "",
         f"Time budgets: the whole run had {s.budget:.0f} s of wall-clock; each stage trained for a number of SECONDS (its step count "
         "from a measured step rate, cosine learning-rate decay over those steps, PVD's stage boundaries at "

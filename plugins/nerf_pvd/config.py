@@ -139,6 +139,15 @@ class DistillConfig:
     Adam on its own) shows no such lag. Measured on the analytic-ball teacher of the tests (MLP 4 x 64, 120 / 200 steps):
     23.4 / 25.9 dB against the teacher's renders at x1, 24.7 / 29.2 at x3, 28.6 / 33.5 at x10, 31.3 / 32.6 at x30;
     a tensorf_vm student: 36.3 vs 36.5 dB at x1 vs x10 (120 steps). Not yet measured on a GPU scene."""
+    teacher_cache_batches: int = 0
+    """0 (the paper): the teacher renders every step's fresh random rays. N > 0: the teacher renders N steps' worth of
+    random rays at once (same poses and ray draws as N steps would have, ``rays_per_step`` each), and each step takes its
+    rays, samples and teacher outputs from that buffer; the buffer is rebuilt from new poses every
+    ``N * teacher_cache_reuse`` steps. Not in the paper: a cost choice (the teacher's render was over half of a PVD step
+    on the GPU scene), which shows each ray ``teacher_cache_reuse`` times instead of once. Not with ``active_learning``
+    (its hard rays need the teacher on rays outside the buffer)."""
+    teacher_cache_reuse: int = 4
+    """With ``teacher_cache_batches``: how many times each buffered ray is used (each pass in a new random order)."""
     active_learning: bool = False
     """PVD-AL: re-visit the hardest poses, mix the hardest rays of earlier steps into each batch, up-weight the hardest points."""
     hard_poses_ratio: float = 0.25
@@ -176,6 +185,11 @@ class DistillConfig:
         require(self, "hard_poses_pool", isinstance(self.hard_poses_pool, int) and self.hard_poses_pool >= 1, "an int >= 1")
         require(self, "hard_points_ratio", 0 <= self.hard_points_ratio <= 1, "in [0, 1]")
         require(self, "hard_rays_pool", isinstance(self.hard_rays_pool, int) and self.hard_rays_pool >= 1, "an int >= 1")
+        require(self, "teacher_cache_batches", isinstance(self.teacher_cache_batches, int) and self.teacher_cache_batches >= 0,
+                "an int >= 0")
+        require(self, "teacher_cache_reuse", isinstance(self.teacher_cache_reuse, int) and self.teacher_cache_reuse >= 1, "an int >= 1")
+        require(self, "teacher_cache_batches", not (self.teacher_cache_batches and self.active_learning),
+                "0 when active_learning is on (PVD-AL renders the teacher on its hard rays, which a buffer does not hold)")
 
 
     def colour_weight(self) -> float:

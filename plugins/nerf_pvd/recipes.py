@@ -153,6 +153,21 @@ def _stage(step: int, cfg: DistillConfig, both_features: bool) -> int:
     return 2 if step < cfg.stage2_iters else 3
 
 
+TEACHER_BUFFER_KEYS = ("o", "d", "t", "near", "far", "hit", "rgb", "sigma_pre", "point_rgb", "feature")
+"""What PVD's losses read of a teacher render, kept per ray by :func:`teacher_buffer`."""
+
+
+@torch.no_grad()
+def teacher_buffer(teacher: RadianceField, rays: list[tuple[Tensor, Tensor]], render: RenderConfig, coarse_every: int) -> dict:
+    """The teacher's samples and outputs for several batches of rays ``(o, d)``, concatenated along the ray axis
+    (``DistillConfig.teacher_cache_batches``); each batch rendered as :func:`distill` renders one step's."""
+    parts = []
+    for o, d in rays:
+        samples, out = render_teacher(teacher, o, d, render, training=True, coarse_every=coarse_every)
+        parts.append({"o": o, "d": d, **samples, **out})
+    return {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in TEACHER_BUFFER_KEYS}
+
+
 def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: str = "cpu",
             eval_fn: Optional[Callable] = None, callbacks=()) -> tuple[RadianceField, dict]:
     """PVD: train ``cfg.student`` to reproduce ``teacher`` from random poses; returns ``(student, info)``."""
@@ -194,13 +209,39 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
             o[:k], d[:k] = pool["o"][pick].cpu(), pool["d"][pick].cpu()
         return o.to(dev), d.to(dev), poses, k
 
+    buffer: dict = {}
+    teacher_renders = [0]
+
+    def buffered_rays(step: int, dev) -> tuple[Tensor, Tensor, dict, dict]:
+        """``teacher_cache_batches``: this step's rays, samples and teacher outputs, drawn from the teacher buffer."""
+        n = cfg.teacher_cache_batches
+        epoch, within = divmod(step, n * cfg.teacher_cache_reuse)
+        if buffer.get("epoch") != epoch:
+            buffer.clear()
+            rays = [make_rays(epoch * n * cfg.teacher_cache_reuse + b, dev)[:2] for b in range(n)]
+            buffer.update(teacher_buffer(teacher, rays, render, cfg.coarse_every), epoch=epoch)
+            teacher_renders[0] += n
+        pass_index, position = divmod(within, n)
+        if buffer.get("pass") != pass_index:  # each pass over the buffer in its own random order
+            g = torch.Generator().manual_seed(cfg.train.seed * 7_919 + epoch * 1_009 + pass_index)
+            buffer.update(order=torch.randperm(buffer["o"].shape[0], generator=g).to(dev), **{"pass": pass_index})
+        idx = buffer["order"][position * cfg.rays_per_step:(position + 1) * cfg.rays_per_step]
+        pick = {k: None if buffer[k] is None else buffer[k][idx] for k in TEACHER_BUFFER_KEYS}
+        samples = {k: pick[k] for k in ("t", "near", "far", "hit")}
+        return pick["o"], pick["d"], samples, {k: pick[k] for k in ("rgb", "sigma_pre", "point_rgb", "feature")}
+
     def loss_fn(model, batch):
         step = int(batch[0])
         dev = next(model.parameters()).device
-        o, d, poses, n_pool_rays = make_rays(step, dev)
         stage = _stage(step, cfg, both)
         stages_seen[stage] = stages_seen.get(stage, 0) + 1
-        samples, t_out = render_teacher(teacher, o, d, render, training=True, coarse_every=cfg.coarse_every)  # no grad
+        if cfg.teacher_cache_batches:
+            o, d, samples, t_out = buffered_rays(step, dev)
+            poses, n_pool_rays = None, 0
+        else:
+            o, d, poses, n_pool_rays = make_rays(step, dev)
+            samples, t_out = render_teacher(teacher, o, d, render, training=True, coarse_every=cfg.coarse_every)  # no grad
+            teacher_renders[0] += 1
         s_out = composite(model, o, d, samples, render.background)
         hit = samples["hit"]
         s_sig, t_sig = clip_density_pair(s_out["sigma_pre"][hit], t_out["sigma_pre"][hit], lo, hi)
@@ -253,7 +294,7 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
               param_groups=_param_groups(student, lr), eval_fn=eval_fn, callbacks=callbacks)
     return res.model.eval(), {"seconds": time.perf_counter() - start, "steps": res.steps, "final_loss": res.final_loss,
                               "params": count_params(res.model), "stage_steps": stages_seen, "stage1_skipped": not both,
-                              "hard_poses_reused": reused_poses[0],
+                              "hard_poses_reused": reused_poses[0], "teacher_renders": teacher_renders[0],
                               "history": res.history}
 
 
