@@ -103,6 +103,24 @@ def randomize_adapter(model: nn.Module, std: float = 0.3, seed: int = 1) -> None
                 p.add_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * std)
 
 
+def one_layer_model(method: str, layer_name: str, strategy: str, **apply_kwargs) -> tuple[nn.Module, torch.Tensor]:
+    """``nn.Sequential(<layer of LAYERS[layer_name]>)`` with ``method`` applied (rank ``RANK``, alpha ``2 * RANK``,
+    ``strategy``) and its adapter randomised, and an input that requires grad; seeded, so equal calls build equal models."""
+    import warnings
+
+    from lowrank_vision.core import apply
+
+    torch.manual_seed(0)
+    make_layer, make_input, _ = LAYERS[layer_name]
+    model = nn.Sequential(make_layer())
+    x = make_input().requires_grad_(True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        apply(model, method, rank=RANK, alpha=2 * RANK, strategy=strategy, **apply_kwargs)
+    randomize_adapter(model)
+    return model, x
+
+
 class SmallConvNet(nn.Module):
     """Five adaptable layers: stem, two convs, a ConvTranspose2d and a Linear head."""
 

@@ -16,21 +16,14 @@ from torch import nn
 from lowrank_vision.core import apply
 from lowrank_vision.core.functional.fused import fused_lora_linear
 
-from .cases import LAYERS, RANK, randomize_adapter
+from .cases import one_layer_model, randomize_adapter
 
 FUSED_LAYERS = ["linear", "conv1d", "conv2d", "conv3d", "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 METHODS = ["lora", "dora"]
 
 
 def run(method: str, layer_name: str, strategy: str, calls: list[str]):
-    torch.manual_seed(0)
-    make_layer, make_input, _ = LAYERS[layer_name]
-    model = nn.Sequential(make_layer())
-    x = make_input().requires_grad_(True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        apply(model, method, rank=RANK, alpha=2 * RANK, strategy=strategy)
-    randomize_adapter(model)
+    model, x = one_layer_model(method, layer_name, strategy)
     layer = model[0]
     original = layer.delta.fused_forward
 

@@ -7,15 +7,12 @@ kernels once returned no gradient for them.
 
 from __future__ import annotations
 
-import warnings
 
 import pytest
 import torch
-from torch import nn
 
-from lowrank_vision.core import apply
 
-from .cases import LAYERS, METHODS, RANK, randomize_adapter
+from .cases import METHODS, one_layer_model
 
 DELTA_METHODS = ["lora", "conv_lora", "cp_lora", "dora", "conv_dora", "cp_dora", "nola"]
 DELTA_METHODS += ["sltrain", "block_lora", "mtlora", "hypelora"]  # the families of issue 20 linear in the weight (options: cases.METHODS)
@@ -25,14 +22,7 @@ CASES = [(m, layer, t) for m in DELTA_METHODS for layer in LAYER_TYPES for t in 
 
 
 def gradients(method: str, layer_name: str, trainable: tuple[str, ...], strategy: str) -> dict[str, torch.Tensor]:
-    torch.manual_seed(0)
-    make_layer, make_input, _ = LAYERS[layer_name]
-    model = nn.Sequential(make_layer())
-    x = make_input().requires_grad_(True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        apply(model, method, rank=RANK, alpha=2 * RANK, strategy=strategy, trainable=trainable, **METHODS[method][0])
-    randomize_adapter(model)
+    model, x = one_layer_model(method, layer_name, strategy, trainable=trainable, **METHODS[method][0])
     out = model(x)
     probe = torch.linspace(-1, 1, out.numel()).view_as(out)
     (out * probe).sum().backward()
