@@ -168,6 +168,38 @@ def teacher_buffer(teacher: RadianceField, rays: list[tuple[Tensor, Tensor]], re
     return {k: None if parts[0][k] is None else torch.cat([p[k] for p in parts]) for k in TEACHER_BUFFER_KEYS}
 
 
+class TeacherBuffer:
+    """``DistillConfig.teacher_cache_batches = N``: the teacher's renders of N steps' rays, rebuilt every
+    ``N * teacher_cache_reuse`` steps from the rays those steps would have drawn (``make_rays(step, device)``); each
+    pass over the buffer takes its rays in a new random order, ``rays_per_step`` per step."""
+
+    def __init__(self, teacher: RadianceField, cfg: DistillConfig, render: RenderConfig, make_rays: Callable):
+        self.teacher, self.cfg, self.render, self.make_rays = teacher, cfg, render, make_rays
+        self.renders = 0
+        """Teacher renders so far (one per batch of ``rays_per_step`` rays)."""
+        self._data: dict = {}
+        self._epoch = self._pass = None
+        self._order: Optional[Tensor] = None
+
+    def batch(self, step: int, device) -> tuple[Tensor, Tensor, dict, dict]:
+        """``(o, d, samples, teacher outputs)`` of ``step``, as :func:`distill`'s loss reads them."""
+        n, cfg = self.cfg.teacher_cache_batches, self.cfg
+        period = n * cfg.teacher_cache_reuse
+        epoch, within = divmod(step, period)
+        if epoch != self._epoch:
+            rays = [self.make_rays(epoch * period + b, device)[:2] for b in range(n)]
+            self._data, self._epoch, self._pass = teacher_buffer(self.teacher, rays, self.render, cfg.coarse_every), epoch, None
+            self.renders += n
+        pass_index, position = divmod(within, n)
+        if pass_index != self._pass:
+            g = torch.Generator().manual_seed(cfg.train.seed * 7_919 + epoch * 1_009 + pass_index)
+            self._order, self._pass = torch.randperm(self._data["o"].shape[0], generator=g).to(device), pass_index
+        idx = self._order[position * cfg.rays_per_step:(position + 1) * cfg.rays_per_step]
+        pick = {k: None if v is None else v[idx] for k, v in self._data.items()}
+        samples = {k: pick[k] for k in ("t", "near", "far", "hit")}
+        return pick["o"], pick["d"], samples, {k: pick[k] for k in ("rgb", "sigma_pre", "point_rgb", "feature")}
+
+
 def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: str = "cpu",
             eval_fn: Optional[Callable] = None, callbacks=()) -> tuple[RadianceField, dict]:
     """PVD: train ``cfg.student`` to reproduce ``teacher`` from random poses; returns ``(student, info)``."""
@@ -209,39 +241,21 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
             o[:k], d[:k] = pool["o"][pick].cpu(), pool["d"][pick].cpu()
         return o.to(dev), d.to(dev), poses, k
 
-    buffer: dict = {}
-    teacher_renders = [0]
-
-    def buffered_rays(step: int, dev) -> tuple[Tensor, Tensor, dict, dict]:
-        """``teacher_cache_batches``: this step's rays, samples and teacher outputs, drawn from the teacher buffer."""
-        n = cfg.teacher_cache_batches
-        epoch, within = divmod(step, n * cfg.teacher_cache_reuse)
-        if buffer.get("epoch") != epoch:
-            buffer.clear()
-            rays = [make_rays(epoch * n * cfg.teacher_cache_reuse + b, dev)[:2] for b in range(n)]
-            buffer.update(teacher_buffer(teacher, rays, render, cfg.coarse_every), epoch=epoch)
-            teacher_renders[0] += n
-        pass_index, position = divmod(within, n)
-        if buffer.get("pass") != pass_index:  # each pass over the buffer in its own random order
-            g = torch.Generator().manual_seed(cfg.train.seed * 7_919 + epoch * 1_009 + pass_index)
-            buffer.update(order=torch.randperm(buffer["o"].shape[0], generator=g).to(dev), **{"pass": pass_index})
-        idx = buffer["order"][position * cfg.rays_per_step:(position + 1) * cfg.rays_per_step]
-        pick = {k: None if buffer[k] is None else buffer[k][idx] for k in TEACHER_BUFFER_KEYS}
-        samples = {k: pick[k] for k in ("t", "near", "far", "hit")}
-        return pick["o"], pick["d"], samples, {k: pick[k] for k in ("rgb", "sigma_pre", "point_rgb", "feature")}
+    buffer = TeacherBuffer(teacher, cfg, render, make_rays) if cfg.teacher_cache_batches else None
+    plain_renders = [0]
 
     def loss_fn(model, batch):
         step = int(batch[0])
         dev = next(model.parameters()).device
         stage = _stage(step, cfg, both)
         stages_seen[stage] = stages_seen.get(stage, 0) + 1
-        if cfg.teacher_cache_batches:
-            o, d, samples, t_out = buffered_rays(step, dev)
+        if buffer is not None:
+            o, d, samples, t_out = buffer.batch(step, dev)
             poses, n_pool_rays = None, 0
         else:
             o, d, poses, n_pool_rays = make_rays(step, dev)
             samples, t_out = render_teacher(teacher, o, d, render, training=True, coarse_every=cfg.coarse_every)  # no grad
-            teacher_renders[0] += 1
+            plain_renders[0] += 1
         s_out = composite(model, o, d, samples, render.background)
         hit = samples["hit"]
         s_sig, t_sig = clip_density_pair(s_out["sigma_pre"][hit], t_out["sigma_pre"][hit], lo, hi)
@@ -294,7 +308,7 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
               param_groups=_param_groups(student, lr), eval_fn=eval_fn, callbacks=callbacks)
     return res.model.eval(), {"seconds": time.perf_counter() - start, "steps": res.steps, "final_loss": res.final_loss,
                               "params": count_params(res.model), "stage_steps": stages_seen, "stage1_skipped": not both,
-                              "hard_poses_reused": reused_poses[0], "teacher_renders": teacher_renders[0],
+                              "hard_poses_reused": reused_poses[0], "teacher_renders": buffer.renders if buffer is not None else plain_renders[0],
                               "history": res.history}
 
 
