@@ -70,6 +70,16 @@ def test_fused_linear_under_bf16_autocast_is_as_close_as_the_unfused_bf16_path()
     err_fused = (fused.double() - exact).abs().max().item()
     err_unfused = (unfused.double() - exact).abs().max().item()
     assert err_fused < 3 * err_unfused + 1e-3, (err_fused, err_unfused)
+    # backward under autocast: fp32 gradients for the fp32 factors, within bf16 rounding of the float64 gradients
+    a, b = a.clone().requires_grad_(), b.clone().requires_grad_()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = fused_lora_linear(x, w, bias, a, b, scale)
+    out.float().sum().backward()
+    a64, b64 = a.detach().double().requires_grad_(), b.detach().double().requires_grad_()
+    (x.double() @ (w.double() + scale * b64 @ a64).t()).sum().backward()
+    for got, expected in ((a.grad, a64.grad), (b.grad, b64.grad)):
+        assert got.dtype == torch.float32
+        assert (got.double() - expected).abs().max() < 0.02 * expected.abs().max(), (got, expected)
 
 
 @pytest.mark.gpu
