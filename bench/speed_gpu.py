@@ -13,6 +13,7 @@ that mode, and starts a row only while the budget left exceeds the row's expecte
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import subprocess
 import sys
@@ -25,6 +26,9 @@ from adapters import MODES, _rows, rounds_of, store_key  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 ROWS = ("unet3d_small", "resnet50", "vit_b", "diffusers_unet", "vit_l", "unet3d_large")
 """``adapters.GPU_ROWS``, smallest first."""
+ROW_HOSTS = {"unet3d_small": "monai", "unet3d_large": "monai", "vit_b": "timm", "vit_l": "timm", "diffusers_unet": "diffusers",
+             "resnet50": "torchvision"}
+"""The package each row's model comes from (every row also needs ``peft`` for its PEFT variants)."""
 EAGER_VARIANTS = "full,floor,peft_lora,ours:lora:auto,ours:lora:weight,ours:lora:activation,ours:cp_lora:auto,ours:dora:auto"
 EXPECTED_S = 150.0
 """Guess for a row not timed in this job yet (unet3d_small, 8 variants x 3 rounds + profile: about 100 s)."""
@@ -34,6 +38,11 @@ def stored_rounds(results: Path, mode: str, row: str) -> int:
     """The fewest rounds any stored variant of ``row`` has under ``mode`` (0 when the row is absent)."""
     store = json.loads(results.read_text()) if results.is_file() else {}
     return min((len(rounds_of(r)) for r in _rows(store, store_key("cuda", mode=mode), row).values()), default=0)
+
+
+def missing_hosts(row: str) -> list[str]:
+    """The packages ``row`` needs that are not importable here (a GPU image may lack them: carry their wheels)."""
+    return [m for m in (ROW_HOSTS[row], "peft") if importlib.util.find_spec(m) is None]
 
 
 def command(mode: str, row: str, rounds: int, results: Path) -> list[str]:
@@ -56,6 +65,9 @@ def main(argv=None) -> int:
         p.error(f"--modes: unknown {bad}; choose from {list(MODES)}")
     results, start, seen = Path(args.results), time.time(), []
     for row in args.rows.split(","):
+        if missing := missing_hosts(row):  # fail fast: a missing host would fail the row after its start-up
+            print(f"skip {row}: needs {', '.join(missing)}, not importable here (carry the wheel)", flush=True)
+            continue
         for mode in modes:
             if stored_rounds(results, mode, row) >= args.rounds:
                 print(f"skip {mode} {row}: stored with >= {args.rounds} rounds", flush=True)

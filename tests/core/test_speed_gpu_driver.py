@@ -31,3 +31,15 @@ def test_dry_run_lists_only_missing_rows(tmp_path, capsys):
 
 def test_rows_are_the_benchmarks_gpu_rows():
     assert sorted(load_bench_script("speed_gpu.py").ROWS) == sorted(load_bench_script("adapters.py").GPU_ROWS)
+
+
+def test_a_row_whose_host_is_missing_is_skipped_before_it_starts(tmp_path, capsys, monkeypatch):
+    bench = load_bench_script("speed_gpu.py")
+    real = bench.importlib.util.find_spec
+    monkeypatch.setattr(bench.importlib.util, "find_spec", lambda name, *a: None if name == "monai" else real(name, *a))
+    assert bench.missing_hosts("unet3d_small") == ["monai"] and bench.missing_hosts("resnet50") == []
+    results = tmp_path / "bench_results.json"
+    assert bench.main(["--dry-run", "--rows", "unet3d_small,resnet50", "--modes", "eager", "--results", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "skip unet3d_small: needs monai" in out and out.count("+ ") == 1 and "--models resnet50" in out
+    assert set(bench.ROW_HOSTS) == set(bench.ROWS)
