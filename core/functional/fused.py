@@ -42,7 +42,9 @@ def _scaled_mm(m1: Tensor, m2: Tensor, scale: float, like: Tensor) -> Tensor:
 class _FusedLoRALinear(torch.autograd.Function):
     """Linear: the forward runs one GEMM over the merged weight ``W + scale * B A`` (built by one thin addmm),
     so the low-rank path adds no ``[tokens, C_out]``-sized op; the backward reuses that merged weight for the
-    input gradient and forms the factors' gradients from ``h = x A^T`` and ``g B`` (thin GEMMs only)."""
+    input gradient and forms the factors' gradients from ``h = x A^T`` and ``g B`` (thin GEMMs only). Under autocast
+    the merged weight is held in the compute dtype, as the weight strategy's is after the layer casts it: an update
+    smaller than that dtype's rounding step of ``W`` reaches the factors' gradients before it shows in the output."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Optional[Tensor], lora_a: Tensor, lora_b: Tensor, scale: float) -> Tensor:
