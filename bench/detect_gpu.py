@@ -65,6 +65,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import multiprocessing as mp
 import os
 import statistics
@@ -72,6 +73,7 @@ import sys
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Optional
 
 ROOT = Path(__file__).resolve().parents[1]
 GPU_STAGES = ("data", "teacher", "students", "eval", "report")
@@ -446,6 +448,21 @@ def _spread(values: list[float]) -> dict:
     return {"mean": statistics.fmean(values), "min": min(values), "max": max(values), "n": len(values)}
 
 
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+"""Student's t, 97.5 % quantile, 1..10 degrees of freedom (beyond: the Cornish-Fisher expansion in :func:`paired_interval`)."""
+
+
+def paired_interval(diffs: list[float]) -> Optional[tuple[float, float]]:
+    """95 % t interval of the mean of paired differences (seed pairs); ``None`` for fewer than two pairs."""
+    n = len(diffs)
+    if n < 2:
+        return None
+    df, z = n - 1, 1.959964
+    t = T975[df - 1] if df <= len(T975) else z + (z ** 3 + z) / (4 * df) + (5 * z ** 5 + 16 * z ** 3 + 3 * z) / (96 * df ** 2)
+    half = t * statistics.stdev(diffs) / math.sqrt(n)
+    return statistics.fmean(diffs) - half, statistics.fmean(diffs) + half
+
+
 def _report(args) -> dict:
     from lowrank_vision.core.files import write_json, write_text
     from lowrank_vision.plugins.multispectral_det.metrics import plot_tradeoff
@@ -487,6 +504,7 @@ def _report(args) -> dict:
         checks["distillation_gain_per_seed_points"] = [100 * (test(a) - test(b)) for a, b in zip(GROUPS["student_sad"], GROUPS["student_plain"])
                                                        if test(a) is not None and test(b) is not None]
         checks["seed_spread_points"] = {"student_sad": 100 * (sad["max"] - sad["min"]), "student_plain": 100 * (plain["max"] - plain["min"])}
+        checks["distillation_gain_paired_ci95_points"] = paired_interval(checks["distillation_gain_per_seed_points"])
         beats = gain > 0 and sad["min"] > plain["max"] and sad["n"] >= 2 and plain["n"] >= 2
         verdict_gain = beats if beats or gain <= 0 else None  # gain inside the seed spread: not decided
     goals = {"cpu_speedup_student_vs_teacher": (">= 1.6x", lambda v: v >= 1.6), "mAP50_points_lost": ("<= 3 (mean over seeds)", lambda v: v <= 3),
@@ -623,6 +641,10 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
                 None: "**not decided**: the gain is smaller than the spread between seeds"}[met["distillation_gain_mAP50_points"]]
         lines.append(f"- test mAP50 points gained by distillation (mean SAD - mean plain): {v:+.2f} (per seed pair {per}; seed spread "
                      f"SAD {spread['student_sad']:.2f}, plain {spread['student_plain']:.2f} points); goal: gain > 0 beyond the seed spread: {word}")
+        ci = checks.get("distillation_gain_paired_ci95_points")
+        if ci:  # not the goal's rule: the usual reading of paired seeds, beside it
+            lines.append(f"  - paired over the {len(checks['distillation_gain_per_seed_points'])} seed pairs: 95 % t interval of the mean "
+                         f"gain [{ci[0]:+.2f}, {ci[1]:+.2f}] points" + (" (contains 0)" if ci[0] <= 0 <= ci[1] else ""))
     if groups["yolov8n"]["mAP50"] and groups["student_sad"]["mAP50"] and cpu:
         lines.append(f"- YOLOv8n beside them ({args.student_epochs} epochs from scratch): test mAP50 {groups['yolov8n']['mAP50']['mean']:.3f} at "
                      f"{cpu['models']['yolov8n']['median_ms']:.0f} ms CPU (student + SAD: {groups['student_sad']['mAP50']['mean']:.3f} at "

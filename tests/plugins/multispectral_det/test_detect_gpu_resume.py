@@ -57,3 +57,17 @@ def test_spawned_workers_get_the_runs_student_seeds(bench):
     bench._set_student_seeds(2)  # what a fresh import has
     bench._in_child(4, lambda: seen.append(bench.STUDENT_SEEDS))
     assert seen == [(0, 1, 2, 3)]
+
+
+@pytest.mark.parametrize("diffs, expected", [
+    ([1.0, 1.2], (-0.1706, 2.3706)),  # 1 df: t = 12.706
+    ([-0.24, 2.05, 0.49, -0.49, 0.32], (-0.8066, 1.6586)),  # 4 df: t = 2.776 (scipy.stats.t.ppf(0.975, 4))
+    ([0.1 * i for i in range(12)], (0.3209, 0.7791)),  # 11 df: t = 2.2010 (scipy; the expansion gives 2.1990)
+])
+def test_paired_interval_of_seed_gains(diffs, expected):
+    lo, hi = load_bench_script("detect_gpu.py").paired_interval(diffs)
+    assert lo == pytest.approx(expected[0], abs=2e-3) and hi == pytest.approx(expected[1], abs=2e-3)
+
+
+def test_paired_interval_needs_two_pairs():
+    assert load_bench_script("detect_gpu.py").paired_interval([0.5]) is None
