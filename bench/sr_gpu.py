@@ -518,9 +518,12 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--ft-steps", type=int, default=0, help="fine-tuning steps (0: from the measured step time)")
     p.add_argument("--ckpt-s", type=float, default=60.0)
-    p.add_argument("--results-md", default=str(RESULTS_MD))
-    p.add_argument("--results-dir", default=str(RESULTS_DIR))
+    p.add_argument("--results-md", default=None, help=f"default: {RESULTS_MD.relative_to(ROOT)} (with --smoke: OUT/report/sr_gpu.md)")
+    p.add_argument("--results-dir", default=None, help=f"default: {RESULTS_DIR.relative_to(ROOT)} (with --smoke: OUT/report/sr_gpu)")
     args = p.parse_args(argv)
+    report_root = Path(args.out) / "report" if args.smoke else None  # a rehearsal never writes over the repo's results
+    args.results_md = args.results_md or str(report_root / "sr_gpu.md" if report_root else RESULTS_MD)
+    args.results_dir = args.results_dir or str(report_root / "sr_gpu" if report_root else RESULTS_DIR)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but no GPU is visible")
     if args.smoke:  # a tiny SPAN on small patches: every code path, not the numbers
