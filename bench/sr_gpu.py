@@ -24,6 +24,11 @@ from the start of the process), each writing ``OUT/<stage>/result.json`` at once
    writes ``docs/results/sr_gpu.md``, ``docs/results/sr_gpu/report.json``, ``gains.png`` and the teacher / best
    DSCLoRA weights (``span_x4.safetensors``, ``dsclora_x4.safetensors``, deployed SPAN, 0.5 MB each).
 
+Speed: on CUDA every training step (forward, backward, Adam) is replayed from one captured CUDA graph
+(``core.train.WholeStepGraph``; the 26-channel SPAN's step is launch-bound), after three eager warm-up steps; a loss
+that returns host floats (DSCLoRA's distillation terms) stays eager. The EMA is one multi-tensor kernel per step.
+Each run's JSON records whether it captured.
+
 Resuming: every training run writes ``OUT/<stage>/<run>/ckpt.safetensors`` (weights, EMA, Adam moments, step,
 planned steps; no ``.pt``) every ``--ckpt-s`` seconds and when its window ends; a later call with the same
 arguments continues each unfinished run towards its planned step count (carry ``OUT`` back in). A run whose
@@ -128,19 +133,30 @@ def _load_ckpt(path: Path, model, ema, opt) -> dict:
     params = [p for g in opt.param_groups for p in g["params"]]
     for i, p in enumerate(params):
         if f"opt.{i}.exp_avg" in tensors:
-            opt.state[p] = {"step": torch.tensor(float(meta["step"])), "exp_avg": tensors[f"opt.{i}.exp_avg"].to(device),
+            step_device = device if opt.defaults.get("capturable") else "cpu"  # a capturable Adam keeps its step on the device
+            opt.state[p] = {"step": torch.tensor(float(meta["step"]), device=step_device), "exp_avg": tensors[f"opt.{i}.exp_avg"].to(device),
                             "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(device)}
     return meta
 
 
 def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float, batch: int, lr_patch: int, seed: int,
-              deadline: float, steps: int = 0, ckpt_s: float = 60.0, ema_decay: float = 0.999, eval_fn=None) -> dict:
+              deadline: float, steps: int = 0, ckpt_s: float = 60.0, ema_decay: float = 0.999, eval_fn=None,
+              cuda_graph: bool = True) -> dict:
     """Train ``model`` (its trainable parameters) until ``steps`` (0: as many as fit before ``deadline``, planned from
     the measured step time) with Adam, cosine lr to 1e-6 and an EMA copy; resumable from ``run_dir/ckpt.safetensors``.
-    Returns ``{"model", "ema", "steps", "planned", "cut_short", "seconds", "history"}``."""
+    On CUDA (``cuda_graph``) each step is one captured graph (``core.train.WholeStepGraph``: the small SPAN's step is
+    launch-bound); the result says whether it captured. Returns ``{"model", "ema", "steps", "planned", "cut_short",
+    "seconds", "history", "cuda_graph"}``."""
+    from lowrank_vision.core.train import WholeStepGraph
+
     run_dir.mkdir(parents=True, exist_ok=True)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99))
+    device = params[0].device
+    graphs = cuda_graph and device.type == "cuda"
+    # captured step: Adam with a device-tensor lr that the schedule fills in place (WholeStepGraph's contract)
+    opt = (torch.optim.Adam(params, lr=torch.tensor(lr, device=device), betas=(0.9, 0.99), capturable=True) if graphs
+           else torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99)))
+    stepper = WholeStepGraph(model, opt, loss_fn, None) if graphs else None
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     ckpt = run_dir / "ckpt.safetensors"
     meta = {"step": 0, "planned": steps, "seconds": 0.0, "history": [], "seed": seed}
@@ -152,6 +168,7 @@ def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float
     step, t_start, last_ckpt, window, t10 = meta["step"], time.time(), time.time(), [], time.time()
     seconds_before, saving, fresh = meta["seconds"], 0.0, meta["step"] == 0
     pairs = [(e, p) for e, p in zip(ema.parameters(), model.parameters()) if p.requires_grad]
+    ema_params, live_params = [e for e, _ in pairs], [p for _, p in pairs]
     while True:
         if meta["planned"] and step >= meta["planned"]:
             break
@@ -169,16 +186,21 @@ def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float
             progress = max(progress, (now - t_start) / max(1e-9, deadline - t_start))
         cur = 1e-6 + 0.5 * (lr - 1e-6) * (1 + math.cos(math.pi * min(1.0, progress)))
         for g in opt.param_groups:
-            g["lr"] = cur
+            if graphs:
+                g["lr"].fill_(cur)
+            else:
+                g["lr"] = cur
         lr_b, hr_b = sampler.sample(batch, lr_patch, gen)
-        out = loss_fn(model, (lr_b, hr_b))
-        loss, logs = out if isinstance(out, tuple) else (out, {})
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
+        if stepper is not None:  # eager for its warm-up steps and wherever it cannot capture (e.g. loss logs)
+            loss, logs = stepper.step((lr_b, hr_b))
+        else:
+            out = loss_fn(model, (lr_b, hr_b))
+            loss, logs = out if isinstance(out, tuple) else (out, {})
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
         with torch.no_grad():
-            for e, p in pairs:
-                e.lerp_(p, 1 - ema_decay)
+            torch._foreach_lerp_(ema_params, live_params, 1 - ema_decay)  # one multi-tensor kernel
         step += 1
         window.append(loss.item() if step % 25 == 0 else None)
         if step % 100 == 0:
@@ -197,7 +219,7 @@ def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float
         e.copy_(p)
     cut = bool(meta["planned"]) and step < meta["planned"] or not meta["planned"]
     return {"model": model.eval(), "ema": ema, "steps": step, "planned": meta["planned"], "cut_short": cut,
-            "seconds": meta["seconds"], "history": meta["history"]}
+            "seconds": meta["seconds"], "history": meta["history"], "cuda_graph": stepper.record if stepper else {"requested": False}}
 
 
 def _l1(model, batch):
@@ -249,7 +271,8 @@ def stage_teacher(args, out: Path, stage: str, sampler, val, deadline: float) ->
     teacher, choice = _pick(result, val, args.scale, args.device)
     save_span(teacher, out / stage / f"span_x{args.scale}.safetensors", extra={"stage": stage, "steps": result["steps"], **choice})
     summary = {"stage": stage, "steps": result["steps"], "planned": result["planned"], "cut_short": result["cut_short"],
-               "seconds": result["seconds"], "lr": lr, "loss": "L1" if stage == "teacher_l1" else "L2", "history": result["history"], **choice}
+               "seconds": result["seconds"], "lr": lr, "loss": "L1" if stage == "teacher_l1" else "L2", "history": result["history"],
+               "cuda_graph": result["cuda_graph"], **choice}
     # a stage whose window ended is done (reported as cut short, with the steps reached); a killed process resumes
     write_json(_stage_json(out, stage), summary)
     return summary
@@ -310,7 +333,8 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
         chosen, choice = _pick(result, val, args.scale, args.device, fold=fold)
         save_span(chosen, stage_dir / name / f"{name}_x{args.scale}.safetensors", extra={"method": method, "seed": seed, **choice})
         summary = {"method": method, "seed": seed, "lr": lr, "steps": result["steps"], "planned": result["planned"],
-                   "cut_short": result["cut_short"], "seconds": result["seconds"], "history": result["history"], **choice}
+                   "cut_short": result["cut_short"], "seconds": result["seconds"], "history": result["history"],
+                   "cuda_graph": result["cuda_graph"], **choice}
         write_json(done, summary)
         results[name] = summary
     summary = {"plan": plan, "runs": results, "complete": all(f"{m}_s{s}" in results and not results[f"{m}_s{s}"]["cut_short"]

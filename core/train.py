@@ -61,7 +61,7 @@ from torch import nn
 from .files import append_text, replace_dir, write_json, write_text
 from .validate import require
 
-__all__ = ["TrainConfig", "TrainResult", "fit", "latest_checkpoint", "read_metrics"]
+__all__ = ["TrainConfig", "TrainResult", "WholeStepGraph", "fit", "latest_checkpoint", "read_metrics"]
 
 _CKPT_PREFIX = "step_"
 
@@ -354,8 +354,12 @@ def batch_signature(batch: Any) -> tuple:
     )
 
 
-class _WholeStepGraph:
-    """Warm-up, capture and replay of forward + backward + clipping + optimizer step (see the module docstring)."""
+class WholeStepGraph:
+    """Warm-up, capture and replay of forward + backward + clipping + optimizer step (see the module docstring).
+
+    Usable outside :func:`fit` by a loop of its own: build the optimizer with ``capturable=True`` and a tensor
+    learning rate (fill it in place for a schedule), call :meth:`step` with each batch, and do not zero the
+    gradients in between (the eager fallback zeroes them itself; in graph mode they live in the graph's pool)."""
 
     def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, max_grad_norm: Optional[float]):
         self.model, self.optimizer, self.loss_fn, self.max_grad_norm = model, optimizer, loss_fn, max_grad_norm
@@ -569,7 +573,7 @@ def fit(
         if pending is None:
             pending = next(stream)
         strategies = _tune_before_training(model, accelerator.unwrap_model(model), pending, loss_fn, config, accelerator.device)
-    graph = _WholeStepGraph(model, optimizer.optimizer, loss_fn, config.max_grad_norm) if use_graph else None
+    graph = WholeStepGraph(model, optimizer.optimizer, loss_fn, config.max_grad_norm) if use_graph else None
     eager_steps_before = step
     bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True)
     running, last_loss = None, float("nan")

@@ -173,11 +173,11 @@ def fake_cuda(monkeypatch):
 
 
 def _runner(loss_fn=mse, max_grad_norm=1.0):
-    from lowrank_vision.core.train import _WholeStepGraph
+    from lowrank_vision.core.train import WholeStepGraph
 
     model = make_model()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    return model, _WholeStepGraph(model, opt, loss_fn, max_grad_norm)
+    return model, WholeStepGraph(model, opt, loss_fn, max_grad_norm)
 
 
 def _batch(n=8):
