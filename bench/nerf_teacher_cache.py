@@ -74,7 +74,8 @@ def main(argv=None) -> int:
         same_time = max(args.steps, round(args.steps * plain["seconds"] / buffered["seconds"]))
         runs["plain"].append(plain | {"seed": seed})
         runs["buffer"].append(buffered | {"seed": seed})
-        runs["buffer_same_time"].append(run_one(teacher, rig, test, args.device, same_time, seed, args.batches, args.reuse) | {"seed": seed})
+        same = run_one(teacher, rig, test, args.device, same_time, seed, args.batches, args.reuse)
+        runs["buffer_same_time"].append(same | {"seed": seed})
         print({k: v[-1] for k, v in runs.items()}, flush=True)
     command = "python3 bench/nerf_teacher_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
     env = {"command": command, "device": args.device, "machine": f"{platform.machine()}, {args.threads} torch threads",
@@ -96,7 +97,8 @@ def main(argv=None) -> int:
                      f"{summary(rows, 'test_psnr')} | {summary(rows, 'test_ssim')} |")
     lines += ["", f"- seconds, plain / buffer at the same steps: {statistics.median(speed):.2f}x [{min(speed):.2f}, {max(speed):.2f}]",
               f"- test PSNR, buffer - plain at the same steps: {statistics.median(loss):+.2f} dB [{min(loss):+.2f}, {max(loss):+.2f}]",
-              f"- test PSNR, buffer - plain at the same seconds: {statistics.median(gain):+.2f} dB [{min(gain):+.2f}, {max(gain):+.2f}]", ""]
+              f"- test PSNR, buffer - plain at the same seconds: {statistics.median(gain):+.2f} dB "
+              f"[{min(gain):+.2f}, {max(gain):+.2f}]", ""]
     write_text(out.with_suffix(".md"), "\n".join(lines))
     print("\n".join(lines))
     return 0

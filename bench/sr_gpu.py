@@ -134,7 +134,8 @@ def _load_ckpt(path: Path, model, ema, opt) -> dict:
     for i, p in enumerate(params):
         if f"opt.{i}.exp_avg" in tensors:
             step_device = device if opt.defaults.get("capturable") else "cpu"  # a capturable Adam keeps its step on the device
-            opt.state[p] = {"step": torch.tensor(float(meta["step"]), device=step_device), "exp_avg": tensors[f"opt.{i}.exp_avg"].to(device),
+            opt.state[p] = {"step": torch.tensor(float(meta["step"]), device=step_device),
+                            "exp_avg": tensors[f"opt.{i}.exp_avg"].to(device),
                             "exp_avg_sq": tensors[f"opt.{i}.exp_avg_sq"].to(device)}
     return meta
 
