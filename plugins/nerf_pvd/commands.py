@@ -87,7 +87,7 @@ def distill_cmd(teacher: Path, cfg: DistillConfig, out: Path, device: str = "cpu
     t_imgs, s_imgs = render_views(teacher_field, rig, poses, render), render_views(student, rig, poses, render)
     result = {"teacher": str(teacher), "teacher_field": teacher_cfg.kind, "student_field": cfg.student.kind,
               "params": info["params"], "steps": info["steps"], "seconds": round(info["seconds"], 2),
-              "stage_steps": info["stage_steps"], "stage1_skipped": info["stage1_skipped"],
+              "stage_steps": info["stage_steps"], "stage1_skipped": info["stage1_skipped"], "teacher_renders": info["teacher_renders"],
               "psnr_vs_teacher": round(sum(psnr(s, t) for s, t in zip(s_imgs, t_imgs)) / len(t_imgs), 4)}
     if data is not None:
         test = read_transforms(_scene(data), "test", rig.background)
