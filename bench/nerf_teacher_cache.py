@@ -4,7 +4,7 @@
     python3 bench/nerf_teacher_cache.py --device cuda --seeds 0 1 2 --steps 600     # on a GPU
 
 The shipped hash teacher (``plugins/nerf_pvd/weights/teacher_hash.safetensors``) is distilled into the default
-TensoRF-VM student on the default generated scene (64 px; test split: 8 views nothing was chosen on) under three
+``--student`` (TensoRF-VM unless named) on the default generated scene (64 px; test split: 8 views nothing was chosen on) under three
 conditions, interleaved seed by seed so host noise hits all of them alike:
 
 * ``plain``            the paper's loop: the teacher renders every step's fresh rays (``--steps`` steps);
@@ -31,11 +31,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_one(teacher, rig, test, device: str, steps: int, seed: int, batches: int, reuse: int) -> dict:
+def run_one(teacher, rig, test, device: str, steps: int, seed: int, batches: int, reuse: int, student: str = "tensorf_vm") -> dict:
     from lowrank_vision.plugins.nerf_pvd.config import SHORT_RUN_STAGE_FRACTIONS, cpu_distill_config
     from lowrank_vision.plugins.nerf_pvd.recipes import distill, evaluate
 
-    cfg = cpu_distill_config("tensorf_vm", steps=steps, seed=seed, stage_fractions=SHORT_RUN_STAGE_FRACTIONS)
+    cfg = cpu_distill_config(student, steps=steps, seed=seed, stage_fractions=SHORT_RUN_STAGE_FRACTIONS)
     cfg = replace(cfg, teacher_cache_batches=batches, teacher_cache_reuse=reuse, train=replace(cfg.train, progress=False))
     student, info = distill(teacher, rig, cfg, device)
     ev = evaluate(student, test, replace(cfg.render, background=rig.background), rig.background)
@@ -61,25 +61,29 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--batches", type=int, default=16, help="steps' worth of rays the teacher renders at once")
     p.add_argument("--reuse", type=int, default=4, help="uses of each buffered ray")
+    p.add_argument("--student", default="tensorf_vm", choices=("tensorf_vm", "mlp", "hash", "grid"))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--out", default=str(ROOT / "docs" / "results" / "nerf_pvd_teacher_cache"))
+    p.add_argument("--out", default=None, help="default: docs/results/nerf_pvd_teacher_cache (a student other than "
+                                                    "tensorf_vm: ..._<student>)")
     args = p.parse_args(argv)
+    suffix = "" if args.student == "tensorf_vm" else f"_{args.student}"
+    args.out = args.out or str(ROOT / "docs" / "results" / f"nerf_pvd_teacher_cache{suffix}")
     torch.set_num_threads(args.threads)
     teacher, _, rig, _ = load_field(shipped_checkpoint("teacher"), args.device)
     test = read_transforms(default_scene(), "test", rig.background)
     runs: dict[str, list[dict]] = {"plain": [], "buffer": [], "buffer_same_time": []}
     for seed in args.seeds:
-        plain = run_one(teacher, rig, test, args.device, args.steps, seed, 0, 1)
-        buffered = run_one(teacher, rig, test, args.device, args.steps, seed, args.batches, args.reuse)
+        plain = run_one(teacher, rig, test, args.device, args.steps, seed, 0, 1, args.student)
+        buffered = run_one(teacher, rig, test, args.device, args.steps, seed, args.batches, args.reuse, args.student)
         same_time = max(args.steps, round(args.steps * plain["seconds"] / buffered["seconds"]))
         runs["plain"].append(plain | {"seed": seed})
         runs["buffer"].append(buffered | {"seed": seed})
-        same = run_one(teacher, rig, test, args.device, same_time, seed, args.batches, args.reuse)
+        same = run_one(teacher, rig, test, args.device, same_time, seed, args.batches, args.reuse, args.student)
         runs["buffer_same_time"].append(same | {"seed": seed})
         print({k: v[-1] for k, v in runs.items()}, flush=True)
     command = "python3 bench/nerf_teacher_cache.py " + " ".join(sys.argv[1:] if argv is None else argv)
     env = {"command": command, "device": args.device, "machine": f"{platform.machine()}, {args.threads} torch threads",
-           "torch": torch.__version__, "batches": args.batches, "reuse": args.reuse}
+           "torch": torch.__version__, "batches": args.batches, "reuse": args.reuse, "student": args.student}
     speed = [p["seconds"] / b["seconds"] for p, b in zip(runs["plain"], runs["buffer"])]
     gain = [b["test_psnr"] - p["test_psnr"] for p, b in zip(runs["plain"], runs["buffer_same_time"])]
     loss = [b["test_psnr"] - p["test_psnr"] for p, b in zip(runs["plain"], runs["buffer"])]
@@ -88,7 +92,7 @@ def main(argv=None) -> int:
                                           "psnr_same_time": gain})
     lines = ["# nerf_pvd: the teacher buffer (`DistillConfig.teacher_cache_batches`)", "",
              f"Written by `{command}` ({env['machine']}, {args.device}, torch {env['torch']}); raw: `{out.with_suffix('.json').name}`.", "",
-             f"Shipped hash teacher -> default TensoRF-VM student on the default generated scene (64 px); test PSNR/SSIM on its 8 test "
+             f"Shipped hash teacher -> default {args.student} student on the default generated scene (64 px); test PSNR/SSIM on its 8 test "
              f"views. Buffer: the teacher renders {args.batches} steps' rays at once, each ray used {args.reuse} times. "
              f"Seeds {args.seeds}, run seed by seed (plain, buffer, buffer at plain's time). Median [min, max] over seeds.", "",
              "| condition | steps | teacher renders | train s | test PSNR | test SSIM |", "|---|---|---|---|---|---|"]
