@@ -242,7 +242,6 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
         return o.to(dev), d.to(dev), poses, k
 
     buffer = TeacherBuffer(teacher, cfg, render, make_rays) if cfg.teacher_cache_batches else None
-    plain_renders = [0]
 
     def loss_fn(model, batch):
         step = int(batch[0])
@@ -255,7 +254,6 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
         else:
             o, d, poses, n_pool_rays = make_rays(step, dev)
             samples, t_out = render_teacher(teacher, o, d, render, training=True, coarse_every=cfg.coarse_every)  # no grad
-            plain_renders[0] += 1
         s_out = composite(model, o, d, samples, render.background)
         hit = samples["hit"]
         s_sig, t_sig = clip_density_pair(s_out["sigma_pre"][hit], t_out["sigma_pre"][hit], lo, hi)
@@ -308,7 +306,7 @@ def distill(teacher: RadianceField, rig: CameraRig, cfg: DistillConfig, device: 
               param_groups=_param_groups(student, lr), eval_fn=eval_fn, callbacks=callbacks)
     return res.model.eval(), {"seconds": time.perf_counter() - start, "steps": res.steps, "final_loss": res.final_loss,
                               "params": count_params(res.model), "stage_steps": stages_seen, "stage1_skipped": not both,
-                              "hard_poses_reused": reused_poses[0], "teacher_renders": buffer.renders if buffer is not None else plain_renders[0],
+                              "hard_poses_reused": reused_poses[0], "teacher_renders": buffer.renders if buffer is not None else res.steps,
                               "history": res.history}
 
 
