@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "bench"))
+from adapters import fmt_spread  # noqa: E402
 
 
 def run_one(teacher, rig, test, device: str, steps: int, seed: int, batches: int, reuse: int, student: str = "tensorf_vm") -> dict:
@@ -44,8 +46,8 @@ def run_one(teacher, rig, test, device: str, steps: int, seed: int, batches: int
 
 
 def summary(rows: list[dict], key: str) -> str:
-    vals = [r[key] for r in rows]
-    return f"{statistics.median(vals):.2f} [{min(vals):.2f}, {max(vals):.2f}]"
+    """``median [min, max]`` of ``key`` over the seeds (``adapters.fmt_spread``)."""
+    return fmt_spread([r[key] for r in rows])
 
 
 def main(argv=None) -> int:
