@@ -82,22 +82,25 @@ SEEDS = (0, 1)
 """YOLOv8n's seeds; the students' are ``--student-seeds`` (default the same two)."""
 
 
-def _set_student_seeds(count: int) -> None:
-    """Run names per group and stage for ``count`` student seeds (0 .. count-1); YOLOv8n keeps :data:`SEEDS`."""
-    global STUDENT_SEEDS, GROUPS, STAGE_RUNS, RUNS
-    STUDENT_SEEDS = tuple(range(count))
-    GROUPS = {"teacher": ("teacher",), "yolov8n": tuple(f"yolov8n_s{s}" for s in SEEDS),
+def _set_student_seeds(count: int, rank_ratio: float = 0.5) -> None:
+    """Run names per group and stage for ``count`` student seeds (0 .. count-1); YOLOv8n keeps :data:`SEEDS`.
+    A student rank other than the default 0.5 is an extra run beside the main one: YOLOv8n (it does not depend on the
+    student) is not trained again there, and the students' names say their rank."""
+    global STUDENT_SEEDS, STUDENT_RANK, GROUPS, STAGE_RUNS, RUNS
+    STUDENT_SEEDS, STUDENT_RANK = tuple(range(count)), rank_ratio
+    NAMES.update(student_sad=f"student r={rank_ratio:g} + SAD", student_plain=f"student r={rank_ratio:g}, no distillation")
+    GROUPS = {"teacher": ("teacher",), "yolov8n": tuple(f"yolov8n_s{s}" for s in SEEDS) if rank_ratio == DEFAULT_RANK_RATIO else (),
               "student_sad": tuple(f"student_sad_s{s}" for s in STUDENT_SEEDS),
               "student_plain": tuple(f"student_plain_s{s}" for s in STUDENT_SEEDS)}
     STAGE_RUNS = {"teacher": ("teacher",) + GROUPS["yolov8n"], "students": GROUPS["student_sad"] + GROUPS["student_plain"]}
     RUNS = tuple(r for g in GROUPS.values() for r in g)
 
 
-_set_student_seeds(len(SEEDS))
 LR_CANDIDATES = (("AdamW", 0.0015), ("AdamW", 0.004), ("SGD", 0.01))
 DEFAULT_LR = ("AdamW", 0.002)
-NAMES = {"teacher": "DLRMamba-n teacher (full-rank SS2D)", "student_sad": "student r=0.5 + SAD",
-         "student_plain": "student r=0.5, no distillation", "yolov8n": "YOLOv8n (ultralytics), 4-ch"}
+DEFAULT_RANK_RATIO = 0.5
+NAMES = {"teacher": "DLRMamba-n teacher (full-rank SS2D)", "yolov8n": "YOLOv8n (ultralytics), 4-ch"}
+_set_student_seeds(len(SEEDS))
 PLATEAU = {"patience": 3, "min_delta": 0.005}
 
 
@@ -137,7 +140,7 @@ def _scale(args) -> dict:
 
 
 def _lr_choice(args) -> dict:
-    path = Path(args.docs) / "lr_search.json"
+    path = Path(args.choices) / "lr_search.json"
     if path.is_file():
         found = json.loads(path.read_text())
         d = found["data"]
@@ -218,7 +221,7 @@ def _trainer_worker(run: str, args, time_s: float | None, threads: int) -> None:
         teacher = _done(out, "teacher")
         if teacher is None:
             raise SystemExit(f"{run} needs the teacher first")
-        dcfg = DistillConfig(rank_ratio=0.5, align_norm=args.align_norm, train=cfg)
+        dcfg = DistillConfig(rank_ratio=args.rank_ratio, align_norm=args.align_norm, train=cfg)
         if group == "student_plain":
             dcfg = replace(dcfg, w_svd=0.0, w_state=0.0, w_feat=0.0)
         r = distill_student(teacher["checkpoint"], data_yaml, dcfg, out / "runs", run, args.device)
@@ -290,14 +293,14 @@ def _data_worker(args) -> None:
     _finish(out, "data", {**summary, "seconds": time.time() - t0, "workers": workers})
 
 
-def _in_child(student_seeds: int, target, *a) -> None:
+def _in_child(student_seeds: int, rank_ratio: float, target, *a) -> None:
     """A spawned process imports this module afresh (default seeds): give it this run's student seeds first."""
-    _set_student_seeds(student_seeds)
+    _set_student_seeds(student_seeds, rank_ratio)
     target(*a)
 
 
 def _spawn(target, *a) -> mp.Process:
-    proc = mp.get_context("spawn").Process(target=_in_child, args=(len(STUDENT_SEEDS), target, *a))
+    proc = mp.get_context("spawn").Process(target=_in_child, args=(len(STUDENT_SEEDS), STUDENT_RANK, target, *a))
     proc.start()
     return proc
 
@@ -535,7 +538,7 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
     dc = d.get("config", {})
     teacher = runs["teacher"] or {}
     cmd = (f"python3 bench/detect_gpu.py --device {args.device} --out {args.out} --budget-s {args.budget_s:.0f}"
-           + f" --student-epochs {args.student_epochs}" + (f" --student-seeds {args.student_seeds}" if args.student_seeds != len(SEEDS) else "")
+           + f" --student-epochs {args.student_epochs}" + _rank_flag(args) + (f" --student-seeds {args.student_seeds}" if args.student_seeds != len(SEEDS) else "")
            + (" --exclusive" if args.exclusive else "") + (" --smoke" if args.smoke else ""))
     model = _scale(args)["model"]
     lines = ["# multispectral_det (DLRMamba) results", ""]
@@ -551,21 +554,23 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
     alone = "one job, nothing else on the GPU" if args.exclusive else "whether other jobs shared the GPU was not recorded (no --exclusive)"
     if args.teacher_weights:
         cmd += f" --teacher-weights {args.teacher_weights}"
-    lines += [f"Written by `{cmd}` ({alone}) from its JSON (raw: `detect/gpu_results.json`; each run's "
+    lines += [f"Written by `{cmd}` ({alone}) from its JSON (raw: `{Path(args.docs).name}/gpu_results.json`; each run's "
               f"own JSON in `{args.out}/<run>/done.json`).", "",
               "Protocol:", "",
               f"- Teacher ({model}, full-rank SS2D) trained until its val mAP50 plateaus or its time cap: {teacher.get('epochs_run', '?')} epochs, {t_stop}"
               + (f"; trained alone in an earlier GPU job (`{teacher['from_earlier_job']}`), its weights carried into this one "
                  "(same generated data)." if teacher.get("from_earlier_job") else "."),
-              f"- Students: rank ratio 0.5, **{args.student_epochs} epochs each** (same lr schedule), seeds {list(STUDENT_SEEDS)} for each of "
+              f"- Students: rank ratio {args.rank_ratio:g}, **{args.student_epochs} epochs each** (same lr schedule), seeds {list(STUDENT_SEEDS)} for each of "
               "'+ SAD' and 'no distillation'. **Both start from the same weights**: the converged teacher with every SS2D replaced "
               "by its truncated SVD (DLRMamba's L_SVD pulls the student's factors to exactly these SVD factors, so the paper's "
               "student starts there); the seed changes data order and augmentation only. SAD: DLRMamba's weights 1.0 / 0.5 / 0.1 / 1.5 "
               f"(task / SVD / state / feature), alignment terms scaled `{args.align_norm}` (`DistillConfig.align_norm`).",
               *_sad_check_lines(args),
-              f"- YOLOv8n (ultralytics, 4 input channels, from scratch): the students' {args.student_epochs} epochs, seeds {list(SEEDS)}.",
-              "- The students trained side by side in separate processes ("
-              + ("and YOLOv8n beside them" if args.teacher_weights else "as did YOLOv8n beside the teacher") + "); a run whose "
+              (f"- YOLOv8n (ultralytics, 4 input channels, from scratch): the students' {args.student_epochs} epochs, seeds {list(SEEDS)}."
+               if GROUPS["yolov8n"] else "- YOLOv8n: not trained in this run (it does not depend on the students' rank): see `detect.md`."),
+              "- The students trained side by side in separate processes"
+              + ("" if not GROUPS["yolov8n"] else " (and YOLOv8n beside them)" if args.teacher_weights else " (as did YOLOv8n beside the teacher)")
+              + "; a run whose "
               "`done.json` an earlier job of this command left is kept, not retrained, so seeds added later with "
               "`--student-seeds` trained in a later job with fewer processes beside them. Training wall times are therefore "
               "shared-GPU times and no acceptance number depends on them.",
@@ -579,7 +584,7 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               f"- optimizer / lr: {lr['optimizer']} lr0 {lr['lr0']} from `{lr['source']}` (chosen on val, never on test"
               + (f"; {lr['scale']}" if "scale" in lr else "") + "), the same for every run.",
               "- CPU latency: architecture only (batch 1, 640 px, 2 threads, fp32), measured on the development CPU by "
-              "`python3 bench/detect_gpu.py --stage cpu_latency` (`detect/cpu_latency.json`): median of "
+              f"`{cpu['command'] if cpu else 'python3 bench/detect_gpu.py --stage cpu_latency'}` (`{Path(args.docs).name}/cpu_latency.json`): median of "
               f"{cpu['rounds'] if cpu else '?'} interleaved rounds, with [min, max]"
               + (_cpu_load_note(cpu) if cpu and "load_average_1min_before_after" in cpu else "") + ".",
               "- GPU latency: batch 1, 640 px, fp32, on the H200 after all training had finished: median [q1, q3] of 50 calls.", ""]
@@ -593,7 +598,7 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
     at = _scale(args)["speed_imgsz"]
     lines += [f"| model | params | GFLOPs @{at} (conv/matmul + scan) | CPU ms @{cpu['imgsz'] if cpu else '?'} median [min, max] | GPU ms @{at} |",
               "|---|---|---|---|---|"]
-    for key, a, label in (("teacher", "teacher", NAMES["teacher"]), ("student_sad", "student", "student r=0.5 (both students)"),
+    for key, a, label in (("teacher", "teacher", NAMES["teacher"]), ("student_sad", "student", f"student r={args.rank_ratio:g} (both students)"),
                           ("yolov8n", "yolov8n", NAMES["yolov8n"])):
         c = cpu["models"][key] if cpu else None
         r = arch.get(a)
@@ -617,6 +622,8 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
                      f"{_fmt(val)} | {ep} | {' '.join(f'{v:.2f}' for v in curve)} | {_fmt(s.get('wall_s'), '.0f')} |")
     lines += ["", "Per model (mean over seeds [min, max]):", "", "| model | seeds | test mAP50 | test mAP50-95 |", "|---|---|---|---|"]
     for g, v in groups.items():
+        if not GROUPS[g]:  # not part of this run (YOLOv8n beside a student rank other than the default)
+            continue
         m, m95 = v["mAP50"], v["mAP50-95"]
         if m is None:
             lines.append(f"| {NAMES[g]} | 0 | - | - |")
@@ -666,14 +673,17 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
                   "conditions; `clear`: none of them):", "", "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for r, table in conds.items():
             lines.append(f"| {NAMES[_group(r)]} | " + " | ".join(f"{table[c]['mAP50']:.3f}" for c in keys) + " |")
+    others = sorted(Path(args.report).parent.glob("detect_rank*.md")) if args.rank_ratio == DEFAULT_RANK_RATIO else []
+    if others:  # runs at other student ranks, written by this script with --rank-ratio
+        lines += ["", "The same comparison at other student ranks: " + ", ".join(f"[{p.stem}]({p.name})" for p in others) + "."]
     if png:
-        lines += ["", "![mAP50 vs CPU latency](detect/tradeoff.png)"]
+        lines += ["", f"![mAP50 vs CPU latency]({Path(args.docs).name}/tradeoff.png)"]
     return lines + [""]
 
 
 def _sad_check_lines(args) -> list[str]:
     """What ``--stage sad_check`` (CPU, before the GPU run) found, if its JSON is there."""
-    path = Path(args.docs) / "sad_check.json"
+    path = Path(args.choices) / "sad_check.json"
     if not path.is_file():
         return [f"- `align_norm` {args.align_norm}: no `detect/sad_check.json` (not chosen on val)."]
     c = json.loads(path.read_text())
@@ -720,7 +730,7 @@ def _cpu_latency(args) -> dict:
     torch.set_num_threads(2)
     imgsz, rounds = (64, 3) if args.smoke else (640, args.rounds)
     teacher = DetectionModel(model_yaml("dlrmamba-n"), ch=4, nc=3, verbose=False)
-    models = {"teacher": teacher, "student_sad": student_from_teacher(teacher, 0.5),
+    models = {"teacher": teacher, "student_sad": student_from_teacher(teacher, args.rank_ratio),
               "yolov8n": DetectionModel("yolov8n.yaml", ch=4, nc=3, verbose=False)}
     models = {k: ExportWrapper(m.float().eval()) for k, m in models.items()}
     x = torch.rand(1, 4, imgsz, imgsz)
@@ -738,15 +748,19 @@ def _cpu_latency(args) -> dict:
     ratios = [t / s for t, s in zip(times["teacher"], times["student_sad"])]
     summary = {k: {"median_ms": statistics.median(v), "min_ms": min(v), "max_ms": max(v), "runs_ms": v} for k, v in times.items()}
     summary["student_plain"] = summary["student_sad"]  # same architecture
-    return {"command": "python3 bench/detect_gpu.py --stage cpu_latency --device cpu" + (" --smoke" if args.smoke else ""),
+    return {"command": "python3 bench/detect_gpu.py --stage cpu_latency --device cpu" + _rank_flag(args) + (" --smoke" if args.smoke else ""),
             "imgsz": imgsz, "threads": 2, "batch": 1, "rounds": rounds, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count(), "models": summary,
             "load_average_1min_before_after": [load_before[0], os.getloadavg()[0]],
             "speedup_student_vs_teacher": {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios),
                                            "of_fastest_runs": min(times["teacher"]) / min(times["student_sad"])},
-            "note": "weights are untrained (latency does not depend on them); the student is student_from_teacher(teacher, 0.5), "
+            "note": f"weights are untrained (latency does not depend on them); the student is student_from_teacher(teacher, {args.rank_ratio:g}), "
                     "the architecture the distilled and the plain student share; the rounds are interleaved and the median "
                     "reported so that other load on the machine hits every model alike"}
+
+
+def _rank_flag(args) -> str:
+    return "" if args.rank_ratio == DEFAULT_RANK_RATIO else f" --rank-ratio {args.rank_ratio:g}"
 
 
 def _cpu_load_note(cpu: dict) -> str:
@@ -882,6 +896,9 @@ def main(argv=None) -> int:
     p.add_argument("--student-epochs", type=int, default=6, help="epochs of every student and of YOLOv8n")
     p.add_argument("--student-seeds", type=int, default=len(SEEDS),
                    help="seeds 0..N-1 of each student (a later job with a larger N trains only the seeds not yet done)")
+    p.add_argument("--rank-ratio", type=float, default=DEFAULT_RANK_RATIO,
+                   help="the students' SS2D rank ratio; other than 0.5 writes detect_rank<r>.md and detect_rank<r>/ beside the main "
+                        "run's (same lr / SAD choices, read from detect/), and trains no YOLOv8n")
     p.add_argument("--students-s", type=float, default=175.0, help="wall clock of the students stage (the teacher gets the rest)")
     p.add_argument("--align-norm", default=None, choices=("mse", "relative"),
                    help="DistillConfig.align_norm of the SAD students (default: the one sad_check chose on val, else mse)")
@@ -899,14 +916,18 @@ def main(argv=None) -> int:
     p.add_argument("--lr-epochs", type=int, default=10, help="lr_search: epochs per candidate")
     p.add_argument("--sad-epochs", type=int, default=4, help="sad_check: epochs per student variant")
     args = p.parse_args(argv)
-    _set_student_seeds(args.student_seeds)
+    if not 0.0 < args.rank_ratio < 1.0:
+        p.error(f"--rank-ratio: expected a number in (0, 1), got {args.rank_ratio}")
+    _set_student_seeds(args.student_seeds, args.rank_ratio)
     t_start = time.time()
     os.environ.setdefault("YOLO_OFFLINE", "1")
     out = Path(args.out)
-    args.docs = str(out / "docs" if args.smoke else ROOT / "docs" / "results" / "detect")
-    args.report = str(out / "docs" / "detect.md" if args.smoke else ROOT / "docs" / "results" / "detect.md")
+    args.choices = str(out / "docs" if args.smoke else ROOT / "docs" / "results" / "detect")  # lr_search, sad_check: the main run's
+    extra = "" if args.rank_ratio == DEFAULT_RANK_RATIO else f"_rank{args.rank_ratio:g}"
+    args.docs = str(Path(args.choices + extra))
+    args.report = str(Path(args.choices).parent / f"detect{extra}.md")
     if args.align_norm is None:
-        check = Path(args.docs) / "sad_check.json"
+        check = Path(args.choices) / "sad_check.json"
         args.align_norm = json.loads(check.read_text())["chosen_align_norm"] if check.is_file() else "mse"
     if args.stage in LOCAL_STAGES:
         from lowrank_vision.core.files import write_json

@@ -2,6 +2,7 @@
 already done are kept), and an imported teacher whose checkpoint is not on this machine is imported again."""
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -52,11 +53,29 @@ def test_imported_teacher_without_its_checkpoint_is_imported_again(bench, tmp_pa
 
 
 def test_spawned_workers_get_the_runs_student_seeds(bench):
-    """A worker process imports the module afresh; ``_in_child`` gives it the parent's seed count before it runs."""
+    """A worker process imports the module afresh; ``_in_child`` gives it the parent's seed count and student rank
+    before it runs; a rank other than 0.5 trains no YOLOv8n and names the students by their rank."""
     seen = []
     bench._set_student_seeds(2)  # what a fresh import has
-    bench._in_child(4, lambda: seen.append(bench.STUDENT_SEEDS))
-    assert seen == [(0, 1, 2, 3)]
+    bench._in_child(4, 0.5, lambda: seen.append((bench.STUDENT_SEEDS, bench.GROUPS["yolov8n"])))
+    bench._in_child(3, 0.25, lambda: seen.append((bench.STUDENT_SEEDS, bench.GROUPS["yolov8n"], bench.NAMES["student_sad"])))
+    bench._set_student_seeds(2)
+    assert seen == [((0, 1, 2, 3), ("yolov8n_s0", "yolov8n_s1")), ((0, 1, 2), (), "student r=0.25 + SAD")]
+    assert bench.NAMES["student_sad"] == "student r=0.5 + SAD"
+
+
+def test_rank_ratio_other_than_default_writes_beside_the_main_run(bench, tmp_path, monkeypatch):
+    """``--rank-ratio 0.25``: the report and JSON go to ``detect_rank0.25.md`` / ``detect_rank0.25/``; the lr and SAD
+    choices are still read from the main run's folder; a rank outside (0, 1) is refused."""
+    seen = {}
+    monkeypatch.setattr(bench, "_report", lambda args: seen.update(docs=args.docs, report=args.report, choices=args.choices) or {})
+    assert bench.main(["--stage", "report", "--out", str(tmp_path), "--rank-ratio", "0.25", "--smoke"]) == 0
+    assert Path(seen["docs"]).name == "docs_rank0.25" and Path(seen["report"]).name == "detect_rank0.25.md"
+    assert Path(seen["choices"]) == tmp_path / "docs"
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--stage", "report", "--out", str(tmp_path), "--rank-ratio", "1.5"])
+    assert exc.value.code == 2
+    bench._set_student_seeds(2)
 
 
 @pytest.mark.parametrize("diffs, expected", [
