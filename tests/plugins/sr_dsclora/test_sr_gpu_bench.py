@@ -3,6 +3,8 @@ each step is one captured graph (core.train.WholeStepGraph)."""
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -59,3 +61,18 @@ def test_train_run_captures_the_step_on_cuda(tmp_path):
     assert record["captured"] and record["graph_steps"] == 20 - record["eager_steps"] and record["eager_steps"] == 3, record
     assert any(not torch.equal(a, b.to(a.device)) for a, b in zip(before, result["model"].parameters()))
     assert all(torch.isfinite(p).all() for p in result["ema"].parameters())
+
+
+@pytest.mark.parametrize("val, expected", [
+    ({"teacher_l1": 30.878, "teacher_l2": 30.861}, "teacher_l1"),  # the 2026-12-02 H200 run: L2 lowered val
+    ({"teacher_l1": 30.80, "teacher_l2": 30.85}, "teacher_l2"),
+    ({"teacher_l1": 30.80}, "teacher_l1"),  # L2 not finished
+    ({}, "teacher_l1"),
+])
+def test_teacher_is_the_stage_better_on_val(tmp_path, val, expected):
+    bench = load_bench_script("sr_gpu.py")
+    for stage, psnr in val.items():
+        (tmp_path / stage).mkdir()
+        (tmp_path / stage / "result.json").write_text(json.dumps({"chosen": "raw", "val_psnr_raw": psnr, "val_psnr_ema": psnr - 1}))
+    assert bench.chosen_teacher_stage(tmp_path) == expected
+    assert bench._teacher_path(tmp_path, 4) == tmp_path / expected / "span_x4.safetensors"
