@@ -157,17 +157,18 @@ def render_card(weights_dir: Union[str, Path] = WEIGHTS_DIR) -> str:
     files = sorted(weights_dir.glob("*.safetensors"), key=lambda p: (p.stem.split("_x")[-1], p.name))
     if not files:
         raise FileNotFoundError(f"no .safetensors checkpoints in {weights_dir}")
-    rows, commands, data = [], [], set()
+    rows, commands, data = [], [], {}
     for path in files:
         extra, model = checkpoint_extra(path), load_span(path)
-        teacher = extra.get("teacher_psnr")
+        teacher, real = extra.get("teacher_psnr"), extra.get("realphoto_eval_psnr")
+        real = "-" if real is None else f"{real:.3f} ({extra['realphoto_gain_over_bicubic']:+.2f})"
         rows.append(
             f"| `{path.name}` | x{model.scale} | {count_parameters(model)[1]:,} | {extra.get('steps', '?'):,} | "
             f"{extra.get('eval_psnr', float('nan')):.3f} | {extra.get('eval_ssim', float('nan')):.4f} | "
-            f"{'-' if teacher is None else f'{teacher:.3f}'} | {extra.get('machine', '?')} |"
+            f"{'-' if teacher is None else f'{teacher:.3f}'} | {real} | {extra.get('machine', '?')} |"
         )
         commands.append(f"- `{path.name}`: `{extra.get('command', '?')}`")
-        data.add(extra.get("data", "?"))
+        data.setdefault(extra.get("data", "?"), []).append(f"`{path.name}`")
     lines = [
         "# Shipped SR weights",
         "",
@@ -176,20 +177,24 @@ def render_card(weights_dir: Union[str, Path] = WEIGHTS_DIR) -> str:
         "",
         "*Deployed* SPAN checkpoints (safetensors): one 3x3 `eval_conv` per re-parameterisable conv, the",
         "`SPANConfig`, the producing command, the training data and the evaluation scores in the metadata.",
-        "`span_*` is the SPAN teacher (L1, SPAN's re-parameterisable training form, then folded); `dsclora_*`",
-        "is that SPAN fine-tuned with DSCLoRA (ConvLoRA + spatial-affinity distillation) and merged, so it has",
-        "exactly SPAN's tensors. Scores: Y-PSNR / Y-SSIM (border = scale) on the bundled *eval* photos",
-        "(skimage astronaut, chelsea, coffee; sklearn china, flower), which no checkpoint was trained on.",
+        "`span_*` is the SPAN teacher (trained in SPAN's re-parameterisable form, L1 and, where it scored better",
+        "on the validation photos, an L2 fine stage; then folded); `dsclora_*` is that SPAN fine-tuned with DSCLoRA",
+        "(ConvLoRA + spatial-affinity distillation) and merged, so it has exactly SPAN's tensors. Scores: Y-PSNR /",
+        "Y-SSIM (border = scale) on the bundled *eval* photos (skimage astronaut, chelsea, coffee; sklearn china,",
+        "flower), which no checkpoint was trained on; *real-photo eval*: the `lowrank-sr make-data` eval/ set (Debian",
+        "wallpaper photographs plus those five; other sources and files than training), with the gain over bicubic.",
         "",
-        "| file | scale | params | steps | eval Y-PSNR (dB) | eval Y-SSIM | teacher Y-PSNR (dB) | machine |",
-        "|---|---|---:|---:|---:|---:|---:|---|",
+        "| file | scale | params | steps | eval Y-PSNR (dB) | eval Y-SSIM | teacher Y-PSNR (dB) | real-photo eval Y-PSNR (dB) | machine |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---|",
         *rows,
         "",
         "Commands, as recorded in each file:",
         "",
         *commands,
         "",
-        "Training data: " + "; ".join(sorted(data)) + ".",
+        "Training data:",
+        "",
+        *(f"- {', '.join(files)}: {d}." for d, files in sorted(data.items())),
     ]
     if any(_OLD_BENCH in c for c in commands):
         lines += ["", f"`{_OLD_BENCH}` is the earlier location of `bench/sr_dsclora.py` (same arguments:",
