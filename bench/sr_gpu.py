@@ -326,8 +326,8 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
             opt.zero_grad()
         _sync(args.device)
         step_s = (time.time() - t0) / 10
-        share = (deadline - time.time()) / len(runs) * 0.45  # a run also keeps an EMA and scores val twice (2026-12-02:
-        # at 0.85 a DSCLoRA run took twice its estimate and was cut short)
+        share = (deadline - time.time()) / len(runs) * 0.6  # a run also keeps an EMA and scores val twice: on 2026-12-02 a
+        # DSCLoRA run took twice this probe's estimate (at 0.85 it was cut short; at 0.45 the six runs used 45 s of 125)
         plan = {"steps": max(20, int(share / step_s)), "dsclora_step_s": step_s, "runs": [f"{m}_s{s}" for m, s in runs]}
         if args.ft_steps:
             plan["steps"] = args.ft_steps
@@ -339,7 +339,7 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
         if done.is_file():
             results[name] = json.loads(done.read_text())
             continue
-        run_deadline = time.time() + (deadline - time.time()) / (len(runs) - i)
+        run_deadline = finetune_deadline(deadline, len(runs) - i - 1, plan)
         model, loss_fn, lr = _build(args, method, teacher, out)
         result = train_run(stage_dir / name, model, loss_fn, sampler, lr=lr, batch=args.batch, lr_patch=args.lr_patch, seed=seed + 1,
                            deadline=run_deadline, steps=plan["steps"], ckpt_s=args.ckpt_s)
@@ -357,6 +357,12 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
     if summary["complete"]:
         write_json(_stage_json(out, "finetunes"), summary)
     return summary
+
+
+def finetune_deadline(stage_deadline: float, runs_after: int, plan: dict) -> float:
+    """A run may go on until the stage's deadline less what the runs after it need at the probe's (slowest, DSCLoRA)
+    step time, so a slow run borrows the slack that the faster methods leave instead of being cut at an equal share."""
+    return stage_deadline - runs_after * plan["steps"] * plan["dsclora_step_s"]
 
 
 def _build(args, method: str, teacher: SPAN, out: Path):

@@ -76,3 +76,10 @@ def test_teacher_is_the_stage_better_on_val(tmp_path, val, expected):
         (tmp_path / stage / "result.json").write_text(json.dumps({"chosen": "raw", "val_psnr_raw": psnr, "val_psnr_ema": psnr - 1}))
     assert bench.chosen_teacher_stage(tmp_path) == expected
     assert bench._teacher_path(tmp_path, 4) == tmp_path / expected / "span_x4.safetensors"
+
+
+@pytest.mark.parametrize("runs_after, expected", [(0, 100.0), (1, 90.0), (5, 50.0)])
+def test_finetune_deadline_keeps_what_the_later_runs_need(runs_after, expected):
+    """Plan: 400 steps at 25 ms (DSCLoRA's probe) -> 10 s per later run, kept back from the stage's deadline."""
+    bench = load_bench_script("sr_gpu.py")
+    assert bench.finetune_deadline(100.0, runs_after, {"steps": 400, "dsclora_step_s": 0.025}) == pytest.approx(expected)
