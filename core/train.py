@@ -30,7 +30,7 @@ Choices this module makes (none of them come from a paper):
   copied into the captured (static) input tensors. Eager steps are used instead, and the reason is
   recorded in ``TrainResult.cuda_graph``, on a CPU, with several processes (DDP), with ``grad_accum > 1``,
   with fp16 (the gradient scaler's skipped steps are host decisions), when ``loss_fn`` returns extra
-  metrics (host floats), when the capture raises, and for any batch whose tensor shapes/dtypes differ
+  metrics as host floats (0-d tensors are captured and read after each replay), when the capture raises, and for any batch whose tensor shapes/dtypes differ
   from the captured one (only that batch; e.g. a short last batch). In graph mode a non-finite loss is
   detected after that step's update (the check needs the host), not before it.
 * ``optimizer_impl`` picks the AdamW kernel (``auto``: fused on an eager CUDA run, foreach otherwise; a
@@ -211,7 +211,7 @@ def _truncate_metrics(output_dir: Path, max_step: int) -> None:
 def _as_loss(out: Any) -> tuple[torch.Tensor, dict]:
     if isinstance(out, tuple):
         if len(out) != 2 or not isinstance(out[1], dict):
-            raise TypeError("loss_fn must return a loss tensor or a (loss, dict_of_floats) tuple")
+            raise TypeError("loss_fn must return a loss tensor or a (loss, dict of floats or 0-d tensors) tuple")
         loss, extra = out
     else:
         loss, extra = out, {}
@@ -367,6 +367,7 @@ class WholeStepGraph:
         self.warmup_left = _GRAPH_WARMUP
         self.graph: Optional[torch.cuda.CUDAGraph] = None
         self.static_batch = self.static_loss = self.signature = None
+        self.static_extra: dict[str, torch.Tensor] = {}
         self.given_up = False
         self.record = {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 0, "fallback_reason": None}
 
@@ -385,9 +386,10 @@ class WholeStepGraph:
             raise FloatingPointError(f"loss is {loss.item()}")
         self._update(loss)
         self.optimizer.zero_grad(set_to_none=True)
-        if extra and self.graph is None and not self.given_up:
+        host = sorted(k for k, v in extra.items() if not isinstance(v, torch.Tensor))
+        if host and self.graph is None and not self.given_up:
             self.given_up = True
-            self.record["fallback_reason"] = f"loss_fn returns extra metrics {sorted(extra)} (host floats cannot be captured)"
+            self.record["fallback_reason"] = f"loss_fn returns extra metrics {host} as host floats (return 0-d tensors to capture them)"
         return loss.detach().float(), extra
 
     def step(self, batch: Any) -> tuple[torch.Tensor, dict]:
@@ -431,7 +433,7 @@ class WholeStepGraph:
         loss = self.static_loss.clone()
         if not torch.isfinite(loss):
             raise FloatingPointError(f"loss is {loss.item()} (the captured step has already applied its update)")
-        return loss, {}
+        return loss, {k: v.clone() for k, v in self.static_extra.items()}
 
     def _capture(self, batch: Any, signature: tuple) -> None:
         from torch.utils._pytree import tree_map
@@ -444,6 +446,7 @@ class WholeStepGraph:
             loss, extra = _as_loss(self.loss_fn(self.model, self.static_batch))
             self._update(loss)
             self.static_loss = loss.detach().float()
+            self.static_extra = {k: v.detach().float() for k, v in extra.items()}
         self.graph, self.signature = graph, signature
         self.record["captured"] = True
 

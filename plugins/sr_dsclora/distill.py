@@ -101,4 +101,5 @@ class DistillationLoss(nn.Module):
         ts = F.l1_loss(s_sr, t_sr)
         ad = torch.stack([affinity_distance(s, t, cfg.affinity_side) for s, t in zip(s_feats, t_feats)]).mean()
         loss = cfg.lambda_rec * rec + cfg.lambda_ts * ts + cfg.lambda_ad * ad
-        return loss, {"l_rec": rec.item(), "l_ts": ts.item(), "l_ad": ad.item()}
+        # the parts as 0-d tensors, not host floats: a whole-step CUDA graph can capture them (core.train.WholeStepGraph)
+        return loss, {"l_rec": rec.detach(), "l_ts": ts.detach(), "l_ad": ad.detach()}

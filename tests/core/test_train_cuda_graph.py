@@ -37,6 +37,11 @@ def mse_with_extra(model, batch):
     return nn.functional.mse_loss(model(x), y), {"abs_y": float(y.abs().mean())}
 
 
+def mse_with_tensor_extra(model, batch):
+    x, y = batch
+    return nn.functional.mse_loss(model(x), y), {"abs_y": y.abs().mean()}
+
+
 def losses(result) -> list[float]:
     return [m["loss"] for m in result.history]
 
@@ -142,6 +147,16 @@ def test_extra_metrics_keep_the_run_eager_on_cuda():
     assert [m["abs_y"] for m in graphed.history] == pytest.approx([m["abs_y"] for m in eager.history])
 
 
+@pytest.mark.gpu
+@needs_cuda
+def test_tensor_extra_metrics_are_captured_on_cuda():
+    eager, graphed = _pair(make_model, mse_with_tensor_extra, batch_size=8)
+    rec = graphed.cuda_graph
+    assert rec["captured"] is True and rec["graph_steps"] > 0, rec
+    assert losses(graphed) == pytest.approx(losses(eager), rel=1e-4, abs=1e-6)
+    assert [m["abs_y"] for m in graphed.history] == pytest.approx([m["abs_y"] for m in eager.history], rel=1e-6)
+
+
 # ------------------------------------------------- the graph runner's control flow on CPU, with CUDA calls faked
 
 
@@ -224,6 +239,19 @@ def test_graph_runner_gives_up_on_extra_metrics(fake_cuda):
         assert set(extra) == {"abs_y"}
     assert runner.record["captured"] is False and runner.record["eager_steps"] == 5
     assert "extra metrics ['abs_y']" in runner.record["fallback_reason"]
+
+
+@pytest.mark.parametrize("n", [8, 6])
+def test_graph_runner_captures_tensor_extras_and_reads_them_after_each_replay(fake_cuda, n):
+    """0-d tensor extras are captured with the step (a static tensor per metric, cloned after each replay)."""
+    model, runner = _runner(loss_fn=mse_with_tensor_extra)
+    for _ in range(6):
+        loss, extra = runner.step(_batch(n))
+        assert set(extra) == {"abs_y"} and isinstance(extra["abs_y"], torch.Tensor)
+    assert runner.record["captured"] is True and runner.record["fallback_reason"] is None
+    assert runner.record["eager_steps"] == 3 and runner.record["graph_steps"] == 3 and _FakeGraph.replays == 3
+    assert float(extra["abs_y"]) == pytest.approx(float(_batch(n)[1].abs().mean()))  # the captured body's value
+    assert extra["abs_y"] is not runner.static_extra["abs_y"]  # a copy: the next replay cannot change it
 
 
 def test_set_lr_kind_round_trip():

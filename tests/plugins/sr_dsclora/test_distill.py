@@ -111,7 +111,8 @@ def test_distillation_loss_terms():
     lr, hr = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 32, 32)
     loss, parts = DistillationLoss(teacher)(student, (lr, hr))
     assert parts["l_ts"] == 0.0 and parts["l_ad"] == 0.0  # fresh student == teacher
-    assert loss.item() == pytest.approx(parts["l_rec"], rel=1e-6)
+    assert loss.item() == pytest.approx(float(parts["l_rec"]), rel=1e-6)
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 and not v.requires_grad for v in parts.values())  # capturable
     _perturb_lora(student)
     loss, parts = DistillationLoss(teacher)(student, (lr, hr))
     assert parts["l_ts"] > 0 and parts["l_ad"] > 0
