@@ -238,7 +238,7 @@ def pretrain_base(pipe, config: PretrainConfig, vae_seconds: float | None = None
             rec = vae.decode(post.sample()).sample
             kl = post.kl().mean() / img[0].numel()
             mse = F.mse_loss(rec.float(), img.float())
-            return mse + config.kl_weight * kl.float(), {"mse": mse.item()}
+            return mse + config.kl_weight * kl.float(), {"mse": mse.detach()}  # a 0-d tensor: capturable by a CUDA graph
 
         pipe.vae.requires_grad_(True)
         vae_loader = _loader(x, batch_size=config.batch_size, seed=1)
