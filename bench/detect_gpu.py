@@ -68,6 +68,7 @@ import json
 import math
 import multiprocessing as mp
 import os
+import re
 import statistics
 import sys
 import time
@@ -82,14 +83,15 @@ SEEDS = (0, 1)
 """YOLOv8n's seeds; the students' are ``--student-seeds`` (default the same two)."""
 
 
-def _set_student_seeds(count: int, rank_ratio: float = 0.5) -> None:
+def _set_student_seeds(count: int, rank_ratio: float = 0.5, main_run: bool | None = None) -> None:
     """Run names per group and stage for ``count`` student seeds (0 .. count-1); YOLOv8n keeps :data:`SEEDS`.
-    A student rank other than the default 0.5 is an extra run beside the main one: YOLOv8n (it does not depend on the
-    student) is not trained again there, and the students' names say their rank."""
-    global STUDENT_SEEDS, STUDENT_RANK, GROUPS, STAGE_RUNS, RUNS
-    STUDENT_SEEDS, STUDENT_RANK = tuple(range(count)), rank_ratio
+    A run beside the main one (``main_run`` False; by default: a student rank other than 0.5) trains no YOLOv8n
+    (it does not depend on the students), and the students' names say their rank."""
+    global STUDENT_SEEDS, STUDENT_RANK, MAIN_RUN, GROUPS, STAGE_RUNS, RUNS
+    main_run = rank_ratio == DEFAULT_RANK_RATIO if main_run is None else main_run
+    STUDENT_SEEDS, STUDENT_RANK, MAIN_RUN = tuple(range(count)), rank_ratio, main_run
     NAMES.update(student_sad=f"student r={rank_ratio:g} + SAD", student_plain=f"student r={rank_ratio:g}, no distillation")
-    GROUPS = {"teacher": ("teacher",), "yolov8n": tuple(f"yolov8n_s{s}" for s in SEEDS) if rank_ratio == DEFAULT_RANK_RATIO else (),
+    GROUPS = {"teacher": ("teacher",), "yolov8n": tuple(f"yolov8n_s{s}" for s in SEEDS) if main_run else (),
               "student_sad": tuple(f"student_sad_s{s}" for s in STUDENT_SEEDS),
               "student_plain": tuple(f"student_plain_s{s}" for s in STUDENT_SEEDS)}
     STAGE_RUNS = {"teacher": ("teacher",) + GROUPS["yolov8n"], "students": GROUPS["student_sad"] + GROUPS["student_plain"]}
@@ -293,14 +295,14 @@ def _data_worker(args) -> None:
     _finish(out, "data", {**summary, "seconds": time.time() - t0, "workers": workers})
 
 
-def _in_child(student_seeds: int, rank_ratio: float, target, *a) -> None:
+def _in_child(student_seeds: int, rank_ratio: float, main_run: bool, target, *a) -> None:
     """A spawned process imports this module afresh (default seeds): give it this run's student seeds first."""
-    _set_student_seeds(student_seeds, rank_ratio)
+    _set_student_seeds(student_seeds, rank_ratio, main_run)
     target(*a)
 
 
 def _spawn(target, *a) -> mp.Process:
-    proc = mp.get_context("spawn").Process(target=_in_child, args=(len(STUDENT_SEEDS), STUDENT_RANK, target, *a))
+    proc = mp.get_context("spawn").Process(target=_in_child, args=(len(STUDENT_SEEDS), STUDENT_RANK, MAIN_RUN, target, *a))
     proc.start()
     return proc
 
@@ -538,7 +540,8 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
     dc = d.get("config", {})
     teacher = runs["teacher"] or {}
     cmd = (f"python3 bench/detect_gpu.py --device {args.device} --out {args.out} --budget-s {args.budget_s:.0f}"
-           + f" --student-epochs {args.student_epochs}" + _rank_flag(args) + (f" --student-seeds {args.student_seeds}" if args.student_seeds != len(SEEDS) else "")
+           + f" --student-epochs {args.student_epochs}" + _rank_flag(args) + (f" --variant {args.variant}" if args.variant else "")
+           + (f" --student-seeds {args.student_seeds}" if args.student_seeds != len(SEEDS) else "")
            + (" --exclusive" if args.exclusive else "") + (" --smoke" if args.smoke else ""))
     model = _scale(args)["model"]
     lines = ["# multispectral_det (DLRMamba) results", ""]
@@ -567,7 +570,7 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               f"(task / SVD / state / feature), alignment terms scaled `{args.align_norm}` (`DistillConfig.align_norm`).",
               *_sad_check_lines(args),
               (f"- YOLOv8n (ultralytics, 4 input channels, from scratch): the students' {args.student_epochs} epochs, seeds {list(SEEDS)}."
-               if GROUPS["yolov8n"] else "- YOLOv8n: not trained in this run (it does not depend on the students' rank): see `detect.md`."),
+               if GROUPS["yolov8n"] else "- YOLOv8n: not trained in this run (it does not depend on the students): see `detect.md`."),
               "- The students trained side by side in separate processes"
               + ("" if not GROUPS["yolov8n"] else " (and YOLOv8n beside them)" if args.teacher_weights else " (as did YOLOv8n beside the teacher)")
               + "; a run whose "
@@ -622,7 +625,7 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
                      f"{_fmt(val)} | {ep} | {' '.join(f'{v:.2f}' for v in curve)} | {_fmt(s.get('wall_s'), '.0f')} |")
     lines += ["", "Per model (mean over seeds [min, max]):", "", "| model | seeds | test mAP50 | test mAP50-95 |", "|---|---|---|---|"]
     for g, v in groups.items():
-        if not GROUPS[g]:  # not part of this run (YOLOv8n beside a student rank other than the default)
+        if not GROUPS[g]:  # not part of this run (YOLOv8n in a run beside the main one)
             continue
         m, m95 = v["mAP50"], v["mAP50-95"]
         if m is None:
@@ -673,9 +676,10 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
                   "conditions; `clear`: none of them):", "", "| model | " + " | ".join(keys) + " |", "|---" * (len(keys) + 1) + "|"]
         for r, table in conds.items():
             lines.append(f"| {NAMES[_group(r)]} | " + " | ".join(f"{table[c]['mAP50']:.3f}" for c in keys) + " |")
-    others = sorted(Path(args.report).parent.glob("detect_rank*.md")) if args.rank_ratio == DEFAULT_RANK_RATIO else []
-    if others:  # runs at other student ranks, written by this script with --rank-ratio
-        lines += ["", "The same comparison at other student ranks: " + ", ".join(f"[{p.stem}]({p.name})" for p in others) + "."]
+    others = sorted(Path(args.report).parent.glob("detect_*.md")) if MAIN_RUN else []
+    if others:  # runs beside this one, written by this script with --rank-ratio or --variant
+        lines += ["", "The same comparison in runs beside this one (other student rank or protocol): "
+                  + ", ".join(f"[{p.stem}]({p.name})" for p in others) + "."]
     if png:
         lines += ["", f"![mAP50 vs CPU latency]({Path(args.docs).name}/tradeoff.png)"]
     return lines + [""]
@@ -899,6 +903,9 @@ def main(argv=None) -> int:
     p.add_argument("--rank-ratio", type=float, default=DEFAULT_RANK_RATIO,
                    help="the students' SS2D rank ratio; other than 0.5 writes detect_rank<r>.md and detect_rank<r>/ beside the main "
                         "run's (same lr / SAD choices, read from detect/), and trains no YOLOv8n")
+    p.add_argument("--variant", default=None,
+                   help="name of a run beside the main one (e.g. rank0.25_ep3): writes detect_<variant>.md and detect_<variant>/, "
+                        "trains no YOLOv8n (default: rank<r> for a --rank-ratio other than 0.5, else the main run)")
     p.add_argument("--students-s", type=float, default=175.0, help="wall clock of the students stage (the teacher gets the rest)")
     p.add_argument("--align-norm", default=None, choices=("mse", "relative"),
                    help="DistillConfig.align_norm of the SAD students (default: the one sad_check chose on val, else mse)")
@@ -918,12 +925,14 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if not 0.0 < args.rank_ratio < 1.0:
         p.error(f"--rank-ratio: expected a number in (0, 1), got {args.rank_ratio}")
-    _set_student_seeds(args.student_seeds, args.rank_ratio)
+    if args.variant is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", args.variant):
+        p.error(f"--variant: expected lower-case letters, digits, '.', '_' or '-', got {args.variant!r}")
+    _set_student_seeds(args.student_seeds, args.rank_ratio, main_run=not args.variant and args.rank_ratio == DEFAULT_RANK_RATIO)
     t_start = time.time()
     os.environ.setdefault("YOLO_OFFLINE", "1")
     out = Path(args.out)
     args.choices = str(out / "docs" if args.smoke else ROOT / "docs" / "results" / "detect")  # lr_search, sad_check: the main run's
-    extra = "" if args.rank_ratio == DEFAULT_RANK_RATIO else f"_rank{args.rank_ratio:g}"
+    extra = f"_{args.variant}" if args.variant else "" if args.rank_ratio == DEFAULT_RANK_RATIO else f"_rank{args.rank_ratio:g}"
     args.docs = str(Path(args.choices + extra))
     args.report = str(Path(args.choices).parent / f"detect{extra}.md")
     if args.align_norm is None:

@@ -57,23 +57,35 @@ def test_spawned_workers_get_the_runs_student_seeds(bench):
     before it runs; a rank other than 0.5 trains no YOLOv8n and names the students by their rank."""
     seen = []
     bench._set_student_seeds(2)  # what a fresh import has
-    bench._in_child(4, 0.5, lambda: seen.append((bench.STUDENT_SEEDS, bench.GROUPS["yolov8n"])))
-    bench._in_child(3, 0.25, lambda: seen.append((bench.STUDENT_SEEDS, bench.GROUPS["yolov8n"], bench.NAMES["student_sad"])))
+    bench._in_child(4, 0.5, True, lambda: seen.append((bench.STUDENT_SEEDS, bench.GROUPS["yolov8n"])))
+    bench._in_child(3, 0.25, False, lambda: seen.append((bench.STUDENT_SEEDS, bench.GROUPS["yolov8n"], bench.NAMES["student_sad"])))
+    bench._in_child(2, 0.5, False, lambda: seen.append(bench.GROUPS["yolov8n"]))  # a --variant at the default rank
     bench._set_student_seeds(2)
-    assert seen == [((0, 1, 2, 3), ("yolov8n_s0", "yolov8n_s1")), ((0, 1, 2), (), "student r=0.25 + SAD")]
+    assert seen == [((0, 1, 2, 3), ("yolov8n_s0", "yolov8n_s1")), ((0, 1, 2), (), "student r=0.25 + SAD"), ()]
     assert bench.NAMES["student_sad"] == "student r=0.5 + SAD"
 
 
-def test_rank_ratio_other_than_default_writes_beside_the_main_run(bench, tmp_path, monkeypatch):
-    """``--rank-ratio 0.25``: the report and JSON go to ``detect_rank0.25.md`` / ``detect_rank0.25/``; the lr and SAD
-    choices are still read from the main run's folder; a rank outside (0, 1) is refused."""
+@pytest.mark.parametrize("flags, folder, page, main_run", [
+    ([], "docs", "detect.md", True),
+    (["--rank-ratio", "0.25"], "docs_rank0.25", "detect_rank0.25.md", False),
+    (["--rank-ratio", "0.25", "--variant", "rank0.25_ep3"], "docs_rank0.25_ep3", "detect_rank0.25_ep3.md", False),
+    (["--variant", "ep3"], "docs_ep3", "detect_ep3.md", False),
+])
+def test_runs_beside_the_main_one_write_their_own_page(bench, tmp_path, monkeypatch, flags, folder, page, main_run):
+    """``--rank-ratio`` / ``--variant``: the report and JSON go beside the main run's, which still holds the lr and SAD
+    choices they read; such a run trains no YOLOv8n."""
     seen = {}
     monkeypatch.setattr(bench, "_report", lambda args: seen.update(docs=args.docs, report=args.report, choices=args.choices) or {})
-    assert bench.main(["--stage", "report", "--out", str(tmp_path), "--rank-ratio", "0.25", "--smoke"]) == 0
-    assert Path(seen["docs"]).name == "docs_rank0.25" and Path(seen["report"]).name == "detect_rank0.25.md"
-    assert Path(seen["choices"]) == tmp_path / "docs"
+    assert bench.main(["--stage", "report", "--out", str(tmp_path), "--smoke", *flags]) == 0
+    assert Path(seen["docs"]).name == folder and Path(seen["report"]).name == page
+    assert Path(seen["choices"]) == tmp_path / "docs" and bench.MAIN_RUN is main_run and bool(bench.GROUPS["yolov8n"]) is main_run
+    bench._set_student_seeds(2)
+
+
+@pytest.mark.parametrize("flags", [["--rank-ratio", "1.5"], ["--rank-ratio", "0"], ["--variant", "Rank 0.25"], ["--variant", "../x"]])
+def test_bad_rank_or_variant_is_refused(bench, tmp_path, flags):
     with pytest.raises(SystemExit) as exc:
-        bench.main(["--stage", "report", "--out", str(tmp_path), "--rank-ratio", "1.5"])
+        bench.main(["--stage", "report", "--out", str(tmp_path), *flags])
     assert exc.value.code == 2
     bench._set_student_seeds(2)
 
