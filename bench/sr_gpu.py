@@ -27,8 +27,8 @@ from the start of the process), each writing ``OUT/<stage>/result.json`` at once
 Speed: on CUDA every training step (forward, backward, Adam) is replayed from one captured CUDA graph
 (``core.train.WholeStepGraph``; the 26-channel SPAN's step is launch-bound), after three eager warm-up steps; DSCLoRA's
 distillation terms come back as 0-d tensors, so its step is captured too (until 2026-12-02 they were host floats and
-its runs stayed eager: 27 ms per step on the H200 against 10 ms for continued SPAN and 6 ms for the full fine-tune). The EMA is one multi-tensor kernel per step.
-Each run's JSON records whether it captured.
+its runs stayed eager: 27 ms per step on the H200 against 10 ms for continued SPAN and 6 ms for the full
+fine-tune). The EMA is one multi-tensor kernel per step. Each run's JSON records whether it captured.
 
 Resuming: every training run writes ``OUT/<stage>/<run>/ckpt.safetensors`` (weights, EMA, Adam moments, step,
 planned steps; no ``.pt``) every ``--ckpt-s`` seconds and when its window ends; a later call with the same
