@@ -572,7 +572,8 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
               (f"- YOLOv8n (ultralytics, 4 input channels, from scratch): the students' {args.student_epochs} epochs, seeds {list(SEEDS)}."
                if GROUPS["yolov8n"] else "- YOLOv8n: not trained in this run (it does not depend on the students): see `detect.md`."),
               "- The students trained side by side in separate processes"
-              + ("" if not GROUPS["yolov8n"] else " (and YOLOv8n beside them)" if args.teacher_weights else " (as did YOLOv8n beside the teacher)")
+              + ("" if not GROUPS["yolov8n"] else " (and YOLOv8n beside them)" if args.teacher_weights
+                 else " (as did YOLOv8n beside the teacher)")
               + "; a run whose "
               "`done.json` an earlier job of this command left is kept, not retrained, so seeds added later with "
               "`--student-seeds` trained in a later job with fewer processes beside them. Training wall times are therefore "

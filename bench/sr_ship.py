@@ -49,7 +49,8 @@ def ship(run_dir: Path, scale: int = 4, dry_run: bool = False, weights_dir: Path
     if scores["dsclora"]["psnr"] < scores["span"]["psnr"]:
         raise SystemExit(f"the DSCLoRA student ({scores['dsclora']['psnr']:.3f} dB) scores below its teacher "
                          f"({scores['span']['psnr']:.3f} dB) on the bundled eval photos: not shipped")
-    command = f"{report['command']}; then python3 bench/sr_ship.py --run-dir {run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir}"
+    shown = run_dir.relative_to(ROOT) if run_dir.is_relative_to(ROOT) else run_dir
+    command = f"{report['command']}; then python3 bench/sr_ship.py --run-dir {shown}"
     data = (f"lowrank-sr make-data train/ ({report['data']}: Endless Sky landscape photographs, Debian endless-sky-high-dpi); "
             "choices on its val/")
     real = report["eval"]

@@ -30,8 +30,9 @@ Choices this module makes (none of them come from a paper):
   copied into the captured (static) input tensors. Eager steps are used instead, and the reason is
   recorded in ``TrainResult.cuda_graph``, on a CPU, with several processes (DDP), with ``grad_accum > 1``,
   with fp16 (the gradient scaler's skipped steps are host decisions), when ``loss_fn`` returns extra
-  metrics as host floats (0-d tensors are captured and read after each replay), when the capture raises, and for any batch whose tensor shapes/dtypes differ
-  from the captured one (only that batch; e.g. a short last batch). In graph mode a non-finite loss is
+  metrics as host floats (0-d tensors are captured and read after each replay), when the capture raises,
+  and for any batch whose tensor shapes/dtypes differ from the captured one (only that batch; e.g. a short
+  last batch). In graph mode a non-finite loss is
   detected after that step's update (the check needs the host), not before it.
 * ``optimizer_impl`` picks the AdamW kernel (``auto``: fused on an eager CUDA run, foreach otherwise; a
   resumed checkpoint gets this run's kernel back); ``TrainResult.optimizer`` records it.
