@@ -83,12 +83,11 @@ SEEDS = (0, 1)
 """YOLOv8n's seeds; the students' are ``--student-seeds`` (default the same two)."""
 
 
-def _set_student_seeds(count: int, rank_ratio: float = 0.5, main_run: bool | None = None) -> None:
+def _set_student_seeds(count: int, rank_ratio: float = 0.5, main_run: bool = True) -> None:
     """Run names per group and stage for ``count`` student seeds (0 .. count-1); YOLOv8n keeps :data:`SEEDS`.
-    A run beside the main one (``main_run`` False; by default: a student rank other than 0.5) trains no YOLOv8n
+    A run beside the main one (``main_run`` False: ``--rank-ratio`` other than 0.5 or ``--variant``) trains no YOLOv8n
     (it does not depend on the students), and the students' names say their rank."""
     global STUDENT_SEEDS, STUDENT_RANK, MAIN_RUN, GROUPS, STAGE_RUNS, RUNS
-    main_run = rank_ratio == DEFAULT_RANK_RATIO if main_run is None else main_run
     STUDENT_SEEDS, STUDENT_RANK, MAIN_RUN = tuple(range(count)), rank_ratio, main_run
     NAMES.update(student_sad=f"student r={rank_ratio:g} + SAD", student_plain=f"student r={rank_ratio:g}, no distillation")
     GROUPS = {"teacher": ("teacher",), "yolov8n": tuple(f"yolov8n_s{s}" for s in SEEDS) if main_run else (),
@@ -928,12 +927,13 @@ def main(argv=None) -> int:
         p.error(f"--rank-ratio: expected a number in (0, 1), got {args.rank_ratio}")
     if args.variant is not None and not re.fullmatch(r"[a-z0-9][a-z0-9._-]*", args.variant):
         p.error(f"--variant: expected lower-case letters, digits, '.', '_' or '-', got {args.variant!r}")
-    _set_student_seeds(args.student_seeds, args.rank_ratio, main_run=not args.variant and args.rank_ratio == DEFAULT_RANK_RATIO)
+    beside = args.variant or (None if args.rank_ratio == DEFAULT_RANK_RATIO else f"rank{args.rank_ratio:g}")  # None: the main run
+    _set_student_seeds(args.student_seeds, args.rank_ratio, main_run=beside is None)
     t_start = time.time()
     os.environ.setdefault("YOLO_OFFLINE", "1")
     out = Path(args.out)
     args.choices = str(out / "docs" if args.smoke else ROOT / "docs" / "results" / "detect")  # lr_search, sad_check: the main run's
-    extra = f"_{args.variant}" if args.variant else "" if args.rank_ratio == DEFAULT_RANK_RATIO else f"_rank{args.rank_ratio:g}"
+    extra = f"_{beside}" if beside else ""
     args.docs = str(Path(args.choices + extra))
     args.report = str(Path(args.choices).parent / f"detect{extra}.md")
     if args.align_norm is None:

@@ -37,7 +37,8 @@ def ship(run_dir: Path, scale: int = 4, dry_run: bool = False, weights_dir: Path
         raise SystemExit(f"--run-dir {run_dir}: no report.json (run bench/sr_gpu.py's report stage first)")
     report = json.loads(report_path.read_text())
     teacher_stage = report["acceptance"]["teacher"]
-    seed0 = f"dsclora_s{report['finetunes']['plan']['runs'][0].rsplit('_s', 1)[1]}" if report.get("finetunes") else None
+    plan = (report.get("finetunes") or {}).get("plan", {})
+    student_run = next((r for r in plan.get("runs", []) if r.startswith("dsclora_")), None)  # the report saved its first seed
     images = load_eval_set(None, scale)
     scores, models = {}, {}
     for kind in ("span", "dsclora"):
@@ -53,15 +54,14 @@ def ship(run_dir: Path, scale: int = 4, dry_run: bool = False, weights_dir: Path
     command = f"{report['command']}; then python3 bench/sr_ship.py --run-dir {shown}"
     data = (f"lowrank-sr make-data train/ ({report['data']}: Endless Sky landscape photographs, Debian endless-sky-high-dpi); "
             "choices on its val/")
-    real = report["eval"]
-    teacher_steps = sum((report["stages"].get(s) or {}).get("steps", 0) for s in ("teacher_l1", "teacher_l2")
-                        if s == "teacher_l1" or teacher_stage == "teacher_l2")
+    real, stages = report["eval"], report["stages"]
+    teacher_steps = stages["teacher_l1"]["steps"] + (stages["teacher_l2"]["steps"] if teacher_stage == "teacher_l2" else 0)
+    student_real = real.get(student_run, {})
     extras = {
         "span": {"steps": teacher_steps, "stage": teacher_stage, "realphoto_eval_psnr": real[teacher_stage]["psnr"],
                  "realphoto_gain_over_bicubic": real[teacher_stage]["gain_over_bicubic"]},
-        "dsclora": {"steps": (report.get("finetunes") or {}).get("plan", {}).get("steps"),
-                    "teacher_psnr": scores["span"]["psnr"], "realphoto_eval_psnr": real[seed0]["psnr"] if seed0 in real else None,
-                    "realphoto_gain_over_bicubic": real[seed0]["gain_over_bicubic"] if seed0 in real else None},
+        "dsclora": {"steps": plan.get("steps"), "teacher_psnr": scores["span"]["psnr"],
+                    "realphoto_eval_psnr": student_real.get("psnr"), "realphoto_gain_over_bicubic": student_real.get("gain_over_bicubic")},
     }
     written = {}
     for kind in ("span", "dsclora"):
