@@ -102,3 +102,30 @@ def test_paired_interval_of_seed_gains(diffs, expected):
 
 def test_paired_interval_needs_two_pairs():
     assert load_bench_script("detect_gpu.py").paired_interval([0.5]) is None
+
+
+def test_report_of_a_run_beside_the_main_one_from_its_committed_json(bench, tmp_path):
+    """The rank-0.25, 3-epoch GPU run's page, re-written from its committed per-run JSON: the goal's verdict stays
+    'not decided' (mAP50 gain inside the seed spread), the mAP50-95 reading beside it is said as NOT the goal's metric,
+    and the plot is drawn although such a run trains no YOLOv8n."""
+    import shutil
+
+    committed = Path(bench.ROOT) / "docs" / "results" / "detect_rank0.25_ep3"
+    out = tmp_path / "run"
+    shutil.copytree(committed / "runs", out)
+    docs = out / "docs_rank0.25_ep3"  # with --smoke the pages go under --out
+    docs.mkdir()
+    shutil.copy(committed / "cpu_latency.json", docs / "cpu_latency.json")
+    flags = ["--stage", "report", "--out", str(out), "--smoke", "--rank-ratio", "0.25", "--variant", "rank0.25_ep3",
+             "--student-seeds", "6", "--student-epochs", "3"]
+    assert bench.main(flags) == 0
+    result = json.loads((docs / "gpu_results.json").read_text())
+    checks, met = result["checks"], result["met"]
+    assert checks["distillation_gain_mAP50_points"] == pytest.approx(0.688, abs=1e-3)
+    assert checks["distillation_gain_paired_ci95_points"] == pytest.approx([-0.168, 1.543], abs=1e-3)
+    assert checks["distillation_gain_mAP50_95_paired_ci95_points"] == pytest.approx([0.628, 2.964], abs=1e-3)
+    assert met["distillation_gain_mAP50_points"] is None and met["mAP50_points_lost"] is True
+    page = (out / "detect_rank0.25_ep3.md").read_text()
+    assert "NOT the goal's metric" in page and "(excludes 0)" in page and "**not decided**" in page
+    assert (docs / "tradeoff.png").stat().st_size > 1000
+    bench._set_student_seeds(2)
