@@ -33,7 +33,9 @@ Choices this module makes (none of them come from a paper):
   metrics as host floats (0-d tensors are captured and read after each replay), when the capture raises,
   and for any batch whose tensor shapes/dtypes differ from the captured one (only that batch; e.g. a short
   last batch). In graph mode a non-finite loss is
-  detected after that step's update (the check needs the host), not before it.
+  detected after that step's update (the check needs the host), not before it. Before the warm-up, adapter
+  layers whose compiled weight build measured faster under graphs (convolutions, DoRA) are switched to it
+  (``core.adapters.base.fuse_builds_for_capture``); their names go to ``TrainResult.cuda_graph["fused_builds"]``.
 * ``optimizer_impl`` picks the AdamW kernel (``auto``: fused on an eager CUDA run, foreach otherwise; a
   resumed checkpoint gets this run's kernel back); ``TrainResult.optimizer`` records it.
 * ``strategy_tuning`` ("layer"/"model") times the adapter layers' execution strategies on the first batch
@@ -149,7 +151,8 @@ class TrainResult:
     """The trained model, unwrapped from DDP/autocast."""
     cuda_graph: dict = field(default_factory=dict)
     """Whole-step graph record: ``requested``, ``captured``, ``graph_steps``, ``eager_steps``, ``fallback_reason``
-    (why the run, or its first eager batch after capture, was not replayed; ``None`` when every step after warm-up was)."""
+    (why the run, or its first eager batch after capture, was not replayed; ``None`` when every step after warm-up was),
+    ``fused_builds`` (the adapter layers switched to the compiled weight build: ``core.adapters.base.fuse_builds_for_capture``)."""
     optimizer: dict = field(default_factory=dict)
     """The AdamW kernel used: ``requested`` (``TrainConfig.optimizer_impl``), ``impl`` (fused/foreach/plain), ``reason``."""
     strategies: dict = field(default_factory=dict)
@@ -362,7 +365,8 @@ class WholeStepGraph:
     learning rate (fill it in place for a schedule), call :meth:`step` with each batch, and do not zero the
     gradients in between (the eager fallback zeroes them itself; in graph mode they live in the graph's pool)."""
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, max_grad_norm: Optional[float]):
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, loss_fn: Callable, max_grad_norm: Optional[float],
+                 *, fuse_builds: bool = True):
         self.model, self.optimizer, self.loss_fn, self.max_grad_norm = model, optimizer, loss_fn, max_grad_norm
         self.params = [p for g in optimizer.param_groups for p in g["params"]]
         self.warmup_left = _GRAPH_WARMUP
@@ -371,6 +375,10 @@ class WholeStepGraph:
         self.static_extra: dict[str, torch.Tensor] = {}
         self.given_up = False
         self.record = {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 0, "fallback_reason": None}
+        if fuse_builds:  # before the warm-up, so the compiled builds compile eagerly, never inside the capture
+            from .adapters.base import fuse_builds_for_capture  # here: this module imports no adapter code at load
+
+            self.record["fused_builds"] = fuse_builds_for_capture(model)
 
     def _update(self, loss: torch.Tensor) -> None:
         loss.backward()
