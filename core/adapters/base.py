@@ -392,7 +392,7 @@ def fuse_builds_for_capture(model: nn.Module) -> list[str]:
     Chosen from measured cost (H200, bf16, whole-step graphs, medians of 3 interleaved rounds, ``docs/benchmarks.md``),
     step time of the compiled build vs ``auto``'s eager weight space: LoRA on convolutions 0.94 vs 0.94 (small 3-D
     UNet), 0.91 vs 0.94 (diffusers UNet), 1.04 vs 1.05 (ResNet-50) of full fine-tuning; CP-LoRA 0.97 vs 1.03, 0.92 vs
-    0.97, 1.06 vs 1.10; DoRA 0.96 vs 0.97, 0.93 vs 1.05, 1.05 vs 1.10, and on ViT-B's Linear layers 0.98 vs 1.54. On
+    0.97, 1.06 vs 1.10; DoRA 0.96 vs 0.97, 0.93 vs 1.05, 1.05 vs 1.10, and on ViT-B's Linear layers 0.98 vs 1.17 for the weight space. On
     Linear LoRA / CP-LoRA layers the fused Linear kernel ``auto`` takes under capture was faster (ViT-B 0.88 and 0.89
     vs 0.94 and 1.05), so those are left alone. The build compiles during the eager warm-up steps (a one-off cost);
     where it cannot compile it falls back to the eager build (``fused_status`` says so)."""
