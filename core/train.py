@@ -35,7 +35,8 @@ Choices this module makes (none of them come from a paper):
   last batch). In graph mode a non-finite loss is
   detected after that step's update (the check needs the host), not before it. Before the warm-up, adapter
   layers whose compiled weight build measured faster under graphs (convolutions, DoRA) are switched to it
-  (``core.adapters.base.fuse_builds_for_capture``); their names go to ``TrainResult.cuda_graph["fused_builds"]``.
+  (``core.adapters.base.fuse_builds_for_capture``; ``cuda_graph_fused_builds=False`` skips it); their names go to
+  ``TrainResult.cuda_graph["fused_builds"]``.
 * ``optimizer_impl`` picks the AdamW kernel (``auto``: fused on an eager CUDA run, foreach otherwise; a
   resumed checkpoint gets this run's kernel back); ``TrainResult.optimizer`` records it.
 * ``strategy_tuning`` ("layer"/"model") times the adapter layers' execution strategies on the first batch
@@ -109,6 +110,9 @@ class TrainConfig:
     """Call ``eval_fn`` every N optimizer steps (0: only after the last step)."""
     cuda_graph: bool = False
     """Replay the whole optimizer step as one captured CUDA graph (static shapes; eager fallback, see the module docstring)."""
+    cuda_graph_fused_builds: bool = True
+    """With ``cuda_graph``: switch the adapter layers whose compiled weight build measured faster under graphs to it
+    before the warm-up (``core.adapters.base.fuse_builds_for_capture``); ``False`` skips the compile (a one-off cost)."""
     optimizer_impl: Literal["auto", "fused", "foreach", "plain"] = "auto"
     """AdamW kernel: ``fused`` (one kernel for all parameters), ``foreach`` (multi-tensor ops), ``plain`` (a loop
     over parameters); ``auto`` is fused on an eager CUDA run, foreach otherwise (the chosen one is in ``TrainResult.optimizer``)."""
@@ -131,6 +135,7 @@ class TrainConfig:
         require(self, "keep_last", isinstance(self.keep_last, int) and self.keep_last >= 0, "an int >= 0")
         require(self, "eval_every", isinstance(self.eval_every, int) and self.eval_every >= 0, "an int >= 0")
         require(self, "cuda_graph", isinstance(self.cuda_graph, bool), "a bool")
+        require(self, "cuda_graph_fused_builds", isinstance(self.cuda_graph_fused_builds, bool), "a bool")
         require(self, "optimizer_impl", self.optimizer_impl in ("auto", "fused", "foreach", "plain"), "one of 'auto', 'fused', 'foreach', 'plain'")
         require(self, "strategy_tuning", self.strategy_tuning in ("off", "layer", "model"), "one of 'off', 'layer', 'model'")
         if (self.checkpoint_every or self.resume) and self.output_dir is None:
@@ -152,7 +157,8 @@ class TrainResult:
     cuda_graph: dict = field(default_factory=dict)
     """Whole-step graph record: ``requested``, ``captured``, ``graph_steps``, ``eager_steps``, ``fallback_reason``
     (why the run, or its first eager batch after capture, was not replayed; ``None`` when every step after warm-up was),
-    ``fused_builds`` (the adapter layers switched to the compiled weight build: ``core.adapters.base.fuse_builds_for_capture``)."""
+    ``fused_builds`` (the adapter layers switched to the compiled weight build: ``core.adapters.base.fuse_builds_for_capture``;
+    ``None`` with ``cuda_graph_fused_builds=False``)."""
     optimizer: dict = field(default_factory=dict)
     """The AdamW kernel used: ``requested`` (``TrainConfig.optimizer_impl``), ``impl`` (fused/foreach/plain), ``reason``."""
     strategies: dict = field(default_factory=dict)
@@ -375,6 +381,7 @@ class WholeStepGraph:
         self.static_extra: dict[str, torch.Tensor] = {}
         self.given_up = False
         self.record = {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 0, "fallback_reason": None}
+        self.record["fused_builds"] = None  # None: not asked (fuse_builds=False)
         if fuse_builds:  # before the warm-up, so the compiled builds compile eagerly, never inside the capture
             from .adapters.base import fuse_builds_for_capture  # here: this module imports no adapter code at load
 
@@ -585,7 +592,8 @@ def fit(
         if pending is None:
             pending = next(stream)
         strategies = _tune_before_training(model, accelerator.unwrap_model(model), pending, loss_fn, config, accelerator.device)
-    graph = WholeStepGraph(model, optimizer.optimizer, loss_fn, config.max_grad_norm) if use_graph else None
+    graph = (WholeStepGraph(model, optimizer.optimizer, loss_fn, config.max_grad_norm, fuse_builds=config.cuda_graph_fused_builds)
+             if use_graph else None)
     eager_steps_before = step
     bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True)
     running, last_loss = None, float("nan")

@@ -52,6 +52,20 @@ def test_merged_layers_are_not_switched(monkeypatch):
     assert fuse_builds_for_capture(model) == []
 
 
+@pytest.mark.parametrize("fuse_builds, recorded, fused", [(True, 2, True), (False, None, False)])
+def test_graph_runner_switches_before_warm_up_unless_told_not_to(monkeypatch, fuse_builds, recorded, fused):
+    from lowrank_vision.core.train import WholeStepGraph
+
+    monkeypatch.setattr(DeltaAdapter, "_on_cuda", lambda self: True)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.Conv2d(4, 4, 3), nn.Flatten(), nn.Linear(16, 2))
+    lr.apply(model, "lora", rank=2, alpha=4)
+    runner = WholeStepGraph(model, torch.optim.AdamW(lr.trainable_parameters(model)), lambda m, b: m(b).sum(), None,
+                            fuse_builds=fuse_builds)
+    got = runner.record["fused_builds"]
+    assert (len(got) if got is not None else None) == recorded
+    assert [m.fused for m in model.modules() if isinstance(m, DeltaAdapter)] == [fused, fused, False]  # the Linear: never
+
+
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 

@@ -85,6 +85,8 @@ def test_cuda_graph_on_cpu_falls_back_with_reason_and_same_losses():
 def test_cuda_graph_must_be_a_bool():
     with pytest.raises(ValueError, match="TrainConfig.cuda_graph must be a bool"):
         TrainConfig(cuda_graph="yes")
+    with pytest.raises(ValueError, match="TrainConfig.cuda_graph_fused_builds must be a bool"):
+        TrainConfig(cuda_graph=True, cuda_graph_fused_builds=1)
 
 
 # --------------------------------------------------------------------------------------------- CUDA
