@@ -12,6 +12,10 @@ were unpacked with ``dpkg-deb -x``; PyPI packages through their import location)
 * ``eval/``: photos of *other* sources: Debian wallpaper packages (``lomiri-wallpapers-16.04``
   and ``-20.04``, ``mate-backgrounds`` nature) and the photos that ship with scikit-image and
   scikit-learn (the project's earlier evaluation set). Disjoint from training by file and by source.
+* Only when asked (``extra_train``, ``lowrank-sr make-data --extra-train plasma``): more training photographs
+  from sources of role ``extra`` — the 11 photographs among KDE Plasma's wallpapers (Debian
+  ``plasma-workspace-wallpapers``, 2560x1600, LGPL-3.0), each giving its ``crops`` most-textured grid windows
+  (:func:`_grid_windows`) instead of one, held out for validation by the same rule as Endless Sky.
 
 Processing, stated (no paper prescribes one): the Endless Sky JPEGs (quality ~85) are down-scaled
 by ``factor`` (2, Lanczos) to hide their compression artefacts, and each training image keeps the
@@ -64,8 +68,14 @@ class PhotoSource:
     """File names (globs) in ``directory`` that are photographs."""
     licences: tuple[tuple[str, str], ...]
     """``(file glob, "licence; copyright holder")``, the first match wins."""
-    role: Literal["train", "eval"]
-    """``train`` sources give the training and validation sets, ``eval`` sources the evaluation set."""
+    role: Literal["train", "eval", "extra"]
+    """``train`` sources give the training and validation sets, ``eval`` sources the evaluation set, ``extra``
+    sources more training and validation photos when asked for by name (``build_sr_data(extra_train=...)``)."""
+    name_depth: int = 0
+    """0: a photo is named by its file's stem; k: by the folder k levels above the file (KDE wallpapers are
+    ``<Name>/contents/images/<W>x<H>.jpg``: 3)."""
+    crops: int = 1
+    """Training windows per photo: 1 keeps the most-textured window; more keeps that many grid windows."""
 
     def licence_of(self, file_name: str) -> str:
         for pattern, licence in self.licences:
@@ -82,9 +92,18 @@ class Photo:
     path: Path
 
     @property
+    def key(self) -> str:
+        """The photo's own name inside its source (see :attr:`PhotoSource.name_depth`)."""
+        depth = self.source.name_depth
+        return self.path.parents[depth - 1].name if depth else self.path.stem.replace("@2x", "")
+
+    @property
     def name(self) -> str:
-        stem = self.path.stem.replace("@2x", "")
-        return f"{self.source.name}__{stem}"
+        return f"{self.source.name}__{self.key}"
+
+    @property
+    def licence(self) -> str:
+        return self.source.licence_of(self.path.name if not self.source.name_depth else self.key)
 
 
 _UNSPLASH = ("badlands0", "badlands5", "badlands7", "badlands8", "beach0", "beach2", "beach3", "beach4", "beach5", "beach6",
@@ -127,6 +146,13 @@ _LOMIRI_16 = (
     ("sunset_by_Aitzol_Berasategi.jpg", "CC-BY-4.0; Aitzol Berasategi"),
     ("Wine_by_Jakkub_Mede.jpg", "CC-BY-4.0; Jakub Mede"),
 )
+_PLASMA_PHOTOS = (
+    ("BytheWater", "Maciej Wiklo"), ("ColdRipple", "Risto Saukonpää"), ("ColorfulCups", "Dmitri Popov"),
+    ("DarkestHour", "Risto Saukonpää"), ("EveningGlow", "Ian Hex"), ("FallenLeaf", "Martin Klapetek"), ("Grey", "Sigi Sagi"),
+    ("Kite", "Risto Saukonpää"), ("OneStandsOut", "Risto Saukonpää"), ("Path", "Risto Saukonpää"), ("summer_1am", "Risto Saukonpää"),
+)
+"""The photographs among plasma-workspace-wallpapers' 30 wallpapers (the rest is vector art) and their authors, from each
+wallpaper's ``metadata.json`` (``KPlugin.Authors``; licence field ``LGPLv3``)."""
 _MATE_NATURE = ("Aqua", "Blinds", "Dune", "FreshFlower", "Garden", "GreenMeadow", "LadyBird", "RainDrops", "Storm", "TwoWings", "Wood",
                 "YellowFlower")
 
@@ -139,6 +165,10 @@ CATALOGUE: tuple[PhotoSource, ...] = (
                 ("Kleiber_by_Lukas_Baubkus.jpg",), (("*", "CC-BY-SA-3.0; Lukas Baubkus"),), "eval"),
     PhotoSource("mate-nature", "debian", "mate-backgrounds", "1.26.0-1", "/usr/share/backgrounds/mate/nature",
                 tuple(f"{n}.jpg" for n in _MATE_NATURE), (("*", "GPL-2+; authors in /usr/share/doc/mate-backgrounds/copyright"),), "eval"),
+    PhotoSource("plasma", "debian", "plasma-workspace-wallpapers", "4:5.27.5-2", "/usr/share/wallpapers",
+                tuple(f"{n}/contents/images/2560x1600.jpg" for n, _ in _PLASMA_PHOTOS),
+                tuple((f"{n}*", f"LGPL-3.0; {who} (KDE Visual Design Group)") for n, who in _PLASMA_PHOTOS), "extra",
+                name_depth=3, crops=6),
     PhotoSource("skimage", "pypi", "scikit-image", ">=0.22", "skimage/data", ("astronaut.png", "chelsea.png", "coffee.png"),
                 (("astronaut.png", "public domain; NASA"), ("chelsea.png", "CC0-1.0; Stefan van der Walt"),
                  ("coffee.png", "CC0-1.0; Rachel Michetti")), "eval"),
@@ -244,6 +274,34 @@ def _texture_window(arr: np.ndarray, crop: int, positions: int = 7) -> tuple[int
     return corner
 
 
+def _grid_windows(arr: np.ndarray, crop: int, count: int) -> list[tuple[int, int]]:
+    """Top-left corners of the ``count`` non-overlapping ``crop x crop`` grid windows with most gradient energy, most first
+    (the grid is centred; a photo with fewer windows gives them all)."""
+    h, w = arr.shape[:2]
+    grey = arr.astype(np.float32).mean(axis=2)
+    energy = np.abs(np.diff(grey, axis=0))[:, :-1] + np.abs(np.diff(grey, axis=1))[:-1, :]
+    top, left = (h % crop) // 2, (w % crop) // 2
+    corners = [(top + i * crop, left + j * crop) for i in range(h // crop) for j in range(w // crop)]
+    scores = [float(energy[y : y + crop - 1, x : x + crop - 1].mean()) for y, x in corners]
+    order = sorted(range(len(corners)), key=lambda k: -scores[k])
+    return [corners[k] for k in order[:count]]
+
+
+def _prepare_crops(path: Path, kind: str, factor: int, crop: int, eval_side: int, crops: int) -> list:
+    """:func:`_prepare`, or for a training photo of a source with ``crops > 1`` its ``crops`` grid windows."""
+    if kind != "train" or crops == 1:
+        return [_prepare(path, kind, factor, crop, eval_side)]
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB")
+    w, h = im.size
+    im = im.resize((w // factor, h // factor), Image.LANCZOS)
+    side = min(crop, *im.size)
+    return [(im.crop((x, y, x + side, y + side)), f"Lanczos /{factor}, grid window {rank + 1} of the {crops} most textured, "
+             f"{side}x{side} at ({x}, {y})") for rank, (y, x) in enumerate(_grid_windows(np.asarray(im), side, crops))]
+
+
 def _prepare(path: Path, kind: str, factor: int, crop: int, eval_side: int):
     """The processed PIL image of one photo (see the module docstring) and a description of the processing."""
     from PIL import Image
@@ -272,48 +330,58 @@ def _prepare(path: Path, kind: str, factor: int, crop: int, eval_side: int):
 
 
 def build_sr_data(out_dir: PathLike, roots: Sequence[PathLike] = ("/",), images: Optional[PathLike] = None, factor: int = 2,
-                  crop: int = 320, eval_side: int = 384, sources: Sequence[PhotoSource] = CATALOGUE) -> dict:
+                  crop: int = 320, eval_side: int = 384, sources: Sequence[PhotoSource] = CATALOGUE,
+                  extra_train: Sequence[str] = ()) -> dict:
     """Write ``train/``, ``val/`` and ``eval/`` (lossless WebP), ``manifest.json`` (every file: source,
     package, version, licence, original path, SHA-256, processing) and ``LICENSES.md`` into ``out_dir``.
 
     ``images``: a folder of the user's own photos to train on instead of the catalogue's training
     sources (the files :func:`is_validation` picks held out, or the last one if it picks none). Refused, before anything is written,
     when a training or validation image overlaps the evaluation set (:func:`check_disjoint`).
+    ``extra_train``: names of ``extra`` sources to train (and validate) on as well; not with ``images``.
     """
     from .readers import image_files
 
     for name, value, low in (("factor", factor, 1), ("crop", crop, 32), ("eval_side", eval_side, 32)):
         if not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+    extras = {s.name: s for s in sources if s.role == "extra"}
+    if unknown := [n for n in extra_train if n not in extras]:
+        raise ValueError(f"extra_train: unknown source(s) {unknown}; expected some of {sorted(extras)}")
+    if extra_train and images is not None:
+        raise ValueError("extra_train: adds catalogue photos to the catalogue's training set; not with images (your own photos)")
+    used_extras = [extras[n] for n in dict.fromkeys(extra_train)]
     eval_photos = find_photos([s for s in sources if s.role == "eval"], roots)
     if images is not None:
         own = PhotoSource("own", "local", "-", "-", str(images), ("*",), (("*", "the user's own"),), "train")
         train_photos = [Photo(own, p) for p in image_files(Path(images))]
     else:
-        train_photos = find_photos([s for s in sources if s.role == "train"], roots)
+        train_photos = find_photos([s for s in sources if s.role == "train"] + used_extras, roots)
     check_disjoint([p.path for p in train_photos], [p.path for p in eval_photos])
     out_dir = Path(out_dir)
     records, counts, total_bytes = [], {"train": 0, "val": 0, "eval": 0}, 0
     held_out = {p.name for p in train_photos if is_validation(p.name)} or {train_photos[-1].name} if len(train_photos) > 1 else set()
     jobs = [("eval", p) for p in eval_photos] + [("val" if p.name in held_out else "train", p) for p in train_photos]
     for kind, photo in jobs:
-        image, how = _prepare(photo.path, kind, factor, crop, eval_side)
-        target = out_dir / kind / f"{photo.name}.webp"
-        with atomic_path(target) as tmp:
-            image.save(tmp, format="WEBP", lossless=True, method=4)
-        size = target.stat().st_size
-        total_bytes += size
-        counts[kind] += 1
-        records.append({
-            "file": f"{kind}/{target.name}", "set": kind, "source": photo.source.name, "registry": photo.source.registry,
-            "package": photo.source.package, "version": photo.source.version, "licence": photo.source.licence_of(photo.path.name),
-            "original": str(photo.path), "sha256": hashlib.sha256(photo.path.read_bytes()).hexdigest(), "processing": how,
-            "size": list(image.size), "bytes": size,
-        })
+        prepared = _prepare_crops(photo.path, kind, factor, crop, eval_side, photo.source.crops)
+        sha256 = hashlib.sha256(photo.path.read_bytes()).hexdigest()
+        for index, (image, how) in enumerate(prepared):
+            target = out_dir / kind / (f"{photo.name}_{index}.webp" if len(prepared) > 1 else f"{photo.name}.webp")
+            with atomic_path(target) as tmp:
+                image.save(tmp, format="WEBP", lossless=True, method=4)
+            size = target.stat().st_size
+            total_bytes += size
+            counts[kind] += 1
+            records.append({
+                "file": f"{kind}/{target.name}", "set": kind, "source": photo.source.name, "registry": photo.source.registry,
+                "package": photo.source.package, "version": photo.source.version, "licence": photo.licence,
+                "original": str(photo.path), "sha256": sha256, "processing": how, "size": list(image.size), "bytes": size,
+            })
     summary = {
         "out": str(out_dir), "counts": counts, "megabytes": round(total_bytes / 2**20, 2), "factor": factor, "crop": crop,
         "eval_side": eval_side,
-        "sources": [{k: v for k, v in asdict(s).items() if k != "licences"} for s in sources if images is None or s.role == "eval"],
+        "sources": [{k: v for k, v in asdict(s).items() if k != "licences"} for s in sources
+                    if s.role == "eval" or (images is None and (s.role == "train" or s in used_extras))],
         "train_from": str(images) if images is not None else "catalogue",
     }
     write_json(out_dir / "manifest.json", {**summary, "files": records})

@@ -12,7 +12,7 @@ import shlex
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Optional, Union
+from typing import Optional, Sequence, Union
 
 import torch
 
@@ -263,9 +263,11 @@ def demo(out_dir: PathLike, device: str = "cpu") -> dict:
     return metrics
 
 
-def make_data(out_dir: PathLike, roots: Optional[list] = None, images: Optional[PathLike] = None, crop: int = 320) -> dict:
+def make_data(out_dir: PathLike, roots: Optional[list] = None, images: Optional[PathLike] = None, crop: int = 320,
+              extra_train: Sequence[str] = ()) -> dict:
     """Build the train / validation / evaluation photo sets (:func:`lowrank_vision.datasets.images.catalogue.build_sr_data`)
-    under ``out_dir``; ``train/`` and ``val/`` then go to ``--data`` / ``--eval-dir`` of ``train`` and ``finetune``."""
+    under ``out_dir``; ``train/`` and ``val/`` then go to ``--data`` / ``--eval-dir`` of ``train`` and ``finetune``.
+    ``extra_train``: catalogue sources of role ``extra`` to add to training (e.g. ``plasma``)."""
     from lowrank_vision.datasets.images.catalogue import build_sr_data
 
-    return build_sr_data(out_dir, roots=roots or ("/",), images=images, crop=crop)
+    return build_sr_data(out_dir, roots=roots or ("/",), images=images, crop=crop, extra_train=extra_train)

@@ -151,3 +151,65 @@ def test_app_make_data_refuses_overlap_in_one_line(fake_root, tmp_path, capsys):
     assert main(["make-data", "--root", str(root), "--crop", "32", "--out", str(tmp_path / "d")]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["counts"]["train"] > 0 and (tmp_path / "d" / "manifest.json").is_file()
+
+
+def _plasma_root(root):
+    """plasma-workspace-wallpapers' photographs unpacked under ``root`` (stand-ins, real layout and names), 256x160 each."""
+    source = next(s for s in CATALOGUE if s.name == "plasma")
+    for i, pattern in enumerate(source.globs):
+        _photo_like(root / source.directory.lstrip("/") / pattern, 256, 160, seed=300 + i)
+    return source
+
+
+def test_extra_training_source_adds_grid_windows_of_its_photos(fake_root, tmp_path):
+    root, n_land, n_val = fake_root
+    source = _plasma_root(root)
+    n_plasma = len(source.globs)
+    plasma_val = [n for n, _ in [(g.split("/")[0], 0) for g in source.globs] if is_validation(f"plasma__{n}")]
+    assert plasma_val == ["FallenLeaf"]
+    summary = build_sr_data(tmp_path / "data", roots=[root], crop=32, extra_train=["plasma"])
+    # each training photo: /2 -> 128x80, a 4x2 grid of 32-px windows (centred), the 6 most textured of them
+    assert summary["counts"]["train"] == (n_land - n_val) + (n_plasma - 1) * source.crops
+    assert summary["counts"]["val"] == n_val + 1
+    manifest = json.loads((tmp_path / "data" / "manifest.json").read_text())
+    plasma = [r for r in manifest["files"] if r["source"] == "plasma"]
+    assert {r["file"] for r in plasma if r["set"] == "val"} == {"val/plasma__FallenLeaf.webp"}
+    kite = sorted(r["file"] for r in plasma if "Kite" in r["file"])
+    assert kite == [f"train/plasma__Kite_{i}.webp" for i in range(6)]
+    assert {r["licence"] for r in plasma if "Kite" in r["file"]} == {"LGPL-3.0; Risto Saukonpää (KDE Visual Design Group)"}
+    corners = {r["processing"].rsplit(" at ", 1)[1] for r in plasma if "Kite" in r["file"]}
+    assert len(corners) == 6 and corners <= {f"({x}, {y})" for x in (0, 32, 64, 96) for y in (8, 40)}
+    assert "plasma" in {s["name"] for s in summary["sources"]}
+    # without extra_train the plasma photos are neither needed nor used
+    plain = build_sr_data(tmp_path / "plain", roots=[root], crop=32)
+    assert plain["counts"]["train"] == n_land - n_val and "plasma" not in {s["name"] for s in plain["sources"]}
+
+
+def test_extra_training_source_is_checked(fake_root, tmp_path):
+    root, _, _ = fake_root
+    with pytest.raises(ValueError, match=r"extra_train: unknown source\(s\) \['lomiri-16.04'\]; expected some of \['plasma'\]"):
+        build_sr_data(tmp_path / "data", roots=[root], crop=32, extra_train=["lomiri-16.04"])
+    with pytest.raises(FileNotFoundError, match="apt-get install plasma-workspace-wallpapers"):
+        build_sr_data(tmp_path / "data", roots=[root], crop=32, extra_train=["plasma"])  # not unpacked under root
+    with pytest.raises(ValueError, match="not with images"):
+        build_sr_data(tmp_path / "data", roots=[root], images=tmp_path, crop=32, extra_train=["plasma"])
+    assert not (tmp_path / "data").exists()
+
+
+def test_grid_windows_are_the_most_textured_first():
+    from lowrank_vision.datasets.images.catalogue import _grid_windows
+
+    arr = np.zeros((70, 100, 3), np.uint8)  # 2x3 grid of 32-px windows, centred: rows at 3, 35; columns at 2, 34, 66
+    arr[35:67, 66:98] = RNG.integers(0, 256, (32, 32, 3))  # the most textured window
+    arr[3:35, 2:34] = RNG.integers(0, 64, (32, 32, 3))  # the second
+    assert _grid_windows(arr, 32, 2) == [(35, 66), (3, 2)]
+    assert len(_grid_windows(arr, 32, 10)) == 6  # fewer windows than asked: all of them
+
+
+def test_app_make_data_refuses_an_unknown_extra_source(tmp_path, capsys):
+    from lowrank_vision.apps.sr import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["make-data", "--extra-train", "nope", "--out", str(tmp_path / "d")])
+    assert exc.value.code == 2 and "--extra-train: invalid choice: 'nope'" in capsys.readouterr().err
+    assert not (tmp_path / "d").exists()
