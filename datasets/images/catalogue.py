@@ -14,7 +14,8 @@ were unpacked with ``dpkg-deb -x``; PyPI packages through their import location)
   scikit-learn (the project's earlier evaluation set). Disjoint from training by file and by source.
 * Only when asked (``extra_train``, ``lowrank-sr make-data --extra-train plasma``): more training photographs
   from sources of role ``extra`` — the 11 photographs among KDE Plasma's wallpapers (Debian
-  ``plasma-workspace-wallpapers``, 2560x1600, LGPL-3.0), each giving its ``crops`` most-textured grid windows
+  ``plasma-workspace-wallpapers``, 2560x1600; LGPL-3.0 by each wallpaper's metadata, GPL-2+ by the package's
+  ``debian/copyright``: both recorded), each giving its ``crops`` most-textured grid windows
   (:func:`_grid_windows`) instead of one, held out for validation by the same rule as Endless Sky.
 
 Processing, stated (no paper prescribes one): the Endless Sky JPEGs (quality ~85) are down-scaled
@@ -167,7 +168,8 @@ CATALOGUE: tuple[PhotoSource, ...] = (
                 tuple(f"{n}.jpg" for n in _MATE_NATURE), (("*", "GPL-2+; authors in /usr/share/doc/mate-backgrounds/copyright"),), "eval"),
     PhotoSource("plasma", "debian", "plasma-workspace-wallpapers", "4:5.27.5-2", "/usr/share/wallpapers",
                 tuple(f"{n}/contents/images/2560x1600.jpg" for n, _ in _PLASMA_PHOTOS),
-                tuple((f"{n}*", f"LGPL-3.0; {who} (KDE Visual Design Group)") for n, who in _PLASMA_PHOTOS), "extra",
+                tuple((f"{n}*", f"LGPL-3.0 (metadata.json; debian/copyright: GPL-2+, KDE Visual Design Group); {who}")
+                      for n, who in _PLASMA_PHOTOS), "extra",
                 name_depth=3, crops=6),
     PhotoSource("skimage", "pypi", "scikit-image", ">=0.22", "skimage/data", ("astronaut.png", "chelsea.png", "coffee.png"),
                 (("astronaut.png", "public domain; NASA"), ("chelsea.png", "CC0-1.0; Stefan van der Walt"),

@@ -176,7 +176,7 @@ def test_extra_training_source_adds_grid_windows_of_its_photos(fake_root, tmp_pa
     assert {r["file"] for r in plasma if r["set"] == "val"} == {"val/plasma__FallenLeaf.webp"}
     kite = sorted(r["file"] for r in plasma if "Kite" in r["file"])
     assert kite == [f"train/plasma__Kite_{i}.webp" for i in range(6)]
-    assert {r["licence"] for r in plasma if "Kite" in r["file"]} == {"LGPL-3.0; Risto Saukonpää (KDE Visual Design Group)"}
+    assert {r["licence"] for r in plasma if "Kite" in r["file"]} == {"LGPL-3.0 (metadata.json; debian/copyright: GPL-2+, KDE Visual Design Group); Risto Saukonpää"}
     corners = {r["processing"].rsplit(" at ", 1)[1] for r in plasma if "Kite" in r["file"]}
     assert len(corners) == 6 and corners <= {f"({x}, {y})" for x in (0, 32, 64, 96) for y in (8, 40)}
     assert "plasma" in {s["name"] for s in summary["sources"]}
