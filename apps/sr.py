@@ -64,20 +64,12 @@ def build_parser():
     for p, tile in ((e, 0), (u, 128)):
         p.add_argument("--tile", type=int, default=tile, help="LR tile side, 0 = whole image (default %(default)s)")
     x.add_argument("--no-onnx", action="store_true", help="skip the ONNX file")
-    m = add_command(sub, "make-data", lambda a: _call("make_data", a.out, a.root, a.images, a.crop, a.extra_train or ()),
-                    help="train/val/eval photo sets from packages")
+    m = add_command(sub, "make-data", lambda a: _call("make_data", a.out, a.root, a.images, a.crop, a.extra_train), help="SR photo sets")
     m.add_argument("--root", action="append", help="folder the Debian packages are installed or unpacked in (default /; repeatable)")
     m.add_argument("--images", help="train on this folder of photos instead (refused if it overlaps the evaluation set)")
     m.add_argument("--crop", type=int, default=320, help="side of each training crop after /2 down-scaling (default %(default)s)")
-    m.add_argument("--extra-train", action="append", choices=_extra_train_sources(),
-                   help="also train on this package's photographs (repeatable; e.g. plasma: Debian plasma-workspace-wallpapers)")
+    m.add_argument("--extra-train", action="append", help="also train on this catalogue source's photos (repeatable): plasma")
     return parser
-
-
-def _extra_train_sources() -> list[str]:
-    from lowrank_vision.datasets.images.catalogue import CATALOGUE
-
-    return [s.name for s in CATALOGUE if s.role == "extra"]
 
 
 def main(argv=None) -> int:

@@ -264,10 +264,10 @@ def demo(out_dir: PathLike, device: str = "cpu") -> dict:
 
 
 def make_data(out_dir: PathLike, roots: Optional[list] = None, images: Optional[PathLike] = None, crop: int = 320,
-              extra_train: Sequence[str] = ()) -> dict:
+              extra_train: Optional[Sequence[str]] = None) -> dict:
     """Build the train / validation / evaluation photo sets (:func:`lowrank_vision.datasets.images.catalogue.build_sr_data`)
     under ``out_dir``; ``train/`` and ``val/`` then go to ``--data`` / ``--eval-dir`` of ``train`` and ``finetune``.
     ``extra_train``: catalogue sources of role ``extra`` to add to training (e.g. ``plasma``)."""
     from lowrank_vision.datasets.images.catalogue import build_sr_data
 
-    return build_sr_data(out_dir, roots=roots or ("/",), images=images, crop=crop, extra_train=extra_train)
+    return build_sr_data(out_dir, roots=roots or ("/",), images=images, crop=crop, extra_train=extra_train or ())
