@@ -261,11 +261,16 @@ def check_disjoint(train: Sequence[PathLike], evaluation: Sequence[PathLike]) ->
                 raise ValueError(f"training image {path} is {kind} evaluation image {eval_path}: the image set overlaps the evaluation set")
 
 
+def _gradient_energy(arr: np.ndarray) -> np.ndarray:
+    """``|d/dy| + |d/dx|`` of the grey image, shape ``[h - 1, w - 1]``: how textured each pixel's neighbourhood is."""
+    grey = arr.astype(np.float32).mean(axis=2)
+    return np.abs(np.diff(grey, axis=0))[:, :-1] + np.abs(np.diff(grey, axis=1))[:-1, :]
+
+
 def _texture_window(arr: np.ndarray, crop: int, positions: int = 7) -> tuple[int, int]:
     """Top-left corner of the ``crop x crop`` window (of ``positions`` along the long side) with most gradient energy."""
     h, w = arr.shape[:2]
-    grey = arr.astype(np.float32).mean(axis=2)
-    energy = np.abs(np.diff(grey, axis=0))[:, :-1] + np.abs(np.diff(grey, axis=1))[:-1, :]
+    energy = _gradient_energy(arr)
     best, corner = -1.0, (0, 0)
     for k in range(positions):
         y = (h - crop) * k // max(1, positions - 1) if h > w else (h - crop) // 2
@@ -280,8 +285,7 @@ def _grid_windows(arr: np.ndarray, crop: int, count: int) -> list[tuple[int, int
     """Top-left corners of the ``count`` non-overlapping ``crop x crop`` grid windows with most gradient energy, most first
     (the grid is centred; a photo with fewer windows gives them all)."""
     h, w = arr.shape[:2]
-    grey = arr.astype(np.float32).mean(axis=2)
-    energy = np.abs(np.diff(grey, axis=0))[:, :-1] + np.abs(np.diff(grey, axis=1))[:-1, :]
+    energy = _gradient_energy(arr)
     top, left = (h % crop) // 2, (w % crop) // 2
     corners = [(top + i * crop, left + j * crop) for i in range(h // crop) for j in range(w // crop)]
     scores = [float(energy[y : y + crop - 1, x : x + crop - 1].mean()) for y, x in corners]
@@ -289,23 +293,9 @@ def _grid_windows(arr: np.ndarray, crop: int, count: int) -> list[tuple[int, int
     return [corners[k] for k in order[:count]]
 
 
-def _prepare_crops(path: Path, kind: str, factor: int, crop: int, eval_side: int, crops: int) -> list:
-    """:func:`_prepare`, or for a training photo of a source with ``crops > 1`` its ``crops`` grid windows."""
-    if kind != "train" or crops == 1:
-        return [_prepare(path, kind, factor, crop, eval_side)]
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im = im.convert("RGB")
-    w, h = im.size
-    im = im.resize((w // factor, h // factor), Image.LANCZOS)
-    side = min(crop, *im.size)
-    return [(im.crop((x, y, x + side, y + side)), f"Lanczos /{factor}, grid window {rank + 1} of the {crops} most textured, "
-             f"{side}x{side} at ({x}, {y})") for rank, (y, x) in enumerate(_grid_windows(np.asarray(im), side, crops))]
-
-
-def _prepare(path: Path, kind: str, factor: int, crop: int, eval_side: int):
-    """The processed PIL image of one photo (see the module docstring) and a description of the processing."""
+def _prepare(path: Path, kind: str, factor: int, crop: int, eval_side: int, crops: int = 1) -> list:
+    """The processed PIL images of one photo (see the module docstring), each with a description of the processing:
+    one image, or for a training photo of a source with ``crops > 1`` its ``crops`` most-textured grid windows."""
     from PIL import Image
 
     with Image.open(path) as im:
@@ -313,22 +303,25 @@ def _prepare(path: Path, kind: str, factor: int, crop: int, eval_side: int):
     w, h = im.size
     if kind == "eval":
         if min(w, h) <= 2 * eval_side:  # the scikit-image / scikit-learn photos (300-512 px)
-            return im, "as shipped"
+            return [(im, "as shipped")]
         scale = eval_side / min(w, h)
         im = im.resize((round(w * scale), round(h * scale)), Image.LANCZOS)
         w, h = im.size
         cw, ch = min(w, eval_side * 3 // 2), min(h, eval_side * 3 // 2)
         left, top = (w - cw) // 2, (h - ch) // 2
-        return im.crop((left, top, left + cw, top + ch)), f"Lanczos to short side {eval_side}, centre {cw}x{ch}"
+        return [(im.crop((left, top, left + cw, top + ch)), f"Lanczos to short side {eval_side}, centre {cw}x{ch}")]
     im = im.resize((w // factor, h // factor), Image.LANCZOS)
     w, h = im.size
     side = min(crop, w, h)
+    if kind == "train" and crops > 1:
+        return [(im.crop((x, y, x + side, y + side)), f"Lanczos /{factor}, grid window {rank + 1} of the {crops} most textured, "
+                 f"{side}x{side} at ({x}, {y})") for rank, (y, x) in enumerate(_grid_windows(np.asarray(im), side, crops))]
     if kind == "train":
         y, x = _texture_window(np.asarray(im), side)
     else:
         y, x = (h - side) // 2, (w - side) // 2
     how = "most-textured" if kind == "train" else "centre"
-    return im.crop((x, y, x + side, y + side)), f"Lanczos /{factor}, {how} {side}x{side} at ({x}, {y})"
+    return [(im.crop((x, y, x + side, y + side)), f"Lanczos /{factor}, {how} {side}x{side} at ({x}, {y})")]
 
 
 def build_sr_data(out_dir: PathLike, roots: Sequence[PathLike] = ("/",), images: Optional[PathLike] = None, factor: int = 2,
@@ -365,7 +358,7 @@ def build_sr_data(out_dir: PathLike, roots: Sequence[PathLike] = ("/",), images:
     held_out = {p.name for p in train_photos if is_validation(p.name)} or {train_photos[-1].name} if len(train_photos) > 1 else set()
     jobs = [("eval", p) for p in eval_photos] + [("val" if p.name in held_out else "train", p) for p in train_photos]
     for kind, photo in jobs:
-        prepared = _prepare_crops(photo.path, kind, factor, crop, eval_side, photo.source.crops)
+        prepared = _prepare(photo.path, kind, factor, crop, eval_side, photo.source.crops)
         sha256 = hashlib.sha256(photo.path.read_bytes()).hexdigest()
         for index, (image, how) in enumerate(prepared):
             target = out_dir / kind / (f"{photo.name}_{index}.webp" if len(prepared) > 1 else f"{photo.name}.webp")
