@@ -165,7 +165,7 @@ def test_extra_training_source_adds_grid_windows_of_its_photos(fake_root, tmp_pa
     root, n_land, n_val = fake_root
     source = _plasma_root(root)
     n_plasma = len(source.globs)
-    plasma_val = [n for n, _ in [(g.split("/")[0], 0) for g in source.globs] if is_validation(f"plasma__{n}")]
+    plasma_val = [name for name in (g.split("/")[0] for g in source.globs) if is_validation(f"plasma__{name}")]
     assert plasma_val == ["FallenLeaf"]
     summary = build_sr_data(tmp_path / "data", roots=[root], crop=32, extra_train=["plasma"])
     # each training photo: /2 -> 128x80, a 4x2 grid of 32-px windows (centred), the 6 most textured of them
