@@ -111,7 +111,7 @@ def _soft_dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     p = torch.sigmoid(logits)
     inter = (p * target).sum()
     soft_dice = 1.0 - (2.0 * inter + 1.0) / (p.sum() + target.sum() + 1.0)
-    pos_weight = torch.tensor(10.0, device=logits.device)
+    pos_weight = logits.new_full((), 10.0)  # a fill on the device: torch.tensor(...) would copy from the host and break graph capture
     return soft_dice + nn.functional.binary_cross_entropy_with_logits(logits, target, pos_weight=pos_weight)
 
 
