@@ -106,7 +106,7 @@ def test_paired_interval_needs_two_pairs():
 
 def test_report_of_a_run_beside_the_main_one_from_its_committed_json(bench, tmp_path):
     """The rank-0.25, 3-epoch GPU run's page, re-written from its committed per-run JSON: the goal's verdict stays
-    'not decided' (mAP50 gain inside the seed spread), the mAP50-95 reading beside it is said as NOT the goal's metric,
+    'not decided' (the paired interval of the mAP50 gain contains 0), the mAP50-95 reading beside it is said as NOT the goal's metric,
     and the plot is drawn although such a run trains no YOLOv8n."""
     import shutil
 
@@ -126,6 +126,48 @@ def test_report_of_a_run_beside_the_main_one_from_its_committed_json(bench, tmp_
     assert checks["distillation_gain_mAP50_95_paired_ci95_points"] == pytest.approx([0.628, 2.964], abs=1e-3)
     assert met["distillation_gain_mAP50_points"] is None and met["mAP50_points_lost"] is True
     page = (out / "detect_rank0.25_ep3.md").read_text()
-    assert "NOT the goal's metric" in page and "(excludes 0)" in page and "**not decided**" in page
+    assert "NOT the goal's metric" in page and "(excludes 0)" in page and "**not decided** (interval contains 0)" in page
     assert (docs / "tradeoff.png").stat().st_size > 1000
     bench._set_student_seeds(2)
+
+
+@pytest.mark.parametrize("ci, expected", [
+    ((-0.06, 1.17), None),   # 12 pairs of the rank-0.25 3-epoch run: contains 0
+    ((0.05, 1.10), True),
+    ((-1.2, -0.1), False),
+    ((0.0, 0.9), None),      # touching 0 is not above it
+])
+def test_distillation_verdict_is_the_paired_interval(ci, expected):
+    assert load_bench_script("detect_gpu.py").verdict_from_interval(ci) is expected
+
+
+def test_an_excluded_run_has_no_test_number(bench):
+    runs = {"student_sad_s0": {"test": {"mAP50": 0.94}}, "student_sad_s1": {"test": {"mAP50": 0.95}, "excluded": "trained with batch 8"}}
+    assert bench._test("student_sad_s0", {}, runs) == 0.94
+    assert bench._test("student_sad_s1", {}, runs) is None
+
+
+def test_at_most_max_side_by_side_trainers_start_and_the_rest_wait(bench, tmp_path, monkeypatch):
+    bench._set_student_seeds(8)  # 16 student runs and, with an imported teacher, 2 YOLOv8n runs
+    started = []
+
+    class _Finished:
+        exitcode = 0
+
+        def join(self, timeout=None):
+            pass
+
+        def is_alive(self):
+            return False
+
+    def spawn(target, run, *a):
+        started.append(run)
+        _write(tmp_path, run, {"seed": bench._seed(run)})
+        return _Finished()
+
+    monkeypatch.setattr(bench, "_spawn", spawn)
+    args = type("Args", (), {"out": str(tmp_path), "teacher_weights": "t", "teacher_only": False, "smoke": True, "max_side_by_side": 12})()
+    done = bench._run_stage(args, "students", wall_s=5.0)
+    assert len(started) == 12 and sum(v is not None for v in done.values()) == 12
+    bench._run_stage(args, "students", wall_s=5.0)  # the next job trains the 6 left
+    assert len(started) == 18 and len(set(started)) == 18
