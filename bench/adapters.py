@@ -482,11 +482,13 @@ def goals_section(store: dict) -> list[str]:
                 add(f"GPU kernel time {method} / full FT, whole-step graphs", row,
                     ratio_rounds(graph.get(f"ours:{method}:auto"), graph.get("full"), "kernel_ms"), 0.85)
         floor_line("kernel time / full FT", row, ratio_rounds(rows.get("floor"), rows.get("full"), "kernel_ms"), 0.85)
+        floor_line("kernel time / full FT, whole-step graphs", row, ratio_rounds(graph.get("floor"), graph.get("full"), "kernel_ms"), 0.85)
         add("eager lora / PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("peft_lora")), 1.0)
         add("eager dora / our lora", row, ratio_rounds(rows.get("ours:dora:auto"), rows.get("ours:lora:auto")), 1.15)
     for row in GPU_ROWS:
         rows = _rows(store, "cuda + cuda graph", row)
         add("graph lora / graph full FT", row, ratio_rounds(rows.get("ours:lora:auto"), rows.get("full")), 0.9)
+        floor_line("step / full FT, whole-step graphs", row, ratio_rounds(rows.get("floor"), rows.get("full")), 0.9)
         peft = rows.get("peft_lora") or {}
         captured = peft.get("mode") == "cuda_graph"
         add("graph lora / graph PEFT LoRA", row, ratio_rounds(rows.get("ours:lora:auto"), peft) if captured else [], 0.7,

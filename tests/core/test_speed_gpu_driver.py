@@ -43,3 +43,20 @@ def test_a_row_whose_host_is_missing_is_skipped_before_it_starts(tmp_path, capsy
     out = capsys.readouterr().out
     assert "skip unet3d_small: needs monai" in out and out.count("+ ") == 1 and "--models resnet50" in out
     assert set(bench.ROW_HOSTS) == set(bench.ROWS)
+
+
+@pytest.mark.parametrize("floor_ms, floor_kernel, says", [
+    ([29.0, 29.0, 29.1], [29.0, 29.0, 29.0], ("the 0.9 goal is below the frozen floor", "the 0.85 goal is below the frozen floor")),
+    ([20.0, 20.0, 20.0], [20.0, 20.0, 20.0], ("the 0.9 goal is above the frozen floor", "the 0.85 goal is above the frozen floor")),
+])
+def test_goals_print_the_frozen_floor_under_graphs(floor_ms, floor_kernel, says):
+    adapters = load_bench_script("adapters.py")
+    full = {"rounds_ms": [32.0, 32.0, 32.0], "rounds_kernel_ms": [32.0, 32.0, 32.0]}
+    rows = {"full": full, "floor": {"rounds_ms": floor_ms, "rounds_kernel_ms": floor_kernel},
+            "ours:lora:auto": {"rounds_ms": [30.0] * 3, "rounds_kernel_ms": [30.0] * 3}}
+    page = "\n".join(adapters.goals_section({"cuda + cuda graph": {"cases": {"unet3d_large": {"rows": rows}}}}))
+    step = next(line for line in page.splitlines() if line.startswith("| (reference) frozen floor step / full FT, whole-step graphs | unet3d_large"))
+    kernel = next(line for line in page.splitlines()
+                  if line.startswith("| (reference) frozen floor kernel time / full FT, whole-step graphs | unet3d_large"))
+    assert says[0] in step and says[1] in kernel
+    assert "| graph lora / graph full FT | unet3d_large | 0.94 [0.94, 0.94] | 3 | 0.9 | no |" in page
