@@ -18,8 +18,9 @@ Stages, in order (the two pairs of the acceptance first):
                                  PVD can reach; the 06:24 run's teacher at the twins' cap ended 0.25 dB
                                  below the tensorf_vm twin, still gaining); the two scratch twins train
                                  under one rule: the same time cap (cosine decay over it);
-* ``sel_pvd_<pair>``             learning-rate choice for the next PVD stage: three short runs (lr x0.5,
-                                 x1, x2 of the default), scored on the VAL split; the best is used (the
+* ``sel_pvd_<pair>``             learning-rate choice for the next PVD stage: short runs (lr x0.5, x1,
+                                 x2 of the default; a winning edge is extended, x4, x8 or x0.25, x0.125),
+                                 scored on the VAL split; the best is used (the
                                  scratch twins use ``SCRATCH_LR_FACTOR``, chosen on val by the last run);
 * ``scratch_mlp``, ``pvd_hash_to_mlp``, ``scratch_tensorf_vm``, ``pvd_hash_to_tensorf_vm``;
 * extras, with short budgets and default learning rates: ``scratch_grid``, ``pvd_hash_to_grid`` and
@@ -47,6 +48,7 @@ import json  # noqa: E402
 import platform  # noqa: E402
 from dataclasses import dataclass, replace  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import torch  # noqa: E402
 
@@ -62,6 +64,23 @@ MAIN_PAIRS = (("hash", "mlp"), ("hash", "tensorf_vm"))
 FIGURE_STAGES = ("scratch_hash", "scratch_mlp", "pvd_hash_to_mlp", "scratch_tensorf_vm", "pvd_hash_to_tensorf_vm")
 REPO = Path(__file__).resolve().parent.parent
 LR_FACTORS = (0.5, 1.0, 2.0)
+LR_FACTOR_LIMITS = (0.125, 8.0)
+"""How far :func:`edge_extension` goes past the grid (session 10 chose x2, the top of the grid, for both pairs)."""
+
+
+def edge_extension(trials: list[dict], limits: tuple[float, float] = LR_FACTOR_LIMITS) -> Optional[float]:
+    """The next lr factor to try when the best val trial is the largest (smallest) factor tried: twice (half) it,
+    within ``limits``; ``None`` when the best is inside the factors tried, at a limit, or nothing trained."""
+    ok = [t for t in trials if t["val_psnr"] is not None]
+    if not ok:
+        return None
+    tried = sorted(t["lr_factor"] for t in trials)
+    best = max(ok, key=lambda t: t["val_psnr"])["lr_factor"]
+    if best == tried[-1] and best * 2 <= limits[1]:
+        return best * 2
+    if best == tried[0] and best / 2 >= limits[0]:
+        return best / 2
+    return None
 CHECKPOINTS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # of a stage's seconds
 TWIN_CHECKPOINTS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)  # scratch twins: their time to a target
 TEACHER_CHECKPOINTS = (0.25, 0.5, 0.75)  # the teacher: its plateau only (its time is not compared)
@@ -289,17 +308,22 @@ class Runner:
         return c.train.lr * (c.mlp_lr_scale if stage.endswith("_to_mlp") else 1.0)
 
     def select(self, stage, seconds):
-        """Three short runs at lr x0.5, x1, x2 scored on the VAL split; returns the stage JSON."""
+        """Short runs at lr x0.5, x1, x2 scored on the VAL split, extended past an edge that wins
+        (:func:`edge_extension`); returns the stage JSON."""
         job1, bg = self.job_and_background(stage)
         rate = calibrate(self.s, job1, rebuild_period(self.s, stage))
-        trials = []
-        for f in LR_FACTORS:
+        trials, factors = [], list(LR_FACTORS)
+        while factors:
+            f = factors.pop(0)
             job, _ = self.job_and_background(stage, f)
             r = budgeted(self.s, job, seconds, None, bg, rate)
             val = None if r["diverged"] else round(evaluate(r["field"], self.split("val"), self.s.render, bg)["psnr"], 4)
             trials.append({"lr_factor": f, "lr": self.default_lr(stage) * f, "steps": r["steps"], "train_seconds": r["train_seconds"],
                            "val_psnr": val, "diverged": r["diverged"]})
             print(f"  lr x{f}: val PSNR {val} ({r['steps']} steps)", flush=True)
+            if not factors:
+                extra = edge_extension(trials)
+                factors = [extra] if extra is not None else []
         ok = [t for t in trials if t["val_psnr"] is not None]
         best = max(ok, key=lambda t: t["val_psnr"]) if ok else trials[LR_FACTORS.index(1.0)]
         return {"for_stage": stage, "trials": trials, "chosen_lr_factor": best["lr_factor"], "chosen_lr": best["lr"],

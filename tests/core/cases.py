@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import sys
 from pathlib import Path
 
 import torch
@@ -200,9 +201,13 @@ def train_losses(model: nn.Module, opt, x, y, steps: int) -> list[float]:
 
 
 def load_bench_script(filename: str):
-    """Import ``bench/<filename>`` as a module (bench/ is not a package; the tests that check its scripts use this)."""
+    """Import ``bench/<filename>`` as a module (bench/ is not a package; the tests that check its scripts use this).
+
+    The module is registered in ``sys.modules`` under its file's stem, as an import would (a ``@dataclass`` in it
+    looks its module up there)."""
     path = Path(__file__).resolve().parents[2] / "bench" / filename
     spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
     spec.loader.exec_module(module)
     return module
