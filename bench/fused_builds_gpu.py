@@ -92,7 +92,8 @@ def time_run(name: str, fused: bool, steps: int, warmup: int, device: str, preci
 
     def clock(step: int, _model, _metrics) -> None:
         if step in (warmup, steps):
-            torch.cuda.synchronize() if device == "cuda" else None
+            if device == "cuda":
+                torch.cuda.synchronize()
             marks[step] = time.perf_counter()
 
     if precision != "recipe":
