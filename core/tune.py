@@ -2,7 +2,7 @@
 
 ``tune_strategies(model, example_input)`` runs one forward to record each adapter layer's input,
 then times forward + backward of that layer alone under every strategy it can run (``weight``,
-``activation``; median of ``repeats`` runs after two warm-ups) and sets ``layer.strategy`` to the
+``activation``; median of ``repeats`` interleaved runs after two warm-ups) and sets ``layer.strategy`` to the
 fastest. With ``whole_model=True`` it then also times whole training steps (forward + backward of
 the model) under four assignments -- the per-layer winners, the shape cost model (``auto``), all
 ``weight``, all ``activation`` -- and keeps the fastest, for models where per-layer timing misleads
@@ -38,7 +38,7 @@ from .adapters.base import AdapterLayer, DeltaAdapter
 from .files import write_json
 from .inject import adapter_layers
 
-__all__ = ["tune_strategies", "strategy_cache_key", "strategy_choices", "MODEL_CANDIDATES"]
+__all__ = ["tune_strategies", "strategy_cache_key", "strategy_choices", "interleaved_medians", "MODEL_CANDIDATES"]
 
 _CACHE: dict[str, Any] = {}
 MODEL_CANDIDATES = ("per_layer", "cost_model", "weight", "activation")
@@ -62,16 +62,29 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def _median_seconds(run: Callable[[], None], device: torch.device, repeats: int) -> float:
-    times = []
-    for i in range(repeats + 2):
-        _sync(device)
-        start = time.perf_counter()
-        run()
-        _sync(device)
-        if i >= 2:  # two warm-up runs
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def interleaved_medians(candidates: dict[str, tuple[Callable[[], None], Callable[[], None]]], device: torch.device,
+                        repeats: int, clock: Callable[[], float] = time.perf_counter) -> dict[str, float]:
+    """Median seconds of each candidate's ``run``, timed interleaved: two warm-up runs each, then ``repeats`` rounds
+    in which every candidate runs once, the order rotating by one each round (a slow spell of the machine then hits
+    every candidate, not the one timed during it). ``candidates``: ``{label: (prepare, run)}``; ``prepare`` (e.g.
+    setting the strategies) runs outside the clock."""
+    labels = list(candidates)
+    for label in labels:
+        prepare, run = candidates[label]
+        prepare()
+        for _ in range(2):
+            run()
+    times: dict[str, list[float]] = {label: [] for label in labels}
+    for r in range(repeats):
+        for label in labels[r % len(labels):] + labels[:r % len(labels)]:
+            prepare, run = candidates[label]
+            prepare()
+            _sync(device)
+            start = clock()
+            run()
+            _sync(device)
+            times[label].append(clock() - start)
+    return {label: statistics.median(t) for label, t in times.items()}
 
 
 @contextlib.contextmanager
@@ -85,8 +98,8 @@ def _gradients_kept(params: list[nn.Parameter]):
             p.grad = grad
 
 
-def _time_layer(layer: AdapterLayer, x: Tensor, strategy: str, repeats: int, autocast: Callable[[], Any]) -> float:
-    layer.strategy = strategy
+def _time_layer(layer: AdapterLayer, x: Tensor, strategies: tuple[str, ...], repeats: int, autocast: Callable[[], Any]) -> dict[str, float]:
+    """Median seconds of forward + backward of ``layer`` alone under each strategy (interleaved)."""
     x = x.detach().clone()
     if x.is_floating_point():
         x.requires_grad_(True)
@@ -96,8 +109,11 @@ def _time_layer(layer: AdapterLayer, x: Tensor, strategy: str, repeats: int, aut
             out = layer(x)
         out.float().square().mean().backward()
 
+    def use(strategy: str) -> Callable[[], None]:
+        return lambda: setattr(layer, "strategy", strategy)
+
     with _gradients_kept(list(layer.parameters())):
-        return _median_seconds(run, x.device, repeats)
+        return interleaved_medians({s: (use(s), run) for s in strategies}, x.device, repeats)
 
 
 def _call(model: nn.Module, example_input: Any) -> Any:
@@ -196,7 +212,7 @@ def tune_strategies(
             key = strategy_cache_key(layer, x, autocast_dtype)
             cached = _CACHE.get(key)
             if cached is None:
-                times = {s: _time_layer(layer, x, s, repeats, autocast) for s in candidates}
+                times = _time_layer(layer, x, candidates, repeats, autocast)
                 _CACHE[key] = {"strategy": min(times, key=times.get), "times_s": times}
                 record.update(source="measured", repeats=repeats)
             else:
@@ -236,19 +252,19 @@ def _choose_whole_model(model, layers, records, example_input, autocast, repeats
         if loss.requires_grad:
             loss.backward()
 
-    times: dict[str, float] = {}
-    timed: dict[tuple, float] = {}  # identical assignments are timed once (on the real clock)
-    for label, assignment in assignments.items():
-        key = tuple(sorted(assignment.items())) if timer is None else (label,)
-        if key not in timed:
+    def use(assignment: dict[str, str]) -> Callable[[], None]:
+        def prepare() -> None:
             for name, strategy in assignment.items():
                 layers[name].strategy = strategy
-            if timer is not None:
-                timed[key] = float(timer("", label))
-            else:
-                with _gradients_kept(params):
-                    timed[key] = _median_seconds(step, device, repeats)
-        times[label] = timed[key]
+        return prepare
+
+    if timer is not None:
+        times = {label: float(timer("", label)) for label in assignments}
+    else:  # identical assignments are timed once, the distinct ones interleaved
+        distinct = {tuple(sorted(a.items())): a for a in assignments.values()}
+        with _gradients_kept(params):
+            timed = interleaved_medians({str(key): (use(a), step) for key, a in distinct.items()}, device, repeats)
+        times = {label: timed[str(tuple(sorted(a.items())))] for label, a in assignments.items()}
     best = min(times, key=times.get)
     for name, strategy in assignments[best].items():
         layers[name].strategy = strategy

@@ -115,3 +115,27 @@ def test_dropout_layers_are_recorded_as_forced_activation():
     apply(model, "lora", rank=2, dropout=0.1)
     tune_strategies(model, torch.randn(2, 3, 8, 8), timer=fake_timer)
     assert {(r["strategy"], r["source"]) for r in strategy_choices(model).values()} == {("activation", "dropout")}
+
+
+def test_interleaved_medians_rotate_the_order_and_take_medians():
+    from lowrank_vision.core.tune import interleaved_medians
+
+    order, now = [], [0.0]
+    cost = {"a": 1.0, "b": 2.0, "c": 3.0}
+
+    def clock():
+        return now[0]
+
+    def runner(label):
+        def run():
+            order.append(label)
+            now[0] += cost[label] * (10.0 if len(order) == 9 else 1.0)  # one slow spell, on the 9th run overall
+        return run
+
+    prepared = []
+    candidates = {k: (lambda k=k: prepared.append(k), runner(k)) for k in cost}
+    medians = interleaved_medians(candidates, torch.device("cpu"), repeats=3, clock=clock)
+    assert order[:6] == ["a", "a", "b", "b", "c", "c"]  # two warm-ups each, not timed
+    assert order[6:] == ["a", "b", "c", "b", "c", "a", "c", "a", "b"]  # the order rotates every round
+    assert medians == {"a": 1.0, "b": 2.0, "c": 3.0}  # the spell (c, first timed round) is out-voted by its other rounds
+    assert prepared.count("a") == 4  # once before the warm-ups, once per round
