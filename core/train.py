@@ -404,9 +404,15 @@ class WholeStepGraph:
         self.optimizer.zero_grad(set_to_none=True)
         host = sorted(k for k, v in extra.items() if not isinstance(v, torch.Tensor))
         if host and self.graph is None and not self.given_up:
-            self.given_up = True
-            self.record["fallback_reason"] = f"loss_fn returns extra metrics {host} as host floats (return 0-d tensors to capture them)"
+            self._give_up(f"loss_fn returns extra metrics {host} as host floats (return 0-d tensors to capture them)")
         return loss.detach().float(), extra
+
+    def _give_up(self, reason: str) -> None:
+        """Eager for the rest of the run, said in the record and as a warning (a silent fallback hid a host copy in
+        the hemorrhage recipe's loss for two sessions)."""
+        self.given_up = True
+        self.record["fallback_reason"] = reason
+        warnings.warn(f"whole-step CUDA graph off, the run goes on eager: {reason}", RuntimeWarning, stacklevel=3)
 
     def step(self, batch: Any) -> tuple[torch.Tensor, dict]:
         """One optimizer step on ``batch``: returns (the loss as a 0-d float tensor, extra metrics)."""
@@ -425,10 +431,10 @@ class WholeStepGraph:
             try:
                 self._capture(batch, signature)
             except Exception as exc:  # an op that cannot be captured: stay eager for the whole run
-                self.graph, self.given_up = None, True
+                self.graph = None
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.synchronize()
-                self.record["fallback_reason"] = f"capture failed: {type(exc).__name__}: {str(exc)[:300]}"
+                self._give_up(f"capture failed: {type(exc).__name__}: {str(exc)[:300]}")
                 return self._eager(batch)
         elif signature != self.signature:
             static_grads = [p.grad for p in self.params]

@@ -228,8 +228,10 @@ def test_graph_runner_capture_error_stays_eager_with_reason(fake_cuda, monkeypat
 
     monkeypatch.setattr(torch.cuda, "graph", failing_graph)
     model, runner = _runner()
-    for _ in range(5):
-        runner.step(_batch())
+    with pytest.warns(RuntimeWarning, match="whole-step CUDA graph off, the run goes on eager: capture failed") as seen:
+        for _ in range(5):
+            runner.step(_batch())
+    assert len([w for w in seen if issubclass(w.category, RuntimeWarning)]) == 1  # said once, not every step
     rec = runner.record
     assert rec["captured"] is False and rec["graph_steps"] == 0 and rec["eager_steps"] == 5
     assert rec["fallback_reason"].startswith("capture failed: RuntimeError: operation not permitted")
@@ -237,9 +239,10 @@ def test_graph_runner_capture_error_stays_eager_with_reason(fake_cuda, monkeypat
 
 def test_graph_runner_gives_up_on_extra_metrics(fake_cuda):
     model, runner = _runner(loss_fn=mse_with_extra)
-    for _ in range(5):
-        loss, extra = runner.step(_batch())
-        assert set(extra) == {"abs_y"}
+    with pytest.warns(RuntimeWarning, match=r"extra metrics \['abs_y'\] as host floats"):
+        for _ in range(5):
+            loss, extra = runner.step(_batch())
+            assert set(extra) == {"abs_y"}
     assert runner.record["captured"] is False and runner.record["eager_steps"] == 5
     assert "extra metrics ['abs_y']" in runner.record["fallback_reason"]
 
