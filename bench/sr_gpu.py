@@ -12,7 +12,8 @@ from the start of the process), each writing ``OUT/<stage>/result.json`` at once
    rotations (SPAN's recipe as far as it is stated; crop size from the issue). The step count is set from the
    measured step time so that the cosine ends inside the stage's window.
 2. ``teacher_l2``: continues from 1's EMA weights with the L2 loss, lr 2e-4, cosine, EMA (the paper's fine stage).
-   Each stage keeps the better of EMA / raw weights on the *validation* photos, and the teacher is the better of the
+   Each stage keeps the better of EMA / raw weights on the *validation* photos (a run shorter than 5,000 steps averages
+   its last fifth instead of 0.999: :func:`ema_decay_for`), and the teacher is the better of the
    two stages there (:func:`chosen_teacher_stage`; the only choices made, the same way for every run below).
 3. ``finetunes``: from the deployed teacher, for the same number of steps and each of ``--seeds``:
    ``dsclora`` (ConvLoRA r=2 in the 18 SConvLB convs, r=8 on conv_2 and the pixel-shuffle conv, spatial-affinity
@@ -142,11 +143,24 @@ def _load_ckpt(path: Path, model, ema, opt) -> dict:
     return meta
 
 
+def ema_decay_for(planned_steps: int, cap: float = 0.999, horizon_fraction: float = 0.2) -> float:
+    """EMA decay of a run of ``planned_steps``: ``cap`` (SPAN's 0.999), or shorter so that the average spans the last
+    ``horizon_fraction`` of the run (``1 - 1 / (horizon_fraction * steps)``); 0 planned (not known yet): ``cap``.
+
+    Session 10's fine-tunes (386 steps at 0.999) kept about 68 % of the starting weights in their EMA, so an "EMA"
+    fine-tune was the teacher in disguise (DSCLoRA's two seeds scored the same to 1e-4 dB). Only runs shorter than
+    ``1 / ((1 - cap) * horizon_fraction)`` = 5,000 steps change."""
+    if planned_steps <= 0:
+        return cap
+    return min(cap, 1.0 - 1.0 / max(1.0, horizon_fraction * planned_steps))
+
+
 def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float, batch: int, lr_patch: int, seed: int,
               deadline: float, steps: int = 0, ckpt_s: float = 60.0, ema_decay: float = 0.999, eval_fn=None,
               cuda_graph: bool = True) -> dict:
     """Train ``model`` (its trainable parameters) until ``steps`` (0: as many as fit before ``deadline``, planned from
-    the measured step time) with Adam, cosine lr to 1e-6 and an EMA copy; resumable from ``run_dir/ckpt.safetensors``.
+    the measured step time) with Adam, cosine lr to 1e-6 and an EMA copy (decay :func:`ema_decay_for` the planned
+    steps, at most ``ema_decay``); resumable from ``run_dir/ckpt.safetensors``.
     On CUDA (``cuda_graph``) each step is one captured graph (``core.train.WholeStepGraph``: the small SPAN's step is
     launch-bound); the result says whether it captured. Returns ``{"model", "ema", "steps", "planned", "cut_short",
     "seconds", "history", "cuda_graph"}``."""
@@ -203,7 +217,7 @@ def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float
             loss.backward()
             opt.step()
         with torch.no_grad():
-            torch._foreach_lerp_(ema_params, live_params, 1 - ema_decay)  # one multi-tensor kernel
+            torch._foreach_lerp_(ema_params, live_params, 1 - ema_decay_for(meta["planned"], ema_decay))  # one multi-tensor kernel
         step += 1
         window.append(loss.item() if step % 25 == 0 else None)
         if step % 100 == 0:
