@@ -15,13 +15,15 @@ font), ``YOLO_OFFLINE=1`` (no connectivity probes), and every data YAML carries 
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Callable, Mapping, Optional, Union
 
 from .config import DetectTrainConfig, DistillConfig
 from .ultralytics_host import offline_environment
 
-__all__ = ["train_detector", "distill_student", "evaluate", "evaluate_by_condition", "check_data_yaml", "plateau_stopper", "CONDITIONS"]
+__all__ = ["train_detector", "distill_student", "evaluate", "evaluate_by_condition", "check_data_yaml", "plateau_stopper", "batch_change_note",
+           "CONDITIONS"]
 
 Callbacks = Optional[Mapping[str, Callable]]
 
@@ -69,6 +71,16 @@ def plateau_stopper(patience: int = 3, min_delta: float = 0.005, metric: str = "
     return on_fit_epoch_end
 
 
+def batch_change_note(requested: int, used: int) -> Optional[str]:
+    """What to tell a user whose run ultralytics trained with another batch than asked (it halves the batch, up to
+    three times, after a CUDA out-of-memory error in the first epoch); ``None`` when the batch was kept."""
+    if used == requested:
+        return None
+    return (f"ultralytics trained this run with batch {used}, not the requested {requested} (it halves the batch after a CUDA "
+            "out-of-memory error in the first epoch): the learning-rate warm-up and the results differ from the recipe's; "
+            "free GPU memory or ask for that batch")
+
+
 def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str, device: str, trainer=None,
          callbacks: Callbacks = None) -> dict:
     from .ultralytics_host import detection_trainer
@@ -84,6 +96,8 @@ def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str
         args = cfg.ultralytics_args()
         yolo.train(data=str(data_yaml), project=str(Path(out_dir).resolve()), name=name, device=device, trainer=trainer, **args)
     tr = yolo.trainer
+    if (note := batch_change_note(cfg.batch, int(tr.batch_size))) is not None:
+        warnings.warn(note, RuntimeWarning, stacklevel=3)
     best = Path(tr.best) if Path(tr.best).exists() else Path(tr.last)
     # batch_used: ultralytics halves the batch (up to 3 times) after a CUDA out-of-memory error in the first epoch
     return {"checkpoint": str(best), "save_dir": str(tr.save_dir), "epochs": cfg.epochs, "epochs_run": int(tr.epoch) + 1,

@@ -111,6 +111,15 @@ def test_training_reads_its_results_csv_without_polars(trained_teacher, monkeypa
     assert issubclass(cls, DetectionTrainer) and trained_teacher["epochs_run"] == 1
 
 
+def test_a_run_records_its_batch_and_a_changed_batch_is_said(trained_teacher, tiny_train):
+    from lowrank_vision.plugins.multispectral_det.recipes import batch_change_note
+
+    assert trained_teacher["batch_used"] == tiny_train.batch  # what ultralytics trained with (halved after a CUDA OOM)
+    assert batch_change_note(32, 32) is None
+    note = batch_change_note(32, 8)
+    assert "batch 8, not the requested 32" in note and "out-of-memory" in note
+
+
 def test_onnx_export_matches_pytorch_in_onnxruntime(trained_teacher, tmp_path):
     from lowrank_vision.plugins.multispectral_det.metrics import export_onnx, onnx_max_difference
     from lowrank_vision.plugins.multispectral_det.ultralytics_host import load_detection_model
