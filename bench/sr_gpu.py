@@ -2,6 +2,8 @@
 
     python3 bench/sr_gpu.py --device cuda --out runs/sr_gpu --data runs/sr/make-data --budget-s 300   # the GPU slot
     python3 bench/sr_gpu.py --smoke --device cpu --out /tmp/sr_gpu_smoke --data runs/sr/make-data --budget-s 120
+    python3 bench/sr_gpu.py --device cuda --out runs/sr_gpu_ft --data runs/sr/make-data --budget-s 480 \
+        --teacher docs/results/sr_gpu/span_x4.safetensors    # fine-tunes only, from an earlier run's teacher
 
 ``--data`` is the folder ``lowrank-sr make-data`` writes (``train/``, ``val/``, ``eval/``: 248 / 25 / 31 photos, about
 38 MB; it must be carried to the GPU machine). Stages, each with a deadline (a fraction of ``--budget-s`` counted
@@ -25,6 +27,10 @@ from the start of the process), each writing ``OUT/<stage>/result.json`` at once
    writes ``docs/results/sr_gpu.md``, ``docs/results/sr_gpu/report.json``, ``gains.png`` and the teacher / best
    DSCLoRA weights (``span_x4.safetensors``, ``dsclora_x4.safetensors``, deployed SPAN, 0.5 MB each).
 
+With ``--teacher`` (a deployed SPAN of an earlier run) the teacher stages are not run: ``teacher_import`` measures its
+val PSNR, ``continued`` starts from its exactly equal training form (the branches recovered from the 3x3 kernels) with
+``--teacher-loss``, and the fine-tunes get the whole window.
+
 Speed: on CUDA every training step (forward, backward, Adam) is replayed from one captured CUDA graph
 (``core.train.WholeStepGraph``; the 26-channel SPAN's step is launch-bound), after three eager warm-up steps; DSCLoRA's
 distillation terms come back as 0-d tensors, so its step is captured too (until 2026-12-02 they were host floats and
@@ -46,6 +52,7 @@ _T0 = time.time()  # the budget counts from here
 
 import argparse  # noqa: E402
 import copy  # noqa: E402
+import hashlib  # noqa: E402
 import json  # noqa: E402
 import math  # noqa: E402
 import statistics  # noqa: E402
@@ -61,7 +68,7 @@ from lowrank_vision.plugins.sr_dsclora.config import DSCLoRAConfig, SPANConfig  
 from lowrank_vision.plugins.sr_dsclora.distill import DistillationLoss, attach_dsclora, fold_dsclora  # noqa: E402
 from lowrank_vision.plugins.sr_dsclora.model import SPAN, reparameterize  # noqa: E402
 from lowrank_vision.plugins.sr_dsclora.recipes import compare_runtime, cost_report, evaluate  # noqa: E402
-from lowrank_vision.plugins.sr_dsclora.weights import load_span, save_span  # noqa: E402
+from lowrank_vision.plugins.sr_dsclora.weights import checkpoint_extra, export_span_state_dict, load_span, save_span  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS_MD = ROOT / "docs" / "results" / "sr_gpu.md"
@@ -296,6 +303,26 @@ def stage_teacher(args, out: Path, stage: str, sampler, val, deadline: float) ->
     return summary
 
 
+def stage_import_teacher(args, out: Path, val) -> dict:
+    """``--teacher``: a deployed SPAN from an earlier run (e.g. ``docs/results/sr_gpu/span_x4.safetensors``) is the
+    teacher; the two teacher stages are not run. Its val PSNR is measured here, the recipe it came from is
+    ``--teacher-loss`` (what ``continued`` goes on with), and its step count is what its checkpoint says."""
+    src = Path(args.teacher)
+    teacher = load_span(src)
+    if teacher.scale != args.scale or teacher.config.channels != args.channels:
+        raise SystemExit(f"--teacher {src} is x{teacher.scale} with {teacher.config.channels} channels; "
+                         f"this run is x{args.scale} with {args.channels} (--scale, --channels)")
+    extra = checkpoint_extra(src)
+    save_span(teacher, out / "teacher_import" / f"span_x{args.scale}.safetensors", extra={"stage": "teacher_import", **extra})
+    steps = int(extra.get("steps") or 0)
+    summary = {"stage": "teacher_import", "imported_from": str(src), "sha256": hashlib.sha256(src.read_bytes()).hexdigest(),
+               "steps": steps, "planned": steps, "cut_short": False, "seconds": 0.0, "loss": args.teacher_loss.upper(),
+               "chosen": "raw", "val_psnr_raw": _val_psnr(teacher, val, args.scale, args.device), "val_psnr_ema": None,
+               "source_command": extra.get("command")}
+    write_json(_stage_json(out, "teacher_import"), summary)
+    return summary
+
+
 def _load_training_form(ckpt: Path, args, prefix: str) -> SPAN:
     from safetensors.torch import load_file
 
@@ -307,7 +334,10 @@ def _load_training_form(ckpt: Path, args, prefix: str) -> SPAN:
 
 def chosen_teacher_stage(out: Path) -> str:
     """The teacher stage whose chosen weights score higher on the validation photos (``teacher_l1`` when the L2 stage has
-    not finished): the L2 fine stage is the paper's recipe, but it is kept only where it helps on val."""
+    not finished): the L2 fine stage is the paper's recipe, but it is kept only where it helps on val. An imported
+    teacher (``--teacher``) is the teacher."""
+    if _stage_json(out, "teacher_import").is_file():
+        return "teacher_import"
     scores = {}
     for stage in ("teacher_l1", "teacher_l2"):
         if _stage_json(out, stage).is_file():
@@ -390,6 +420,11 @@ def _build(args, method: str, teacher: SPAN, out: Path):
         return student.to(args.device), DistillationLoss(copy.deepcopy(teacher), cfg), args.lr_dsclora
     if method == "continued":  # the chosen teacher stage's recipe goes on (training form, its loss) at the fine stage's lr
         stage = chosen_teacher_stage(out)
+        if stage == "teacher_import":  # its training form, exactly equal (SPAN's branches are recovered from the 3x3 kernels)
+            model = SPAN(SPANConfig(scale=args.scale, channels=args.channels))
+            model.load_state_dict(export_span_state_dict(teacher))
+            loss = _l2 if json.loads(_stage_json(out, stage).read_text())["loss"] == "L2" else _l1
+            return model.train().to(args.device), loss, args.lr_l2
         prefix = "ema." if json.loads(_stage_json(out, stage).read_text())["chosen"] == "ema" else "model."
         loss = _l2 if stage == "teacher_l2" else _l1
         return _load_training_form(out / stage / "run" / "ckpt.safetensors", args, prefix), loss, args.lr_l2
@@ -411,11 +446,12 @@ def _by_source(per_image: list) -> dict:
 
 
 def stage_report(args, out: Path, images) -> dict:
-    stage = {s: json.loads(_stage_json(out, s).read_text()) if _stage_json(out, s).is_file() else None for s in ("teacher_l1", "teacher_l2")}
+    names = ("teacher_import",) if _stage_json(out, "teacher_import").is_file() else ("teacher_l1", "teacher_l2")
+    stage = {s: json.loads(_stage_json(out, s).read_text()) if _stage_json(out, s).is_file() else None for s in names}
     ft_path = out / "finetunes" / "summary.json"
     finetunes = json.loads(ft_path.read_text()) if ft_path.is_file() else None
     models = {}
-    for s in ("teacher_l1", "teacher_l2"):
+    for s in names:
         path = out / s / f"span_x{args.scale}.safetensors"
         if path.is_file():
             models[s] = load_span(path)
@@ -458,8 +494,11 @@ def stage_report(args, out: Path, images) -> dict:
         margin = d["mean"] - c["mean"]
         verdict = {"dsclora_minus_continued_db": margin, "twice_spread_db": 2 * max(d["spread"], c["spread"]), "seeds": min(d["n"], c["n"]),
                    "beats_by_more_than_twice_spread": min(d["n"], c["n"]) >= 2 and margin > 2 * max(d["spread"], c["spread"])}
+    manifest = Path(args.data) / "manifest.json"
+    sources = json.loads(manifest.read_text()).get("sources", []) if manifest.is_file() else []
+    train_sources = [f"{x['name']} ({x['registry']} {x['package']} {x['version']})" for x in sources if x.get("role") in ("train", "extra")]
     report = {"command": "python3 bench/sr_gpu.py " + " ".join(sys.argv[1:]), "device": _device_name(args.device), "out": str(args.out),
-              "data": str(args.data), "scale": args.scale, "channels": args.channels, "runtime_input": list(size), "stages": stage,
+              "data": str(args.data), "train_sources": train_sources, "scale": args.scale, "channels": args.channels, "runtime_input": list(size), "stages": stage,
               "finetunes": finetunes,
               "eval": table, "hardest_eval_photo": hardest, "methods": methods, "cost": cost, "verdict": verdict,
               "acceptance": {"teacher": teacher_key, "gain_over_bicubic_db": table.get(teacher_key, {}).get("gain_over_bicubic"),
@@ -514,12 +553,16 @@ def _markdown(r: dict) -> str:
     ev, st = r["eval"], r["stages"]
     lines = ["# sr_dsclora: GPU run on real photographs (bench/sr_gpu.py)", "",
              "<!-- Written by bench/sr_gpu.py from runs/sr_gpu/*; do not edit by hand. -->", "",
-             f"Command: `{r['command']}` on {r['device']}. Training photos: `lowrank-sr make-data` train/ (Endless Sky landscape "
-             "photographs, Debian endless-sky-high-dpi); choices on its val/; scores on its eval/ (Debian wallpaper photos and the "
+             f"Command: `{r['command']}` on {r['device']}. Training photos: `lowrank-sr make-data` train/ ("
+             + (", ".join(r["train_sources"]) if r.get("train_sources") else "Endless Sky landscape photographs, Debian endless-sky-high-dpi")
+             + "); choices on its val/; scores on its eval/ (Debian wallpaper photos and the "
              "scikit-image / scikit-learn photos: other sources, other files). x4, bicubic LR, Y-PSNR / Y-SSIM, border 4.", "",
              f"## Teacher (SPAN, {r['channels']} channels)", "", "| stage | loss | steps (planned) | seconds | weights (val) | cut short |", "|---|---|---|---|---|---|"]
     for name, s in st.items():
-        if s:
+        if s and s.get("imported_from"):
+            lines.append(f"| {name} | {s['loss']} | {s['steps']:,} in its own run (`{s['imported_from']}`) | - | raw "
+                         f"({s['val_psnr_raw']:.3f} dB) | no |")
+        elif s:
             lines.append(f"| {name} | {s['loss']} | {s['steps']:,} ({s['planned']:,}) | {s['seconds']:.0f} | {s['chosen']} "
                          f"({s['val_psnr_' + s['chosen']]:.3f} dB) | {'yes' if s['cut_short'] else 'no'} |")
         else:
@@ -579,6 +622,10 @@ def main(argv=None) -> int:
     p.add_argument("--lr-full", type=float, default=2e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--ft-steps", type=int, default=0, help="fine-tuning steps (0: from the measured step time)")
+    p.add_argument("--teacher", default=None, help="a deployed SPAN (.safetensors) from an earlier run as the teacher: the teacher "
+                   "stages are not run, the whole window goes to the fine-tunes (e.g. docs/results/sr_gpu/span_x4.safetensors)")
+    p.add_argument("--teacher-loss", default="l2", choices=("l1", "l2"), help="with --teacher: the loss of the stage it came from "
+                   "(what `continued` goes on with)")
     p.add_argument("--ckpt-s", type=float, default=60.0)
     p.add_argument("--results-md", default=None, help=f"default: {RESULTS_MD.relative_to(ROOT)} (with --smoke: OUT/report/sr_gpu.md)")
     p.add_argument("--results-dir", default=None, help=f"default: {RESULTS_DIR.relative_to(ROOT)} (with --smoke: OUT/report/sr_gpu)")
@@ -586,6 +633,8 @@ def main(argv=None) -> int:
     report_root = Path(args.out) / "report" if args.smoke else None  # a rehearsal never writes over the repo's results
     args.results_md = args.results_md or str(report_root / "sr_gpu.md" if report_root else RESULTS_MD)
     args.results_dir = args.results_dir or str(report_root / "sr_gpu" if report_root else RESULTS_DIR)
+    if args.teacher and not Path(args.teacher).is_file():
+        p.error(f"--teacher {args.teacher}: no such file (a deployed SPAN .safetensors)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda but no GPU is visible")
     if args.smoke:  # a tiny SPAN on small patches: every code path, not the numbers
@@ -608,6 +657,9 @@ def main(argv=None) -> int:
             continue
         t = time.time()
         if stage in ("teacher_l1", "teacher_l2"):
+            if args.teacher:
+                print(f"{stage}: not run (--teacher)", flush=True)
+                continue
             if stage == "teacher_l2" and not _stage_json(out, "teacher_l1").is_file():
                 print(f"{stage}: teacher_l1 unfinished, skipped", flush=True)
                 continue
@@ -615,7 +667,10 @@ def main(argv=None) -> int:
             print(f"{stage}: {s['steps']}/{s['planned']} steps, val {s['val_psnr_' + s['chosen']]:.3f} dB ({s['chosen']}), "
                   f"{time.time() - t:.0f} s{' CUT SHORT' if s['cut_short'] else ''}", flush=True)
         elif stage == "finetunes":
-            if not _teacher_path(out, args.scale).is_file() or not _stage_json(out, "teacher_l2").is_file():
+            if args.teacher and not _stage_json(out, "teacher_import").is_file():
+                s = stage_import_teacher(args, out, val)
+                print(f"teacher: imported {args.teacher}, val {s['val_psnr_raw']:.3f} dB", flush=True)
+            if not _teacher_path(out, args.scale).is_file() or not (_stage_json(out, "teacher_l2").is_file() or args.teacher):
                 print(f"{stage}: teacher unfinished, skipped", flush=True)
                 continue
             s = stage_finetunes(args, out, sampler, val, deadline[stage])

@@ -95,3 +95,29 @@ def test_finetune_deadline_keeps_what_the_later_runs_need(runs_after, expected):
 ])
 def test_ema_decay_spans_the_last_fifth_of_a_short_run(planned, expected):
     assert load_bench_script("sr_gpu.py").ema_decay_for(planned) == pytest.approx(expected)
+
+
+@pytest.mark.parametrize("loss", ["l1", "l2"])
+def test_an_imported_teacher_is_the_teacher_and_continued_starts_from_its_exact_training_form(tmp_path, loss):
+    from lowrank_vision.datasets.images import load_eval_set
+    from lowrank_vision.plugins.sr_dsclora.model import build_span, reparameterize
+    from lowrank_vision.plugins.sr_dsclora.weights import save_span
+
+    bench = load_bench_script("sr_gpu.py")
+    torch.manual_seed(0)
+    src = save_span(reparameterize(build_span(4, channels=8).eval()), tmp_path / "teacher_x4.safetensors", extra={"steps": 321})
+    val = load_eval_set(str(_photos(tmp_path / "val", n=2)), 4)
+    args = type("Args", (), {"teacher": str(src), "teacher_loss": loss, "scale": 4, "channels": 8, "device": "cpu", "lr_l2": 2e-4})()
+    out = tmp_path / "out"
+    summary = bench.stage_import_teacher(args, out, val)
+    assert summary["steps"] == 321 and summary["loss"] == loss.upper() and summary["chosen"] == "raw"
+    assert bench.chosen_teacher_stage(out) == "teacher_import"
+    teacher = bench.load_span(bench._teacher_path(out, 4))
+    model, loss_fn, lr = bench._build(args, "continued", teacher, out)
+    assert loss_fn is (bench._l2 if loss == "l2" else bench._l1) and lr == 2e-4 and model.training
+    x = torch.rand(1, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.allclose(model(x), teacher(x), atol=1e-5)
+    args.channels = 16
+    with pytest.raises(SystemExit, match="--scale, --channels"):
+        bench.stage_import_teacher(args, tmp_path / "out2", val)
