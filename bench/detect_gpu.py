@@ -207,7 +207,8 @@ def _trainer_worker(run: str, args, time_s: float | None, threads: int) -> None:
     torch.set_num_threads(threads)
     from lowrank_vision.plugins.multispectral_det import model_yaml
     from lowrank_vision.plugins.multispectral_det.config import DistillConfig
-    from lowrank_vision.plugins.multispectral_det.recipes import distill_student, evaluate, plateau_stopper, train_detector
+    from lowrank_vision.plugins.multispectral_det.recipes import (batch_change_note, distill_student, evaluate, plateau_stopper,
+                                                                  train_detector)
 
     out = Path(args.out)
     data_yaml = out / "data" / "set" / "data.yaml"
@@ -234,9 +235,8 @@ def _trainer_worker(run: str, args, time_s: float | None, threads: int) -> None:
         r["recipe"] = asdict(dcfg)
     train_s = time.time() - t0
     r["val_mAP50_per_epoch"] = _val_curve(Path(r["save_dir"]))
-    if r.get("batch_used") not in (None, cfg.batch):  # kept as done (not retrained in a loop), never compared
-        r["excluded"] = (f"trained with batch {r['batch_used']}, not the recipe's {cfg.batch}: ultralytics halves the batch after a "
-                         "CUDA out-of-memory error in the first epoch (too many trainers side by side)")
+    if (note := batch_change_note(cfg.batch, r.get("batch_used", cfg.batch))) is not None:  # kept as done (not retrained), never compared
+        r["excluded"] = note
     r["test"] = evaluate(r["checkpoint"], data_yaml, "test", imgsz=cfg.imgsz, batch=_scale(args)["eval_batch"], device=args.device)
     _finish(out, run, {**r, "seed": cfg.seed, "wall_s": train_s, "test_eval_s": time.time() - t0 - train_s,
                        "time_budget_s": time_s, "cut_short": False})

@@ -96,12 +96,12 @@ def _run(yolo, data_yaml: Path, cfg: DetectTrainConfig, out_dir: Path, name: str
         args = cfg.ultralytics_args()
         yolo.train(data=str(data_yaml), project=str(Path(out_dir).resolve()), name=name, device=device, trainer=trainer, **args)
     tr = yolo.trainer
-    if (note := batch_change_note(cfg.batch, int(tr.batch_size))) is not None:
+    batch_used = int(tr.batch_size)
+    if (note := batch_change_note(cfg.batch, batch_used)) is not None:
         warnings.warn(note, RuntimeWarning, stacklevel=3)
     best = Path(tr.best) if Path(tr.best).exists() else Path(tr.last)
-    # batch_used: ultralytics halves the batch (up to 3 times) after a CUDA out-of-memory error in the first epoch
     return {"checkpoint": str(best), "save_dir": str(tr.save_dir), "epochs": cfg.epochs, "epochs_run": int(tr.epoch) + 1,
-            "batch_used": int(tr.batch_size),
+            "batch_used": batch_used,
             "epochs_planned": int(tr.epochs), "stopped_by_time": bool(cfg.time_s) and int(tr.epoch) + 1 < int(tr.epochs),
             "val_metrics": {k: float(v) for k, v in (tr.metrics or {}).items()}, "plateau": getattr(tr, "plateau", None)}
 
