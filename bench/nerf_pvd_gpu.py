@@ -66,21 +66,6 @@ REPO = Path(__file__).resolve().parent.parent
 LR_FACTORS = (0.5, 1.0, 2.0)
 LR_FACTOR_LIMITS = (0.125, 8.0)
 """How far :func:`edge_extension` goes past the grid (session 10 chose x2, the top of the grid, for both pairs)."""
-
-
-def edge_extension(trials: list[dict], limits: tuple[float, float] = LR_FACTOR_LIMITS) -> Optional[float]:
-    """The next lr factor to try when the best val trial is the largest (smallest) factor tried: twice (half) it,
-    within ``limits``; ``None`` when the best is inside the factors tried, at a limit, or nothing trained."""
-    ok = [t for t in trials if t["val_psnr"] is not None]
-    if not ok:
-        return None
-    tried = sorted(t["lr_factor"] for t in trials)
-    best = max(ok, key=lambda t: t["val_psnr"])["lr_factor"]
-    if best == tried[-1] and best * 2 <= limits[1]:
-        return best * 2
-    if best == tried[0] and best / 2 >= limits[0]:
-        return best / 2
-    return None
 CHECKPOINTS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # of a stage's seconds
 TWIN_CHECKPOINTS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)  # scratch twins: their time to a target
 TEACHER_CHECKPOINTS = (0.25, 0.5, 0.75)  # the teacher: its plateau only (its time is not compared)
@@ -121,6 +106,21 @@ STAGE_FRACTIONS = SHORT_RUN_STAGE_FRACTIONS
 # not training time at REF_BUDGET: start-up + scene (~45 s at 128 px on the GPU box), evaluations, calibrations,
 # checkpoints, the test-view figure, the report and a 25-s margin
 OVERHEAD_REF = REF_BUDGET - (PLAN_REF["teacher"] + 2 * PLAN_REF["converge"] + 2 * PLAN_REF["pvd_main"] + 2 * 3 * SEL_S_REF + 11 * PLAN_REF["extra"])
+
+
+def edge_extension(trials: list[dict], limits: tuple[float, float] = LR_FACTOR_LIMITS) -> Optional[float]:
+    """The next lr factor to try when the best val trial is the largest (smallest) factor tried: twice (half) it,
+    within ``limits``; ``None`` when the best is inside the factors tried, at a limit, or nothing trained."""
+    ok = [t for t in trials if t["val_psnr"] is not None]
+    if not ok:
+        return None
+    tried = sorted(t["lr_factor"] for t in trials)
+    best = max(ok, key=lambda t: t["val_psnr"])["lr_factor"]
+    if best == tried[-1] and best * 2 <= limits[1]:
+        return best * 2
+    if best == tried[0] and best / 2 >= limits[0]:
+        return best / 2
+    return None
 
 
 @dataclass
