@@ -2,6 +2,8 @@
 already done are kept), and an imported teacher whose checkpoint is not on this machine is imported again."""
 
 import json
+import math
+import statistics
 from pathlib import Path
 
 import pytest
@@ -100,6 +102,15 @@ def test_paired_interval_of_seed_gains(diffs, expected):
     assert lo == pytest.approx(expected[0], abs=2e-3) and hi == pytest.approx(expected[1], abs=2e-3)
 
 
+@pytest.mark.parametrize("reads, t_exact", [(1, 2.0796), (4, 2.7316)])  # scipy.stats.t.ppf(1 - 0.025 / reads, 21)
+def test_paired_interval_widens_for_every_read(reads, t_exact):
+    diffs = [0.1 * ((7 * i) % 22) for i in range(22)]
+    lo, hi = load_bench_script("detect_gpu.py").paired_interval(diffs, reads)
+    se = statistics.stdev(diffs) / math.sqrt(len(diffs))
+    assert (hi - lo) / 2 / se == pytest.approx(t_exact, abs=2e-3)
+    assert (lo + hi) / 2 == pytest.approx(statistics.fmean(diffs))
+
+
 def test_paired_interval_needs_two_pairs():
     assert load_bench_script("detect_gpu.py").paired_interval([0.5]) is None
 
@@ -171,3 +182,25 @@ def test_at_most_max_side_by_side_trainers_start_and_the_rest_wait(bench, tmp_pa
     assert len(started) == 12 and sum(v is not None for v in done.values()) == 12
     bench._run_stage(args, "students", wall_s=5.0)  # the next job trains the 6 left
     assert len(started) == 18 and len(set(started)) == 18
+
+
+def test_pending_runs_that_complete_a_pair_go_first(bench):
+    clean = {"student_sad_s3", "student_plain_s1"}.__contains__  # s3 and s1 each have one clean side done
+    pending = ["student_sad_s0", "student_sad_s1", "student_sad_s2", "student_plain_s0", "student_plain_s2", "student_plain_s3",
+               "yolov8n_s0"]
+    assert bench.pending_in_pair_order(pending, clean) == [
+        "student_sad_s1", "student_plain_s3",  # each completes a pair
+        "student_sad_s0", "student_plain_s0", "student_sad_s2", "student_plain_s2",  # then by seed, SAD first
+        "yolov8n_s0"]
+
+
+def test_retrain_excluded_moves_the_record_aside(bench, tmp_path):
+    bench._set_student_seeds(2, 0.25, main_run=False)
+    _write(tmp_path, "student_sad_s0", {"seed": 0})
+    _write(tmp_path, "student_plain_s1", {"seed": 1, "excluded": "trained with batch 8, not 32"})
+    (tmp_path / "runs" / "student_plain_s1" / "weights").mkdir(parents=True)
+    args = type("Args", (), {"out": str(tmp_path)})()
+    assert bench._retrain_excluded(args) == ["student_plain_s1"]
+    assert bench._done(tmp_path, "student_plain_s1") is None and bench._done(tmp_path, "student_sad_s0") == {"seed": 0}
+    assert json.loads((tmp_path / "student_plain_s1" / "excluded_before.json").read_text())["excluded"].startswith("trained")
+    assert not (tmp_path / "runs" / "student_plain_s1").exists()
