@@ -256,9 +256,10 @@ def _new_accelerator(config: TrainConfig):
     from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState, GradientState, PartialState
 
-    if AcceleratorState._shared_state and PartialState().num_processes == 1:
-        # Several fit() calls in one single-process program may use different precisions.
-        AcceleratorState._reset_state()
+    if PartialState._shared_state and PartialState().num_processes == 1:
+        # Several fit() calls in one single-process program may use different precisions and devices: PartialState
+        # keeps the first call's device, so without its reset a CUDA fit after a CPU one silently ran on the CPU.
+        AcceleratorState._reset_state(reset_partial_state=True)
         GradientState._reset_state()
     if config.mixed_precision == "fp16" and (config.cpu or not torch.cuda.is_available()):
         raise ValueError("TrainConfig.mixed_precision='fp16' needs a CUDA device; use 'bf16' or 'no' on the CPU")
@@ -364,6 +365,17 @@ def batch_signature(batch: Any) -> tuple:
     )
 
 
+def _release_cuda_rng_from_capture(state: torch.Tensor) -> None:
+    """After a failed capture: the current device's default CUDA generator gets a fresh state holding ``state``.
+
+    A capture that raises never reaches the generator's capture epilogue, so the generator stays marked as
+    capturing and the next eager random draw fails ("Offset increment outside graph capture"); a state made by a
+    new generator is not marked."""
+    fresh = torch.Generator(device="cuda")
+    fresh.set_state(state)
+    torch.cuda.default_generators[torch.cuda.current_device()].graphsafe_set_state(fresh.graphsafe_get_state())
+
+
 class WholeStepGraph:
     """Warm-up, capture and replay of forward + backward + clipping + optimizer step (see the module docstring).
 
@@ -428,12 +440,14 @@ class WholeStepGraph:
             return out
         signature = batch_signature(batch)
         if self.graph is None:
+            rng = torch.cuda.get_rng_state()
             try:
                 self._capture(batch, signature)
             except Exception as exc:  # an op that cannot be captured: stay eager for the whole run
                 self.graph = None
                 self.optimizer.zero_grad(set_to_none=True)
                 torch.cuda.synchronize()
+                _release_cuda_rng_from_capture(rng)
                 self._give_up(f"capture failed: {type(exc).__name__}: {str(exc)[:300]}")
                 return self._eager(batch)
         elif signature != self.signature:

@@ -187,6 +187,10 @@ def fake_cuda(monkeypatch):
     monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
     monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
     monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a, **k: torch.tensor([7], dtype=torch.uint8))
+    released = []
+    monkeypatch.setattr("lowrank_vision.core.train._release_cuda_rng_from_capture", released.append)
+    return released
 
 
 def _runner(loss_fn=mse, max_grad_norm=1.0):
@@ -235,6 +239,38 @@ def test_graph_runner_capture_error_stays_eager_with_reason(fake_cuda, monkeypat
     rec = runner.record
     assert rec["captured"] is False and rec["graph_steps"] == 0 and rec["eager_steps"] == 5
     assert rec["fallback_reason"].startswith("capture failed: RuntimeError: operation not permitted")
+    assert [t.tolist() for t in fake_cuda] == [[7]]  # the CUDA generator released once, with the state from before
+
+
+def dropout_mse_reading_the_host(model, batch):
+    """Draws device random numbers and reads a value back (capture refuses the read)."""
+    x, y = batch
+    x = nn.functional.dropout(x, 0.1)
+    return nn.functional.mse_loss(model(x), y) * (1.0 + 0.0 * float(y.abs().max()))
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_failed_capture_leaves_random_draws_working_on_cuda():
+    loader = DataLoader(data(), batch_size=8, shuffle=True, drop_last=True)
+    with pytest.warns(RuntimeWarning, match="capture failed"):
+        result = fit(make_model(), loader, dropout_mse_reading_the_host,
+                     TrainConfig(max_steps=10, lr=1e-3, cuda_graph=True, log_every=1, progress=False))
+    rec = result.cuda_graph
+    assert rec["captured"] is False and rec["eager_steps"] == 10 and rec["fallback_reason"].startswith("capture failed"), rec
+    assert torch.rand(4, device="cuda").shape == (4,)  # before the release: "Offset increment outside graph capture"
+
+
+def test_a_later_fit_gets_a_fresh_device_state():
+    """accelerate's PartialState keeps the first fit's device; a stale one must not reach the next fit (a CUDA fit
+    after a CPU fit in one process ran on the CPU)."""
+    from accelerate.state import PartialState
+
+    from lowrank_vision.core.train import _new_accelerator
+
+    _new_accelerator(TrainConfig(max_steps=1, cpu=True))
+    PartialState._shared_state["device"] = torch.device("meta")  # what a stale device looks like
+    assert _new_accelerator(TrainConfig(max_steps=1, cpu=True)).device == torch.device("cpu")
 
 
 def test_graph_runner_gives_up_on_extra_metrics(fake_cuda):
