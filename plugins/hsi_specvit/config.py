@@ -116,12 +116,14 @@ class DataConfig:
 def train_config(method: Method = "lora", steps: int = 300, lr: Optional[float] = None, seed: int = 0,
                  progress: bool = True) -> TrainConfig:
     """The trainer settings of every HSI recipe: AdamW (weight decay 0.01), 15 warm-up steps then cosine,
-    gradient clipping at 1.0, ten log lines per run; ``lr`` defaults to :data:`DEFAULT_LR` of ``method``."""
+    gradient clipping at 1.0, ten log lines per run; ``lr`` defaults to :data:`DEFAULT_LR` of ``method``. On a GPU
+    the whole step is one captured CUDA graph (patch batches of one shape; eager on a CPU, and for a LoRA run with
+    ``RecipeConfig.cyclical``: :data:`~.schedule.GRAPH_FALLBACK_REASON`)."""
     if method not in get_args(Method):
         raise ValueError(f"method must be one of {get_args(Method)}, got {method!r}")
     return TrainConfig(max_steps=steps, lr=DEFAULT_LR.get(method, DEFAULT_LR["full"]) if lr is None else lr, weight_decay=0.01,
                        warmup_steps=max(min(15, steps - 1), 0), scheduler="cosine", max_grad_norm=1.0,
-                       log_every=max(steps // 10, 1), seed=seed, progress=progress)
+                       log_every=max(steps // 10, 1), seed=seed, progress=progress, cuda_graph=True)
 
 
 @dataclass(frozen=True)
@@ -147,7 +149,8 @@ class RecipeConfig:
     trainable: tuple = ("head", "norm")
     """Non-adapter parameters that stay trainable with LoRA (new classifier and its norm)."""
     cyclical: bool = True
-    """Modulate the LoRA scale with the cyclical schedule of :mod:`.schedule` (``lora`` only)."""
+    """Modulate the LoRA scale with the cyclical schedule of :mod:`.schedule` (``lora`` only). Such a run trains
+    eagerly on a GPU too (no whole-step CUDA graph: :data:`.schedule.GRAPH_FALLBACK_REASON`)."""
     cycle_steps: int = 40
     """Length of the first cycle of the LoRA-scale schedule, in optimizer steps."""
     cycle_mult: float = 2.0
@@ -159,7 +162,7 @@ class RecipeConfig:
     label_smoothing: float = 0.1
     """Label smoothing of the cross-entropy loss."""
     augment: bool = True
-    """Random flips / 90-degree rotations of each batch."""
+    """A random one of the 8 flips / 90-degree rotations of a square, drawn for each patch."""
     class_weighting: Literal["none", "sqrt_inverse"] = "none"
     """Cross-entropy class weights: ``sqrt_inverse`` weighs class c by 1/sqrt(its training pixels), normalised to
     mean 1 (long-tailed scenes), ``none`` weighs every sample alike."""

@@ -114,9 +114,9 @@ class LocalBlock(nn.Module):
         y = F.pad(self.norm1(x), (0, 0, 0, pw, 0, ph))
         mask = None
         if ph or pw:
-            pad = torch.zeros(1, h + ph, w + pw, 1, dtype=torch.bool, device=x.device)
-            pad[:, h:, :, :] = True
-            pad[:, :, w:, :] = True
+            rows = torch.arange(h + ph, device=x.device) >= h  # built from shapes alone: no host data, capturable
+            cols = torch.arange(w + pw, device=x.device) >= w
+            pad = (rows[:, None] | cols[None, :])[None, :, :, None]
             mask = window_partition(pad, ws)[..., 0].repeat(b, 1)
         y = window_partition(y, ws)
         y = window_reverse(self.attn(y, mask), ws, h + ph, w + pw)[:, :h, :w]

@@ -7,7 +7,10 @@ fine-tuned in full (``"full"``), and the HybridSN-like CNN (``"hybridsn"``). Dat
 through :func:`prepare` (split protocol, train-only PCA, patches whose neighbours of another
 split are zeroed); training through the shared trainer ``lowrank_vision.core.train.fit``.
 With ``RecipeConfig.eval_every`` the val OA is measured during training and the best weights
-are kept (model selection on val only; the test split is scored once, at the end).
+are kept (model selection on val only; the test split is scored once, at the end). On a GPU the
+trainer captures each step as one CUDA graph (``train_config`` asks for it; the patch batches have
+one shape and the augmentation draws on the device), except under the cyclical LoRA scale
+(:data:`~.schedule.GRAPH_FALLBACK_REASON`).
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import dataclasses
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import numpy as np
 import torch
@@ -31,10 +34,11 @@ from lowrank_vision.datasets.hsi.split import (PCA, SPLITS, Split, extract_patch
 from .config import DataConfig, RecipeConfig
 from .metrics import classification_metrics
 from .model import HybridSN, create_lola_specvit
-from .schedule import CyclicalLoRAScale
+from .schedule import GRAPH_FALLBACK_REASON, CyclicalLoRAScale
 
 __all__ = ["PreparedData", "prepare", "build_model", "train", "evaluate", "predict_logits", "predict_map",
-           "predict_split_map", "split_logits", "split_metrics", "parameter_counts", "summary_row"]
+           "predict_split_map", "split_logits", "split_metrics", "parameter_counts", "summary_row", "recipe_loss",
+           "class_weighted_cross_entropy"]
 
 
 @dataclass
@@ -128,13 +132,64 @@ def build_model(recipe: RecipeConfig, in_chans: int, num_classes: int, patch: in
     return model, {**meta, **info}
 
 
+def _dihedral_orders(side: int, device=None) -> torch.Tensor:
+    """``[8, side * side]``: pixel ``p`` of a ``side x side`` patch under symmetry ``t`` comes from pixel ``[t, p]``
+    (row-major). Symmetry ``t`` is ``rot90`` by ``t % 4`` quarter turns, then for ``t >= 4`` a left-right flip."""
+    grid = torch.arange(side * side, device=device).view(side, side)
+    turns = [torch.rot90(grid, k, dims=(0, 1)) for k in range(4)]
+    return torch.stack(turns + [torch.flip(t, dims=(1,)) for t in turns]).flatten(1)
+
+
 def _augment(x: torch.Tensor, spectral_jitter: float = 0.0) -> torch.Tensor:
-    k = int(torch.randint(0, 4, (1,)))
-    x = torch.rot90(x, k, dims=(2, 3))
-    x = torch.flip(x, dims=(3,)) if bool(torch.randint(0, 2, (1,))) else x
+    """Each patch of ``x [B, C, P, P]`` under its own random one of the 8 square symmetries (:func:`_dihedral_orders`),
+    then, with ``spectral_jitter``, a per-patch gain ``1 + N(0, s)`` on every component.
+
+    Per-sample draws (earlier: one rotation / flip per batch), all on ``x``'s device with no value read back, so a
+    captured CUDA graph replays fresh draws every step."""
+    b, c, h, w = x.shape
+    if h != w:
+        raise ValueError(f"x: expected square patches [B, C, P, P], got {tuple(x.shape)}")
+    choice = torch.randint(0, 8, (b,), device=x.device)
+    order = _dihedral_orders(h, x.device)[choice]  # [B, P*P]
+    x = x.flatten(2).gather(2, order[:, None, :].expand(b, c, h * w)).view(b, c, h, w)
     if spectral_jitter > 0:
-        x = x * (1.0 + spectral_jitter * torch.randn(x.shape[0], x.shape[1], 1, 1, device=x.device, dtype=x.dtype))
+        x = x * (1.0 + spectral_jitter * torch.randn(b, c, 1, 1, device=x.device, dtype=x.dtype))
     return x
+
+
+def class_weighted_cross_entropy(logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor,
+                                 label_smoothing: float = 0.0) -> torch.Tensor:
+    """``F.cross_entropy(logits, target, weight=weight, label_smoothing=label_smoothing)`` (mean, no ignored target)
+    without its host sync: with a weight and label smoothing both, PyTorch normalises by the weights of the targets
+    left after a ``masked_select`` (``target != ignore_index``), whose size the host must read, so capture fails."""
+    logp = F.log_softmax(logits, dim=1)
+    target_weight = weight[target]
+    nll = -(target_weight * logp.gather(1, target[:, None])[:, 0]).sum()
+    smooth = -(logp * weight).sum() / logits.shape[1]
+    return ((1.0 - label_smoothing) * nll + label_smoothing * smooth) / target_weight.sum()
+
+
+def recipe_loss(recipe: RecipeConfig, class_weight: Optional[torch.Tensor] = None) -> Callable:
+    """``loss_fn(model, (patches, labels)) -> (loss, {"acc": 0-d tensor})`` of ``recipe`` for the shared trainer:
+    optional :func:`_augment`, cross-entropy with label smoothing and ``class_weight``
+    (:func:`class_weighted_cross_entropy`). Capture-safe: device ops only, nothing read back, the class weights
+    copied to the batch's device once (at the first, eager, step; never inside a captured one)."""
+    weight_on: dict[torch.device, torch.Tensor] = {}
+
+    def loss_fn(m: nn.Module, batch) -> tuple[torch.Tensor, dict]:
+        xb, yb = batch
+        if recipe.augment:
+            xb = _augment(xb, recipe.spectral_jitter)
+        logits = m(xb)
+        if class_weight is None:
+            loss = F.cross_entropy(logits, yb, label_smoothing=recipe.label_smoothing)
+        else:
+            if logits.device not in weight_on:
+                weight_on[logits.device] = class_weight.to(logits.device)
+            loss = class_weighted_cross_entropy(logits, yb, weight_on[logits.device], recipe.label_smoothing)
+        return loss, {"acc": (logits.argmax(1) == yb).float().mean().detach()}
+
+    return loss_fn
 
 
 @torch.no_grad()
@@ -206,7 +261,9 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
           output_dir: Optional[Path] = None, device: str = "cpu") -> tuple[nn.Module, dict]:
     """Train one model on ``data``; returns the trained model (adapters still attached) and a record.
 
-    The record holds parameter counts, train time, loss history, and val/test OA/AA/kappa.
+    The record holds parameter counts, train time, loss history, val/test OA/AA/kappa, and ``cuda_graph``: the
+    trainer's whole-step CUDA graph record (``TrainResult.cuda_graph``). With the cyclical LoRA scale on, the run is
+    eager and that record gives :data:`GRAPH_FALLBACK_REASON` as the reason.
     """
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -223,15 +280,6 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
         counts = torch.bincount(y, minlength=data.num_classes).float()
         weight = torch.where(counts > 0, counts.clamp(min=1).rsqrt(), torch.zeros(()))
         weight = weight / weight[counts > 0].mean()
-
-    def loss_fn(m: nn.Module, batch) -> tuple[torch.Tensor, dict]:
-        xb, yb = batch
-        if recipe.augment:
-            xb = _augment(xb, recipe.spectral_jitter)
-        logits = m(xb)
-        loss = F.cross_entropy(logits, yb, weight=None if weight is None else weight.to(logits.device),
-                               label_smoothing=recipe.label_smoothing)
-        return loss, {"acc": float((logits.argmax(1) == yb).float().mean())}
 
     callbacks, schedule = [], None
     if recipe.method == "lora" and recipe.cyclical:
@@ -257,10 +305,12 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
                                 state={k: v.detach().clone() for k, v in m.state_dict().items()})
 
         callbacks.append(keep_best)
+    graph_off = GRAPH_FALLBACK_REASON if schedule is not None and recipe.train.cuda_graph else None
     config = dataclasses.replace(recipe.train, cpu=device == "cpu", eval_every=recipe.eval_every if eval_fn else 0,
-                                 output_dir=recipe.train.output_dir if output_dir is None else str(output_dir))
+                                 output_dir=recipe.train.output_dir if output_dir is None else str(output_dir),
+                                 cuda_graph=recipe.train.cuda_graph and graph_off is None)
     t0 = time.time()
-    result = fit(model, loader, loss_fn, config, callbacks=callbacks, eval_fn=eval_fn)
+    result = fit(model, loader, recipe_loss(recipe, weight), config, callbacks=callbacks, eval_fn=eval_fn)
     model = result.model
     if schedule is not None:
         schedule.finish(model)
@@ -277,6 +327,7 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
         "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history],
         "samples": {k: int(len(v)) for k, v in data.split.coords.items()},
         "split": data.split.summary(data.cube.labels),
+        "cuda_graph": result.cuda_graph if graph_off is None else {"requested": True, "captured": False, "fallback_reason": graph_off},
     }
     record.update(split_metrics(predict_split_map(model, data), data))
     return model, record

@@ -24,7 +24,14 @@ from torch import nn
 
 from lowrank_vision.core import adapter_layers
 
-__all__ = ["cycle_factor", "CyclicalLoRAScale"]
+__all__ = ["cycle_factor", "CyclicalLoRAScale", "GRAPH_FALLBACK_REASON"]
+
+GRAPH_FALLBACK_REASON = ("the cyclical LoRA scale (RecipeConfig.cyclical) sets each adapter's float `scale` between steps, "
+                         "which a captured graph would freeze; the core LoRA kernels cannot take a tensor scale yet")
+"""Why a LoRA run with this schedule trains eagerly although ``TrainConfig.cuda_graph`` is on (``recipes.train``
+records it as ``record["cuda_graph"]["fallback_reason"]``). A 0-d tensor scale filled in place outside the graph
+would be replayed correctly by the graph, but the core LoRA functions pass ``scale`` to ``torch.addmm`` as
+``alpha``, a host number, so every call would read the tensor back (``.item()``: a sync that capture refuses)."""
 
 
 def cycle_factor(step: int, cycle_steps: int, cycle_mult: float = 2.0, f_min: float = 0.25,

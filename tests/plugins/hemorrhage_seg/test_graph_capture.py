@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils._python_dispatch import TorchDispatchMode
 
 from lowrank_vision.plugins.hemorrhage_seg.config import UNetConfig, trainer
 from lowrank_vision.plugins.hemorrhage_seg.model import build_network
 from lowrank_vision.plugins.hemorrhage_seg.recipes import apply_strategy, seg_loss
+
+from ...capture_checks import HostTraffic
 
 
 def _loader(n: int = 8):
@@ -20,29 +21,15 @@ def _loader(n: int = 8):
     return torch.utils.data.DataLoader(data, batch_size=2, shuffle=True, drop_last=True)
 
 
-class _HostTensors(TorchDispatchMode):
-    """Counts tensors made from Python data (``torch.tensor``: ``aten.lift_fresh``), which on a GPU are host copies,
-    and values read back to the host (``.item()``: ``aten._local_scalar_dense``), a sync; capture refuses both."""
-
-    def __init__(self):
-        super().__init__()
-        self.count = 0
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func in (torch.ops.aten.lift_fresh.default, torch.ops.aten.lift_fresh_copy.default,
-                               torch.ops.aten._local_scalar_dense.default)
-        return func(*args, **(kwargs or {}))
-
-
 @pytest.mark.parametrize("kind", ["3d", "multiview"])
 def test_the_loss_builds_no_tensor_from_host_data(kind):
     net = build_network(UNetConfig(kind=kind))
     batch = next(iter(_loader()))
-    with _HostTensors() as mode:
+    with HostTraffic() as mode:
         loss = seg_loss(net, batch)
     assert mode.count == 0
     assert loss.ndim == 0 and torch.isfinite(loss) and float(loss) > 1.0  # soft Dice (~1 at init) + weighted BCE
-    with _HostTensors() as mode:
+    with HostTraffic() as mode:
         torch.tensor(10.0).item()
     assert mode.count == 2  # the check sees what the old loss did, and a read-back
 
