@@ -162,6 +162,33 @@ def ema_decay_for(planned_steps: int, cap: float = 0.999, horizon_fraction: floa
     return min(cap, 1.0 - 1.0 / max(1.0, horizon_fraction * planned_steps))
 
 
+def optimizer_and_stepper(model, loss_fn, lr: float, cuda_graph: bool = True):
+    """Adam (0.9, 0.99) over the trainable parameters, and on CUDA (``cuda_graph``) the ``WholeStepGraph`` that
+    replays each step: then Adam is capturable with a device-tensor lr that the schedule fills in place (its
+    contract). Returns ``(optimizer, stepper or None)``."""
+    from lowrank_vision.core.train import WholeStepGraph
+
+    params = [p for p in model.parameters() if p.requires_grad]
+    device = params[0].device
+    if not (cuda_graph and device.type == "cuda"):
+        return torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99)), None
+    opt = torch.optim.Adam(params, lr=torch.tensor(lr, device=device), betas=(0.9, 0.99), capturable=True)
+    return opt, WholeStepGraph(model, opt, loss_fn, None)
+
+
+def training_step(model, loss_fn, opt, stepper, batch) -> tuple:
+    """One optimizer step: through ``stepper`` (eager for its warm-up and wherever it cannot capture), else eager.
+    Returns ``(loss, logs)``."""
+    if stepper is not None:
+        return stepper.step(batch)
+    out = loss_fn(model, batch)
+    loss, logs = out if isinstance(out, tuple) else (out, {})
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return loss, logs
+
+
 def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float, batch: int, lr_patch: int, seed: int,
               deadline: float, steps: int = 0, ckpt_s: float = 60.0, ema_decay: float = 0.999, eval_fn=None,
               cuda_graph: bool = True) -> dict:
@@ -171,16 +198,10 @@ def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float
     On CUDA (``cuda_graph``) each step is one captured graph (``core.train.WholeStepGraph``: the small SPAN's step is
     launch-bound); the result says whether it captured. Returns ``{"model", "ema", "steps", "planned", "cut_short",
     "seconds", "history", "cuda_graph"}``."""
-    from lowrank_vision.core.train import WholeStepGraph
 
     run_dir.mkdir(parents=True, exist_ok=True)
-    params = [p for p in model.parameters() if p.requires_grad]
-    device = params[0].device
-    graphs = cuda_graph and device.type == "cuda"
-    # captured step: Adam with a device-tensor lr that the schedule fills in place (WholeStepGraph's contract)
-    opt = (torch.optim.Adam(params, lr=torch.tensor(lr, device=device), betas=(0.9, 0.99), capturable=True) if graphs
-           else torch.optim.Adam(params, lr=lr, betas=(0.9, 0.99)))
-    stepper = WholeStepGraph(model, opt, loss_fn, None) if graphs else None
+    opt, stepper = optimizer_and_stepper(model, loss_fn, lr, cuda_graph)
+    graphs = stepper is not None
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     ckpt = run_dir / "ckpt.safetensors"
     meta = {"step": 0, "planned": steps, "seconds": 0.0, "history": [], "seed": seed}
@@ -214,15 +235,7 @@ def train_run(run_dir: Path, model, loss_fn, sampler: PatchSampler, *, lr: float
                 g["lr"].fill_(cur)
             else:
                 g["lr"] = cur
-        lr_b, hr_b = sampler.sample(batch, lr_patch, gen)
-        if stepper is not None:  # eager for its warm-up steps and wherever it cannot capture (e.g. loss logs)
-            loss, logs = stepper.step((lr_b, hr_b))
-        else:
-            out = loss_fn(model, (lr_b, hr_b))
-            loss, logs = out if isinstance(out, tuple) else (out, {})
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+        loss, logs = training_step(model, loss_fn, opt, stepper, sampler.sample(batch, lr_patch, gen))
         with torch.no_grad():
             torch._foreach_lerp_(ema_params, live_params, 1 - ema_decay_for(meta["planned"], ema_decay))  # one multi-tensor kernel
         step += 1
@@ -358,22 +371,20 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
     if plan_path.is_file():
         plan = json.loads(plan_path.read_text())
     else:  # same step count for every run: what the slowest method (DSCLoRA) does in its share of the window
-        probe = _build(args, "dsclora", teacher, out)
         gen = torch.Generator().manual_seed(0)
-        model, loss_fn, _ = probe
-        opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=1e-5)
-        for i in range(13):
-            if i == 3:
+        model, loss_fn, _ = _build(args, "dsclora", teacher, out)
+        opt, stepper = optimizer_and_stepper(model, loss_fn, 1e-5)  # the runs' own step: captured on CUDA
+        for i in range(15):  # 3 warm-up steps, the capture, then 10 timed steps
+            if i == 5:
                 _sync(args.device)
                 t0 = time.time()
-            out_ = loss_fn(model, sampler.sample(args.batch, args.lr_patch, gen))
-            (out_[0] if isinstance(out_, tuple) else out_).backward()
-            opt.step()
-            opt.zero_grad()
+            training_step(model, loss_fn, opt, stepper, sampler.sample(args.batch, args.lr_patch, gen))
         _sync(args.device)
         step_s = (time.time() - t0) / 10
         share = (deadline - time.time()) / len(runs) * 0.6  # a run also keeps an EMA and scores val twice: on 2026-12-02 a
-        # DSCLoRA run took twice this probe's estimate (at 0.85 it was cut short; at 0.45 the six runs used 45 s of 125)
+        # DSCLoRA run took twice an eager probe's estimate (at 0.85 it was cut short; at 0.45 the six runs used 45 s of
+        # 125); on 2026-12-03 the probe was still eager (20 ms a step) while the runs were captured (~11 ms): nine runs
+        # of 758 steps used 91 s of a ~215 s window. Since then the probe times the captured step.
         plan = {"steps": max(20, int(share / step_s)), "dsclora_step_s": step_s, "runs": [f"{m}_s{s}" for m, s in runs]}
         if args.ft_steps:
             plan["steps"] = args.ft_steps
@@ -498,6 +509,7 @@ def stage_report(args, out: Path, images) -> dict:
     sources = json.loads(manifest.read_text()).get("sources", []) if manifest.is_file() else []
     train_sources = [f"{x['name']} ({x['registry']} {x['package']} {x['version']})" for x in sources if x.get("role") in ("train", "extra")]
     report = {"command": "python3 bench/sr_gpu.py " + " ".join(sys.argv[1:]), "device": _device_name(args.device), "out": str(args.out),
+              "results_dir": _repo_relative(args.results_dir),
               "data": str(args.data), "train_sources": train_sources, "scale": args.scale, "channels": args.channels, "runtime_input": list(size), "stages": stage,
               "finetunes": finetunes,
               "eval": table, "hardest_eval_photo": hardest, "methods": methods, "cost": cost, "verdict": verdict,
@@ -517,6 +529,19 @@ def stage_report(args, out: Path, images) -> dict:
     write_text(Path(args.results_md), _markdown(report))
     write_json(_stage_json(out, "report"), {"written": [str(results_dir / "report.json"), str(args.results_md)]})
     return report
+
+
+def _repo_relative(path) -> str:
+    path = Path(path).resolve()
+    return str(path.relative_to(ROOT)) if path.is_relative_to(ROOT) else str(path)
+
+
+def render_only(results_dir: Path, results_md: Path) -> None:
+    """``--render-only``: the page again from ``results_dir/report.json`` alone (no data, no device)."""
+    report = json.loads((results_dir / "report.json").read_text())
+    report.update(results_dir=_repo_relative(results_dir), rendered_by="python3 bench/sr_gpu.py --render-only "
+                  f"--results-dir {_repo_relative(results_dir)} --results-md {_repo_relative(results_md)}")
+    write_text(results_md, _markdown(report))
 
 
 def _device_name(device: str) -> str:
@@ -552,7 +577,9 @@ def _verdict_words(v: dict) -> str:
 def _markdown(r: dict) -> str:
     ev, st = r["eval"], r["stages"]
     lines = ["# sr_dsclora: GPU run on real photographs (bench/sr_gpu.py)", "",
-             "<!-- Written by bench/sr_gpu.py from runs/sr_gpu/*; do not edit by hand. -->", "",
+             f"<!-- Written by bench/sr_gpu.py from {r.get('out', 'runs/sr_gpu')}/*"
+             + (f"; rendered again from its report.json by `{r['rendered_by']}`" if r.get("rendered_by") else "")
+             + "; do not edit by hand. -->", "",
              f"Command: `{r['command']}` on {r['device']}. Training photos: `lowrank-sr make-data` train/ ("
              + (", ".join(r["train_sources"]) if r.get("train_sources") else "Endless Sky landscape photographs, Debian endless-sky-high-dpi")
              + "); choices on its val/; scores on its eval/ (Debian wallpaper photos and the "
@@ -600,7 +627,7 @@ def _markdown(r: dict) -> str:
             lines += ["", f"DSCLoRA / SPAN runtime: {ratio:.4f} ({'inside' if abs(ratio - 1) <= 0.03 else 'outside'} the ±3 % bar); "
                       f"parameters and FLOPs {'identical' if same else 'DIFFERENT'}."]
     cut = [n for n, s in st.items() if s and s["cut_short"]] + [n for n, v in ((r["finetunes"] or {}).get("runs") or {}).items() if v["cut_short"]]
-    lines += ["", "Stages cut short: " + (", ".join(cut) if cut else "none") + ". Raw numbers: `docs/results/sr_gpu/report.json`; "
+    lines += ["", "Stages cut short: " + (", ".join(cut) if cut else "none") + f". Raw numbers: `{r.get('results_dir', 'docs/results/sr_gpu')}/report.json`; "
               f"per-stage JSON and resumable checkpoints under `{r.get('out', 'runs/sr_gpu')}/`."]
     return "\n".join(lines) + "\n"
 
@@ -627,12 +654,19 @@ def main(argv=None) -> int:
     p.add_argument("--teacher-loss", default="l2", choices=("l1", "l2"), help="with --teacher: the loss of the stage it came from "
                    "(what `continued` goes on with)")
     p.add_argument("--ckpt-s", type=float, default=60.0)
-    p.add_argument("--results-md", default=None, help=f"default: {RESULTS_MD.relative_to(ROOT)} (with --smoke: OUT/report/sr_gpu.md)")
-    p.add_argument("--results-dir", default=None, help=f"default: {RESULTS_DIR.relative_to(ROOT)} (with --smoke: OUT/report/sr_gpu)")
+    p.add_argument("--results-md", default=None, help=f"default: {RESULTS_MD.relative_to(ROOT)}; with --teacher: "
+                   f"{RESULTS_MD.with_name('sr_gpu_ft.md').relative_to(ROOT)} (with --smoke: OUT/report/sr_gpu.md)")
+    p.add_argument("--results-dir", default=None, help=f"default: {RESULTS_DIR.relative_to(ROOT)}; with --teacher: "
+                   f"{RESULTS_DIR.with_name('sr_gpu_ft').relative_to(ROOT)} (with --smoke: OUT/report/sr_gpu)")
+    p.add_argument("--render-only", action="store_true", help="write the page again from --results-dir's report.json and stop")
     args = p.parse_args(argv)
     report_root = Path(args.out) / "report" if args.smoke else None  # a rehearsal never writes over the repo's results
-    args.results_md = args.results_md or str(report_root / "sr_gpu.md" if report_root else RESULTS_MD)
-    args.results_dir = args.results_dir or str(report_root / "sr_gpu" if report_root else RESULTS_DIR)
+    suffix = "_ft" if args.teacher else ""  # a fine-tune-only run never writes over the page of the run that trained its teacher
+    args.results_md = args.results_md or str(report_root / "sr_gpu.md" if report_root else RESULTS_MD.with_name(f"sr_gpu{suffix}.md"))
+    args.results_dir = args.results_dir or str(report_root / "sr_gpu" if report_root else RESULTS_DIR.with_name(f"sr_gpu{suffix}"))
+    if args.render_only:
+        render_only(Path(args.results_dir), Path(args.results_md))
+        return 0
     if args.teacher and not Path(args.teacher).is_file():
         p.error(f"--teacher {args.teacher}: no such file (a deployed SPAN .safetensors)")
     if args.device.startswith("cuda") and not torch.cuda.is_available():

@@ -121,3 +121,18 @@ def test_an_imported_teacher_is_the_teacher_and_continued_starts_from_its_exact_
     args.channels = 16
     with pytest.raises(SystemExit, match="--scale, --channels"):
         bench.stage_import_teacher(args, tmp_path / "out2", val)
+
+
+def test_render_only_writes_the_page_from_report_json_alone(tmp_path):
+    bench = load_bench_script("sr_gpu.py")
+    results = tmp_path / "sr_gpu_ft"
+    results.mkdir()
+    report = json.loads((bench.ROOT / "docs" / "results" / "sr_gpu_ft" / "report.json").read_text())
+    (results / "report.json").write_text(json.dumps(report))
+    bench.main(["--render-only", "--results-dir", str(results), "--results-md", str(tmp_path / "page.md")])
+    page = (tmp_path / "page.md").read_text()
+    assert f"Raw numbers: `{results}/report.json`" in page and "rendered again from its report.json" in page
+    margin = report["verdict"]["dsclora_minus_continued_db"]
+    assert f"DSCLoRA minus continued SPAN: {margin:+.4f} dB" in page
+    committed = (bench.ROOT / "docs" / "results" / "sr_gpu_ft.md").read_text()
+    assert committed.split("\n", 3)[3] == page.replace(str(results), "docs/results/sr_gpu_ft").split("\n", 3)[3]  # the page is its JSON's
