@@ -92,7 +92,7 @@ def _layer_record(adapter: AdapterLayer) -> dict[str, Any]:
         "method": adapter.method,
         "rank": adapter.rank,
         "alpha": adapter.alpha,
-        "scale": adapter.scale,
+        "scale": float(adapter.scale),  # a schedule may hold it as a 0-d tensor
         "dropout": adapter.config.dropout,
         "strategy": adapter.config.strategy,
         "options": dataclasses.asdict(adapter.options),

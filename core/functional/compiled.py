@@ -12,7 +12,8 @@ Choices:
   wrapper's code object, so dynamo's per-code recompile limit never mixes the layers of a model.
 - Only called with gradients enabled (the training step); ``merge`` and no-grad inference stay eager.
 - ``scale`` is a compile-time constant (``addmm``'s ``alpha``, as in eager); a layer whose scale keeps changing (a
-  schedule) compiles up to :data:`MAX_STATIC_VARIANTS` values per shape, then runs eagerly, saying so.
+  schedule) compiles up to :data:`MAX_STATIC_VARIANTS` values per shape, then runs eagerly, saying so. A 0-d tensor
+  scale (a schedule filled in place) runs eagerly.
 - Falls back to the eager function, with the reason returned, where compiling fails (no C++ compiler
   for inductor's CPU backend, no Triton, an unsupported op), where the first call of a shape happens
   during CUDA-graph capture (it is compiled at a later, uncaptured call), and inside an outer
@@ -77,6 +78,8 @@ def compiled_call(fn: Callable[..., Tensor], args: tuple[Tensor, ...], static: d
     """
     if torch.compiler.is_compiling():
         return None, "eager (fallback: inside an outer torch.compile, which fuses the build)"
+    if tensors := sorted(k for k, v in static.items() if isinstance(v, Tensor)):
+        return None, f"eager (fallback: {', '.join(tensors)} given as a tensor, e.g. a scale schedule filled in place)"
     key = _key(fn, args, static)
     entry = COMPILED.get(key)
     if isinstance(entry, str):

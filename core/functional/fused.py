@@ -19,6 +19,8 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
+from .lora import addmm_scaled
+
 __all__ = ["fused_lora_linear", "fused_lora_conv", "lora_fused_forward"]
 
 
@@ -34,9 +36,9 @@ def _no_autocast(x: Tensor):
     return torch.autocast(x.device.type, enabled=False)
 
 
-def _scaled_mm(m1: Tensor, m2: Tensor, scale: float, like: Tensor) -> Tensor:
+def _scaled_mm(m1: Tensor, m2: Tensor, scale, like: Tensor) -> Tensor:
     """``scale * m1 @ m2`` as one GEMM (addmm with ``beta=0`` ignores its input, here a 1x1 view of ``like``)."""
-    return torch.addmm(like[:1, :1], m1, m2, beta=0, alpha=scale)
+    return addmm_scaled(like[:1, :1], m1, m2, scale, beta=0)
 
 
 class _FusedLoRALinear(torch.autograd.Function):
@@ -57,7 +59,7 @@ class _FusedLoRALinear(torch.autograd.Function):
         out_features = weight.shape[0]
         x2d = x.reshape(-1, x.shape[-1]).to(dtype)
         a, b = lora_a.to(dtype), lora_b.to(dtype)
-        merged = torch.addmm(weight.to(dtype), b, a, alpha=scale)
+        merged = addmm_scaled(weight.to(dtype), b, a, scale)
         out = x2d @ merged.t() if bias is None else torch.addmm(bias.to(dtype), x2d, merged.t())
         ctx.save_for_backward(x2d, merged, a, b)
         ctx.scale = scale

@@ -37,6 +37,15 @@ def init_lora_factors(
     return lora_a, lora_b
 
 
+def addmm_scaled(base: Tensor, m1: Tensor, m2: Tensor, scale, beta: float = 1.0) -> Tensor:
+    """``beta * base + scale * m1 @ m2`` as one addmm. ``scale`` is a number (addmm's ``alpha``) or a 0-d tensor --
+    a schedule filled in place between the steps of a captured CUDA graph -- which scales ``m1`` instead, since
+    ``alpha`` would read it back to the host (a sync that capture refuses). Put the smaller factor first."""
+    if isinstance(scale, Tensor):
+        return torch.addmm(base, m1 * scale.to(m1.dtype), m2, beta=beta)
+    return torch.addmm(base, m1, m2, beta=beta, alpha=scale)
+
+
 def lora_delta(lora_a: Tensor, lora_b: Tensor, geometry: LayerGeometry, scale: float) -> Tensor:
     """Logical ``[C_out, C_in, *k]`` update ``scale * (B @ A)``."""
     return (lora_b @ lora_a).mul(scale).reshape(geometry.logical_shape)
@@ -83,4 +92,4 @@ def lora_add_to_weight(weight: Tensor, lora_a: Tensor, lora_b: Tensor, *, scale:
         return weight + logical_to_weight(lora_delta(lora_a, lora_b, geometry, scale), geometry).to(weight.dtype)
     with torch.autocast(weight.device.type, enabled=False):
         flat = weight.reshape(weight.shape[0], -1)
-        return torch.addmm(flat, lora_b.to(weight.dtype), lora_a.to(weight.dtype), alpha=scale).view(weight.shape)
+        return addmm_scaled(flat, lora_b.to(weight.dtype), lora_a.to(weight.dtype), scale).view(weight.shape)

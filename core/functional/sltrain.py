@@ -28,6 +28,7 @@ import torch
 from torch import Tensor
 
 from .layout import LayerGeometry
+from .lora import addmm_scaled
 
 __all__ = ["support_size", "random_support", "init_sltrain_factors", "sparse_to_dense", "sltrain_delta", "sltrain_param_count",
            "sltrain_memory"]
@@ -65,7 +66,7 @@ def sparse_to_dense(values: Tensor, support: Tensor, rows: int, cols: int) -> Te
 def sltrain_delta(lora_a: Tensor, lora_b: Tensor, values: Tensor, support: Tensor, geometry: LayerGeometry, scale: float) -> Tensor:
     """Logical ``[C_out, C_in, *k]`` weight ``scale * B @ A + S``."""
     sparse = sparse_to_dense(values.to(lora_a.dtype), support, geometry.out_channels, geometry.fan_in)
-    return torch.addmm(sparse, lora_b, lora_a, alpha=scale).reshape(geometry.logical_shape)
+    return addmm_scaled(sparse, lora_b, lora_a, scale).reshape(geometry.logical_shape)
 
 
 def sltrain_param_count(geometry: LayerGeometry, rank: int, nnz: int) -> int:

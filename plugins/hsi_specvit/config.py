@@ -117,8 +117,7 @@ def train_config(method: Method = "lora", steps: int = 300, lr: Optional[float] 
                  progress: bool = True) -> TrainConfig:
     """The trainer settings of every HSI recipe: AdamW (weight decay 0.01), 15 warm-up steps then cosine,
     gradient clipping at 1.0, ten log lines per run; ``lr`` defaults to :data:`DEFAULT_LR` of ``method``. On a GPU
-    the whole step is one captured CUDA graph (patch batches of one shape; eager on a CPU, and for a LoRA run with
-    ``RecipeConfig.cyclical``: :data:`~.schedule.GRAPH_FALLBACK_REASON`)."""
+    the whole step is one captured CUDA graph (patch batches of one shape; eager on a CPU)."""
     if method not in get_args(Method):
         raise ValueError(f"method must be one of {get_args(Method)}, got {method!r}")
     return TrainConfig(max_steps=steps, lr=DEFAULT_LR.get(method, DEFAULT_LR["full"]) if lr is None else lr, weight_decay=0.01,
@@ -149,8 +148,7 @@ class RecipeConfig:
     trainable: tuple = ("head", "norm")
     """Non-adapter parameters that stay trainable with LoRA (new classifier and its norm)."""
     cyclical: bool = True
-    """Modulate the LoRA scale with the cyclical schedule of :mod:`.schedule` (``lora`` only). Such a run trains
-    eagerly on a GPU too (no whole-step CUDA graph: :data:`.schedule.GRAPH_FALLBACK_REASON`)."""
+    """Modulate the LoRA scale with the cyclical schedule of :mod:`.schedule` (``lora`` only)."""
     cycle_steps: int = 40
     """Length of the first cycle of the LoRA-scale schedule, in optimizer steps."""
     cycle_mult: float = 2.0

@@ -9,8 +9,8 @@ split are zeroed); training through the shared trainer ``lowrank_vision.core.tra
 With ``RecipeConfig.eval_every`` the val OA is measured during training and the best weights
 are kept (model selection on val only; the test split is scored once, at the end). On a GPU the
 trainer captures each step as one CUDA graph (``train_config`` asks for it; the patch batches have
-one shape and the augmentation draws on the device), except under the cyclical LoRA scale
-(:data:`~.schedule.GRAPH_FALLBACK_REASON`).
+one shape, the augmentation draws on the device, and the cyclical LoRA scale is a device tensor filled in
+place between steps).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from lowrank_vision.datasets.hsi.split import (PCA, SPLITS, Split, extract_patch
 from .config import DataConfig, RecipeConfig
 from .metrics import classification_metrics
 from .model import HybridSN, create_lola_specvit
-from .schedule import GRAPH_FALLBACK_REASON, CyclicalLoRAScale
+from .schedule import CyclicalLoRAScale
 
 __all__ = ["PreparedData", "prepare", "build_model", "train", "evaluate", "predict_logits", "predict_map",
            "predict_split_map", "split_logits", "split_metrics", "parameter_counts", "summary_row", "recipe_loss",
@@ -262,8 +262,7 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
     """Train one model on ``data``; returns the trained model (adapters still attached) and a record.
 
     The record holds parameter counts, train time, loss history, val/test OA/AA/kappa, and ``cuda_graph``: the
-    trainer's whole-step CUDA graph record (``TrainResult.cuda_graph``). With the cyclical LoRA scale on, the run is
-    eager and that record gives :data:`GRAPH_FALLBACK_REASON` as the reason.
+    trainer's whole-step CUDA graph record (``TrainResult.cuda_graph``).
     """
     from torch.utils.data import DataLoader, TensorDataset
 
@@ -305,10 +304,8 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
                                 state={k: v.detach().clone() for k, v in m.state_dict().items()})
 
         callbacks.append(keep_best)
-    graph_off = GRAPH_FALLBACK_REASON if schedule is not None and recipe.train.cuda_graph else None
     config = dataclasses.replace(recipe.train, cpu=device == "cpu", eval_every=recipe.eval_every if eval_fn else 0,
-                                 output_dir=recipe.train.output_dir if output_dir is None else str(output_dir),
-                                 cuda_graph=recipe.train.cuda_graph and graph_off is None)
+                                 output_dir=recipe.train.output_dir if output_dir is None else str(output_dir))
     t0 = time.time()
     result = fit(model, loader, recipe_loss(recipe, weight), config, callbacks=callbacks, eval_fn=eval_fn)
     model = result.model
@@ -327,7 +324,7 @@ def train(recipe: RecipeConfig, data: PreparedData, init_state: Optional[dict] =
         "history": [{k: v for k, v in h.items() if isinstance(v, (int, float))} for h in result.history],
         "samples": {k: int(len(v)) for k, v in data.split.coords.items()},
         "split": data.split.summary(data.cube.labels),
-        "cuda_graph": result.cuda_graph if graph_off is None else {"requested": True, "captured": False, "fallback_reason": graph_off},
+        "cuda_graph": result.cuda_graph,
     }
     record.update(split_metrics(predict_split_map(model, data), data))
     return model, record

@@ -20,18 +20,12 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from lowrank_vision.core import adapter_layers
 
-__all__ = ["cycle_factor", "CyclicalLoRAScale", "GRAPH_FALLBACK_REASON"]
-
-GRAPH_FALLBACK_REASON = ("the cyclical LoRA scale (RecipeConfig.cyclical) sets each adapter's float `scale` between steps, "
-                         "which a captured graph would freeze; the core LoRA kernels cannot take a tensor scale yet")
-"""Why a LoRA run with this schedule trains eagerly although ``TrainConfig.cuda_graph`` is on (``recipes.train``
-records it as ``record["cuda_graph"]["fallback_reason"]``). A 0-d tensor scale filled in place outside the graph
-would be replayed correctly by the graph, but the core LoRA functions pass ``scale`` to ``torch.addmm`` as
-``alpha``, a host number, so every call would read the tensor back (``.item()``: a sync that capture refuses)."""
+__all__ = ["cycle_factor", "CyclicalLoRAScale"]
 
 
 def cycle_factor(step: int, cycle_steps: int, cycle_mult: float = 2.0, f_min: float = 0.25,
@@ -82,10 +76,20 @@ class CyclicalLoRAScale:
         return self
 
     def set_factor(self, model: nn.Module, factor: float) -> None:
-        """Set every adapter's scale to ``factor`` x its nominal scale, without recording it (e.g. to score val at 1x)."""
+        """Set every adapter's scale to ``factor`` x its nominal scale, without recording it (e.g. to score val at 1x).
+
+        The scale is a 0-d tensor on the adapter's device, filled in place, so a step captured as a CUDA graph reads
+        each new value (a float, or a tensor on another device -- a CPU scalar is read once at capture -- would be
+        frozen into the graph); the tensor is made anew only when the layer has moved (the trainer moves the model
+        after :meth:`attach`)."""
         for n, m in adapter_layers(model).items():
-            if n in self.nominal:
-                m.scale = self.nominal[n] * factor
+            if n not in self.nominal:
+                continue
+            value, device = self.nominal[n] * factor, next(m.parameters()).device
+            if isinstance(m.scale, torch.Tensor) and m.scale.device == device:
+                m.scale.fill_(value)
+            else:
+                m.scale = torch.tensor(value, dtype=torch.float32, device=device)
 
     def _set(self, model: nn.Module, factor: float) -> None:
         self.set_factor(model, factor)
@@ -101,4 +105,8 @@ class CyclicalLoRAScale:
         return cycle_factor(step, self.cycle_steps, self.cycle_mult, self.f_min, self.total_steps)
 
     def finish(self, model: nn.Module) -> None:
-        self._set(model, 1.0)
+        """Back to each layer's nominal scale, as the float it was (what merge, export and inference read)."""
+        self.factors.append(1.0)
+        for n, m in adapter_layers(model).items():
+            if n in self.nominal:
+                m.scale = self.nominal[n]

@@ -1,7 +1,7 @@
 """The recipe's step is capturable as one CUDA graph (``train_config`` asks for it): the augmentation draws a dihedral
 transform per patch on the device (it used to read its rot90 / flip choice back to the host, which a graph would have
-frozen), the loss returns its accuracy as a 0-d tensor, the model builds its window mask from shapes alone, and a
-LoRA run with the cyclical scale schedule trains eagerly, saying why."""
+frozen), the loss returns its accuracy as a 0-d tensor, the model builds its window mask from shapes alone, and the
+cyclical LoRA scale is a device tensor filled in place."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from lowrank_vision.datasets.hsi.synthetic import make_synthetic_scene
 from lowrank_vision.plugins.hsi_specvit.config import DataConfig, RecipeConfig, train_config
 from lowrank_vision.plugins.hsi_specvit.recipes import (_augment, build_model, class_weighted_cross_entropy, prepare, recipe_loss,
                                                         train)
-from lowrank_vision.plugins.hsi_specvit.schedule import GRAPH_FALLBACK_REASON, CyclicalLoRAScale
+from lowrank_vision.plugins.hsi_specvit.schedule import CyclicalLoRAScale
 
 from ...capture_checks import HostTraffic
 
@@ -81,10 +81,9 @@ def test_class_weighted_cross_entropy_matches_torch(label_smoothing):
     assert torch.allclose(class_weighted_cross_entropy(logits, target, weight, label_smoothing), expected, rtol=1e-12)
 
 
-def test_a_tensor_lora_scale_gives_the_float_outputs_but_reads_the_host():
-    """Why the cyclical schedule keeps the run eager (GRAPH_FALLBACK_REASON). When this fails on its last assert, the
-    core takes a tensor scale without a host read: give CyclicalLoRAScale a 0-d tensor filled in place, and drop the
-    fallback in ``recipes.train``."""
+def test_the_schedule_scale_is_a_device_tensor_filled_in_place_with_the_float_outputs():
+    """The cyclical schedule's scale is what a captured graph can follow: a 0-d tensor that keeps its storage from
+    step to step, gives the outputs the float scale gave, and costs no host traffic forward or backward."""
     torch.manual_seed(0)
     model, _ = build_model(RecipeConfig(), in_chans=6, num_classes=3, patch=9)
     for n, p in model.named_parameters():  # non-zero B, so the scale matters
@@ -92,19 +91,27 @@ def test_a_tensor_lora_scale_gives_the_float_outputs_but_reads_the_host():
             torch.nn.init.normal_(p, std=0.05)
     model.eval()
     x = torch.randn(2, 6, 9, 9)
-    schedule = CyclicalLoRAScale(cycle_steps=10, f_min=0.25).attach(model)
-    schedule.set_factor(model, 0.5)
+    layers = list(core.adapter_layers(model).values())
+    nominal = [float(layer.scale) for layer in layers]
     with torch.no_grad():
+        full_by_float = model(x)
+        for layer, s in zip(layers, nominal):
+            layer.scale = 0.5 * s
         by_float = model(x)
-        layers = list(core.adapter_layers(model).values())
-        for layer in layers:
-            layer.scale = torch.tensor(float(layer.scale))
-        with HostTraffic() as mode:
-            by_tensor = model(x)
-        schedule.set_factor(model, 1.0)
-        full = model(x)
-    assert torch.allclose(by_tensor, by_float, atol=1e-6) and not torch.allclose(full, by_float, atol=1e-3)
-    assert mode.count > 0, "a tensor LoRA scale no longer reads the host: switch the schedule to it (see docstring)"
+        for layer, s in zip(layers, nominal):
+            layer.scale = s
+    schedule = CyclicalLoRAScale(cycle_steps=10, f_min=0.25).attach(model)
+    storage = [layer.scale.data_ptr() for layer in layers]
+    schedule.set_factor(model, 0.5)
+    with HostTraffic() as mode:
+        by_tensor = model(x)
+        by_tensor.sum().backward()
+    assert mode.count == 0
+    assert all(isinstance(layer.scale, torch.Tensor) and layer.scale.ndim == 0 for layer in layers)
+    assert [layer.scale.data_ptr() for layer in layers] == storage  # filled in place, not replaced
+    assert torch.allclose(by_tensor, by_float, atol=1e-6) and not torch.allclose(by_tensor, full_by_float, atol=1e-3)
+    schedule.finish(model)
+    assert [layer.scale for layer in layers] == nominal and all(type(layer.scale) is float for layer in layers)
 
 
 def _tiny_data():
@@ -112,24 +119,22 @@ def _tiny_data():
     return prepare(cube, DataConfig(pca_components=4, patch=5, block=8))
 
 
-def test_train_records_the_graph_request_and_the_schedule_fallback():
-    data = _tiny_data()
-    records = {}
-    for cyclical in (False, True):
-        recipe = RecipeConfig(rank=2, batch_size=8, eval_every=0, cyclical=cyclical,
-                              train=train_config("lora", steps=2, progress=False))
-        records[cyclical] = train(recipe, data)[1]
-    assert recipe.train.cuda_graph
-    assert records[True]["cuda_graph"] == {"requested": True, "captured": False, "fallback_reason": GRAPH_FALLBACK_REASON}
-    graph = records[False]["cuda_graph"]
-    assert graph["requested"] and not graph["captured"] and graph["fallback_reason"].startswith("device is cpu")
-    assert all(isinstance(h["acc"], float) for h in records[False]["history"])  # the 0-d tensor, read after the step
+@pytest.mark.parametrize("cyclical", [False, True])
+def test_train_records_the_graph_request(cyclical):
+    recipe = RecipeConfig(rank=2, batch_size=8, eval_every=0, cyclical=cyclical, train=train_config("lora", steps=2, progress=False))
+    model, record = train(recipe, _tiny_data())
+    graph = record["cuda_graph"]
+    assert recipe.train.cuda_graph and graph["requested"] and not graph["captured"]
+    assert graph["fallback_reason"].startswith("device is cpu")
+    assert all(isinstance(h["acc"], float) for h in record["history"])  # the 0-d tensor, read after the step
+    assert all(type(layer.scale) is float for layer in core.adapter_layers(model).values())  # the schedule finished
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 @pytest.mark.parametrize("method, options", [
     ("lora", {"cyclical": False, "eval_every": 4}),
+    ("lora", {"cyclical": True, "cycle_steps": 4, "eval_every": 4}),
     ("full", {"class_weighting": "sqrt_inverse", "spectral_jitter": 0.05}),
     ("hybridsn", {}),
 ])
