@@ -75,7 +75,7 @@ def train(config: FinetuneConfig, out_dir: Path, base_dir: Optional[Path] = None
     grid = plot_grid({config.adapter: images}, GRID_PROMPTS, out_dir / "samples.png", title=f"{config.adapter} r={config.rank}")
     curve = plot_losses({config.adapter: result.history}, out_dir / "loss.png", title="fine-tuning loss (concept_train)")
     metrics = {"adapter": config.adapter, "rank": config.rank, "trainable_params": report.adapter_params, "layers": len(report.wrapped),
-               "steps": result.steps, "final_loss": result.final_loss, "history": result.history, **scores,
+               "steps": result.steps, "final_loss": result.final_loss, "cuda_graph": result.cuda_graph, "history": result.history, **scores,
                "seconds": round(time.time() - start, 1), "config": asdict(config)}
     write_json(out_dir / "metrics.json", metrics)
     return {**{k: v for k, v in metrics.items() if k != "history"}, "adapter_dir": str(out_dir / "adapter"),
@@ -189,7 +189,7 @@ def compare(config: FinetuneConfig, out_dir: Path, adapters: Sequence[str] = ("l
         rows[f"{adapter} r={rank}"] = generate(pipe, GRID_PROMPTS, steps=sample_cfg.steps, guidance=sample_cfg.guidance, seed=sample_cfg.seed)
         curves[adapter] = result.history
         results[adapter] = {"rank": rank, "trainable_params": report.adapter_params, "final_loss": result.final_loss,
-                            "concept_val_loss": result.history[-1].get("eval_concept_val_loss"), **scores,
+                            "concept_val_loss": result.history[-1].get("eval_concept_val_loss"), "cuda_graph": result.cuda_graph, **scores,
                             "seconds": round(time.time() - start, 1)}
         del pipe
     base_scores = evaluate(base, classifier, n_eval, sample_cfg.steps, sample_cfg.seed) if n_eval else {}
@@ -202,11 +202,10 @@ def compare(config: FinetuneConfig, out_dir: Path, adapters: Sequence[str] = ("l
 
 
 def demo(out_dir: Path, device: str = "cpu") -> dict:
-    """Short CPU run for ``lowrank demo``: LoRA vs NeRA on the shipped base, a few steps each."""
-    from lowrank_vision.core.train import TrainConfig
-
-    cfg = FinetuneConfig(rank=8, n_images=16, batch_size=8,
-                         train=TrainConfig(max_steps=6, lr=5e-3, warmup_steps=0, log_every=2, progress=False))
+    """Short CPU run for ``lowrank demo``: LoRA vs NeRA on the shipped base, a few steps each (the default trainer settings
+    otherwise, so a GPU demo captures its steps too)."""
+    trainer = replace(FinetuneConfig().train, max_steps=6, lr=5e-3, warmup_steps=0, log_every=2)
+    cfg = FinetuneConfig(rank=8, n_images=16, batch_size=8, train=trainer)
     result = compare(cfg, Path(out_dir), adapters=("lora", "nera"), device=device, n_eval=0, sample_cfg=SampleConfig(steps=8))
     adapters = result["adapters"]
     lines = ", ".join(f"{name} r={r['rank']} ({r['trainable_params']} params): loss {r['final_loss']:.3f}, "

@@ -1,9 +1,9 @@
 """Training recipes on ``core.train.fit``: base pre-training and adapter fine-tuning of the UNet.
 
-Loss: noise prediction (epsilon MSE) with the pipeline's own scheduler (``add_noise``, its
-``num_train_timesteps``); text conditioning through the pipeline's text encoder (trained with the
-UNet in pre-training, frozen in fine-tuning); 10 % empty captions in pre-training so classifier-free
-guidance works. Latents are the VAE posterior means times ``scaling_factor``, computed once.
+Loss: noise prediction (epsilon MSE) with the pipeline's own noise schedule (its scheduler's ``alphas_cumprod``
+and ``num_train_timesteps``, noised as DDPM/DDIM ``add_noise`` does); text conditioning through the pipeline's
+text encoder (trained with the UNet in pre-training, frozen in fine-tuning); 10 % empty captions in pre-training
+so classifier-free guidance works. Latents are the VAE posterior means times ``scaling_factor``, computed once.
 Fine-tuning wraps ``to_q``, ``to_k``, ``to_v`` and ``to_out.0`` of every UNet attention with a core
 adapter (``lora``, ``dora`` or ``nera``, the paper's KAN form); EMA of the adapter weights is
 an option (a ``fit`` callback; the averaged weights are copied in at the end).
@@ -15,11 +15,18 @@ Time budgets: :func:`fit_within` runs ``fit`` with a :class:`Deadline` callback 
 wall-clock deadline (the run is then reported as cut short, with the steps it reached), and
 :func:`steps_for_seconds` sizes ``max_steps`` from a measured step time so a cosine schedule ends
 inside the budget.
+Whole-step CUDA graphs (``TrainConfig.cuda_graph``, on in the configs' defaults; the loaders drop the short last
+batch, so every batch has one shape): a training loss draws its noise and timesteps on the batch's device with that
+device's default generator, which a captured step replays with fresh values; only an explicit generator (held-out
+evaluation: fixed noise on every device) draws where it lives and is copied over. The noise table is a buffer of
+:class:`Denoiser`, moved to the device with the module, never inside the step. On a CPU every loss gives the numbers
+it gave before (same generator, same draws, same ops); the trainer ignores ``cuda_graph`` there and records why.
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import time
 from dataclasses import dataclass, replace
 
@@ -34,7 +41,7 @@ from lowrank_vision.datasets.diffusion.procedural import make_split
 
 from .config import FinetuneConfig, PretrainConfig
 
-__all__ = ["Denoiser", "tokenize", "encode_latents", "denoising_loss", "pretrain_base", "finetune",
+__all__ = ["Denoiser", "tokenize", "encode_latents", "denoising_loss", "pretrain_base", "finetune", "vae_reconstruction_loss",
            "eval_denoising_loss", "adapter_options", "TransformerDenoiser", "flow_matching_loss", "finetune_transformer",
            "sd3_concept_data", "Deadline", "TimeUp", "fit_within", "steps_for_seconds", "make_loader"]
 
@@ -48,16 +55,29 @@ def adapter_options(config: FinetuneConfig) -> dict:
 class Denoiser(nn.Module):
     """UNet + text encoder as one module for ``fit``; ``scheduler`` is the pipeline's (not a module).
 
-    ``forward`` is the whole prediction, so the trainer's autocast (bf16) covers both networks.
+    ``forward`` is the whole prediction, so the trainer's autocast (bf16) covers both networks. The scheduler's
+    ``alphas_cumprod`` is copied into a non-persistent buffer, so it moves with the module (``fit`` puts the module on
+    its device before the first step): the scheduler's own ``add_noise`` moves its table on first use, a host copy a
+    captured step must not contain, and Euler / DPM-Solver ones look timesteps up on the host.
     """
 
     def __init__(self, unet: nn.Module, text_encoder: nn.Module, scheduler):
         super().__init__()
         self.unet, self.text_encoder = unet, text_encoder
         self.scheduler = scheduler
+        if not isinstance(getattr(scheduler, "alphas_cumprod", None), torch.Tensor):
+            raise TypeError(f"Denoiser needs a DDPM-family scheduler with alphas_cumprod, got {type(scheduler).__name__}")
+        self.register_buffer("alphas_cumprod", scheduler.alphas_cumprod.detach().clone(), persistent=False)
 
     def forward(self, noisy: torch.Tensor, timesteps: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
         return self.unet(noisy, timesteps, self.text_encoder(input_ids)[0]).sample
+
+    def add_noise(self, latents: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """``sqrt(a_t) x_0 + sqrt(1 - a_t) noise`` (DDPM's forward process), op for op what DDPM/DDIM/PNDM ``add_noise``
+        compute; the ``.to`` calls copy only when the module is elsewhere than the batch (eager evaluation)."""
+        alphas = self.alphas_cumprod.to(device=latents.device, dtype=latents.dtype)[timesteps.to(latents.device)]
+        per_sample = (-1,) + (1,) * (latents.dim() - 1)
+        return (alphas ** 0.5).view(per_sample) * latents + ((1 - alphas) ** 0.5).view(per_sample) * noise
 
 
 class TransformerDenoiser(nn.Module):
@@ -76,11 +96,18 @@ class TransformerDenoiser(nn.Module):
         return self.transformer(hidden_states=noisy, encoder_hidden_states=prompt_embeds, pooled_projections=pooled, timestep=timesteps).sample
 
 
+def _draw_device(latents: torch.Tensor, generator: torch.Generator | None) -> torch.device:
+    """Where a loss draws its noise and timesteps: on an explicit ``generator``'s device (a CPU generator gives the same
+    draws on every device), else on the batch's device with its default generator (capturable; see the module docstring)."""
+    return generator.device if generator is not None else latents.device
+
+
 def flow_matching_loss(model: TransformerDenoiser, batch, generator: torch.Generator | None = None) -> torch.Tensor:
     """Rectified-flow MSE at uniformly drawn ``s`` (see the module docstring); ``batch = (latents, prompt_embeds, pooled)``."""
     latents, prompt_embeds, pooled = batch
-    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
-    sigma = torch.rand(latents.shape[0], generator=generator, device="cpu").to(latents)
+    device = _draw_device(latents, generator)
+    noise = torch.randn(latents.shape, generator=generator, device=device).to(latents)
+    sigma = torch.rand(latents.shape[0], generator=generator, device=device).to(latents)
     s = sigma.view(-1, *([1] * (latents.dim() - 1)))
     pred = model((1 - s) * latents + s * noise, sigma * model.scheduler.config.num_train_timesteps, prompt_embeds, pooled)
     return F.mse_loss(pred.float(), (noise - latents).float())
@@ -116,12 +143,13 @@ def encode_latents(vae, images: np.ndarray | torch.Tensor, batch_size: int = 64)
 
 
 def denoising_loss(model: Denoiser, batch, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Epsilon-prediction MSE at uniformly drawn timesteps."""
+    """Epsilon-prediction MSE at uniformly drawn timesteps (noised by :meth:`Denoiser.add_noise`)."""
     latents, ids = batch
     n_train = model.scheduler.config.num_train_timesteps
-    noise = torch.randn(latents.shape, generator=generator, device="cpu").to(latents)
-    t = torch.randint(0, n_train, (latents.shape[0],), generator=generator, device="cpu").to(latents.device)
-    noisy = model.scheduler.add_noise(latents, noise, t)
+    device = _draw_device(latents, generator)
+    noise = torch.randn(latents.shape, generator=generator, device=device).to(latents)
+    t = torch.randint(0, n_train, (latents.shape[0],), generator=generator, device=device).to(latents.device)
+    noisy = model.add_noise(latents, noise, t)
     pred = model(noisy, t, ids)
     return F.mse_loss(pred.float(), noise.float())
 
@@ -175,6 +203,8 @@ class BudgetedResult:
     cut_short: bool
     seconds: float
     seconds_per_step: float
+    cuda_graph: dict | None = None
+    """``TrainResult.cuda_graph`` (captured or not, and why); ``None`` for a cut run: ``fit`` raised before returning it."""
 
 
 def fit_within(model: nn.Module, loader, loss_fn, config, deadline: float | None, callbacks=(), eval_fn=None) -> BudgetedResult:
@@ -183,7 +213,8 @@ def fit_within(model: nn.Module, loader, loss_fn, config, deadline: float | None
     start = time.monotonic()
     try:
         result = fit(model, loader, loss_fn, config, callbacks=[*callbacks, clock], eval_fn=eval_fn)
-        return BudgetedResult(result.steps, result.final_loss, result.history, False, time.monotonic() - start, clock.seconds_per_step())
+        return BudgetedResult(result.steps, result.final_loss, result.history, False, time.monotonic() - start, clock.seconds_per_step(),
+                              result.cuda_graph)
     except TimeUp:
         history = [h for h in clock.history if h["step"] % config.log_every == 0 or h is clock.history[-1]]
         return BudgetedResult(len(clock.history), float(clock.history[-1]["loss"]), history, True, time.monotonic() - start,
@@ -220,6 +251,16 @@ def _budgeted(model: nn.Module, loader, loss_fn, config, seconds: float | None, 
     return config, start + seconds
 
 
+def vae_reconstruction_loss(vae: nn.Module, batch, kl_weight: float) -> tuple[torch.Tensor, dict]:
+    """MSE of the reconstruction of a posterior sample (drawn on the images' device) + ``kl_weight`` x the KL per pixel."""
+    (img,) = batch
+    post = vae.encode(img).latent_dist
+    rec = vae.decode(post.sample()).sample
+    kl = post.kl().mean() / img[0].numel()
+    mse = F.mse_loss(rec.float(), img.float())
+    return mse + kl_weight * kl.float(), {"mse": mse.detach()}  # a 0-d tensor: capturable by a CUDA graph
+
+
 def pretrain_base(pipe, config: PretrainConfig, vae_seconds: float | None = None, unet_seconds: float | None = None,
                   data: tuple | None = None) -> dict:
     """Train the VAE (reconstruction + KL), set its ``scaling_factor``, then UNet + text encoder on the base textures.
@@ -232,20 +273,14 @@ def pretrain_base(pipe, config: PretrainConfig, vae_seconds: float | None = None
     x = torch.as_tensor(images)
     out: dict = {"vae_history": [], "vae_cut_short": False}
     if config.vae_steps:
-        def vae_loss(vae, batch):
-            (img,) = batch
-            post = vae.encode(img).latent_dist
-            rec = vae.decode(post.sample()).sample
-            kl = post.kl().mean() / img[0].numel()
-            mse = F.mse_loss(rec.float(), img.float())
-            return mse + config.kl_weight * kl.float(), {"mse": mse.detach()}  # a 0-d tensor: capturable by a CUDA graph
-
+        vae_loss = functools.partial(vae_reconstruction_loss, kl_weight=config.kl_weight)
         pipe.vae.requires_grad_(True)
         vae_loader = _loader(x, batch_size=config.batch_size, seed=1)
         vae_cfg = replace(config.train, max_steps=config.vae_steps, output_dir=None, checkpoint_every=0, resume=False)
         vae_cfg, deadline = _budgeted(pipe.vae, vae_loader, vae_loss, vae_cfg, vae_seconds)
         vae = fit_within(pipe.vae, vae_loader, vae_loss, vae_cfg, deadline)
-        out.update(vae_history=vae.history, vae_cut_short=vae.cut_short, vae_steps=vae.steps, vae_seconds=round(vae.seconds, 1))
+        out.update(vae_history=vae.history, vae_cut_short=vae.cut_short, vae_steps=vae.steps, vae_seconds=round(vae.seconds, 1),
+                   vae_cuda_graph=vae.cuda_graph)
     pipe.vae.requires_grad_(False).eval()
     pipe.vae.register_to_config(scaling_factor=1.0)
     latents = encode_latents(pipe.vae, x)
@@ -262,7 +297,7 @@ def pretrain_base(pipe, config: PretrainConfig, vae_seconds: float | None = None
     model.requires_grad_(False).eval()
     return {**out, "history": result.history, "scaling_factor": scaling, "final_loss": result.final_loss, "steps": result.steps,
             "planned_steps": train_cfg.max_steps, "cut_short": result.cut_short, "seconds": round(result.seconds, 1),
-            "seconds_per_step": result.seconds_per_step}
+            "seconds_per_step": result.seconds_per_step, "cuda_graph": result.cuda_graph}
 
 
 class _EMA:
