@@ -73,13 +73,16 @@ def make_scenes(out: Path, split: str = "test", count: int = 4, scene: SceneConf
 
 
 def train(config: TrainRunConfig, out: Path, device: str = "cpu") -> dict:
-    """Train the encoder on generated scenes; writes ``tracks4d.safetensors``, ``history.json``, ``loss.png``."""
-    from .recipes import train_model
+    """Train the encoder on generated scenes; writes ``tracks4d.safetensors``, ``history.json``, ``loss.png``.
+
+    The returned summary includes the trainer's whole-step CUDA graph record (``cuda_graph``)."""
+    from .recipes import fit_encoder
     from .weights import save_weights
 
     out = Path(out)
     start = time.perf_counter()
-    model, history = train_model(config, device=device)
+    result = fit_encoder(config, device=device)
+    model, history = result.model, result.history
     seconds = time.perf_counter() - start
     weights = save_weights(out / "tracks4d.safetensors", model, {"train_config": asdict(config)})
     write_json(out / "history.json", history)
@@ -96,7 +99,7 @@ def train(config: TrainRunConfig, out: Path, device: str = "cpu") -> dict:
     ax.legend()
     save_figure(fig, out / "loss.png")
     return {"weights": str(weights), "seconds": seconds, "first_loss": history[0]["loss"], "final_loss": history[-1]["loss"],
-            "val_reprojection_px": history[-1].get("eval_reprojection_px")}
+            "val_reprojection_px": history[-1].get("eval_reprojection_px"), "cuda_graph": result.cuda_graph}
 
 
 def _scene_summary(rows: list[dict], methods: Sequence[str]) -> dict:

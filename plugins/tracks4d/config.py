@@ -87,8 +87,9 @@ class TrainRunConfig:
     """Loss weights."""
     scene: SceneConfig = field(default_factory=lambda: SceneConfig(frames=16, points=64))
     """Generated scenes (frames, points, noise, occlusion); CPU-sized by default."""
-    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1500, lr=1e-3, warmup_steps=20, log_every=20))
-    """Optimizer and loop (core.train.fit)."""
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(max_steps=1500, lr=1e-3, warmup_steps=20, log_every=20, cuda_graph=True))
+    """Optimizer and loop (core.train.fit). ``cuda_graph``: on a GPU the whole step replays as one captured CUDA graph
+    (the batches have static shapes; the CPU trainer ignores it and records "device is cpu")."""
     train_scenes: int = 256
     """Number of training scenes (seeds from the 'train' range)."""
     val_scenes: int = 8

@@ -39,8 +39,6 @@ from .config import ModelConfig
 __all__ = ["TracksTo4DNet", "SceneParameters", "positional_encoding", "rotation_from_6d", "decode_motion",
            "project", "frame_encoding"]
 
-_ROT6D_IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
-
 
 def positional_encoding(x: torch.Tensor, octaves: int) -> torch.Tensor:
     """``[x, sin(2^j π x), cos(2^j π x)]`` for j < octaves: [..., C] -> [..., C (1 + 2·octaves)]."""
@@ -90,7 +88,8 @@ def decode_motion(frame_raw: torch.Tensor, point_raw: torch.Tensor, obs_mean: to
     """
     K = config.num_basis
     d0 = config.init_depth
-    rot = rotation_from_6d(frame_raw[..., :6] + frame_raw.new_tensor(_ROT6D_IDENTITY))
+    identity_6d = torch.eye(3, dtype=frame_raw.dtype, device=frame_raw.device)[:2].flatten()  # made on the device: no host copy
+    rot = rotation_from_6d(frame_raw[..., :6] + identity_6d)
     trans = frame_raw[..., 6:9] * d0
     focal = 1.0 + config.focal_range * frame_raw[..., 9]
     focal = torch.where(focal_known[:, None], torch.ones_like(focal), focal)

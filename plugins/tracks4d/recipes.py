@@ -8,7 +8,9 @@ Losses (TracksTo4D, unsupervised, in normalised image coordinates; r = reproject
 * negative depth ``mean max(min_depth - z, 0)`` over every point and frame, static and dynamic;
 * sparsity ``mean_{p,k>=1} |B_pk| / stopgrad(γ_p)``.
 
-Training uses :func:`lowrank_vision.core.train.fit` (AdamW, warm-up + cosine). The baseline optimises the
+Training uses :func:`lowrank_vision.core.train.fit` (AdamW, warm-up + cosine; on a GPU the whole step replays as one
+captured CUDA graph: the loss reads nothing back to the host, and the rigid / rotation-only stages are device flags
+refilled between steps, see :func:`fit_encoder`). The baseline optimises the
 same motion model's parameters directly for one scene (:class:`~.model.SceneParameters`), and keeps the
 iterate with the lowest loss, as test-time fine-tuning does.
 
@@ -40,12 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowrank_vision.core.train import TrainResult, fit
 from lowrank_vision.datasets.tracks import SceneConfig, TrackSet, make_scene, split_seeds
 
 from .config import BaselineConfig, FinetuneConfig, LossConfig, ModelConfig, TrainRunConfig
 from .model import SceneParameters, TracksTo4DNet, project
 
-__all__ = ["SceneDataset", "prepare", "sample_from_trackset", "pool_batch", "loss_terms", "train_model", "reconstruct",
+__all__ = ["SceneDataset", "prepare", "sample_from_trackset", "pool_batch", "loss_terms", "fit_encoder", "train_model", "reconstruct",
            "optimise_scene", "finetune", "forward_timed"]
 
 
@@ -105,17 +108,35 @@ def pool_batch(pool: dict, index: torch.Tensor, points: Optional[int] = None, fl
     return {"tracks": tracks, "visible": vis, "focal_known": pool["focal_known"][index], "f_px": pool["f_px"][index]}
 
 
-def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig(), rigid: bool = False,
-               rotation_only: bool = False) -> tuple[torch.Tensor, dict]:
-    """Total loss and its terms (plus the mean reprojection error in pixels) for a batch.
+def _pick(flag: bool | torch.Tensor, if_true: torch.Tensor, if_false: torch.Tensor) -> torch.Tensor:
+    """``if_true`` where ``flag`` holds: a Python bool picks on the host, a 0-d bool tensor on the device with
+    ``torch.where`` (a captured CUDA graph follows a flag refilled in place; a bool would be frozen at capture)."""
+    if isinstance(flag, torch.Tensor):
+        return torch.where(flag, if_true, if_false)
+    return if_true if flag else if_false
 
+
+def _per_scene_px(residual: torch.Tensor, vis: torch.Tensor, f_px: torch.Tensor) -> torch.Tensor:
+    """Mean over scenes of each scene's mean visible residual [B, T, N], in pixels."""
+    return ((residual * vis).sum((1, 2)) / vis.sum((1, 2)).clamp(min=1.0) * f_px).mean()
+
+
+def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig(), rigid: bool | torch.Tensor = False,
+               rotation_only: bool | torch.Tensor = False) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """Total loss and its terms for a batch, every term a detached 0-d tensor (no host read: the step can be captured).
+
+    The terms are the same whatever the stage: ``static``, ``dynamic``, ``negative_depth``, ``sparsity`` (the full
+    loss's), ``static_l1`` (the rigid stage's) and ``reprojection_px`` (of the scored model: the static basis alone
+    in the rigid stage, the full low-rank model after). Means over visible observations multiply by the visibility
+    and divide by its clamped sum (no boolean indexing, whose size the host would read).
     ``rigid=True`` (the baseline's first stage) scores the static basis alone with the plain mean
     |r_static| instead of the γ-weighted term, so no point can be given up before the cameras are found.
     ``rotation_only=True`` scores the cameras with their translation set to zero (pure rotations about the
-    first camera's centre; the translation gets no gradient): see the module docstring.
+    first camera's centre; the translation gets no gradient): see the module docstring. Either flag may be a 0-d
+    bool tensor on the batch's device (:func:`fit_encoder`'s stages); both branches are then computed and picked on
+    the device, with the same values and gradients as the bool.
     """
-    if rotation_only:
-        out = dict(out, t=torch.zeros_like(out["t"]))
+    out = dict(out, t=_pick(rotation_only, torch.zeros_like(out["t"]), out["t"]))
     obs, vis = batch["tracks"], batch["visible"].to(batch["tracks"].dtype)
     nvis = vis.sum().clamp(min=1.0)
     basis0 = out["basis"][:, :, 0]
@@ -127,40 +148,69 @@ def loss_terms(out: dict, batch: dict, config: LossConfig = LossConfig(), rigid:
     static = (torch.log(gamma + r2_static / gamma) * vis).sum() / nvis
     r_dyn = (((uv_d - obs) ** 2).sum(-1) + 1e-12).sqrt()
     dynamic = (r_dyn * vis).sum() / nvis
-    negative = F.relu(config.min_depth - z_d).mean() + F.relu(config.min_depth - z_s).mean()
+    negative_static = F.relu(config.min_depth - z_s).mean()
+    negative = F.relu(config.min_depth - z_d).mean() + negative_static
     if out["basis"].shape[2] > 1:
         sparsity = (out["basis"][:, :, 1:].abs().mean(dim=(-1, -2)) / out["gamma"].detach()).mean()
     else:
         sparsity = obs.new_zeros(())
-    if rigid:
-        r_s = (r2_static + 1e-12).sqrt()
-        r_static = (r_s * vis).sum() / nvis
-        total = r_static + config.negative_depth_weight * F.relu(config.min_depth - z_s).mean()
-        px = ((r_s * vis).sum((1, 2)) / vis.sum((1, 2)).clamp(min=1.0) * batch["f_px"]).mean()
-        return total, {"static_l1": float(r_static.detach()), "reprojection_px": float(px.detach())}
-    total = (config.static_weight * static + config.dynamic_weight * dynamic
-             + config.negative_depth_weight * negative + config.sparsity_weight * sparsity)
-    reproj_px = ((r_dyn * vis).sum((1, 2)) / vis.sum((1, 2)).clamp(min=1.0) * batch["f_px"]).mean()
-    terms = {"static": float(static.detach()), "dynamic": float(dynamic.detach()), "negative_depth": float(negative.detach()),
-             "sparsity": float(sparsity.detach()), "reprojection_px": float(reproj_px.detach())}
-    return total, terms
+    r_s = (r2_static + 1e-12).sqrt()
+    static_l1 = (r_s * vis).sum() / nvis
+    rigid_total = static_l1 + config.negative_depth_weight * negative_static
+    full_total = (config.static_weight * static + config.dynamic_weight * dynamic
+                  + config.negative_depth_weight * negative + config.sparsity_weight * sparsity)
+    total = _pick(rigid, rigid_total, full_total)
+    reprojection_px = _pick(rigid, _per_scene_px(r_s, vis, batch["f_px"]), _per_scene_px(r_dyn, vis, batch["f_px"]))
+    terms = {"static": static, "dynamic": dynamic, "negative_depth": negative, "sparsity": sparsity, "static_l1": static_l1,
+             "reprojection_px": reprojection_px}
+    return total, {k: v.detach() for k, v in terms.items()}
 
 
 def _forward(model: nn.Module, batch: dict) -> dict:
     return model(batch["tracks"], batch["visible"], batch["focal_known"])
 
 
-def train_model(config: TrainRunConfig, device: str = "cpu", output_dir: Optional[str] = None,
-                callbacks: Sequence[Callable] = (), pool: Optional[dict] = None,
-                pool_points: Optional[int] = None) -> tuple[TracksTo4DNet, list[dict]]:
+class _StageFlags:
+    """:func:`fit_encoder`'s rigid and rotation-only stages as 0-d bool tensors on the batch's device, refilled in place
+    after every optimizer step (a ``fit`` callback): a captured whole-step CUDA graph reads the same storage at each
+    replay, so it follows the stage change that a Python bool, fixed when the step is captured, would miss."""
+
+    def __init__(self, rigid_steps: int, rotation_steps: int):
+        self.rigid_steps, self.rotation_steps = rigid_steps, rotation_steps
+        self.step = 0  # optimizer steps finished
+        self.rigid: Optional[torch.Tensor] = None
+        self.rotation_only: Optional[torch.Tensor] = None
+
+    def on(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(rigid, rotation_only)`` for the next step, made on ``device`` at the first call."""
+        if self.rigid is None or self.rigid.device != device:
+            self.rigid = torch.empty((), dtype=torch.bool, device=device)
+            self.rotation_only = torch.empty((), dtype=torch.bool, device=device)
+            self._fill()
+        return self.rigid, self.rotation_only
+
+    def _fill(self) -> None:
+        self.rigid.fill_(self.step < self.rigid_steps)
+        self.rotation_only.fill_(self.step < self.rotation_steps)
+
+    def __call__(self, step: int, model: nn.Module, metrics: dict) -> None:
+        self.step = step
+        if self.rigid is not None:
+            self._fill()
+
+
+def fit_encoder(config: TrainRunConfig, device: str = "cpu", output_dir: Optional[str] = None,
+                callbacks: Sequence[Callable] = (), pool: Optional[dict] = None, pool_points: Optional[int] = None) -> TrainResult:
     """Train the encoder on ``config.train_scenes`` generated scenes; validation loss/reprojection logged as eval_*.
 
+    Returns the trainer's whole result (the model in eval mode, the history, the ``cuda_graph`` record).
     ``pool`` (tensors of :func:`prepare`, already on ``device``) replaces the generated train scenes: batches
     are index tensors gathered on the device by :func:`pool_batch` with ``pool_points`` tracks per scene and
     random left-right mirroring (the GPU run: thousands of scenes made once, no per-step host work).
+    The step has no host traffic (stage flags on the device, terms as 0-d tensors), so ``config.train.cuda_graph``
+    captures it; every batch has the same shapes (scenes of ``config.scene`` have exactly ``points`` tracks, and
+    the loader drops a short last batch).
     """
-    from lowrank_vision.core.train import fit
-
     torch.manual_seed(config.train.seed)
     model = TracksTo4DNet(config.model)
     train_set = SceneDataset("train", config.train_scenes, config.scene) if pool is None else range(len(pool["tracks"]))
@@ -170,18 +220,13 @@ def train_model(config: TrainRunConfig, device: str = "cpu", output_dir: Optiona
         raise ValueError(f"TrainRunConfig.train_scenes={len(train_set)} is smaller than batch_size={config.batch_size}")
     tc = replace(config.train, cpu=str(device) == "cpu", output_dir=output_dir or config.train.output_dir)
     val_batch = None
-
-    done = {"steps": 0}  # optimizer steps finished, updated by the callback below
+    stages = _StageFlags(config.rigid_warmup_steps, config.rotation_first_steps)
 
     def loss_fn(m: nn.Module, batch):
-        rigid = done["steps"] < config.rigid_warmup_steps
         if pool is not None:
             batch = pool_batch(pool, batch, pool_points, flip_x=True)
-        return loss_terms(_forward(m, batch), batch, config.loss, rigid=rigid,
-                          rotation_only=done["steps"] < config.rotation_first_steps)
-
-    def count(step: int, m: nn.Module, metrics: dict) -> None:
-        done["steps"] = step
+        rigid, rotation_only = stages.on(batch["tracks"].device)
+        return loss_terms(_forward(m, batch), batch, config.loss, rigid=rigid, rotation_only=rotation_only)
 
     def eval_fn(m: nn.Module) -> dict:
         nonlocal val_batch
@@ -189,10 +234,19 @@ def train_model(config: TrainRunConfig, device: str = "cpu", output_dir: Optiona
         if val_batch is None:
             val_batch = prepare([val_set.trackset(i) for i in range(len(val_set))], dev)
         loss, terms = loss_terms(_forward(m, val_batch), val_batch, config.loss)
-        return {"loss": float(loss), "reprojection_px": terms["reprojection_px"]}
+        return {"loss": float(loss), "reprojection_px": float(terms["reprojection_px"])}
 
-    result = fit(model, loader, loss_fn, tc, eval_fn=eval_fn, callbacks=[count, *callbacks])
-    return result.model.eval(), result.history
+    result = fit(model, loader, loss_fn, tc, eval_fn=eval_fn, callbacks=[stages, *callbacks])
+    result.model.eval()
+    return result
+
+
+def train_model(config: TrainRunConfig, device: str = "cpu", output_dir: Optional[str] = None,
+                callbacks: Sequence[Callable] = (), pool: Optional[dict] = None,
+                pool_points: Optional[int] = None) -> tuple[TracksTo4DNet, list[dict]]:
+    """``(model in eval mode, history)`` of :func:`fit_encoder` with the same arguments."""
+    result = fit_encoder(config, device, output_dir, callbacks, pool, pool_points)
+    return result.model, result.history
 
 
 def forward_timed(model: nn.Module, batch: dict) -> tuple[dict, float]:
