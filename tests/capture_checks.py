@@ -15,13 +15,23 @@ HOST_TRAFFIC_OPS = (
 )
 
 
+MASK_INDEX_OPS = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten.index_put_.default)
+"""``x[mask]`` and ``x[mask] = v``: with a bool index their size depends on values, and on a CPU the ``nonzero`` they
+run happens below a dispatch mode, so they are counted by their bool index."""
+
+
+def _bool_index(args: tuple) -> bool:
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] if len(args) > 1 else ()))
+
+
 class HostTraffic(TorchDispatchMode):
-    """Counts the :data:`HOST_TRAFFIC_OPS` run inside the ``with`` block (``.count``)."""
+    """Counts the :data:`HOST_TRAFFIC_OPS`, and the :data:`MASK_INDEX_OPS` with a bool index, run inside the ``with``
+    block (``.count``)."""
 
     def __init__(self):
         super().__init__()
         self.count = 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += func in HOST_TRAFFIC_OPS
+        self.count += func in HOST_TRAFFIC_OPS or (func in MASK_INDEX_OPS and _bool_index(args))
         return func(*args, **(kwargs or {}))
