@@ -362,8 +362,11 @@ def _retrain_excluded(args) -> list[str]:
 def _run_stage(args, stage: str, wall_s: float, teacher_time_s: float | None = None) -> dict:
     """Every run of ``stage`` not done yet, side by side in its own process; stopped at ``wall_s``."""
     out = Path(args.out)
-    runs = pending_in_pair_order([r for r in _stage_runs(args)[stage] if _done(out, r) is None],
-                                 lambda r: (_done(out, r) or {"excluded": "not run"}).get("excluded") is None)
+    def finished_clean(run: str) -> bool:
+        done = _done(out, run)
+        return done is not None and not done.get("excluded")
+
+    runs = pending_in_pair_order([r for r in _stage_runs(args)[stage] if _done(out, r) is None], finished_clean)
     if len(runs) > args.max_side_by_side:  # the rest are left for a later job of the same command
         _log(f"{stage}: {len(runs)} runs to train, {args.max_side_by_side} at most side by side (--max-side-by-side); "
              f"left for a later job: {runs[args.max_side_by_side:]}")
@@ -703,7 +706,6 @@ def _report_lines(args, ev, runs, groups, checks, met, goals, cpu, lr, stage_jso
         ep = f"{s.get('epochs_run', '?')}" + (" (cut short)" if s.get("cut_short") else "")
         if (Path(args.out) / r / "excluded_before.json").is_file():
             ep += " (trained again: its first run was excluded)"
-
         val = (s.get("val_metrics") or {}).get("metrics/mAP50(B)")
         lines.append(f"| {NAMES[_group(r)]} | {s.get('seed', _seed(r))} | {_fmt(_test(r, ev, runs))} | {_fmt(_test(r, ev, runs, 'mAP50-95'))} | "
                      f"{_fmt(val)} | {ep} | {' '.join(f'{v:.2f}' for v in curve)} | {_fmt(s.get('wall_s'), '.0f')} |")
