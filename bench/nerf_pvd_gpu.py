@@ -66,6 +66,11 @@ REPO = Path(__file__).resolve().parent.parent
 LR_FACTORS = (0.5, 1.0, 2.0)
 LR_FACTOR_LIMITS = (0.125, 8.0)
 """How far :func:`edge_extension` goes past the grid (session 10 chose x2, the top of the grid, for both pairs)."""
+COARSE_EVERY_TRIALS = (4, 16)
+"""``DistillConfig.coarse_every`` values tried (at the chosen lr, on the val split) against 1, the plugin's default: the
+student is evaluated on every k-th of the teacher's stratified samples and all its importance samples (32 / k + 32 of
+the 64 points here), as the paper's occupancy-grid renderer puts the student's points where the teacher's weights are.
+Each is timed on its own (a cheaper step gets more steps in the same seconds)."""
 CHECKPOINTS = (0.02, 0.04, 0.06, 0.08, 0.1, 0.13, 0.16, 0.2, 0.25, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)  # of a stage's seconds
 TWIN_CHECKPOINTS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)  # scratch twins: their time to a target
 TEACHER_CHECKPOINTS = (0.25, 0.5, 0.75)  # the teacher: its plateau only (its time is not compared)
@@ -202,13 +207,13 @@ def scratch_cfg(s: Setup, kind: str, steps: int, lr_factor: float = 1.0) -> FitI
     return replace(base, field=FieldConfig(kind=kind, **s.fields[kind]), render=s.render, rays_per_step=s.rays, train=train)
 
 
-def pvd_cfg(s: Setup, student: str, steps: int, lr_factor: float = 1.0) -> DistillConfig:
+def pvd_cfg(s: Setup, student: str, steps: int, lr_factor: float = 1.0, coarse_every: int = 1) -> DistillConfig:
     base = DistillConfig()
     steps = max(1, steps)
     train = replace(base.train, max_steps=steps, lr=base.train.lr * lr_factor, progress=False, log_every=10**9, eval_every=0)
     return replace(base, student=FieldConfig(kind=student, **s.fields[student]), render=s.render, rays_per_step=s.rays,
                    stage1_iters=round(steps * STAGE_FRACTIONS[0]), stage2_iters=round(steps * STAGE_FRACTIONS[1]), train=train,
-                   teacher_cache_batches=s.teacher_cache)
+                   teacher_cache_batches=s.teacher_cache, coarse_every=coarse_every)
 
 
 def rebuild_period(s: Setup, stage: str) -> int:
@@ -287,18 +292,18 @@ class Runner:
             self.teachers[kind] = load_field(self.ckpt / f"scratch_{kind}.safetensors", self.s.device)
         return self.teachers[kind]
 
-    def pvd_job(self, teacher, student, lr_factor=1.0):
+    def pvd_job(self, teacher, student, lr_factor=1.0, coarse_every=1):
         field, _, rig, _ = self.teacher(teacher)
 
         def job(steps, callbacks):
-            return distill(field, rig, pvd_cfg(self.s, student, steps, lr_factor), self.s.device, callbacks=callbacks)
+            return distill(field, rig, pvd_cfg(self.s, student, steps, lr_factor, coarse_every), self.s.device, callbacks=callbacks)
         return job
 
-    def job_and_background(self, stage, lr_factor=1.0):
+    def job_and_background(self, stage, lr_factor=1.0, coarse_every=1):
         if stage.startswith("scratch_"):
             return self.fit_job(stage[len("scratch_"):], lr_factor), 1.0
         t, st = stage[len("pvd_"):].split("_to_")
-        return self.pvd_job(t, st, lr_factor), self.teacher(t)[2].background
+        return self.pvd_job(t, st, lr_factor, coarse_every), self.teacher(t)[2].background
 
     def default_lr(self, stage):
         if stage.startswith("scratch_"):
@@ -309,28 +314,37 @@ class Runner:
 
     def select(self, stage, seconds):
         """Short runs at lr x0.5, x1, x2 scored on the VAL split, extended past an edge that wins
-        (:func:`edge_extension`); returns the stage JSON."""
-        job1, bg = self.job_and_background(stage)
-        rate = calibrate(self.s, job1, rebuild_period(self.s, stage))
+        (:func:`edge_extension`); then, at the chosen lr, each of ``COARSE_EVERY_TRIALS`` against 1 (each timed on its
+        own). Returns the stage JSON."""
+        bg = self.job_and_background(stage)[1]
+        rate = calibrate(self.s, self.job_and_background(stage)[0], rebuild_period(self.s, stage))
+
+        def trial(f, ce, rate):
+            r = budgeted(self.s, self.job_and_background(stage, f, ce)[0], seconds, None, bg, rate)
+            val = None if r["diverged"] else round(evaluate(r["field"], self.split("val"), self.s.render, bg)["psnr"], 4)
+            print(f"  lr x{f}, coarse_every {ce}: val PSNR {val} ({r['steps']} steps)", flush=True)
+            return {"lr_factor": f, "lr": self.default_lr(stage) * f, "coarse_every": ce, "steps": r["steps"],
+                    "train_seconds": r["train_seconds"], "val_psnr": val, "diverged": r["diverged"]}
+
         trials, factors = [], list(LR_FACTORS)
         while factors:
-            f = factors.pop(0)
-            job, _ = self.job_and_background(stage, f)
-            r = budgeted(self.s, job, seconds, None, bg, rate)
-            val = None if r["diverged"] else round(evaluate(r["field"], self.split("val"), self.s.render, bg)["psnr"], 4)
-            trials.append({"lr_factor": f, "lr": self.default_lr(stage) * f, "steps": r["steps"], "train_seconds": r["train_seconds"],
-                           "val_psnr": val, "diverged": r["diverged"]})
-            print(f"  lr x{f}: val PSNR {val} ({r['steps']} steps)", flush=True)
+            trials.append(trial(factors.pop(0), 1, rate))
             if not factors:
                 extra = edge_extension(trials)
                 factors = [extra] if extra is not None else []
         ok = [t for t in trials if t["val_psnr"] is not None]
         best = max(ok, key=lambda t: t["val_psnr"]) if ok else trials[LR_FACTORS.index(1.0)]
+        if stage.startswith("pvd_"):
+            for ce in COARSE_EVERY_TRIALS:
+                ce_rate = calibrate(self.s, self.job_and_background(stage, best["lr_factor"], ce)[0], rebuild_period(self.s, stage))
+                trials.append(trial(best["lr_factor"], ce, ce_rate))
+            ok = [t for t in trials if t["val_psnr"] is not None]
+            best = max(ok, key=lambda t: t["val_psnr"]) if ok else best
         return {"for_stage": stage, "trials": trials, "chosen_lr_factor": best["lr_factor"], "chosen_lr": best["lr"],
-                "steps_per_s": round(rate, 2), "split": "val"}
+                "chosen_coarse_every": best.get("coarse_every", 1), "steps_per_s": round(rate, 2), "split": "val"}
 
-    def train(self, stage, seconds, lr_factor=1.0, checkpoints=CHECKPOINTS):
-        job, bg = self.job_and_background(stage, lr_factor)
+    def train(self, stage, seconds, lr_factor=1.0, checkpoints=CHECKPOINTS, coarse_every=1):
+        job, bg = self.job_and_background(stage, lr_factor, coarse_every)
         r = budgeted(self.s, job, seconds, self.split("test"), bg, checkpoints=checkpoints, rebuild_every=rebuild_period(self.s, stage))
         field = r.pop("field")
         final = r.pop("final")
@@ -339,6 +353,7 @@ class Runner:
                "test_psnr": final and final["psnr"], "test_ssim": final and final["ssim"]}
         if stage.startswith("pvd_"):
             res["teacher"] = stage[len("pvd_"):].split("_to_")[0]
+            res["coarse_every"] = coarse_every
         if final is not None and (stage.startswith("scratch_") or stage in FIGURE_STAGES):  # teachers + the figure's fields
             fc = FieldConfig(kind=kind, **self.s.fields[kind])
             save_field(self.ckpt / f"{stage}.safetensors", field, fc, self.teacher_rig(), {"stage": stage, "test_psnr": final["psnr"]})
@@ -430,7 +445,8 @@ def main(argv=None):
         path = s.out / f"{name}.json"
         if path.is_file():
             if what == "select":
-                chosen[name[4:]] = json.loads(path.read_text())["chosen_lr_factor"]
+                sel = json.loads(path.read_text())
+                chosen[name[4:]] = (sel["chosen_lr_factor"], sel.get("chosen_coarse_every", 1))
             continue
         missing = [n for n in needs(name) if not (s.out / "ckpt" / f"{n}.safetensors").is_file()]
         if missing:
@@ -439,7 +455,7 @@ def main(argv=None):
         left = s.deadline - time.perf_counter()
         if is_main:  # shrink this and every later main stage in proportion when time is short
             rest = [st for st in stages[i:] if st[3]]
-            train_s = sum(sec * (len(LR_FACTORS) if w == "select" else 1) for _, w, sec, _ in rest)
+            train_s = sum(sec * (len(LR_FACTORS) + 1 + len(COARSE_EVERY_TRIALS) if w == "select" else 1) for _, w, sec, _ in rest)
             factor = min(1.0, (left - s.overhead * len(rest)) / train_s)
             if name == "scratch_hash":  # every PVD stage needs the teacher: never skipped for time, only shortened
                 factor = max(factor, 0.2)
@@ -459,11 +475,12 @@ def main(argv=None):
         try:
             if what == "select":
                 res = runner.select(name[4:], seconds)
-                chosen[name[4:]] = res["chosen_lr_factor"]
+                chosen[name[4:]] = (res["chosen_lr_factor"], res["chosen_coarse_every"])
             else:
                 marks = (TEACHER_CHECKPOINTS if name == "scratch_hash" else TWIN_CHECKPOINTS if name.startswith("scratch_")
                          else CHECKPOINTS) if is_main else EXTRA_CHECKPOINTS
-                res = runner.train(name, seconds, chosen.get(name, SCRATCH_LR_FACTOR.get(name[len("scratch_"):], 1.0)), marks)
+                lr_factor, coarse_every = chosen.get(name, (SCRATCH_LR_FACTOR.get(name[len("scratch_"):], 1.0), 1))
+                res = runner.train(name, seconds, lr_factor, marks, coarse_every)
         except Exception as exc:  # one failing stage (e.g. out of memory) must not take the others down
             import traceback
 
@@ -609,15 +626,19 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         name = f"pvd_{t}_to_{st}"
         if name in res:
             r = res[name]
-            rows.append(f"| {t} → {st} (PVD) | {r['params']:,} | {r['steps']} | {r['train_seconds']:.1f} | {r['lr']:.2g} | "
+            k = r.get("coarse_every", 1)
+            rows.append(f"| {t} → {st} (PVD) | {r['params']:,} | {r['steps']} | {r['train_seconds']:.1f} | {r['lr']:.2g}"
+                        f"{f' (k={k})' if k != 1 else ''} | "
                         f"{f(r['test_psnr'])} | {f(r['test_ssim'], 3)} | {status(r)} |")
         else:
             rows.append(f"| {t} → {st} (PVD) | – | – | – | – | – | – | not run: {skipped.get(name, 'not reached in this run')} |")
     sel_rows = []
     for name, r in res.items():
         if name.startswith("sel_"):
-            trials = ", ".join(f"{x['lr']:.2g} → " + (f"{x['val_psnr']:.2f} dB" if x["val_psnr"] is not None else "diverged") for x in r["trials"])
-            sel_rows.append(f"| {r['for_stage']} | {trials} | {r['chosen_lr']:.2g} |")
+            trials = ", ".join(f"{x['lr']:.2g}" + (f" / k={x['coarse_every']}" if x.get("coarse_every", 1) != 1 else "") + " → "
+                               + (f"{x['val_psnr']:.2f} dB" if x["val_psnr"] is not None else "diverged") for x in r["trials"])
+            sel_rows.append(f"| {r['for_stage']} | {trials} | {r['chosen_lr']:.2g}"
+                            + (f" / k={r['chosen_coarse_every']}" if "chosen_coarse_every" in r else "") + " |")
     # figure
     fig, axes = plt.subplots(1, len(KINDS), figsize=(4.2 * len(KINDS), 3.4), squeeze=False)
     for j, stu in enumerate(KINDS):
@@ -725,7 +746,12 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         "",
         "The learning rates of the PVD students of the two acceptance pairs were chosen in this run among ×0.5, ×1 and ×2 of "
         "the defaults (the paper's 1e-2, MLP ×0.1) by short runs of the same configuration scored on the VAL split (never on "
-        "test). The scratch twins were NOT re-selected in this run (time): they use "
+        "test), extended by ×2 (or ÷2) past an edge that wins; then, at that lr, where the student is evaluated: on all "
+        f"{s.render.n_coarse + s.render.n_fine} of the teacher's points per ray (k = 1, the plugin's default) or on its "
+        f"importance samples and every k-th stratified one (k = {', '.join(str(k) for k in COARSE_EVERY_TRIALS)}: "
+        "`DistillConfig.coarse_every`, the student's points placed where the teacher's weights are, as the paper's "
+        "occupancy-grid renderer does), each short run timed on its own, so a cheaper step gets more steps in the same "
+        "seconds. The scratch twins were NOT re-selected in this run (time): they use "
         + ", ".join(f"{k} ×{v:g}" for k, v in SCRATCH_LR_FACTOR.items())
         + " of the defaults (1e-2, MLP ×0.05), the factors the previous GPU run of this bench chose on its val split "
         "(commit 39fb6c6: 64-px scene, smaller fields, 50-s runs) among ×0.5 / ×1 / ×2. Short runs favour larger rates; "
@@ -734,7 +760,7 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
         f"weight ×{DistillConfig().mlp_colour_scale:g} for an MLP student, `DistillConfig.mlp_colour_scale`; density clip "
         f"[{DistillConfig().density_clip[0]:g}, {DistillConfig().density_clip[1]:g}], AdamW β=(0.9, 0.99)).",
         "",
-        "| stage | lr → val PSNR | chosen |",
+        "| stage | lr (/ k = coarse_every) → val PSNR | chosen |",
         "|---|---|---|",
         *(sel_rows or ["| – | not run | – |"]),
         "",
