@@ -2,7 +2,7 @@
 
     make-scene [--width 64] [--views 40]                  generated scene: transforms.json + PNG splits
     train   [--data DIR] [--field hash|mlp|tensorf_vm|grid] [--steps N]
-    distill [--teacher CKPT] [--student tensorf_vm] [--steps N] [--active-learning | --teacher-cache N] [--data DIR]
+    distill [--teacher CKPT] [--student tensorf_vm] [--steps N] [--active-learning | --teacher-cache N] [--coarse-every K]
     eval | render | export [--checkpoint CKPT]            PSNR/SSIM; orbit PNG frames + MP4 [--size PX]; PLY points [--mesh]
 Defaults: the generated scene (no --data), the shipped weights (no --teacher/--checkpoint)."""
 
@@ -18,6 +18,8 @@ OPTIONS = (("train", "--field", dict(choices=FIELDS, default="hash")), ("distill
     ("distill", "--teacher", dict(help="teacher .safetensors (default: the shipped hash teacher)")),
     ("distill", "--active-learning", dict(action="store_true", help="PVD-AL: hard rays and points")),
     ("distill", "--teacher-cache", dict(type=int, default=0, metavar="N", help="teacher renders N steps' rays at once, each used 4 times")),
+    ("distill", "--coarse-every", dict(type=int, default=1, metavar="K", help="student evaluated on the teacher's importance samples "
+                                       "and every K-th stratified one (1: all; 4 won on val on the GPU scene)")),
     ("eval", "--data", dict(help="dataset folder; default: the generated scene")), ("render", "--frames", dict(type=int, default=24)),
     ("eval", "--split", dict(choices=["train", "val", "test"], default="test")), ("export", "--resolution", dict(type=int, default=96)),
     ("render", "--size", dict(type=int, help="frame width, px")), ("export", "--threshold", dict(type=float, default=5.0)),
@@ -42,7 +44,7 @@ def train(a):
 
 def distill(a):
     cfg = _cmds().cpu_distill_config(a.student, a.steps, a.seed, active_learning=a.active_learning)
-    cfg = replace(cfg, rays_per_step=a.rays, teacher_cache_batches=a.teacher_cache)
+    cfg = replace(cfg, rays_per_step=a.rays, teacher_cache_batches=a.teacher_cache, coarse_every=a.coarse_every)
     print_json(_cmds().distill_cmd(_ckpt(a.teacher), cfg, Path(a.out), a.device, a.data and Path(a.data)))
 
 def evaluate(a):

@@ -144,6 +144,14 @@ class Setup:
     teacher_cache: int = 0  # DistillConfig.teacher_cache_batches of every PVD stage (0: the paper's teacher render per step)
 
 
+def extras_that_fit(left: float, seconds: float, overhead: float, n_extras: int) -> int:
+    """How many of the ``n_extras`` remaining extra stages to share ``left`` seconds between (at least 1): as many as
+    get 0.3 x their planned ``seconds`` each besides half a stage's ``overhead``, so the first ones in run order (the
+    dense grid's scratch run first: three pairs need it as their teacher) get their time and the last ones are skipped,
+    instead of the first ones skipped while the later ones, with fewer left to share with, ran."""
+    return max(1, min(n_extras, int(left / (0.3 * seconds + 0.5 * overhead))))
+
+
 def make_setup(a) -> Setup:
     scale = max(0.05, (a.budget_s - OVERHEAD_REF) / (REF_BUDGET - OVERHEAD_REF))
     if a.smoke:
@@ -404,6 +412,8 @@ def main(argv=None):
                    help="PVD stages: the teacher renders N steps' rays at once (DistillConfig.teacher_cache_batches; 0: every step)")
     p.add_argument("--rays", type=int, default=None, help=argparse.SUPPRESS)  # rehearsal override of rays per step
     p.add_argument("--samples", type=int, nargs=2, default=None, help=argparse.SUPPRESS)  # rehearsal: n_coarse n_fine
+    p.add_argument("--report-only", action="store_true",
+                   help="write the page, results.json and the PSNR plot again from <out>'s stage JSON and meta.json, and stop")
     p.add_argument("--only", nargs="*", help=argparse.SUPPRESS)  # the old interface; stages now always run in their fixed order
     a = p.parse_args(argv)
     if a.threads:
@@ -422,6 +432,9 @@ def main(argv=None):
     if a.samples:
         s.render = RenderConfig(n_coarse=a.samples[0], n_fine=a.samples[1])
     docs = Path(a.docs) if a.docs else (s.out / "report" if s.smoke else REPO / "docs" / "results")
+    if a.report_only:
+        report_from_results(s, docs)
+        return
     s.out.mkdir(parents=True, exist_ok=True)
     meta = {"command": "python3 bench/nerf_pvd_gpu.py " + " ".join(argv if argv is not None else __import__("sys").argv[1:]),
             "device": a.device, "device_name": torch.cuda.get_device_name(0) if a.device.startswith("cuda") else platform.processor() or "cpu",
@@ -464,7 +477,7 @@ def main(argv=None):
                 continue
             seconds *= factor
         else:  # the extras share what the main stages left (the whole budget is used), each at most 3x its plan
-            n_left = sum(1 for st in stages[i:] if not st[3])
+            n_left = extras_that_fit(left, seconds, s.overhead, sum(1 for st in stages[i:] if not st[3]))
             avail = min(3 * seconds, (left - 0.5 * s.overhead * n_left) / n_left)
             if avail < 0.3 * seconds:
                 skipped[name] = f"no time left (needed ~{seconds:.1f} s, {max(left, 0):.0f} s of the budget remained)"
@@ -554,15 +567,29 @@ def last_quarter_gain(r: dict):
     return None if not before or r["test_psnr"] is None else r["test_psnr"] - before[-1]["psnr"]
 
 
-def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
+def report_from_results(s: Setup, docs: Path) -> None:
+    """``--report-only``: the page and the plot again from ``docs/nerf_pvd/results.json`` (the run's meta, every stage's
+    JSON and what was skipped), with the run's own settings; the test-view picture is kept as it is."""
+    path = docs / "nerf_pvd" / "results.json"
+    if not path.is_file():
+        raise SystemExit(f"nerf_pvd_gpu: --report-only needs {path} (written by a run)")
+    run = json.loads(path.read_text())
+    meta = run["meta"]
+    s.budget, s.teacher_cache, s.rays, s.fields = meta["budget_s"], meta["teacher_cache_batches"], meta["rays_per_step"], meta["fields"]
+    s.render, s.scene, s.smoke = RenderConfig(**meta["render"]), SceneConfig(**meta["scene"]), meta["smoke"]
+    write_report(s, docs, meta, run["skipped"], stages=run["stages"])
+
+
+def write_report(s: Setup, docs: Path, meta: dict, skipped: dict, stages: Optional[dict] = None) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    res = {f.stem: json.loads(f.read_text()) for f in sorted(s.out.glob("*.json")) if f.stem != "meta"}
-    meta = meta | {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                   "wall_s_so_far": round(time.perf_counter() - T_START, 1)}
+    res = stages if stages is not None else {f.stem: json.loads(f.read_text()) for f in sorted(s.out.glob("*.json")) if f.stem != "meta"}
+    if stages is None:  # a run, not --report-only (which keeps the run's own record)
+        meta = meta | {"finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                       "wall_s_so_far": round(time.perf_counter() - T_START, 1)}
     sub = docs / "nerf_pvd"
     write_json(sub / "results.json", {"meta": meta, "stages": res, "skipped": skipped})
     scratch = {k: res[f"scratch_{k}"] for k in KINDS if f"scratch_{k}" in res}
@@ -767,6 +794,11 @@ def write_report(s: Setup, docs: Path, meta: dict, skipped: dict) -> None:
     ]
     if skipped:
         md += ["## Not run in this budget", "", *[f"- `{k}`: {v}" for k, v in skipped.items()], ""]
+    earlier = sorted(docs.glob("nerf_pvd_run*.md"))
+    if earlier:
+        md += ["## Earlier runs", "", "Pages of earlier runs of this bench, kept as they were written (each names its own "
+               "command and settings; the every-pair table of a run whose extras got no time is there):", "",
+               *[f"- [`{e.name}`]({e.name})" for e in earlier], ""]
     md += ["![test PSNR vs training seconds](nerf_pvd/psnr_vs_time.png)", ""]
     if (sub / "test_views.png").is_file():
         md += ["First test views: ground truth, the teacher, and each acceptance student from scratch and by PVD "

@@ -25,6 +25,7 @@ def test_help_of_every_subcommand(cmd, capsys):
     (["train", "--data", "no_such_dir", "--steps", "1"], "--data: no_such_dir does not exist"),
     (["distill", "--teacher", "nope.safetensors", "--steps", "1"], "checkpoint nope.safetensors does not exist"),
     (["distill", "--teacher-cache", "-1", "--steps", "1"], "DistillConfig.teacher_cache_batches must be an int >= 0, got -1"),
+    (["distill", "--coarse-every", "0", "--steps", "1"], "DistillConfig.coarse_every must be an int >= 1, got 0"),
 ])
 def test_missing_input_is_one_line_and_exit_2(argv, needle, capsys, tmp_path):
     assert main(argv + ["--out", str(tmp_path / "o")]) == 2
@@ -55,8 +56,9 @@ def test_every_command_on_a_tiny_scene(tmp_path, capsys):
     ckpt = tmp_path / "t" / "grid.safetensors"
     assert res["checkpoint"] == str(ckpt) and ckpt.is_file() and res["steps"] == 3 and 0 < res["test_psnr"] < 60
     assert main(["distill", "--teacher", str(ckpt), "--student", "mlp", "--steps", "4", "--rays", "64", "--data", str(scene),
-                 "--teacher-cache", "1", "--out", str(tmp_path / "d")]) == 0
+                 "--teacher-cache", "1", "--coarse-every", "4", "--out", str(tmp_path / "d")]) == 0
     res = json.loads(capsys.readouterr().out)
+    assert json.loads((tmp_path / "d" / "metrics.json").read_text())["config"]["coarse_every"] == 4
     assert res["stage1_skipped"] is True and res["steps"] == 4 and (tmp_path / "d" / "mlp_from_grid.safetensors").is_file()
     assert res["teacher_renders"] == 1  # one buffer of one step's rays, used 4 times
     assert main(["eval", "--checkpoint", str(ckpt), "--data", str(scene), "--out", str(tmp_path / "e")]) == 0
