@@ -21,7 +21,10 @@ from the start of the process), each writing ``OUT/<stage>/result.json`` at once
    ``dsclora`` (ConvLoRA r=2 in the 18 SConvLB convs, r=8 on conv_2 and the pixel-shuffle conv, spatial-affinity
    distillation on the six block outputs and the tail feature at full patch resolution, ``affinity_side`` = LR
    patch, lr 5e-4), ``continued`` (SPAN keeps training with the chosen teacher stage's recipe: training form, its
-   loss, lr 2e-4) and ``full`` (every deployed parameter, L1, lr 2e-4). The learning rates are stated choices, not tuned.
+   loss, lr 2e-4) and ``full`` (every deployed parameter, L1, lr 2e-4). Each method's learning rate is chosen on the
+   *validation* photos among ``--ft-lr-factors`` (default x0.25, x1, x4) of those base rates, by one run per factor
+   of half the fine-tunes' steps with a seed none of the compared runs uses (:func:`choose_finetune_lrs`); with one
+   factor the base rates are used as stated.
 4. ``report``: Y-PSNR / Y-SSIM on the evaluation photos (per source: Debian wallpapers, scikit-image /
    scikit-learn photos), bicubic, parameters, FLOPs, interleaved GPU runtimes, mean and spread over seeds;
    writes ``docs/results/sr_gpu.md``, ``docs/results/sr_gpu/report.json``, ``gains.png`` and the teacher / best
@@ -381,7 +384,9 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
             training_step(model, loss_fn, opt, stepper, sampler.sample(args.batch, args.lr_patch, gen))
         _sync(args.device)
         step_s = (time.time() - t0) / 10
-        share = (deadline - time.time()) / len(runs) * 0.6  # a run also keeps an EMA and scores val twice: on 2026-12-02 a
+        n_factors = len(set(args.ft_lr_factors)) if len(set(args.ft_lr_factors)) > 1 else 0
+        share = (deadline - time.time()) / (len(runs) + 0.5 * n_factors * len(METHODS)) * 0.6  # the lr trials: half a run each
+        # a run also keeps an EMA and scores val twice: on 2026-12-02 a
         # DSCLoRA run took twice an eager probe's estimate (at 0.85 it was cut short; at 0.45 the six runs used 45 s of
         # 125); on 2026-12-03 the probe was still eager (20 ms a step) while the runs were captured (~11 ms): nine runs
         # of 758 steps used 91 s of a ~215 s window. Since then the probe times the captured step.
@@ -389,6 +394,7 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
         if args.ft_steps:
             plan["steps"] = args.ft_steps
         write_json(plan_path, plan)
+    lr_choice = choose_finetune_lrs(args, out, teacher, sampler, val, plan, deadline) if len(set(args.ft_lr_factors)) > 1 else None
     results = {}
     for i, (method, seed) in enumerate(runs):
         name = f"{method}_s{seed}"
@@ -398,6 +404,7 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
             continue
         run_deadline = finetune_deadline(deadline, len(runs) - i - 1, plan)
         model, loss_fn, lr = _build(args, method, teacher, out)
+        lr = lr_choice[method]["lr"] if lr_choice else lr
         result = train_run(stage_dir / name, model, loss_fn, sampler, lr=lr, batch=args.batch, lr_patch=args.lr_patch, seed=seed + 1,
                            deadline=run_deadline, steps=plan["steps"], ckpt_s=args.ckpt_s)
         fold = (lambda m: fold_dsclora(copy.deepcopy(m).cpu().eval())) if method == "dsclora" else _deployed
@@ -408,7 +415,7 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
                    "cuda_graph": result["cuda_graph"], **choice}
         write_json(done, summary)
         results[name] = summary
-    summary = {"plan": plan, "runs": results, "complete": all(f"{m}_s{s}" in results and not results[f"{m}_s{s}"]["cut_short"]
+    summary = {"plan": plan, "lr_choice": lr_choice, "runs": results, "complete": all(f"{m}_s{s}" in results and not results[f"{m}_s{s}"]["cut_short"]
                                                               for m, s in runs)}
     write_json(stage_dir / "summary.json", summary)  # also when cut short: the report shows what was reached
     if summary["complete"]:
@@ -420,6 +427,54 @@ def finetune_deadline(stage_deadline: float, runs_after: int, plan: dict) -> flo
     """A run may go on until the stage's deadline less what the runs after it need at the probe's (slowest, DSCLoRA)
     step time, so a slow run borrows the slack that the faster methods leave instead of being cut at an equal share."""
     return stage_deadline - runs_after * plan["steps"] * plan["dsclora_step_s"]
+
+
+LR_TRIAL_SEED = 10_000
+"""Seed of the learning-rate trials: none of the compared runs (``--seeds``) uses it."""
+
+
+def trial_steps(plan: dict) -> int:
+    """Steps of one learning-rate trial: half a fine-tune's (a short run favours a larger rate; half keeps that small)."""
+    return max(10, plan["steps"] // 2)
+
+
+def best_lr(trials: list[dict]) -> dict:
+    """The trial with the highest val PSNR; a tie goes to the smaller rate (the one that moves the teacher less)."""
+    return max(trials, key=lambda t: (t["val_psnr"], -t["lr"]))
+
+
+def choose_finetune_lrs(args, out: Path, teacher, sampler, val, plan: dict, stage_deadline: float) -> dict:
+    """Each method's lr chosen on the val photos among ``args.ft_lr_factors`` x its base rate: one run of
+    :func:`trial_steps` per factor (seed :data:`LR_TRIAL_SEED`), EMA or raw weights as for the compared runs. Written to
+    ``finetunes/lr_choice.json`` (resumable per trial). Returns ``{method: {"lr", "trials"}}``."""
+    stage_dir = out / "finetunes"
+    path = stage_dir / "lr_choice.json"
+    if path.is_file():
+        return json.loads(path.read_text())
+    factors = sorted(set(args.ft_lr_factors))
+    trials = [(m, f) for m in METHODS for f in factors]
+    choice: dict = {}
+    for i, (method, factor) in enumerate(trials):
+        done = stage_dir / "lr_trials" / f"{method}_x{factor:g}" / "trial.json"
+        if done.is_file():
+            row = json.loads(done.read_text())
+        else:
+            model, loss_fn, base = _build(args, method, teacher, out)
+            after = (len(trials) - i - 1) * trial_steps(plan) + len(plan["runs"]) * plan["steps"]
+            result = train_run(done.parent, model, loss_fn, sampler, lr=base * factor, batch=args.batch, lr_patch=args.lr_patch,
+                               seed=LR_TRIAL_SEED, deadline=stage_deadline - after * plan["dsclora_step_s"], steps=trial_steps(plan),
+                               ckpt_s=args.ckpt_s)
+            fold = (lambda m: fold_dsclora(copy.deepcopy(m).cpu().eval())) if method == "dsclora" else _deployed
+            _, picked = _pick(result, val, args.scale, args.device, fold=fold)
+            row = {"method": method, "factor": factor, "lr": base * factor, "steps": result["steps"], "cut_short": result["cut_short"],
+                   "val_psnr": picked[f"val_psnr_{picked['chosen']}"], "weights": picked["chosen"]}
+            write_json(done, row)
+        print(f"  lr trial {method} x{factor:g} ({row['lr']:.2g}): val {row['val_psnr']:.4f} dB", flush=True)
+        choice.setdefault(method, {"trials": []})["trials"].append(row)
+    for method, c in choice.items():
+        c["lr"] = best_lr(c["trials"])["lr"]
+    write_json(path, choice)
+    return choice
 
 
 def _build(args, method: str, teacher: SPAN, out: Path):
@@ -611,6 +666,16 @@ def _markdown(r: dict) -> str:
         for m, v in r["methods"].items():
             dt = "-" if v["delta_vs_teacher"] is None else f"{v['delta_vs_teacher']:+.4f}"
             lines.append(f"| {m} | {v['n']} | {v['mean']:.4f} | {v['spread']:.4f} | {dt} |")
+    lr_choice = (r.get("finetunes") or {}).get("lr_choice")
+    if r["methods"] and lr_choice:
+        n = next(iter(lr_choice.values()))["trials"][0]["steps"]
+        lines += ["", f"Learning rates, chosen on the val photos (one run per rate, {n:,} steps, seed {LR_TRIAL_SEED}, which no "
+                  "compared run uses; EMA or raw weights as for the compared runs):", "", "| method | lr → val Y-PSNR | chosen |", "|---|---|---|"]
+        for m, c in lr_choice.items():
+            tried = ", ".join(f"{t['lr']:.2g} → {t['val_psnr']:.4f}" + (" (cut short)" if t["cut_short"] else "") for t in c["trials"])
+            lines.append(f"| {m} | {tried} | {c['lr']:.2g} |")
+    elif r["methods"]:
+        lines += ["", "Learning rates: stated choices (DSCLoRA 5e-4, continued and full 2e-4), not tuned in this run."]
     if r["verdict"]:
         v = r["verdict"]
         lines += ["", f"DSCLoRA minus continued SPAN: {v['dsclora_minus_continued_db']:+.4f} dB; twice the larger seed spread: "
@@ -649,6 +714,9 @@ def main(argv=None) -> int:
     p.add_argument("--lr-full", type=float, default=2e-4)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--ft-steps", type=int, default=0, help="fine-tuning steps (0: from the measured step time)")
+    p.add_argument("--ft-lr-factors", type=float, nargs="+", default=[0.25, 1.0, 4.0],
+                   help="each fine-tune's lr is chosen on val among these multiples of --lr-dsclora / --lr-l2 / --lr-full "
+                   "(one factor: no choice, the base rate)")
     p.add_argument("--teacher", default=None, help="a deployed SPAN (.safetensors) from an earlier run as the teacher: the teacher "
                    "stages are not run, the whole window goes to the fine-tunes (e.g. docs/results/sr_gpu/span_x4.safetensors)")
     p.add_argument("--teacher-loss", default="l2", choices=("l1", "l2"), help="with --teacher: the loss of the stage it came from "

@@ -136,3 +136,14 @@ def test_render_only_writes_the_page_from_report_json_alone(tmp_path):
     assert f"DSCLoRA minus continued SPAN: {margin:+.4f} dB" in page
     committed = (bench.ROOT / "docs" / "results" / "sr_gpu_ft.md").read_text()
     assert committed.split("\n", 3)[3] == page.replace(str(results), "docs/results/sr_gpu_ft").split("\n", 3)[3]  # the page is its JSON's
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ({1e-4: 30.1, 5e-4: 30.3, 2e-3: 30.2}, 5e-4),
+    ({1e-4: 30.3, 5e-4: 30.3, 2e-3: 30.2}, 1e-4),  # a tie goes to the smaller rate
+    ({1e-4: 30.1, 5e-4: 30.2, 2e-3: 30.4}, 2e-3),
+])
+def test_finetune_lr_is_the_best_on_val(scores, expected):
+    bench = load_bench_script("sr_gpu.py")
+    assert bench.best_lr([{"lr": lr, "val_psnr": v} for lr, v in scores.items()])["lr"] == expected
+    assert bench.trial_steps({"steps": 2001}) == 1000 and bench.trial_steps({"steps": 12}) == 10
