@@ -21,6 +21,13 @@ Stages, in order; each writes its JSON at once and is skipped when that JSON exi
 
 Equal trainable parameters: LoRA at rank ``LORA_RANK`` sets the budget; DoRA and NeRA get the largest
 rank within it (NeRA's KAN layers cost ``grid_size + spline_order + 1`` parameters per edge).
+
+Whole-step CUDA graphs: every trainer run (VAE, UNet + text encoder, step-time probes, lr grid, fine-tuning) asks for them,
+as the recipe's configs do (``PretrainConfig().train``, ``FinetuneConfig().train``): on a GPU each step is captured once and
+replayed (``--eager`` turns that off; on a CPU the trainer runs eagerly and says why). Each run's ``cuda_graph`` record is
+kept in its stage JSON (``base.json``: ``vae_cuda_graph``, ``cuda_graph``; ``lr.json``; ``runs/*/result.json``) and the
+report says in one line whether the numbers came from captured steps; a run cut by its deadline has no record (``fit``
+raised before returning it).
 """
 
 from __future__ import annotations
@@ -86,7 +93,14 @@ def _json(path: Path):
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def stage_base(out: Path, s: dict, device: str, clock: Clock, precision: str) -> None:
+def _graph_requested_by_recipe() -> bool:
+    """Whether the recipe's own configs ask for whole-step CUDA graphs (the bench follows them unless ``--eager``)."""
+    from lowrank_vision.plugins.diffusion_nera.config import FinetuneConfig, PretrainConfig
+
+    return PretrainConfig().train.cuda_graph and FinetuneConfig().train.cuda_graph
+
+
+def stage_base(out: Path, s: dict, device: str, clock: Clock, precision: str, graph: bool = True) -> None:
     from lowrank_vision.core.files import write_json
     from lowrank_vision.core.train import TrainConfig
     from lowrank_vision.datasets.diffusion.procedural import make_split
@@ -103,7 +117,7 @@ def stage_base(out: Path, s: dict, device: str, clock: Clock, precision: str) ->
     seconds = max(4.0, s["base_share"] * clock.left())
     config = PretrainConfig(pipeline=s["pipeline"], n_images=s["n_base"], vae_steps=100000, batch_size=s["batch"],
                             train=TrainConfig(max_steps=100000, lr=1e-3, warmup_steps=100, log_every=50, progress=False,
-                                              mixed_precision=precision))
+                                              mixed_precision=precision, cuda_graph=graph))
     retried = None
     for attempt_lr in (1e-3, 3e-4):  # a loss that turns non-finite in bf16 gets one retry at a lower lr, in the time left
         pipe = build_pipeline(s["pipeline"], seed=0).to(device)
@@ -167,16 +181,16 @@ def stage_classifier(out: Path, s: dict, device: str, clock: Clock) -> None:
     clock.mark("classifier", start, accuracy=accuracy, base=scores)
 
 
-def _config(adapter: str, rank: int, lr: float, steps: int, s: dict, precision: str, eval_every: int = 0):
+def _config(adapter: str, rank: int, lr: float, steps: int, s: dict, precision: str, eval_every: int = 0, graph: bool = True):
     from lowrank_vision.core.train import TrainConfig
     from lowrank_vision.plugins.diffusion_nera.config import FinetuneConfig
 
     return FinetuneConfig(adapter=adapter, rank=rank, alpha=float(2 * rank), n_images=s["ft_images"], batch_size=s["ft_batch"], **NERA_OPTIONS,
                           train=TrainConfig(max_steps=steps, lr=lr, warmup_steps=min(20, steps // 10), log_every=max(1, steps // 50),
-                                            eval_every=eval_every, progress=False, mixed_precision=precision))
+                                            eval_every=eval_every, progress=False, mixed_precision=precision, cuda_graph=graph))
 
 
-def stage_lr(out: Path, s: dict, device: str, clock: Clock, precision: str) -> None:
+def stage_lr(out: Path, s: dict, device: str, clock: Clock, precision: str, graph: bool = True) -> None:
     """Ranks at equal parameters, step time per adapter (a short probe), then the lr grid on concept_val."""
     from lowrank_vision.core import apply
     from lowrank_vision.core.files import write_json
@@ -199,12 +213,13 @@ def stage_lr(out: Path, s: dict, device: str, clock: Clock, precision: str) -> N
         state["ranks"] = {a: s["lora_rank"] if a == "lora" else equal_budget_rank(base, a, budget, cfg) for a in ADAPTERS}
         state["budget_params"] = budget
         data = concept_data(base, cfg)
-        state["seconds_per_step"] = {}
+        state["seconds_per_step"], state["probe_cuda_graph"] = {}, {}
         for adapter in ADAPTERS:  # step time of each adapter: 10 steps on a copy of the base
             pipe = copy.deepcopy(base)
-            _, probe = finetune(pipe, _config(adapter, state["ranks"][adapter], 1e-3, 10, s, precision), data=data,
+            _, probe = finetune(pipe, _config(adapter, state["ranks"][adapter], 1e-3, 10, s, precision, graph=graph), data=data,
                                 deadline=time.monotonic() + seconds / 6)
             state["seconds_per_step"][adapter] = probe.seconds_per_step if probe.steps > 2 else probe.seconds / max(1, probe.steps)
+            state["probe_cuda_graph"][adapter] = probe.cuda_graph
         state["results"] = {}
         write_json(path, state)
     cfg = _config("lora", s["lora_rank"], 1e-3, 1, s, precision)
@@ -221,9 +236,10 @@ def stage_lr(out: Path, s: dict, device: str, clock: Clock, precision: str) -> N
                 continue
             pipe = copy.deepcopy(base)
             try:
-                _, result = finetune(pipe, _config(adapter, state["ranks"][adapter], lr, state["lr_steps"], s, precision), data=data,
-                                     deadline=deadline + 10)
+                _, result = finetune(pipe, _config(adapter, state["ranks"][adapter], lr, state["lr_steps"], s, precision, graph=graph),
+                                     data=data, deadline=deadline + 10)
                 state["results"][key] = {"adapter": adapter, "lr": lr, "steps": result.steps, "cut_short": result.cut_short,
+                                         "cuda_graph": result.cuda_graph,
                                          "concept_val_loss": eval_denoising_loss(Denoiser(pipe.unet, pipe.text_encoder, pipe.scheduler),
                                                                                  val[0], val[1].to(device), repeats=2)}
             except FloatingPointError as exc:  # diverged: this lr loses
@@ -243,7 +259,7 @@ def stage_lr(out: Path, s: dict, device: str, clock: Clock, precision: str) -> N
     clock.mark("lr", start, chosen=chosen, lr_steps=state["lr_steps"], runs=len(state["results"]))
 
 
-def stage_train(out: Path, s: dict, device: str, clock: Clock, precision: str) -> None:
+def stage_train(out: Path, s: dict, device: str, clock: Clock, precision: str, graph: bool = True) -> None:
     from lowrank_vision.core import save
     from lowrank_vision.core.files import write_json
     from lowrank_vision.datasets.diffusion.procedural import make_split
@@ -275,7 +291,8 @@ def stage_train(out: Path, s: dict, device: str, clock: Clock, precision: str) -
         after = 3 * cls["seconds_per_score"] * (2 if adapter == "nera" else 1) + 3  # final scores, grid, save (NeRA samples slower)
         deadline = time.monotonic() + max(1.0, clock.left() / (len(ADAPTERS) - i) - after)
         pipe = load_base(out / "base", device)
-        cfg = _config(adapter, lr["ranks"][adapter], lr["chosen"][adapter], plan["steps"], s, precision, eval_every=plan["eval_every"])
+        cfg = _config(adapter, lr["ranks"][adapter], lr["chosen"][adapter], plan["steps"], s, precision, eval_every=plan["eval_every"],
+                      graph=graph)
         data = concept_data(pipe, cfg)
         val = concept_data(pipe, replace(cfg, n_images=min(64, s["ft_images"])), split="concept_val")
 
@@ -295,17 +312,37 @@ def stage_train(out: Path, s: dict, device: str, clock: Clock, precision: str) -
         curve += [{"step": h["step"], "concept_score": h["eval_concept_score"]} for h in result.history if "eval_concept_score" in h]
         write_json(target / "result.json", {"adapter": adapter, "rank": cfg.rank, "lr": cfg.train.lr, "trainable_params": report.adapter_params,
                                             "layers": len(report.wrapped), "steps": result.steps, "planned_steps": plan["steps"],
-                                            "cut_short": result.cut_short, "seconds": round(result.seconds, 1),
+                                            "cut_short": result.cut_short, "seconds": round(result.seconds, 1), "cuda_graph": result.cuda_graph,
                                             "seconds_per_step": result.seconds_per_step, "history": result.history,
                                             "concept_curve": curve, "final": scores})
         clock.mark(f"train {adapter}", start, steps=result.steps, cut_short=result.cut_short, final=scores)
+
+
+def graph_records(base: dict | None, lr: dict | None, runs: dict) -> dict:
+    """``{run: cuda_graph record or None}`` of every trainer run in the stages' JSON (``None``: cut by its deadline, so
+    ``fit`` returned no record, or written before the bench kept it)."""
+    records = {}
+    if base:
+        records |= {"base VAE": base.get("vae_cuda_graph"), "base UNet": base.get("cuda_graph")}
+    if lr:
+        records |= {f"probe {a}": r for a, r in lr.get("probe_cuda_graph", {}).items()}
+        records |= {f"lr {k}": r.get("cuda_graph") for k, r in lr.get("results", {}).items() if not r.get("diverged")}
+    records |= {f"train {a}": r.get("cuda_graph") for a, r in runs.items()}
+    return records
+
+
+def graph_line(records: dict) -> str:
+    """One report line: in how many runs the whole training step was a captured CUDA graph, and why not elsewhere."""
+    from lowrank_vision.core.train import describe_graph_records
+
+    return describe_graph_records(records, 'cut by a deadline or run before the bench kept it')
 
 
 def first_step_reaching(curve: list[dict], target: float):
     return next((c["step"] for c in curve if c["concept_score"] >= target), None)
 
 
-def stage_report(out: Path, s: dict, device: str, docs: Path, budget_s: float, smoke: bool) -> None:
+def stage_report(out: Path, s: dict, device: str, docs: Path, budget_s: float, smoke: bool, eager: bool = False) -> None:
     from lowrank_vision.core.files import write_json, write_text
     from lowrank_vision.plugins.diffusion_nera.commands import GRID_PROMPTS
     from lowrank_vision.plugins.diffusion_nera.metrics import plot_grid, plot_losses
@@ -328,17 +365,19 @@ def stage_report(out: Path, s: dict, device: str, docs: Path, budget_s: float, s
     lora_final = runs["lora"]["concept_curve"][-1]["concept_score"] if "lora" in runs else None
     reach = {a: first_step_reaching(r["concept_curve"], lora_final) for a, r in runs.items()} if lora_final is not None else {}
     timeline = _json(out / "timeline.json") or []
+    graphs = graph_records(base, lr, runs)
     raw = {"base": base, "classifier": cls, "lr": lr, "train_plan": plan, "runs": runs, "first_step_reaching_lora_final": reach,
+           "cuda_graph": graphs,
            "timeline": timeline, "budget_s": budget_s, "device": device,
            "device_name": torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else platform.processor() or "cpu",
            "versions": _versions()}
     write_json(figs / "raw.json", raw)
-    cmd = f"python3 bench/diffusion_gpu.py --device {device} --out {out} --budget-s {budget_s:g}" + (" --smoke" if smoke else "")
+    cmd = f"python3 bench/diffusion_gpu.py --device {device} --out {out} --budget-s {budget_s:g}" + (" --smoke" if smoke else "") + (" --eager" if eager else "")
     lines = ["# diffusion_nera: NeRA (KAN) vs LoRA vs DoRA on an unseen texture", "",
              f"Written by `{cmd}` (one run, {budget_s:g} s wall-clock budget for everything, on {raw['device_name']}"
              + (", **the GPU and its CPU cores shared with another benchmark running at the same time**" if device.startswith("cuda") else "")
              + "). Raw numbers: [`diffusion/raw.json`](diffusion/raw.json). Step times, and so how far each time-budgeted stage got, "
-             "depend on that sharing; the comparison of adapters is at equal steps.", ""]
+             "depend on that sharing; the comparison of adapters is at equal steps.", "", graph_line(graphs), ""]
     if smoke:
         lines += ["**Smoke run (CPU, tiny sizes): the numbers prove the script runs and mean nothing.**", ""]
     if base:
@@ -423,14 +462,15 @@ def _has(md, name: str) -> bool:
         return False
 
 
-def main() -> None:
+def main(argv=None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default="runs/diffusion_gpu")
     p.add_argument("--budget-s", type=float, default=480.0, help="wall-clock seconds for everything, from the start of the script")
     p.add_argument("--smoke", action="store_true", help="tiny sizes (CPU rehearsal); the report goes to OUT/report/")
     p.add_argument("--threads", type=int, default=4)
-    a = p.parse_args()
+    p.add_argument("--eager", action="store_true", help="no whole-step CUDA graphs (the recipe's configs ask for them on a GPU)")
+    a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
     torch.backends.cuda.matmul.allow_tf32 = True  # sampling runs in float32
     torch.backends.cudnn.allow_tf32 = True
@@ -446,11 +486,13 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     s = sizes(a.smoke)
     precision = "bf16" if a.device.startswith("cuda") else "no"
+    graph = _graph_requested_by_recipe() and not a.eager
     clock = Clock(a.budget_s, out)
     docs = out / "report" / "diffusion.md" if a.smoke else ROOT / "docs" / "results" / "diffusion.md"
-    print(f"[{time.monotonic() - T0:6.1f} s] start: device {a.device}, budget {a.budget_s:g} s, precision {precision}", flush=True)
-    stages = (("base", lambda: stage_base(out, s, a.device, clock, precision)), ("classifier", lambda: stage_classifier(out, s, a.device, clock)),
-              ("lr", lambda: stage_lr(out, s, a.device, clock, precision)), ("train", lambda: stage_train(out, s, a.device, clock, precision)))
+    print(f"[{time.monotonic() - T0:6.1f} s] start: device {a.device}, budget {a.budget_s:g} s, precision {precision}, "
+          f"whole-step CUDA graphs {'requested' if graph else 'off'}", flush=True)
+    stages = (("base", lambda: stage_base(out, s, a.device, clock, precision, graph)), ("classifier", lambda: stage_classifier(out, s, a.device, clock)),
+              ("lr", lambda: stage_lr(out, s, a.device, clock, precision, graph)), ("train", lambda: stage_train(out, s, a.device, clock, precision, graph)))
     for name, run in stages:
         if clock.left() < 2:
             print(f"{name}: no time left, skipped (the report says so)")
@@ -464,7 +506,7 @@ def main() -> None:
             clock.mark(f"{name} FAILED", time.monotonic(), error=f"{type(exc).__name__}: {exc}"[:500])
             if name in ("base", "classifier"):
                 break
-    stage_report(out, s, a.device, docs, a.budget_s, a.smoke)
+    stage_report(out, s, a.device, docs, a.budget_s, a.smoke, a.eager)
     print(f"[{time.monotonic() - T0:6.1f} s] done", flush=True)
 
 

@@ -5,6 +5,11 @@
     python3 bench/hsi_gpu.py --smoke --device cpu --out /tmp/hsi_smoke                # rehearsal: small scene, 6 steps,
                                                                                      # its report in /tmp/hsi_smoke/docs
 
+Training: the recipes' trainer settings (``config.train_config``), which ask for whole-step CUDA graphs: on a GPU each
+network's step is captured once and replayed (``--eager`` turns that off; on a CPU the trainer runs eagerly and says
+why). Every network run's ``cuda_graph`` record (captured or not, fallback reason, fused builds) is kept in the stage
+JSON, and the report says in one line whether the numbers came from captured steps.
+
 Data: the synthetic default (:func:`lowrank_vision.datasets.hsi.synthetic.make_synthetic_scene`, 145 x 145 x 200,
 16 long-tailed classes); no real labelled scene is used anywhere.
 
@@ -94,9 +99,9 @@ def _configs(args, data_changes: dict, recipe_changes: dict, lr, method: str = "
     data = DataConfig(**{"split": split, "block": 29 if split == "checkerboard" else 16, **data_changes})
     keep = {k: v for k, v in recipe_changes.items() if method == "lora" or k in SHARED}
     steps = steps or args.steps
-    recipe = RecipeConfig(method=method, batch_size=16 if args.smoke else 64, eval_every=max(steps // 12, 1),
-                          train=train_config(method, steps=steps, lr=lr if method == "lora" else None, progress=False),
-                          **keep)
+    train = dataclasses.replace(train_config(method, steps=steps, lr=lr if method == "lora" else None, progress=False),
+                                cuda_graph=not args.eager)
+    recipe = RecipeConfig(method=method, batch_size=16 if args.smoke else 64, eval_every=max(steps // 12, 1), train=train, **keep)
     return data, recipe
 
 
@@ -128,7 +133,7 @@ def stage_search(args, previous: dict | None = None) -> dict:
         _, rec = recipes.train(recipe, prepared[key], device=args.device)
         runs[name] = {"data": data_changes, "recipe": recipe_changes, "lr": lr, "val_OA": round(rec["val"]["OA"], 2),
                       "val_AA": round(rec["val"]["AA"], 2), "selected_step": rec["selected_step"],
-                      "val_curve": rec["val_curve"], "seconds": round(time.time() - t, 1)}
+                      "val_curve": rec["val_curve"], "seconds": round(time.time() - t, 1), "cuda_graph": rec["cuda_graph"]}
         print(f"search {name}: val OA {runs[name]['val_OA']:.2f} (step {rec['selected_step']}, {runs[name]['seconds']} s)",
               flush=True)
 
@@ -201,12 +206,31 @@ def stage_finetune(args, search: dict) -> dict:
                          {"arch": rec["arch"], "model_cfg": rec["model_cfg"], "recipe": rec["recipe"], "patch": data_cfg.patch,
                           "data": dataclasses.asdict(data_cfg), "class_names": source.class_names, "source": source.source})
     source_record = {"scene": source.source, "val_OA": rec["val"]["OA"], "selected_step": rec["selected_step"],
-                     "seconds": round(time.time() - t, 1)}
+                     "seconds": round(time.time() - t, 1), "cuda_graph": rec["cuda_graph"]}
     runs = [_configs(args, chosen["data"], chosen["recipe"], chosen["lr"], m)[1] for m in ("lora", "full")]
     result = commands.finetune(Path(args.out) / "finetune", _scene(args), bundle, runs, data_cfg, device=args.device)
     for r in result["runs"].values():
         r.pop("history", None)
     return {"source_training": source_record, "data": dataclasses.asdict(data_cfg), **result}
+
+
+def graph_records(done: dict) -> dict:
+    """``{"stage/run": cuda_graph record or None}`` of every network run in the stages' JSON (``None``: not recorded, e.g.
+    a stage written before the bench kept the record)."""
+    records = {f"search/{n}": r.get("cuda_graph") for n, r in (done.get("search") or {}).get("runs", {}).items()}
+    for stage in ("regions", "checkerboard", "finetune"):
+        res = done.get(stage) or {}
+        records |= {f"{stage}/{n}": r.get("cuda_graph") for n, r in res.get("runs", {}).items() if n in NETWORKS or n.endswith("_finetune")}
+    if done.get("finetune"):
+        records["finetune/source_full"] = done["finetune"]["source_training"].get("cuda_graph")
+    return records
+
+
+def graph_line(records: dict) -> str:
+    """One report line: in how many runs the whole training step was a captured CUDA graph, and why not elsewhere."""
+    from lowrank_vision.core.train import describe_graph_records
+
+    return describe_graph_records(records)
 
 
 def _table(result: dict) -> list[str]:
@@ -243,6 +267,7 @@ def stage_report(args, done: dict) -> str:
     lines = ["# HSI classification: LoLA-SpecViT with LoRA vs classic baselines (issue 15)", "",
              f"*Written by `{' '.join(['python3', 'bench/hsi_gpu.py', *sys.argv[1:]])}` from the JSON it measured "
              f"(device `{args.device}`); raw JSON and class maps in [`hsi/`](hsi/). Do not edit by hand.*", "",
+             graph_line(graph_records(done)), "",
              "## Data and protocols", "",
              "* Scene: the synthetic default (`make_synthetic_scene()`, seed 0): 145 × 145 pixels, 200 bands "
              "(400–2500 nm), 16 classes with long-tailed sizes (three of them 20–60-pixel blobs), spectrally similar "
@@ -341,6 +366,7 @@ def main(argv=None) -> None:
     ap.add_argument("--candidates", nargs="*", choices=list(CANDIDATES), help="phase-2 candidates to try (default: all)")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--smoke", action="store_true", help="a 40x40x24 scene and 6 steps: checks the script, not the method")
+    ap.add_argument("--eager", action="store_true", help="no whole-step CUDA graphs (the recipes ask for them on a GPU)")
     ap.add_argument("--only", nargs="+", choices=STAGES, default=list(STAGES))
     args = ap.parse_args(argv)
     import torch

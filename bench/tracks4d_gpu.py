@@ -30,6 +30,15 @@ val AbsRel jump 0.27 -> 0.91 -> 0.37 in its training); test scenes are only used
 every test scene in its own worker process side by side. The model is saved in float16 (< 3 MB) with a
 ``default_weights/`` folder (weights + JSON record + card written here) that can replace the shipped CPU
 weights (``plugins/tracks4d/weights/``) when the report recommends it.
+
+Whole-step CUDA graphs: the encoder's training runs (calibration, lr search, training) ask for them as the recipe's
+``TrainRunConfig().train`` does, so on a GPU each step is one captured graph replayed (``--eager`` turns that off). The
+per-scene fine-tuning loops (the variant search here, and ``eval``'s test-time fine-tuning through
+``commands.evaluate_scenes``) stay eager while ``recipes.SCENE_LOOP_CUDA_GRAPH`` is off (their captured step has not yet
+passed its GPU test); they record that. Each run's ``cuda_graph`` record is kept in ``lr_search.json``,
+``train.json`` and ``finetune_search.json`` (a run stopped by its hard deadline has none: ``fit`` raised before returning
+it), gathered in ``report.json`` (``cuda_graph``), and the report says in one line whether the numbers came from captured
+steps.
 """
 
 from __future__ import annotations
@@ -49,7 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lowrank_vision.core.files import write_json  # noqa: E402
-from lowrank_vision.core.train import TrainConfig  # noqa: E402
+from lowrank_vision.core.train import TrainConfig, describe_graph_records  # noqa: E402
 from lowrank_vision.datasets.tracks import SceneConfig, split_seeds  # noqa: E402
 from lowrank_vision.plugins.tracks4d.config import BaselineConfig, FinetuneConfig, ModelConfig, TrainRunConfig  # noqa: E402
 
@@ -78,11 +87,17 @@ class Sizes:
     baseline: BaselineConfig
     mixed_precision: str
     finetune_val_scenes: int = 4  # val scenes on which the fine-tuning variants are compared
+    cuda_graph: bool = True  # whole-step CUDA graphs for the encoder's training and the fine-tuning search (off: --eager)
 
 
-def sizes(smoke: bool, device: str, mixed_precision: str | None = None, model_size: str = "large") -> Sizes:
+def sizes(smoke: bool, device: str, mixed_precision: str | None = None, model_size: str = "large", eager: bool = False) -> Sizes:
     """``model_size``: "large" (1.2 M parameters, width 128, 3 blocks, K = 12) or "default" (``ModelConfig()``, 41 k,
-    the shipped encoder's size; the one that kept depth ordered right in CPU val runs, see the module docstring)."""
+    the shipped encoder's size; the one that kept depth ordered right in CPU val runs, see the module docstring).
+    Whole-step CUDA graphs as the recipe's ``TrainRunConfig().train`` asks, unless ``eager``."""
+    return replace(_sizes(smoke, device, mixed_precision, model_size), cuda_graph=TrainRunConfig().train.cuda_graph and not eager)
+
+
+def _sizes(smoke: bool, device: str, mixed_precision: str | None, model_size: str) -> Sizes:
     mp = mixed_precision or ("bf16" if device.startswith("cuda") else "no")
     if smoke:
         return Sizes(ModelConfig(width=16, depth=1, heads=2, mlp_ratio=2, octaves=4, num_basis=4, conv_kernel=5),
@@ -184,7 +199,8 @@ def _read_pool(out: Path, device: str) -> dict:
 def _run_config(s: Sizes, lr: float, steps: int) -> TrainRunConfig:
     log_every = max(1, steps // 60)
     train = TrainConfig(max_steps=max(steps, 2), lr=lr, warmup_steps=min(100, max(1, steps // 10)), log_every=log_every,
-                        eval_every=10 * log_every, progress=False, mixed_precision=s.mixed_precision, weight_decay=0.01)
+                        eval_every=10 * log_every, progress=False, mixed_precision=s.mixed_precision, weight_decay=0.01,
+                        cuda_graph=s.cuda_graph)
     return TrainRunConfig(model=s.model, scene=s.scene, train=train, train_scenes=s.batch, val_scenes=min(8, s.val_scenes),
                           batch_size=s.batch, rigid_warmup_steps=int(0.3 * steps))
 
@@ -227,9 +243,10 @@ def val_rank(val: dict | None) -> tuple:
 def timed_training(s: Sizes, lr: float, steps: int, hard_deadline: float, clock: Clock, pool: dict, device: str,
                    scorer: ValScorer | None = None) -> dict:
     """Train ``steps`` steps; keep the weights ranked best by :func:`val_rank` (checked 20 times; early stopping on
-    val). A hard deadline stops the run (reported); a non-finite loss falls back to the best weights seen."""
+    val). A hard deadline stops the run (reported); a non-finite loss falls back to the best weights seen. ``cuda_graph``:
+    the trainer's whole-step graph record (``None`` for a stopped run: ``fit`` raised before returning it)."""
     from lowrank_vision.plugins.tracks4d.model import TracksTo4DNet
-    from lowrank_vision.plugins.tracks4d.recipes import train_model
+    from lowrank_vision.plugins.tracks4d.recipes import fit_encoder
 
     cfg = _run_config(s, lr, steps)
     check = max(1, steps // 20)  # 20 checks: the first GPU run went from its best check to AbsRel 1.7 within 2 checks
@@ -248,9 +265,10 @@ def timed_training(s: Sizes, lr: float, steps: int, hard_deadline: float, clock:
         if clock.now() > hard_deadline and step < steps:
             raise _OutOfTime(step)
 
-    start, stop, history = time.time(), "finished", []
+    start, stop, history, graph = time.time(), "finished", [], None
     try:
-        model, history = train_model(cfg, device=device, callbacks=[watch], pool=pool, pool_points=s.scene.points)
+        result = fit_encoder(cfg, device=device, callbacks=[watch], pool=pool, pool_points=s.scene.points)
+        model, history, graph = result.model, result.history, result.cuda_graph
     except (_OutOfTime, FloatingPointError) as exc:
         stop = "hard deadline" if isinstance(exc, _OutOfTime) else f"non-finite loss ({exc})"
         model = None
@@ -269,7 +287,7 @@ def timed_training(s: Sizes, lr: float, steps: int, hard_deadline: float, clock:
     t = np.diff(live["times"][len(live["times"]) // 5:])
     return {"lr": lr, "planned_steps": steps, "steps": live["step"], "stop": stop, "model": model, "history": history,
             "seconds": seconds, "step_time": float(np.median(t)) if len(t) else None, "samples": live["step"] * s.batch,
-            "best_step": live["best_step"], "val": live["best_val"], "val_checks": live["checks"]}
+            "best_step": live["best_step"], "val": live["best_val"], "val_checks": live["checks"], "cuda_graph": graph}
 
 
 def calibrate(s: Sizes, pool: dict, device: str, clock: Clock, scorer: ValScorer) -> dict:
@@ -283,7 +301,8 @@ def calibrate(s: Sizes, pool: dict, device: str, clock: Clock, scorer: ValScorer
     second = timed_training(s, s.lrs[0], 10, clock.usable, clock, pool, device, scorer)
     step_time = r["step_time"] or second["step_time"] or 1.0
     overhead = max(0.5, second["seconds"] - 10 * step_time)
-    return {"step_time": step_time, "overhead": overhead, "first_run_seconds": r["seconds"], "seconds": time.time() - start}
+    return {"step_time": step_time, "overhead": overhead, "first_run_seconds": r["seconds"], "seconds": time.time() - start,
+            "cuda_graph": r["cuda_graph"]}
 
 
 def plan_steps(seconds: float, cal: dict) -> int:
@@ -302,7 +321,7 @@ def stage_lr_search(out: Path, s: Sizes, clock: Clock, device: str) -> dict:
         r = timed_training(s, lr, steps, clock.deadline("lr_search") + 0.04 * clock.usable, clock, pool, device, scorer)
         rows.append({"lr": lr, "steps": r["steps"], "planned_steps": r["planned_steps"], "stop": r["stop"], "train_seconds": r["seconds"],
                      "step_time": r["step_time"], "best_step": r["best_step"], "val_checks": r["val_checks"],
-                     "final_train_loss": r["history"][-1]["loss"] if r["history"] else None,
+                     "final_train_loss": r["history"][-1]["loss"] if r["history"] else None, "cuda_graph": r["cuda_graph"],
                      "val": r["val"] or {"depth_abs_rel": float("inf")}})
     best = min(rows, key=lambda r: val_rank(r["val"]))
     times = [r["step_time"] for r in rows if r["step_time"]]
@@ -332,7 +351,8 @@ def stage_train(out: Path, s: Sizes, clock: Clock, device: str, command: str) ->
     data = json.loads((out / "data.json").read_text())
     meta = {"command": command, "lr": lr, "steps": r["steps"], "batch": s.batch, "pool_scenes": data["scenes"]}
     save_weights(out / "encoder_fp16.safetensors", r["model"], meta, dtype=torch.float16)
-    res = {k: r[k] for k in ("lr", "planned_steps", "steps", "stop", "seconds", "step_time", "samples", "best_step", "val_checks")}
+    res = {k: r[k] for k in ("lr", "planned_steps", "steps", "stop", "seconds", "step_time", "samples", "best_step", "val_checks",
+                             "cuda_graph")}
     res |= {"lr_from_search": (out / "lr_search.json").is_file(), "batch": s.batch, "mixed_precision": "float32" if s.mixed_precision == "no" else s.mixed_precision, "model_config": asdict(s.model),
             "parameters": sum(p.numel() for p in r["model"].parameters()), "val": val, "history": r["history"],
             "weights_bytes": (out / "encoder_fp16.safetensors").stat().st_size, "pool_scenes": data["scenes"]}
@@ -394,15 +414,16 @@ def _finetune_val(job: tuple) -> dict:
     from lowrank_vision.plugins.tracks4d import metrics, recipes
     from lowrank_vision.plugins.tracks4d.weights import load_weights
 
-    out, seed, scene, name, cfg, device = job
+    out, seed, scene, name, cfg, device, cuda_graph = job
     torch.set_num_threads(1)
     model, _ = load_weights(out / "encoder_fp16.safetensors", device)
     ts = make_scene(seed, scene).to_trackset()
     batch = recipes.prepare([ts], device)
     ff = metrics.score(recipes.reconstruct(recipes.forward_timed(model, batch)[0], batch), ts)
-    res, _ = recipes.finetune(model, batch, cfg)
+    graph: dict = {}
+    res, _ = recipes.finetune(model, batch, cfg, cuda_graph=cuda_graph and recipes.SCENE_LOOP_CUDA_GRAPH, record=graph)
     return {"variant": name, "seed": seed, "feedforward_depth_abs_rel": ff["depth_abs_rel"], "feedforward_ate": ff["ate"],
-            "feedforward_reprojection_px": ff["reprojection_px"]} | metrics.score(recipes.reconstruct(res, batch), ts)
+            "feedforward_reprojection_px": ff["reprojection_px"], "cuda_graph": graph} | metrics.score(recipes.reconstruct(res, batch), ts)
 
 
 def _pool_results(pool, func, jobs: list, deadline: float, clock: Clock) -> list:
@@ -429,7 +450,7 @@ def finetune_search(out: Path, s: Sizes, clock: Clock, device: str, pool) -> Fin
     if f.is_file():
         return cands[json.loads(f.read_text())["chosen"]]
     seeds = split_seeds("val", s.finetune_val_scenes)
-    jobs = [(out, seed, s.scene, name, cfg, device) for seed in seeds for name, cfg in cands.items()]
+    jobs = [(out, seed, s.scene, name, cfg, device, s.cuda_graph) for seed in seeds for name, cfg in cands.items()]
     start = time.time()
     window = clock.deadline("eval") - clock.now()
     rows = _pool_results(pool, _finetune_val, jobs, clock.now() + 0.3 * window, clock)
@@ -682,6 +703,7 @@ def stage_report(out: Path, s: Sizes, device: str, command: str, results_md: Pat
         report["figures"].append(prev)
     report["default_weights"] = default_weights(out, report, s, command)
     report["scene_points"] = s.scene.points
+    report["cuda_graph"] = graph_records(report)
     write_json(out / "report.json", report)
     if report.get("train") or report["dynamic"]:
         write_json(docs / "report.json", report)
@@ -696,6 +718,23 @@ _HEAD = ("| method | AbsRel all | AbsRel static | AbsRel dynamic | δ<1.25 | dep
 _NAMES = {"feedforward": "feed-forward (GPU encoder)", "finetune": "+ test-time fine-tuning", "baseline": "per-scene optimisation",
           "feedforward_cpu_weights": "feed-forward (shipped CPU encoder)",
           "constant_depth": "constant depth (reference: no reconstruction)"}
+
+
+def graph_records(report: dict) -> dict:
+    """``{run: cuda_graph record or None}`` of the encoder's training runs and the fine-tuning search loops in the report's
+    JSON (``None``: stopped by a hard deadline, so ``fit`` returned no record, or written before the bench kept it)."""
+    search = report.get("lr_search") or {}
+    records = {"calibration": search["calibration"]["cuda_graph"]} if "cuda_graph" in search.get("calibration", {}) else {}
+    records |= {f"lr {c['lr']:g}": c.get("cuda_graph") for c in search.get("candidates", [])}
+    if report.get("train"):
+        records["train"] = report["train"].get("cuda_graph")
+    records |= {f"fine-tuning {r['variant']} (val {r['seed']})": r.get("cuda_graph") for r in (report.get("finetune_search") or {}).get("rows", [])}
+    return records
+
+
+def graph_line(records: dict) -> str:
+    """One report line: in how many runs the whole training step was a captured CUDA graph, and why not elsewhere."""
+    return describe_graph_records(records, 'stopped by a hard deadline or run before the bench kept it')
 
 
 def _row(name: str, m: dict) -> str:
@@ -737,6 +776,7 @@ def _gpu_section(r: dict, rel: str) -> str:
         else:
             parts.append(f"| {st} | – | – | – | {v} |\n")
     parts.append(f"\nEverything before the report took {total:.0f} s.\n")
+    parts.append("\n" + graph_line(r.get("cuda_graph") or graph_records(r)) + "\n")
     if "train" in r:
         t, d = r["train"], r.get("data", {})
         srch = r.get("lr_search", {})
@@ -893,6 +933,7 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-workers", type=int, default=12, help="test-scene worker processes (one CPU core and a CUDA context each)")
     ap.add_argument("--exclusive", action="store_true", help="the GPU is not shared with another job (said in the report)")
     ap.add_argument("--model-size", choices=["large", "default"], default="large", help="encoder size (see sizes())")
+    ap.add_argument("--eager", action="store_true", help="no whole-step CUDA graphs (the recipe's TrainRunConfig asks for them)")
     ap.add_argument("--results-md", default=None, help="results page (default docs/results/tracks4d.md; with --smoke OUT/tracks4d.md)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -902,7 +943,7 @@ def main(argv=None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results_md = Path(args.results_md) if args.results_md else (out / "tracks4d.md" if args.smoke else RESULTS_MD)
-    s = sizes(args.smoke, args.device, args.mixed_precision, args.model_size)
+    s = sizes(args.smoke, args.device, args.mixed_precision, args.model_size, args.eager)
     clock = Clock(args.budget_s)
     workers = args.workers or max(1, min(8, (os.cpu_count() or 2) // 2))
     command = "python3 bench/tracks4d_gpu.py " + " ".join(sys.argv[1:] if argv is None else argv)

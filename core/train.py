@@ -65,7 +65,7 @@ from torch import nn
 from .files import append_text, replace_dir, write_json, write_text
 from .validate import require
 
-__all__ = ["TrainConfig", "TrainResult", "WholeStepGraph", "fit", "latest_checkpoint", "read_metrics"]
+__all__ = ["TrainConfig", "TrainResult", "WholeStepGraph", "describe_graph_records", "fit", "latest_checkpoint", "read_metrics"]
 
 _CKPT_PREFIX = "step_"
 
@@ -363,6 +363,40 @@ def batch_signature(batch: Any) -> tuple:
     return (str(spec),) + tuple(
         (tuple(x.shape), str(x.dtype), str(x.device)) if isinstance(x, torch.Tensor) else ("value", repr(x)) for x in leaves
     )
+
+
+def _runs(names: list) -> str:
+    """``"2 runs (a, b)"``: a count and the first names."""
+    return f"{len(names)} run{'s' if len(names) != 1 else ''} ({', '.join(names[:4])}{', ...' if len(names) > 4 else ''})"
+
+
+def describe_graph_records(records: dict, missing_why: str = "") -> str:
+    """One report line from several runs' ``TrainResult.cuda_graph`` records (``{run name: record or None}``): in how
+    many runs that asked for whole-step graphs the step was captured, the replayed and eager steps, each fallback reason
+    with its runs, fused builds, and the runs with no record (``None``; ``missing_why`` says why, e.g. a deadline)."""
+    if not records:
+        return "Whole-step CUDA graphs: no training run recorded."
+    missing = sorted(n for n, r in records.items() if r is None)
+    known = {n: r for n, r in records.items() if r is not None}
+    asked = {n: r for n, r in known.items() if r.get("requested")}
+    parts = []
+    if known and not asked:
+        parts.append(f"off (`--eager`) in all {len(known)} recorded runs")
+    if asked:
+        captured = [n for n, r in asked.items() if r.get("captured")]
+        replays, eager = sum(r.get("graph_steps", 0) for r in asked.values()), sum(r.get("eager_steps", 0) for r in asked.values())
+        parts.append(f"captured in {len(captured)} of {len(asked)} runs that asked for them ({replays:,} replayed steps, {eager:,} eager)")
+        reasons: dict = {}
+        for n, r in asked.items():
+            if r.get("fallback_reason"):
+                reasons.setdefault(r["fallback_reason"], []).append(n)
+        parts += [f"fallback \"{reason}\" in {_runs(names)}" for reason, names in reasons.items()]
+        fused = {n: len(r["fused_builds"]) for n, r in asked.items() if r.get("fused_builds")}
+        if fused:
+            parts.append("fused weight builds in " + ", ".join(f"{n} ({k} layers)" for n, k in fused.items()))
+    if missing:
+        parts.append(f"no record for {_runs(missing)}" + (f", {missing_why}" if missing_why else ""))
+    return "**Whole-step CUDA graphs:** " + "; ".join(parts) + "."
 
 
 def _release_cuda_rng_from_capture(state: torch.Tensor) -> None:

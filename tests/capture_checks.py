@@ -35,3 +35,37 @@ class HostTraffic(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.count += func in HOST_TRAFFIC_OPS or (func in MASK_INDEX_OPS and _bool_index(args))
         return func(*args, **(kwargs or {}))
+
+
+class FakeGraph:
+    """Stands for ``torch.cuda.CUDAGraph`` on a CPU (:func:`fake_cuda_graphs`): the body under ``torch.cuda.graph`` runs
+    once at capture, as eager code (a real capture only records it); ``replays`` counts the replays."""
+
+    replays = 0
+
+    def replay(self):
+        FakeGraph.replays += 1
+
+
+class _FakeStream:
+    def wait_stream(self, other):
+        pass
+
+
+def fake_cuda_graphs(monkeypatch) -> list:
+    """Replace the CUDA stream / graph / RNG calls a graph runner makes with CPU stand-ins (:class:`FakeGraph`), so its
+    control flow (warm-up, capture, replay, fallback) runs on a CPU. Returns the list that receives each RNG state given to
+    ``core.train._release_cuda_rng_from_capture`` (called after a failed capture)."""
+    import contextlib
+
+    FakeGraph.replays = 0
+    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
+    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
+    monkeypatch.setattr(torch.cuda, "CUDAGraph", FakeGraph)
+    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
+    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a, **k: torch.tensor([7], dtype=torch.uint8))
+    released: list = []
+    monkeypatch.setattr("lowrank_vision.core.train._release_cuda_rng_from_capture", released.append)
+    return released

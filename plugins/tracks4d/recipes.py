@@ -12,7 +12,9 @@ Training uses :func:`lowrank_vision.core.train.fit` (AdamW, warm-up + cosine; on
 captured CUDA graph: the loss reads nothing back to the host, and the rigid / rotation-only stages are device flags
 refilled between steps, see :func:`fit_encoder`). The baseline optimises the
 same motion model's parameters directly for one scene (:class:`~.model.SceneParameters`), and keeps the
-iterate with the lowest loss, as test-time fine-tuning does.
+iterate with the lowest loss, as test-time fine-tuning does; both loops keep that iterate on the device (no host read
+per step) and can replay their step as one captured CUDA graph on a GPU (:func:`_optimise`; off by default, see
+:data:`SCENE_LOOP_CUDA_GRAPH`).
 
 Rotation-first rigid stage (``rotation_only``, a choice of ours against the depth reversal, off by default).
 From the symmetric start (identity cameras, every track at one depth) a camera translation and a camera rotation
@@ -34,6 +36,7 @@ from __future__ import annotations
 
 import copy
 import time
+import warnings
 from dataclasses import replace
 from typing import Callable, Optional, Sequence
 
@@ -42,6 +45,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lowrank_vision.core import train as core_train
 from lowrank_vision.core.train import TrainResult, fit
 from lowrank_vision.datasets.tracks import SceneConfig, TrackSet, make_scene, split_seeds
 
@@ -262,52 +266,204 @@ def forward_timed(model: nn.Module, batch: dict) -> tuple[dict, float]:
     return out, time.perf_counter() - start
 
 
+class _LowestLossStep:
+    """One Adam step of :func:`_optimise` with no host read: the loss, the lowest loss so far and that iterate's outputs
+    stay on the device (a 0-d best loss, output buffers refilled in place through ``torch.where``), and the stage is
+    read from 0-d bool flags (:meth:`set_stage`, refilled between steps), so the same step can be replayed as a CUDA graph.
+
+    ``best_out`` and ``last_loss`` are allocated at the first call (shapes and dtype of the first outputs)."""
+
+    def __init__(self, module: nn.Module, params: list, batch: dict, optimizer: torch.optim.Optimizer, loss_cfg: LossConfig):
+        self.module, self.params, self.batch, self.optimizer, self.loss_cfg = module, params, batch, optimizer, loss_cfg
+        device = batch["tracks"].device
+        self.rigid = torch.zeros((), dtype=torch.bool, device=device)
+        self.rotation_only = torch.zeros((), dtype=torch.bool, device=device)
+        self.best_loss: Optional[torch.Tensor] = None
+        self.best_out: Optional[dict] = None
+        self.last_loss: Optional[torch.Tensor] = None
+
+    def set_stage(self, rigid: bool, rotation_only: bool) -> None:
+        """The next steps' stage (device fills, no host read)."""
+        self.rigid.fill_(rigid)
+        self.rotation_only.fill_(rotation_only)
+
+    def keep_if_lower(self, value: torch.Tensor, out: dict, better: torch.Tensor) -> None:
+        """Copy ``value`` and ``out`` into the best buffers where ``better`` (a 0-d bool tensor) holds."""
+        self.best_loss.copy_(torch.where(better, value, self.best_loss))
+        for k, buf in self.best_out.items():
+            buf.copy_(torch.where(better, out[k].detach(), buf))
+
+    def _allocate(self, value: torch.Tensor, out: dict) -> None:
+        self.best_loss = torch.full((), float("inf"), dtype=value.dtype, device=value.device)
+        self.best_out = {k: torch.zeros_like(v) for k, v in out.items()}
+        self.last_loss = torch.zeros_like(value)
+
+    def __call__(self) -> None:
+        out = _forward(self.module, self.batch)
+        loss, _ = loss_terms(out, self.batch, self.loss_cfg, rigid=self.rigid, rotation_only=self.rotation_only)
+        value = loss.detach()
+        if self.best_out is None:
+            self._allocate(value, out)
+        self.keep_if_lower(value, out, ~self.rigid & (value < self.best_loss))  # rigid steps are not scored
+        self.last_loss.copy_(value)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.params, 1.0)
+        self.optimizer.step()
+
+
+_GRAPH_WARNED: set = set()
+"""Fallback reasons already warned about in this process (a per-scene loop runs once per scene and start)."""
+
+
+class _GraphedStep:
+    """Runs ``step`` (no arguments, no host read) eagerly or, when ``requested`` and no ``reason`` stands against it, as
+    :class:`~lowrank_vision.core.train.WholeStepGraph` does: eager warm-up steps on a side stream, one ``torch.cuda.graph``
+    capture, then replays; a capture that raises leaves the loop eager with one warning per reason. ``record`` has the
+    trainer's ``cuda_graph`` keys (no ``fused_builds``: the loops switch no layer's build)."""
+
+    def __init__(self, step: Callable[[], None], optimizer: torch.optim.Optimizer, requested: bool, reason: Optional[str]):
+        self.step, self.optimizer = step, optimizer
+        self.use_graph = requested and reason is None
+        self.warmup_left = core_train._GRAPH_WARMUP
+        self.graph = None
+        self.record = {"requested": requested, "captured": False, "graph_steps": 0, "eager_steps": 0,
+                       "fallback_reason": reason if requested else None}
+
+    def __call__(self) -> None:
+        if self.graph is not None:
+            self.graph.replay()
+            self.record["graph_steps"] += 1
+        elif not self.use_graph:
+            self._eager()
+        elif self.warmup_left > 0:
+            self.warmup_left -= 1
+            side, main = torch.cuda.Stream(), torch.cuda.current_stream()
+            side.wait_stream(main)
+            with torch.cuda.stream(side):
+                self._eager()
+            main.wait_stream(side)
+        else:
+            self._capture_and_replay()
+
+    def _eager(self) -> None:
+        self.step()
+        self.record["eager_steps"] += 1
+
+    def _capture_and_replay(self) -> None:
+        rng = torch.cuda.get_rng_state()
+        self.optimizer.zero_grad(set_to_none=True)  # backward allocates the gradients inside the graph's pool
+        torch.cuda.synchronize()
+        try:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                self.step()
+        except Exception as exc:  # an op that cannot be captured: eager for the rest of the loop
+            self.optimizer.zero_grad(set_to_none=True)
+            torch.cuda.synchronize()
+            core_train._release_cuda_rng_from_capture(rng)
+            self._give_up(f"capture failed: {type(exc).__name__}: {str(exc)[:300]}")
+            self._eager()
+            return
+        self.graph = graph
+        self.record["captured"] = True
+        self.graph.replay()  # the capture only recorded the step
+        self.record["graph_steps"] += 1
+
+    def _give_up(self, reason: str) -> None:
+        self.use_graph = False
+        self.record["fallback_reason"] = reason
+        if reason not in _GRAPH_WARNED:
+            _GRAPH_WARNED.add(reason)
+            warnings.warn(f"per-scene CUDA graph off, the loop goes on eager: {reason}", RuntimeWarning, stacklevel=3)
+
+    def finish(self) -> dict:
+        """Drop the graph and its gradients; the record, with a reason when the loop ended before the capture."""
+        if self.record["requested"] and not self.record["captured"] and self.record["fallback_reason"] is None:
+            self.record["fallback_reason"] = f"{self.record['eager_steps']} steps: the loop ended within the eager warm-up"
+        self.graph = None
+        self.optimizer.zero_grad(set_to_none=True)
+        return self.record
+
+
+SCENE_LOOP_CUDA_GRAPH = False
+"""Default of ``cuda_graph`` in :func:`finetune` and :func:`optimise_scene`. The captured per-scene step is built and
+tested on a CPU (its control flow with the CUDA calls faked; the step reads nothing back), but the one GPU run of its
+comparison with the eager loop (H200, 2026-12-03, an intermediate version of this code) failed in all three cases and was
+not diagnosed (no device time left): capturable Adam rounds differently, which may or may not explain it. Off until a
+GPU run of ``tests/plugins/tracks4d/test_tracks4d_scene_loop.py -m gpu`` passes; the device-side loop itself is on."""
+
+
+def _graph_reason(device: torch.device) -> Optional[str]:
+    """Why the per-scene loop on ``device`` cannot be captured (``None``: it can)."""
+    return None if device.type == "cuda" else f"device is {device.type}: CUDA graphs need a CUDA device"
+
+
 def _optimise(module: nn.Module, params, batch: dict, steps: int, lr: float, loss_cfg: LossConfig,
-              rigid_steps: int = 0, rotation_steps: int = 0) -> tuple[dict, list[float]]:
+              rigid_steps: int = 0, rotation_steps: int = 0, cuda_graph: bool = SCENE_LOOP_CUDA_GRAPH,
+              record: Optional[dict] = None) -> tuple[dict, list[float]]:
     """Adam on ``params`` for ``steps``; returns the outputs of the lowest-loss iterate and the loss curve.
 
     The first ``rigid_steps`` fit the static basis alone with a plain L1 reprojection (the cameras explain
     what a rigid scene can explain before the motion basis is fitted); the best iterate is picked after them.
     The first ``rotation_steps`` of those keep the cameras' translation at zero (see the module docstring).
+    The step reads nothing back (:class:`_LowestLossStep`); the curve is read once, at the end. On a CUDA device with
+    ``cuda_graph`` the step is captured once and replayed (the batch is the same every step; eager fallback with a
+    warning); ``record`` (a dict) receives the trainer-style ``cuda_graph`` record.
     """
-    opt = torch.optim.Adam(params, lr=lr)
-    best, best_out, curve = float("inf"), None, []
+    device = batch["tracks"].device
+    reason = _graph_reason(device)
+    graphed = cuda_graph and reason is None
+    opt = torch.optim.Adam(params, lr=lr, capturable=True) if graphed else torch.optim.Adam(params, lr=lr)
+    step_fn = _LowestLossStep(module, params, batch, opt, loss_cfg)
+    runner = _GraphedStep(step_fn, opt, cuda_graph, reason)
+    curve = None  # the scored steps' losses, on the device
+    stage = None
     for step in range(steps):
-        out = _forward(module, batch)
-        if step < rigid_steps:
-            loss, _ = loss_terms(out, batch, loss_cfg, rigid=True, rotation_only=step < rotation_steps)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(params, 1.0)
-            opt.step()
-            continue
-        loss, _ = loss_terms(out, batch, loss_cfg)
-        value = float(loss.detach())
-        curve.append(value)
-        if value < best:
-            best, best_out = value, {k: v.detach() for k, v in out.items()}
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
+        rigid = step < rigid_steps
+        if (rigid, rigid and step < rotation_steps) != stage:  # refilled when the stage changes, outside the step
+            stage = (rigid, rigid and step < rotation_steps)
+            step_fn.set_stage(*stage)
+        runner()
+        if not rigid:
+            if curve is None:
+                curve = step_fn.last_loss.new_empty(steps - rigid_steps)
+            curve[step - rigid_steps].copy_(step_fn.last_loss)
+    graph_record = runner.finish()
+    if record is not None:
+        record.update(graph_record)
     with torch.no_grad():
         out = _forward(module, batch)
         loss, _ = loss_terms(out, batch, loss_cfg)
-    curve.append(float(loss))
-    if best_out is None or float(loss) < best:
-        best_out = {k: v.detach() for k, v in out.items()}
-    return best_out, curve
+        if step_fn.best_out is None:  # no step at all
+            return {k: v.detach() for k, v in out.items()}, [float(loss)]
+        take = torch.isposinf(step_fn.best_loss) | (loss < step_fn.best_loss)  # nothing scored below inf yet, or lower
+        step_fn.keep_if_lower(loss, out, take)
+    losses = loss.reshape(1) if curve is None else torch.cat([curve, loss.reshape(1)])
+    return step_fn.best_out, losses.tolist()
 
 
-def finetune(model: TracksTo4DNet, batch: dict, config: FinetuneConfig, loss_cfg: LossConfig = LossConfig()) -> tuple[dict, list[float]]:
-    """Test-time fine-tuning on one batch (a copy of ``model``; 'lora' wraps its MLP layers with core LoRA)."""
+def _merged_record(records: Sequence[dict]) -> dict:
+    """One ``cuda_graph`` record for several loops: captured when every loop was, summed steps, the first fallback reason."""
+    return {"requested": any(r["requested"] for r in records), "captured": all(r["captured"] for r in records),
+            "graph_steps": sum(r["graph_steps"] for r in records), "eager_steps": sum(r["eager_steps"] for r in records),
+            "fallback_reason": next((r["fallback_reason"] for r in records if r["fallback_reason"]), None), "loops": len(records)}
+
+
+def finetune(model: TracksTo4DNet, batch: dict, config: FinetuneConfig, loss_cfg: LossConfig = LossConfig(), *,
+             cuda_graph: bool = SCENE_LOOP_CUDA_GRAPH, record: Optional[dict] = None) -> tuple[dict, list[float]]:
+    """Test-time fine-tuning on one batch (a copy of ``model``; 'lora' wraps its MLP layers with core LoRA).
+
+    ``cuda_graph`` and ``record``: see :func:`_optimise` (with ``cuda_graph`` on a CUDA device the step is one captured
+    graph; default :data:`SCENE_LOOP_CUDA_GRAPH`)."""
     tuned = copy.deepcopy(model).train()
     if config.method == "lora":
         from lowrank_vision.core import apply
 
         apply(tuned, "lora", rank=config.rank, targets=["*.linear1", "*.linear2"], trainable=("frame_head.*", "point_head.*"))
     params = [p for p in tuned.parameters() if p.requires_grad]
-    return _optimise(tuned, params, batch, config.steps, config.lr, loss_cfg, rigid_steps=config.rigid_steps)
+    return _optimise(tuned, params, batch, config.steps, config.lr, loss_cfg, rigid_steps=config.rigid_steps, cuda_graph=cuda_graph,
+                     record=record)
 
 
 def _start_directions(count: int) -> list[tuple[float, float]]:
@@ -317,13 +473,15 @@ def _start_directions(count: int) -> list[tuple[float, float]]:
 
 
 def optimise_scene(batch: dict, config: BaselineConfig = BaselineConfig(), loss_cfg: LossConfig = LossConfig(),
-                   model_cfg: Optional[ModelConfig] = None) -> tuple[dict, list[float]]:
+                   model_cfg: Optional[ModelConfig] = None, *, cuda_graph: bool = SCENE_LOOP_CUDA_GRAPH,
+                   record: Optional[dict] = None) -> tuple[dict, list[float]]:
     """The baseline: optimise the motion model of one scene (batch of 1) from several camera starts.
 
     Gradient descent from identity cameras often lands in the mirrored (depth-reversed) solution of a
     sideways-moving camera, so the rigid stage runs from ``config.starts`` initial sweeps (the camera
     translating by ±``0.1 · init_depth`` across the clip along ±x, ±y, ...); the start with the lowest
-    rigid loss continues with the full loss.
+    rigid loss continues with the full loss. ``cuda_graph``: see :func:`_optimise`; ``record`` receives one
+    record for all the loops (:func:`_merged_record`).
     """
     if batch["tracks"].shape[0] != 1:
         raise ValueError(f"optimise_scene works on one scene at a time, got a batch of {batch['tracks'].shape[0]}")
@@ -331,19 +489,26 @@ def optimise_scene(batch: dict, config: BaselineConfig = BaselineConfig(), loss_
     _, T, N, _ = batch["tracks"].shape
     rigid = int(round(config.rigid_fraction * config.steps))
     ramp = torch.linspace(-0.5, 0.5, T) * 0.1
-    best, best_loss = None, float("inf")
+    best, best_loss, records = None, float("inf"), []
     for dx, dy in _start_directions(config.starts if rigid else 1):
         params = SceneParameters(T, N, cfg)
         with torch.no_grad():
             params.frame_raw[0, :, 6] = dx * ramp
             params.frame_raw[0, :, 7] = dy * ramp
         params = params.to(batch["tracks"].device)
-        _optimise(params, list(params.parameters()), batch, rigid, config.lr, loss_cfg, rigid_steps=rigid)
+        records.append({})
+        _optimise(params, list(params.parameters()), batch, rigid, config.lr, loss_cfg, rigid_steps=rigid, cuda_graph=cuda_graph,
+                  record=records[-1])
         with torch.no_grad():
             loss = float(loss_terms(_forward(params, batch), batch, loss_cfg, rigid=True)[0])
         if loss < best_loss:
             best, best_loss = params, loss
-    return _optimise(best, list(best.parameters()), batch, config.steps - rigid, config.lr, loss_cfg)
+    records.append({})
+    result = _optimise(best, list(best.parameters()), batch, config.steps - rigid, config.lr, loss_cfg, cuda_graph=cuda_graph,
+                       record=records[-1])
+    if record is not None:
+        record.update(_merged_record(records))
+    return result
 
 
 def reconstruct(out: dict, batch: dict, index: int = 0) -> dict:

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
 from lowrank_vision.core.train import TrainConfig, batch_signature, fit, graph_fallback_reason
+from ..capture_checks import FakeGraph, fake_cuda_graphs
 
 torch.set_num_threads(1)
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -162,34 +163,9 @@ def test_tensor_extra_metrics_are_captured_on_cuda():
 # ------------------------------------------------- the graph runner's control flow on CPU, with CUDA calls faked
 
 
-class _FakeStream:
-    def wait_stream(self, other):
-        pass
-
-
-class _FakeGraph:
-    """Stands for torch.cuda.CUDAGraph: the captured body runs once at capture (a real capture only records it)."""
-
-    replays = 0
-
-    def replay(self):
-        _FakeGraph.replays += 1
-
-
 @pytest.fixture
 def fake_cuda(monkeypatch):
-    import contextlib
-
-    _FakeGraph.replays = 0
-    monkeypatch.setattr(torch.cuda, "Stream", lambda *a, **k: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda *a, **k: _FakeStream())
-    monkeypatch.setattr(torch.cuda, "stream", lambda s: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "synchronize", lambda *a, **k: None)
-    monkeypatch.setattr(torch.cuda, "CUDAGraph", _FakeGraph)
-    monkeypatch.setattr(torch.cuda, "graph", lambda g: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "get_rng_state", lambda *a, **k: torch.tensor([7], dtype=torch.uint8))
-    released = []
-    monkeypatch.setattr("lowrank_vision.core.train._release_cuda_rng_from_capture", released.append)
+    released = fake_cuda_graphs(monkeypatch)
     return released
 
 
@@ -213,13 +189,13 @@ def test_graph_runner_warms_up_captures_replays_and_runs_odd_batches_eagerly(fak
     assert runner.record == {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 3, "fallback_reason": None,
                              "fused_builds": []}  # a CPU model: no layer switched
     runner.step(_batch())  # capture + first replay
-    assert runner.record["captured"] and runner.record["graph_steps"] == 1 and _FakeGraph.replays == 1
+    assert runner.record["captured"] and runner.record["graph_steps"] == 1 and FakeGraph.replays == 1
     static_grads = [p.grad for p in model.parameters()]
     assert all(g is not None for g in static_grads)  # the gradients the graph writes stay attached
     runner.step(_batch())
-    assert runner.record["graph_steps"] == 2 and _FakeGraph.replays == 2
+    assert runner.record["graph_steps"] == 2 and FakeGraph.replays == 2
     runner.step(_batch(5))  # another shape: eager, the captured gradients are put back afterwards
-    assert runner.record["eager_steps"] == 4 and _FakeGraph.replays == 2
+    assert runner.record["eager_steps"] == 4 and FakeGraph.replays == 2
     assert "batch shapes changed" in runner.record["fallback_reason"]
     assert all(p.grad is g for p, g in zip(model.parameters(), static_grads))
     runner.step(_batch())
@@ -291,7 +267,7 @@ def test_graph_runner_captures_tensor_extras_and_reads_them_after_each_replay(fa
         loss, extra = runner.step(_batch(n))
         assert set(extra) == {"abs_y"} and isinstance(extra["abs_y"], torch.Tensor)
     assert runner.record["captured"] is True and runner.record["fallback_reason"] is None
-    assert runner.record["eager_steps"] == 3 and runner.record["graph_steps"] == 3 and _FakeGraph.replays == 3
+    assert runner.record["eager_steps"] == 3 and runner.record["graph_steps"] == 3 and FakeGraph.replays == 3
     assert float(extra["abs_y"]) == pytest.approx(float(_batch(n)[1].abs().mean()))  # the captured body's value
     assert extra["abs_y"] is not runner.static_extra["abs_y"]  # a copy: the next replay cannot change it
 
