@@ -2,7 +2,7 @@
 
     make-scene [--width 64] [--views 40]                  generated scene: transforms.json + PNG splits
     train   [--data DIR] [--field hash|mlp|tensorf_vm|grid] [--steps N]
-    distill [--teacher CKPT] [--student tensorf_vm] [--steps N] [--active-learning | --teacher-cache N] [--coarse-every K]
+    distill [--teacher CKPT] [--student tensorf_vm] [--steps N] [--active-learning | --teacher-cache N] [--coarse-every K] [--data DIR]
     eval | render | export [--checkpoint CKPT]            PSNR/SSIM; orbit PNG frames + MP4 [--size PX]; PLY points [--mesh]
 Defaults: the generated scene (no --data), the shipped weights (no --teacher/--checkpoint)."""
 
@@ -16,14 +16,12 @@ from lowrank_vision.apps._cli import add_command, make_parser, print_json, run
 FIELDS = ["hash", "mlp", "tensorf_vm", "grid"]
 OPTIONS = (("train", "--field", dict(choices=FIELDS, default="hash")), ("distill", "--student", dict(choices=FIELDS, default="tensorf_vm")),
     ("distill", "--teacher", dict(help="teacher .safetensors (default: the shipped hash teacher)")),
-    ("distill", "--active-learning", dict(action="store_true", help="PVD-AL: hard rays and points")),
+    ("distill", "--active-learning", dict(action="store_true", help="PVD-AL: hard rays and points")), ("render", "--frames", dict(type=int, default=24)),
     ("distill", "--teacher-cache", dict(type=int, default=0, metavar="N", help="teacher renders N steps' rays at once, each used 4 times")),
-    ("distill", "--coarse-every", dict(type=int, default=1, metavar="K", help="student evaluated on the teacher's importance samples "
-                                       "and every K-th stratified one (1: all; 4 won on val on the GPU scene)")),
-    ("eval", "--data", dict(help="dataset folder; default: the generated scene")), ("render", "--frames", dict(type=int, default=24)),
+    ("distill", "--coarse-every", dict(type=int, default=1, metavar="K", help="student on the teacher's importance + every K-th stratified sample")),
+    ("eval", "--data", dict(help="dataset folder; default: the generated scene")), ("export", "--threshold", dict(type=float, default=5.0)),
     ("eval", "--split", dict(choices=["train", "val", "test"], default="test")), ("export", "--resolution", dict(type=int, default=96)),
-    ("render", "--size", dict(type=int, help="frame width, px")), ("export", "--threshold", dict(type=float, default=5.0)),
-    ("render", "--elevation", dict(type=float, help="degrees (default: mid training cameras)")),
+    ("render", "--size", dict(type=int, help="frame width, px")), ("render", "--elevation", dict(type=float, help="degrees (default: mid cameras)")),
     ("export", "--mesh", dict(action="store_true", help="iso-surface mesh (marching cubes) instead of points")))  # command, flag, kwargs
 
 def _ckpt(path):
