@@ -22,9 +22,9 @@ from the start of the process), each writing ``OUT/<stage>/result.json`` at once
    distillation on the six block outputs and the tail feature at full patch resolution, ``affinity_side`` = LR
    patch, lr 5e-4), ``continued`` (SPAN keeps training with the chosen teacher stage's recipe: training form, its
    loss, lr 2e-4) and ``full`` (every deployed parameter, L1, lr 2e-4). Each method's learning rate is chosen on the
-   *validation* photos among ``--ft-lr-factors`` (default x0.25, x1, x4) of those base rates, by one run per factor
-   of half the fine-tunes' steps with a seed none of the compared runs uses (:func:`choose_finetune_lrs`); with one
-   factor the base rates are used as stated.
+   *validation* photos among ``--ft-lr-factors`` (default x0.25, x1, x4) of those base rates, extended by the grid's
+   spacing past an edge that wins (twice at most), by one run per factor of half the fine-tunes' steps with a seed none
+   of the compared runs uses (:func:`choose_finetune_lrs`); with one factor the base rates are used as stated.
 4. ``report``: Y-PSNR / Y-SSIM on the evaluation photos (per source: Debian wallpapers, scikit-image /
    scikit-learn photos), bicubic, parameters, FLOPs, interleaved GPU runtimes, mean and spread over seeds;
    writes ``docs/results/sr_gpu.md``, ``docs/results/sr_gpu/report.json``, ``gains.png`` and the teacher / best
@@ -61,6 +61,7 @@ import math  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Optional  # noqa: E402
 
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
@@ -384,7 +385,7 @@ def stage_finetunes(args, out: Path, sampler, val, deadline: float) -> dict:
             training_step(model, loss_fn, opt, stepper, sampler.sample(args.batch, args.lr_patch, gen))
         _sync(args.device)
         step_s = (time.time() - t0) / 10
-        n_factors = len(set(args.ft_lr_factors)) if len(set(args.ft_lr_factors)) > 1 else 0
+        n_factors = len(set(args.ft_lr_factors)) + 1 if len(set(args.ft_lr_factors)) > 1 else 0  # + one extension a method
         share = (deadline - time.time()) / (len(runs) + 0.5 * n_factors * len(METHODS)) * 0.6  # the lr trials: half a run each
         # a run also keeps an EMA and scores val twice: on 2026-12-02 a
         # DSCLoRA run took twice an eager probe's estimate (at 0.85 it was cut short; at 0.45 the six runs used 45 s of
@@ -443,36 +444,56 @@ def best_lr(trials: list[dict]) -> dict:
     return max(trials, key=lambda t: (t["val_psnr"], -t["lr"]))
 
 
+LR_EXTENSIONS = 2
+"""How many times a method's lr grid is extended past an edge that wins on val (:func:`edge_factor`)."""
+
+
+def edge_factor(trials: list[dict], ratio: float) -> Optional[float]:
+    """The next lr factor when the best val trial (:func:`best_lr`) is the largest (smallest) factor tried: ``ratio`` x
+    it (it / ``ratio``); ``None`` when the best lies inside the factors tried."""
+    factors = sorted(t["factor"] for t in trials)
+    best = best_lr(trials)["factor"]
+    if len(factors) < 2 or factors[0] < best < factors[-1]:
+        return None
+    return best * ratio if best == factors[-1] else best / ratio
+
+
 def choose_finetune_lrs(args, out: Path, teacher, sampler, val, plan: dict, stage_deadline: float) -> dict:
-    """Each method's lr chosen on the val photos among ``args.ft_lr_factors`` x its base rate: one run of
-    :func:`trial_steps` per factor (seed :data:`LR_TRIAL_SEED`), EMA or raw weights as for the compared runs. Written to
-    ``finetunes/lr_choice.json`` (resumable per trial). Returns ``{method: {"lr", "trials"}}``."""
+    """Each method's lr chosen on the val photos among ``args.ft_lr_factors`` x its base rate, the grid extended by its
+    own spacing past an edge that wins (up to :data:`LR_EXTENSIONS` times): one run of :func:`trial_steps` per factor
+    (seed :data:`LR_TRIAL_SEED`), EMA or raw weights as for the compared runs. Written to ``finetunes/lr_choice.json``
+    (resumable per trial). Returns ``{method: {"lr", "trials"}}``."""
     stage_dir = out / "finetunes"
     path = stage_dir / "lr_choice.json"
     if path.is_file():
         return json.loads(path.read_text())
-    factors = sorted(set(args.ft_lr_factors))
-    trials = [(m, f) for m in METHODS for f in factors]
+    grid = sorted(set(args.ft_lr_factors))
+    ratio = grid[1] / grid[0]
     choice: dict = {}
-    for i, (method, factor) in enumerate(trials):
-        done = stage_dir / "lr_trials" / f"{method}_x{factor:g}" / "trial.json"
-        if done.is_file():
-            row = json.loads(done.read_text())
-        else:
-            model, loss_fn, base = _build(args, method, teacher, out)
-            after = (len(trials) - i - 1) * trial_steps(plan) + len(plan["runs"]) * plan["steps"]
-            result = train_run(done.parent, model, loss_fn, sampler, lr=base * factor, batch=args.batch, lr_patch=args.lr_patch,
-                               seed=LR_TRIAL_SEED, deadline=stage_deadline - after * plan["dsclora_step_s"], steps=trial_steps(plan),
-                               ckpt_s=args.ckpt_s)
-            fold = (lambda m: fold_dsclora(copy.deepcopy(m).cpu().eval())) if method == "dsclora" else _deployed
-            _, picked = _pick(result, val, args.scale, args.device, fold=fold)
-            row = {"method": method, "factor": factor, "lr": base * factor, "steps": result["steps"], "cut_short": result["cut_short"],
-                   "val_psnr": picked[f"val_psnr_{picked['chosen']}"], "weights": picked["chosen"]}
-            write_json(done, row)
-        print(f"  lr trial {method} x{factor:g} ({row['lr']:.2g}): val {row['val_psnr']:.4f} dB", flush=True)
-        choice.setdefault(method, {"trials": []})["trials"].append(row)
-    for method, c in choice.items():
-        c["lr"] = best_lr(c["trials"])["lr"]
+    for m_index, method in enumerate(METHODS):
+        rows, todo = [], list(grid)
+        while todo:
+            factor = todo.pop(0)
+            done = stage_dir / "lr_trials" / f"{method}_x{factor:g}" / "trial.json"
+            if done.is_file():
+                row = json.loads(done.read_text())
+            else:
+                model, loss_fn, base = _build(args, method, teacher, out)
+                after = (len(todo) + (len(METHODS) - m_index - 1) * len(grid)) * trial_steps(plan) + len(plan["runs"]) * plan["steps"]
+                result = train_run(done.parent, model, loss_fn, sampler, lr=base * factor, batch=args.batch, lr_patch=args.lr_patch,
+                                   seed=LR_TRIAL_SEED, deadline=stage_deadline - after * plan["dsclora_step_s"], steps=trial_steps(plan),
+                                   ckpt_s=args.ckpt_s)
+                fold = (lambda m: fold_dsclora(copy.deepcopy(m).cpu().eval())) if method == "dsclora" else _deployed
+                _, picked = _pick(result, val, args.scale, args.device, fold=fold)
+                row = {"method": method, "factor": factor, "lr": base * factor, "steps": result["steps"], "cut_short": result["cut_short"],
+                       "val_psnr": picked[f"val_psnr_{picked['chosen']}"], "weights": picked["chosen"]}
+                write_json(done, row)
+            print(f"  lr trial {method} x{factor:g} ({row['lr']:.2g}): val {row['val_psnr']:.4f} dB", flush=True)
+            rows.append(row)
+            if not todo and len(rows) < len(grid) + LR_EXTENSIONS:
+                nxt = edge_factor(rows, ratio)
+                todo = [nxt] if nxt is not None else []
+        choice[method] = {"trials": sorted(rows, key=lambda r: r["lr"]), "lr": best_lr(rows)["lr"]}
     write_json(path, choice)
     return choice
 

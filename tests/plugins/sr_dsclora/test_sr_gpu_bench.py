@@ -147,3 +147,15 @@ def test_finetune_lr_is_the_best_on_val(scores, expected):
     bench = load_bench_script("sr_gpu.py")
     assert bench.best_lr([{"lr": lr, "val_psnr": v} for lr, v in scores.items()])["lr"] == expected
     assert bench.trial_steps({"steps": 2001}) == 1000 and bench.trial_steps({"steps": 12}) == 10
+
+
+@pytest.mark.parametrize("scores, expected", [
+    ({0.25: 30.1, 1.0: 30.3, 4.0: 30.2}, None),     # inside: no extension
+    ({0.25: 30.1, 1.0: 30.2, 4.0: 30.4}, 16.0),     # the top wins (2026-12-03: continued and full): one step further
+    ({0.25: 30.4, 1.0: 30.2, 4.0: 30.1}, 0.0625),   # the bottom wins
+    ({0.25: 30.3, 1.0: 30.3, 4.0: 30.3}, 0.0625),   # flat (DSCLoRA's case): the tie goes to the smallest, so look lower
+])
+def test_lr_grid_goes_past_a_winning_edge(scores, expected):
+    bench = load_bench_script("sr_gpu.py")
+    trials = [{"factor": f, "lr": 1e-4 * f, "val_psnr": v} for f, v in scores.items()]
+    assert bench.edge_factor(trials, 4.0) == expected
