@@ -38,6 +38,8 @@ __all__ = [
     "measure_runtime",
     "cost_report",
     "compare_runtime",
+    "interleaved_runtimes",
+    "runtime_ratio",
 ]
 
 RECEPTIVE_RADIUS = 21
@@ -198,15 +200,16 @@ def measure_runtime(model: nn.Module, lr_size: tuple[int, int] = (128, 128), rep
     x = torch.rand(1, 3, *lr_size, device=device)
     model.eval()
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(warmup):
-        model(x)
-    sync()
     times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        model(x)
+    with torch.inference_mode():  # what deployment runs: no autograd bookkeeping in the time
+        for _ in range(warmup):
+            model(x)
         sync()
-        times.append((time.perf_counter() - t0) * 1000)
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            model(x)
+            sync()
+            times.append((time.perf_counter() - t0) * 1000)
     return statistics.median(times)
 
 
@@ -224,12 +227,24 @@ def cost_report(model: SPAN, lr_size: tuple[int, int] = (256, 256), runtime_size
 
 
 @torch.no_grad()
-def compare_runtime(models: dict, lr_size: tuple[int, int] = (128, 128), rounds: int = 5, repeats: int = 5) -> dict:
-    """Median forward time (ms) per model, measured in interleaved rounds so that load drift on a
-    shared machine hits every model alike."""
+def interleaved_runtimes(models: dict, lr_size: tuple[int, int] = (128, 128), rounds: int = 5, repeats: int = 5) -> dict:
+    """Each model's median forward time (ms) in each of ``rounds`` interleaved rounds (``{name: [ms per round]}``), so
+    that load drift on a shared machine hits every model alike; the order of the models alternates between rounds."""
     times: dict = {name: [] for name in models}
-    for _ in range(rounds):
-        for name, model in models.items():
-            times[name].append(measure_runtime(model, lr_size, repeats=repeats, warmup=1))
-    return {name: statistics.median(t) for name, t in times.items()}
+    names = list(models)
+    for r in range(rounds):
+        for name in names if r % 2 == 0 else names[::-1]:
+            times[name].append(measure_runtime(models[name], lr_size, repeats=repeats, warmup=1))
+    return times
+
+
+def compare_runtime(models: dict, lr_size: tuple[int, int] = (128, 128), rounds: int = 5, repeats: int = 5) -> dict:
+    """Median forward time (ms) per model over :func:`interleaved_runtimes`' rounds."""
+    return {name: statistics.median(t) for name, t in interleaved_runtimes(models, lr_size, rounds, repeats).items()}
+
+
+def runtime_ratio(times: dict, numerator: str, denominator: str) -> dict:
+    """Per-round ratio of two models' times from :func:`interleaved_runtimes`: median, min, max and the rounds."""
+    ratios = [a / b for a, b in zip(times[numerator], times[denominator])]
+    return {"median": statistics.median(ratios), "min": min(ratios), "max": max(ratios), "rounds": len(ratios)}
 
