@@ -390,8 +390,9 @@ SCENE_LOOP_CUDA_GRAPH = False
 """Default of ``cuda_graph`` in :func:`finetune` and :func:`optimise_scene`. The captured per-scene step is built and
 tested on a CPU (its control flow with the CUDA calls faked; the step reads nothing back), but the one GPU run of its
 comparison with the eager loop (H200, 2026-12-03, an intermediate version of this code) failed in all three cases and was
-not diagnosed (no device time left): capturable Adam rounds differently, which may or may not explain it. Off until a
-GPU run of ``tests/plugins/tracks4d/test_tracks4d_scene_loop.py -m gpu`` passes; the device-side loop itself is on."""
+not diagnosed (no device time left): capturable Adam rounds differently, which may or may not explain it (the test
+``..._with_the_same_adam_on_cuda`` tells the two apart: it compares the loops with the same Adam). Off until a GPU run of
+``tests/plugins/tracks4d/test_tracks4d_scene_loop.py -m gpu`` passes; the device-side loop itself is on."""
 
 
 def _graph_reason(device: torch.device) -> Optional[str]:
@@ -401,7 +402,7 @@ def _graph_reason(device: torch.device) -> Optional[str]:
 
 def _optimise(module: nn.Module, params, batch: dict, steps: int, lr: float, loss_cfg: LossConfig,
               rigid_steps: int = 0, rotation_steps: int = 0, cuda_graph: bool = SCENE_LOOP_CUDA_GRAPH,
-              record: Optional[dict] = None) -> tuple[dict, list[float]]:
+              record: Optional[dict] = None, capturable_adam: Optional[bool] = None) -> tuple[dict, list[float]]:
     """Adam on ``params`` for ``steps``; returns the outputs of the lowest-loss iterate and the loss curve.
 
     The first ``rigid_steps`` fit the static basis alone with a plain L1 reprojection (the cameras explain
@@ -409,12 +410,14 @@ def _optimise(module: nn.Module, params, batch: dict, steps: int, lr: float, los
     The first ``rotation_steps`` of those keep the cameras' translation at zero (see the module docstring).
     The step reads nothing back (:class:`_LowestLossStep`); the curve is read once, at the end. On a CUDA device with
     ``cuda_graph`` the step is captured once and replayed (the batch is the same every step; eager fallback with a
-    warning); ``record`` (a dict) receives the trainer-style ``cuda_graph`` record.
+    warning); ``record`` (a dict) receives the trainer-style ``cuda_graph`` record. ``capturable_adam`` (default: when
+    the step is captured) builds Adam with ``capturable=True`` in an eager loop too, so a test can compare the captured
+    and the eager loop with the same optimizer arithmetic.
     """
     device = batch["tracks"].device
     reason = _graph_reason(device)
     graphed = cuda_graph and reason is None
-    opt = torch.optim.Adam(params, lr=lr, capturable=True) if graphed else torch.optim.Adam(params, lr=lr)
+    opt = torch.optim.Adam(params, lr=lr, capturable=graphed if capturable_adam is None else capturable_adam)
     step_fn = _LowestLossStep(module, params, batch, opt, loss_cfg)
     runner = _GraphedStep(step_fn, opt, cuda_graph, reason)
     curve = None  # the scored steps' losses, on the device
