@@ -16,6 +16,7 @@ place between steps).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,9 +133,11 @@ def build_model(recipe: RecipeConfig, in_chans: int, num_classes: int, patch: in
     return model, {**meta, **info}
 
 
+@functools.lru_cache(maxsize=16)
 def _dihedral_orders(side: int, device=None) -> torch.Tensor:
     """``[8, side * side]``: pixel ``p`` of a ``side x side`` patch under symmetry ``t`` comes from pixel ``[t, p]``
-    (row-major). Symmetry ``t`` is ``rot90`` by ``t % 4`` quarter turns, then for ``t >= 4`` a left-right flip."""
+    (row-major). Symmetry ``t`` is ``rot90`` by ``t % 4`` quarter turns, then for ``t >= 4`` a left-right flip.
+    Built once per (side, device) and only read afterwards: not 16 small kernels in every training step."""
     grid = torch.arange(side * side, device=device).view(side, side)
     turns = [torch.rot90(grid, k, dims=(0, 1)) for k in range(4)]
     return torch.stack(turns + [torch.flip(t, dims=(1,)) for t in turns]).flatten(1)
