@@ -36,8 +36,8 @@ Whole-step CUDA graphs: the encoder's training runs (calibration, lr search, tra
 per-scene fine-tuning loops (the variant search here, and ``eval``'s test-time fine-tuning through
 ``commands.evaluate_scenes``) stay eager while ``recipes.SCENE_LOOP_CUDA_GRAPH`` is off (their captured step has not yet
 passed its GPU test); they record that. Each run's ``cuda_graph`` record is kept in ``lr_search.json``,
-``train.json`` and ``finetune_search.json`` (a run stopped by its hard deadline has none: ``fit`` raised before returning
-it), gathered in ``report.json`` (``cuda_graph``), and the report says in one line whether the numbers came from captured
+``train.json`` and ``finetune_search.json`` (a run stopped by its hard deadline too: ``core.train.StopTraining``; runs of
+JSON written before that change have none), gathered in ``report.json`` (``cuda_graph``), and the report says in one line whether the numbers came from captured
 steps.
 """
 
@@ -58,7 +58,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from lowrank_vision.core.files import write_json  # noqa: E402
-from lowrank_vision.core.train import TrainConfig, describe_graph_records  # noqa: E402
+from lowrank_vision.core.train import StopTraining, TrainConfig, describe_graph_records  # noqa: E402
 from lowrank_vision.datasets.tracks import SceneConfig, split_seeds  # noqa: E402
 from lowrank_vision.plugins.tracks4d.config import BaselineConfig, FinetuneConfig, ModelConfig, TrainRunConfig  # noqa: E402
 
@@ -123,8 +123,8 @@ class Clock:
         return self.deadline(stage) - self.now()
 
 
-class _OutOfTime(Exception):
-    pass
+class _OutOfTime(StopTraining):
+    """A run's hard deadline: ``fit`` ends the run there and returns (with its whole-step graph record)."""
 
 
 # ---------------------------------------------------------------- data
@@ -244,7 +244,7 @@ def timed_training(s: Sizes, lr: float, steps: int, hard_deadline: float, clock:
                    scorer: ValScorer | None = None) -> dict:
     """Train ``steps`` steps; keep the weights ranked best by :func:`val_rank` (checked 20 times; early stopping on
     val). A hard deadline stops the run (reported); a non-finite loss falls back to the best weights seen. ``cuda_graph``:
-    the trainer's whole-step graph record (``None`` for a stopped run: ``fit`` raised before returning it)."""
+    the trainer's whole-step graph record (a run stopped by its deadline has one too; ``None`` after a non-finite loss)."""
     from lowrank_vision.plugins.tracks4d.model import TracksTo4DNet
     from lowrank_vision.plugins.tracks4d.recipes import fit_encoder
 
@@ -269,13 +269,12 @@ def timed_training(s: Sizes, lr: float, steps: int, hard_deadline: float, clock:
     try:
         result = fit_encoder(cfg, device=device, callbacks=[watch], pool=pool, pool_points=s.scene.points)
         model, history, graph = result.model, result.history, result.cuda_graph
-    except (_OutOfTime, FloatingPointError) as exc:
-        stop = "hard deadline" if isinstance(exc, _OutOfTime) else f"non-finite loss ({exc})"
-        model = None
-        if isinstance(exc, _OutOfTime) and live["model"] is not None:
-            model = live["model"]
+        if result.stopped is not None:
+            stop = "hard deadline"
             if scorer is not None:  # score the last weights too before choosing
                 watch(steps, model, {})
+    except FloatingPointError as exc:
+        stop, model = f"non-finite loss ({exc})", None
     seconds = time.time() - start
     if live["best"] is not None:
         model = TracksTo4DNet(s.model).to(device)
@@ -722,7 +721,7 @@ _NAMES = {"feedforward": "feed-forward (GPU encoder)", "finetune": "+ test-time 
 
 def graph_records(report: dict) -> dict:
     """``{run: cuda_graph record or None}`` of the encoder's training runs and the fine-tuning search loops in the report's
-    JSON (``None``: stopped by a hard deadline, so ``fit`` returned no record, or written before the bench kept it)."""
+    JSON (``None``: a non-finite loss, or JSON written before the bench kept the record of a run stopped by its deadline)."""
     search = report.get("lr_search") or {}
     records = {"calibration": search["calibration"]["cuda_graph"]} if "cuda_graph" in search.get("calibration", {}) else {}
     records |= {f"lr {c['lr']:g}": c.get("cuda_graph") for c in search.get("candidates", [])}
@@ -734,7 +733,7 @@ def graph_records(report: dict) -> dict:
 
 def graph_line(records: dict) -> str:
     """One report line: in how many runs the whole training step was a captured CUDA graph, and why not elsewhere."""
-    return describe_graph_records(records, 'stopped by a hard deadline or run before the bench kept it')
+    return describe_graph_records(records, 'non-finite loss, or run before the bench kept it')
 
 
 def _row(name: str, m: dict) -> str:

@@ -65,7 +65,7 @@ from torch import nn
 from .files import append_text, replace_dir, write_json, write_text
 from .validate import require
 
-__all__ = ["TrainConfig", "TrainResult", "WholeStepGraph", "describe_graph_records", "fit", "latest_checkpoint", "read_metrics"]
+__all__ = ["TrainConfig", "TrainResult", "StopTraining", "WholeStepGraph", "describe_graph_records", "fit", "latest_checkpoint", "read_metrics"]
 
 _CKPT_PREFIX = "step_"
 
@@ -161,9 +161,18 @@ class TrainResult:
     ``None`` with ``cuda_graph_fused_builds=False``)."""
     optimizer: dict = field(default_factory=dict)
     """The AdamW kernel used: ``requested`` (``TrainConfig.optimizer_impl``), ``impl`` (fused/foreach/plain), ``reason``."""
+    stopped: Optional[str] = None
+    """Why a callback ended the run before ``max_steps`` (:class:`StopTraining`'s message); ``None``: it ran them all."""
     strategies: dict = field(default_factory=dict)
     """Measured strategy choice (``TrainConfig.strategy_tuning``): ``mode`` and, when tuned, ``layers``:
     ``{layer name: core.tune strategy_choice record}`` (cost model's pick, measured times, source)."""
+
+
+class StopTraining(Exception):
+    """Raised by a :func:`fit` callback to end the run after the current step (a wall-clock deadline, early stopping):
+    ``fit`` returns as after its last step, with ``TrainResult.stopped`` set to the message and the whole-step graph
+    record kept. Any other exception from a callback propagates (e.g. to simulate a kill). Under DDP the callback must
+    stop every process at the same step."""
 
 
 # ----------------------------------------------------------------------------- pure helpers
@@ -538,7 +547,8 @@ def fit(
 
     ``loss_fn(model, batch)`` returns a scalar loss or ``(loss, {name: float})``; the batch is already
     on the device. ``callbacks`` are called as ``cb(step, model, metrics)`` after every optimizer step
-    (``model`` unwrapped; a callback that raises stops training, e.g. to simulate a kill).
+    (``model`` unwrapped); one that raises :class:`StopTraining` ends the run there and ``fit`` returns normally
+    (``TrainResult.stopped``), any other exception propagates (e.g. to simulate a kill).
     ``eval_fn(model) -> {name: float}`` runs every ``config.eval_every`` steps and after the last one,
     in eval mode, under ``torch.no_grad``; its values are logged with an ``eval_`` prefix.
     """
@@ -650,7 +660,7 @@ def fit(
              if use_graph else None)
     eager_steps_before = step
     bar = tqdm(total=config.max_steps, initial=step, desc="train", disable=not (config.progress and accelerator.is_main_process), dynamic_ncols=True)
-    running, last_loss = None, float("nan")
+    running, last_loss, stopped = None, float("nan"), None
     model.train()
     while step < config.max_steps:
         loss_sum = torch.zeros((), device=accelerator.device)
@@ -700,8 +710,14 @@ def fit(
             run_eval(metrics)
         if out_dir is not None and config.checkpoint_every and (step % config.checkpoint_every == 0 or is_last):
             _save_checkpoint(accelerator, out_dir, config, step, consumed, history)
-        for cb in callbacks:
-            cb(step, accelerator.unwrap_model(model), metrics)
+        try:
+            for cb in callbacks:
+                cb(step, accelerator.unwrap_model(model), metrics)
+        except StopTraining as exc:
+            stopped = str(exc) or type(exc).__name__
+            if not history or history[-1]["step"] != step:  # the step it stopped at was not logged
+                last_loss = accelerator.reduce(loss_sum / config.grad_accum, reduction="mean").item()
+            break
     bar.close()
     if graph is not None:  # the graph's gradient buffers go with it, as an eager run ends with no gradients
         graph.optimizer.zero_grad(set_to_none=True)
@@ -722,7 +738,8 @@ def fit(
         if config.cuda_graph:
             graph_record.update(captured=False, graph_steps=0, eager_steps=step - eager_steps_before, fallback_reason=graph_reason)
     return TrainResult(steps=step, final_loss=float(last_loss), history=history, model=trained, cuda_graph=graph_record,
-                       optimizer={"requested": config.optimizer_impl, "impl": impl, "reason": impl_reason}, strategies=strategies)
+                       optimizer={"requested": config.optimizer_impl, "impl": impl, "reason": impl_reason}, strategies=strategies,
+                       stopped=stopped)
 
 
 def _save_checkpoint(accelerator, out_dir: Path, config: TrainConfig, step: int, consumed: int, history: list) -> None:

@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from lowrank_vision.core import AdapterReport, apply, trainable_parameters
-from lowrank_vision.core.train import fit
+from lowrank_vision.core.train import StopTraining, fit
 from lowrank_vision.datasets.diffusion.procedural import make_split
 
 from .config import FinetuneConfig, PretrainConfig
@@ -166,8 +166,8 @@ def eval_denoising_loss(model: nn.Module, *data: torch.Tensor, seed: int = 0, re
     return float(np.mean(losses))
 
 
-class TimeUp(RuntimeError):
-    """Raised by :class:`Deadline` inside ``fit`` to stop a run at its wall-clock deadline."""
+class TimeUp(StopTraining):
+    """Raised by :class:`Deadline` inside ``fit`` to stop a run at its wall-clock deadline (``fit`` returns normally)."""
 
 
 class Deadline:
@@ -204,21 +204,20 @@ class BudgetedResult:
     seconds: float
     seconds_per_step: float
     cuda_graph: dict | None = None
-    """``TrainResult.cuda_graph`` (captured or not, and why); ``None`` for a cut run: ``fit`` raised before returning it."""
+    """``TrainResult.cuda_graph`` (captured or not, and why), for a cut run too."""
 
 
 def fit_within(model: nn.Module, loader, loss_fn, config, deadline: float | None, callbacks=(), eval_fn=None) -> BudgetedResult:
     """``fit`` that stops at ``deadline`` (monotonic seconds); a cut run keeps its logged steps (``cut_short=True``)."""
     clock = Deadline(deadline)
     start = time.monotonic()
-    try:
-        result = fit(model, loader, loss_fn, config, callbacks=[*callbacks, clock], eval_fn=eval_fn)
+    result = fit(model, loader, loss_fn, config, callbacks=[*callbacks, clock], eval_fn=eval_fn)
+    if result.stopped is None:
         return BudgetedResult(result.steps, result.final_loss, result.history, False, time.monotonic() - start, clock.seconds_per_step(),
                               result.cuda_graph)
-    except TimeUp:
-        history = [h for h in clock.history if h["step"] % config.log_every == 0 or h is clock.history[-1]]
-        return BudgetedResult(len(clock.history), float(clock.history[-1]["loss"]), history, True, time.monotonic() - start,
-                              clock.seconds_per_step())
+    history = [h for h in clock.history if h["step"] % config.log_every == 0 or h is clock.history[-1]]
+    return BudgetedResult(len(clock.history), float(clock.history[-1]["loss"]), history, True, time.monotonic() - start,
+                          clock.seconds_per_step(), result.cuda_graph)
 
 
 def steps_for_seconds(seconds: float, seconds_per_step: float, lo: int = 1, hi: int = 10**6) -> int:

@@ -117,7 +117,7 @@ def test_tracks4d_results_page_and_report_json_say_whether_steps_were_captured(t
     assert list(records) == ["calibration", "lr 0.001", "lr 0.0003", "train", "fine-tuning lora_rigid (val 7)"]
     page = bench.write_results_md({**report, "cuda_graph": records}, tmp_path / "tracks4d.md").read_text()
     assert ("**Whole-step CUDA graphs:** captured in 4 of 4 runs that asked for them (3,188 replayed steps, 12 eager); no record for 1 run "
-            "(lr 0.0003), stopped by a hard deadline or run before the bench kept it.") in page
+            "(lr 0.0003), non-finite loss, or run before the bench kept it.") in page
     eager = _tracks4d_report({"requested": False}, {1e-3: {"requested": False}}, {})
     assert "**Whole-step CUDA graphs:** off (`--eager`) in all 3 recorded runs." in bench.write_results_md(eager, tmp_path / "e.md").read_text()
 

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
-from lowrank_vision.core.train import TrainConfig, fit, latest_checkpoint, lr_factor, read_metrics
+from lowrank_vision.core.train import StopTraining, TrainConfig, fit, latest_checkpoint, lr_factor, read_metrics
 
 torch.set_num_threads(1)
 
@@ -177,6 +177,37 @@ def test_eval_fn_and_callbacks():
               callbacks=[lambda s, m, met: seen.append(s)], eval_fn=lambda m: {"n_params": sum(p.numel() for p in m.parameters())})
     assert seen == [1, 2, 3, 4]
     assert [h.get("eval_n_params") for h in res.history] == [8 * 16 + 16 + 16 + 1] * 2
+
+
+@pytest.mark.parametrize("cuda_graph", [False, True])
+def test_a_callback_that_raises_stop_training_ends_the_run_and_fit_returns_its_record(cuda_graph):
+    """A deadline-style stop: ``fit`` returns the model as it was after that step (the same weights as an uninterrupted
+    run's at that step), the step's loss, and the whole-step graph record (here the CPU's eager fallback) that an
+    exception propagating out of ``fit`` would lose."""
+    cfg = TrainConfig(max_steps=8, lr=5e-3, log_every=3, progress=False, cuda_graph=cuda_graph)
+    at_five = {}
+
+    def keep(step, model, metrics):
+        if step == 5:
+            at_five.update(weights=flat(model).clone(), loss=metrics["loss"])
+
+    fit(make_model(), loader(), mse, cfg, callbacks=[keep])
+
+    def deadline(step, model, metrics):
+        if step == 5:
+            raise StopTraining("deadline reached after step 5")
+
+    res = fit(make_model(), loader(), mse, cfg, callbacks=[deadline])
+    assert res.steps == 5 and res.stopped == "deadline reached after step 5"
+    assert torch.equal(flat(res.model), at_five["weights"])
+    assert res.final_loss == pytest.approx(at_five["loss"], rel=1e-6)  # step 5 was not a logged step (log_every=3)
+    assert [h["step"] for h in res.history] == [3]
+    if cuda_graph:
+        assert res.cuda_graph == {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 5,
+                                  "fallback_reason": res.cuda_graph["fallback_reason"]} and "CUDA" in res.cuda_graph["fallback_reason"]
+    else:
+        assert res.cuda_graph == {"requested": False}
+    assert fit(make_model(), loader(), mse, cfg).stopped is None
 
 
 @pytest.mark.parametrize(

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from lowrank_vision.core.train import TrainConfig, batch_signature, fit, graph_fallback_reason
+from lowrank_vision.core.train import StopTraining, TrainConfig, batch_signature, fit, graph_fallback_reason
 from ..capture_checks import FakeGraph, fake_cuda_graphs
 
 torch.set_num_threads(1)
@@ -313,3 +313,17 @@ def test_graph_resume_from_eager_checkpoint_follows_the_schedule_on_cuda(tmp_pat
     assert losses(resumed) == pytest.approx(losses(straight), rel=1e-4, abs=1e-6)
     for a, b in zip(straight.model.parameters(), resumed.model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_a_run_stopped_by_a_callback_keeps_its_graph_record_on_cuda():
+    def deadline(step, model, metrics):
+        if step == 7:
+            raise StopTraining("deadline")
+
+    res = fit(make_model(), DataLoader(data(), batch_size=8, shuffle=True, drop_last=True), mse,
+              TrainConfig(max_steps=20, lr=5e-3, log_every=1, progress=False, cuda_graph=True), callbacks=[deadline])
+    assert res.stopped == "deadline" and res.steps == 7
+    assert res.cuda_graph["captured"] is True and res.cuda_graph["graph_steps"] == 7 - 3, res.cuda_graph
+    assert all(p.grad is None for p in res.model.parameters())
