@@ -410,14 +410,15 @@ def _optimise(module: nn.Module, params, batch: dict, steps: int, lr: float, los
     The first ``rotation_steps`` of those keep the cameras' translation at zero (see the module docstring).
     The step reads nothing back (:class:`_LowestLossStep`); the curve is read once, at the end. On a CUDA device with
     ``cuda_graph`` the step is captured once and replayed (the batch is the same every step; eager fallback with a
-    warning); ``record`` (a dict) receives the trainer-style ``cuda_graph`` record. ``capturable_adam`` (default: when
-    the step is captured) builds Adam with ``capturable=True`` in an eager loop too, so a test can compare the captured
-    and the eager loop with the same optimizer arithmetic.
+    warning); ``record`` (a dict) receives the trainer-style ``cuda_graph`` record. ``capturable_adam`` (default: on
+    every CUDA device, captured or not) builds Adam with ``capturable=True`` (step count and bias corrections on the
+    device), so the eager and the captured loop do the same arithmetic: on the H200 (2026-12-03) their losses agreed at
+    every step to 1e-4 with it in all three tested cases, while the comparison with a plain eager Adam failed in all
+    three (rounding that Adam's normalisation carries into whole steps).
     """
     device = batch["tracks"].device
     reason = _graph_reason(device)
-    graphed = cuda_graph and reason is None
-    opt = torch.optim.Adam(params, lr=lr, capturable=graphed if capturable_adam is None else capturable_adam)
+    opt = torch.optim.Adam(params, lr=lr, capturable=device.type == "cuda" if capturable_adam is None else capturable_adam)
     step_fn = _LowestLossStep(module, params, batch, opt, loss_cfg)
     runner = _GraphedStep(step_fn, opt, cuda_graph, reason)
     curve = None  # the scored steps' losses, on the device
