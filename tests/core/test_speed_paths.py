@@ -185,6 +185,24 @@ def test_goal_needs_three_rounds_and_reads_the_median():
     assert "| ours:lora:auto | 6.5 [6.0, 9.0] | – | 0.65 [0.60, 0.90] | n/a | n/a | n/a (3 host ops) |" in page
 
 
+def test_dora_reference_lines_read_the_eager_kernel_counts_and_the_graph_rounds():
+    """Not goals: DoRA's eager kernel count over our LoRA's, and DoRA's compiled build over our LoRA under graphs."""
+    adapters, _ = _bench()
+    env = {"machine": "m", "versions": "v", "command": "c", "precision": "bf16", "steps": 1, "warmup": 1, "rounds": 3}
+    eager = {"ours:lora:auto": {"rounds_ms": [10.0] * 3, "kernels": 1000}, "ours:dora:auto": {"rounds_ms": [15.0] * 3, "kernels": 1340}}
+    graph = {"ours:lora:auto": {"rounds_ms": [8.0, 8.0, 10.0]}, "ours:dora:fused": {"rounds_ms": [8.8, 9.6, 10.0]}}
+    store = {"cuda": {"env": env, "cases": {"vit_b": {"description": "d", "targets": 1, "rows": eager}}},
+             "cuda + cuda graph": {"env": env, "cases": {"vit_b": {"description": "d", "targets": 1, "rows": graph}}}}
+    lines = [line for line in adapters.goals_section(store) if "(reference) eager kernels" in line or "(reference) dora" in line]
+    assert lines == [
+        "| (reference) eager kernels per step dora / our lora (profiled step) | vit_b | 1.34 | 1 | – | where launching kernels "
+        "bounds the eager step, its time grows about as this count |",
+        "| (reference) dora / our lora, whole-step graphs (DoRA's compiled build, as `fit` picks it) | vit_b | 1.10 [1.00, 1.20] "
+        "| 3 | – | within the eager goal's 1.15 |"]
+    graph["ours:dora:fused"]["rounds_ms"] = [9.6, 9.6, 12.0]
+    assert any(line.endswith("| above the eager goal's 1.15 |") for line in adapters.goals_section(store))
+
+
 def test_cuda_graph_mode_falls_back_on_cpu_with_reason():
     adapters, _ = _bench()
     torch.manual_seed(0)
