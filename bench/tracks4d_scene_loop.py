@@ -15,7 +15,6 @@ The scenes are the generator's defaults (``datasets.tracks.SceneConfig()``), see
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import statistics
 import sys
