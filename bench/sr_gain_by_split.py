@@ -42,8 +42,9 @@ def verdict(rows: dict, goal: float = 3.0) -> str:
     train, val = rows["train"]["mean_gain"], rows["val"]["mean_gain"]
     words = f"the network gains {train:+.2f} dB on the photos it trained on and {val:+.2f} dB on the val photos (gap {train - val:.2f} dB)"
     if train < goal:
-        return (words + f"; the {goal:+.1f} dB goal is above its gain on its own training photos, so it under-fits them: fitting "
-                "them better (a longer run, larger batches, more channels) comes first, more photos alone would not reach the goal")
+        return (words + f"; the {goal:+.1f} dB goal is above its gain on its own training photos: it needs a network that fits "
+                "them better (a longer run, larger batches, more channels) unless these photos cap the gain below the goal; "
+                "more photos of the same kind alone would not reach it")
     return words + f"; it reaches {goal:+.1f} dB on its own training photos, so the gap to held-out photos is what is left to close"
 
 

@@ -19,7 +19,7 @@ def test_verdict_reads_the_gap_and_the_goal_against_the_training_photos_gain(tra
     bench = load_bench_script("sr_gain_by_split.py")
     words = bench.verdict({"train": {"mean_gain": train_gain}, "val": {"mean_gain": val_gain}})
     assert f"(gap {train_gain - val_gain:.2f} dB)" in words
-    assert ("under-fits them" in words) is under and ("what is left to close" in words) is (not under)
+    assert ("fits them better" in words) is under and ("what is left to close" in words) is (not under)
 
 
 def _split(folder, seed, n=2, size=48):
