@@ -34,8 +34,8 @@ weights (``plugins/tracks4d/weights/``) when the report recommends it.
 Whole-step CUDA graphs: the encoder's training runs (calibration, lr search, training) ask for them as the recipe's
 ``TrainRunConfig().train`` does, so on a GPU each step is one captured graph replayed (``--eager`` turns that off). The
 per-scene fine-tuning loops (the variant search here, and ``eval``'s test-time fine-tuning through
-``commands.evaluate_scenes``) stay eager while ``recipes.SCENE_LOOP_CUDA_GRAPH`` is off (their captured step has not yet
-passed its GPU test); they record that. Each run's ``cuda_graph`` record is kept in ``lr_search.json``,
+``commands.evaluate_scenes``) capture their step too (``recipes.SCENE_LOOP_CUDA_GRAPH``, on since its GPU test and
+timing passed: ``docs/results/tracks4d_scene_loop.md``); they record that. Each run's ``cuda_graph`` record is kept in ``lr_search.json``,
 ``train.json`` and ``finetune_search.json`` (a run stopped by its hard deadline too: ``core.train.StopTraining``; runs of
 JSON written before that change have none), gathered in ``report.json`` (``cuda_graph``), and the report says in one line whether the numbers came from captured
 steps.
@@ -420,7 +420,7 @@ def _finetune_val(job: tuple) -> dict:
     batch = recipes.prepare([ts], device)
     ff = metrics.score(recipes.reconstruct(recipes.forward_timed(model, batch)[0], batch), ts)
     graph: dict = {}
-    res, _ = recipes.finetune(model, batch, cfg, cuda_graph=cuda_graph and recipes.SCENE_LOOP_CUDA_GRAPH, record=graph)
+    res, _ = recipes.finetune(model, batch, cfg, cuda_graph=cuda_graph, record=graph)
     return {"variant": name, "seed": seed, "feedforward_depth_abs_rel": ff["depth_abs_rel"], "feedforward_ate": ff["ate"],
             "feedforward_reprojection_px": ff["reprojection_px"], "cuda_graph": graph} | metrics.score(recipes.reconstruct(res, batch), ts)
 

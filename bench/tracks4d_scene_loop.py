@@ -8,13 +8,14 @@ camera and motion parameters, ``BaselineConfig`` defaults: 1,000 Adam steps, 2 s
 shipped encoder with LoRA (``finetune``, 200 steps, rank 8, 60 rigid steps first). Each is run with ``cuda_graph=False``
 and ``cuda_graph=True`` on the same scenes, in alternating order round by round; the page gives each loop's median
 seconds, the per-round ratio captured / eager (median [min, max]) and how far the two loops' final losses and outputs
-are apart (they use the same capturable Adam only in the captured loop, so they agree to rounding, not to the bit).
+are apart (the same capturable Adam in both; see the page for why the LoRA fine-tune's loops still differ).
 The scenes are the generator's defaults (``datasets.tracks.SceneConfig()``), seeds 910000+ (no other run uses them).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import statistics
 import sys
@@ -67,12 +68,17 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--smoke", action="store_true", help="small loops (CPU rehearsal)")
     p.add_argument("--out", default=None, help="folder of the page and JSON (default: docs/results)")
+    p.add_argument("--render-only", action="store_true", help="write the page again from the JSON in --out, and stop")
     a = p.parse_args(argv)
+    out_dir = Path(a.out) if a.out else REPO / "docs" / "results"
+    if a.render_only:
+        stored = json.loads((out_dir / "tracks4d_scene_loop.json").read_text())
+        write_text(out_dir / "tracks4d_scene_loop.md", render(stored["meta"], stored["rows"]))
+        return 0
     if a.rounds < 1:
         p.error("--rounds: expected an integer >= 1")
     if a.device.startswith("cuda") and not torch.cuda.is_available():
         p.error("--device cuda: torch sees no GPU")
-    out_dir = Path(a.out) if a.out else REPO / "docs" / "results"
     model, _ = load_weights(device=a.device)
     scene = SceneConfig(frames=8, points=24) if a.smoke else SceneConfig()
     batches = [recipes.prepare([make_scene(seed, scene).to_trackset()], a.device) for seed in SEEDS]
@@ -121,17 +127,22 @@ def render(meta: dict, rows: dict) -> str:
           f"seeds {', '.join(map(str, meta['seeds']))} (one per round, in turn). {meta['rounds']} interleaved rounds "
           "(the order eager / captured alternates); each figure is median [min, max] over the rounds, the ratio is "
           "taken round by round.", "",
-          "| loop | eager s | captured s | captured / eager | graph record | final-loss gap (rel.) | output gap (max abs) |",
-          "|---|---|---|---|---|---|---|"]
+          "| loop | eager s | captured s | captured / eager | graph record | best-loss gap (rel.) | final-loss gap (rel.) | output gap (max abs) |",
+          "|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
         rec = r["cuda_graph"] or {}
         how = ("captured, " f"{rec.get('graph_steps', 0)} replays + {rec.get('eager_steps', 0)} eager steps"
                if rec.get("captured") else f"eager fallback: {rec.get('fallback_reason')}")
         md.append(f"| {name} | {_mm(r['eager_s'])} | {_mm(r['captured_s'])} | {_mm(r['ratios'], 2)} | {how} | "
-                  f"{max(g['final_loss_rel'] for g in r['gaps']):.1e} | {max(g['output_max_abs'] for g in r['gaps']):.1e} |")
-    md += ["", "The gaps are the largest over the rounds. The captured loop builds Adam with `capturable=True` (its step "
-           "count and bias corrections on the device), the eager one without: the same update up to rounding, which "
-           "Adam's normalisation carries into the parameters (a near-zero gradient still moves a parameter by up to the lr).",
+                  f"{max(g['best_loss_rel'] for g in r['gaps']):.1e} | {max(g['final_loss_rel'] for g in r['gaps']):.1e} | "
+                  f"{max(g['output_max_abs'] for g in r['gaps']):.1e} |")
+    md += ["", "The gaps are the largest over the rounds (best loss: the lowest of the loop, whose iterate is returned). Both "
+           "loops build Adam with `capturable=True` on a CUDA device, so where they run the same kernels they agree to the bit "
+           "(the baseline). The LoRA fine-tune does not run the same kernels: while a step is captured, `auto` runs LoRA's "
+           "Linear layers on the fused kernel (`DeltaAdapter._pick_strategy`), eagerly on the weight space; the same update "
+           "in another rounding, which its Adam steps carry into a nearby trajectory (the 20-step GPU test of the two loops "
+           "agrees to 1e-4 per step: `tests/plugins/tracks4d/test_tracks4d_scene_loop.py`). Differences that repeat "
+           "exactly on rounds with the same scene are that, not noise.",
            "", "Raw numbers: `tracks4d_scene_loop.json` beside this page.", ""]
     return "\n".join(md)
 

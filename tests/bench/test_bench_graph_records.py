@@ -134,6 +134,7 @@ def test_tracks4d_finetune_search_worker_records_the_loop(tmp_path):
     torch.manual_seed(0)
     save_weights(tmp_path / "encoder_fp16.safetensors", TracksTo4DNet(s.model), {"command": "test"}, dtype=torch.float16)
     row = bench._finetune_val((tmp_path, 200000, s.scene, "full", FinetuneConfig(steps=3, lr=1e-4), "cpu", s.cuda_graph))
-    # the per-scene loop stays eager while recipes.SCENE_LOOP_CUDA_GRAPH is off, and its record says so
-    assert row["cuda_graph"] == {"requested": False, "captured": False, "graph_steps": 0, "eager_steps": 3, "fallback_reason": None}
+    # the per-scene loop asks for its graph (recipes.SCENE_LOOP_CUDA_GRAPH) and records the CPU's fallback
+    assert row["cuda_graph"] == {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 3,
+                                 "fallback_reason": "device is cpu: CUDA graphs need a CUDA device"}
     assert np.isfinite(row["depth_abs_rel"])

@@ -196,7 +196,10 @@ def test_finetune_and_the_baseline_record_the_cpu_fallback():
     assert record == {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 2 * 4 + 6, "fallback_reason": CPU_FALLBACK,
                       "loops": 3}
     record = {}
-    finetune(_network(dtype=torch.float32), batch, FinetuneConfig(steps=3, lr=1e-3), record=record)  # the default: off
+    finetune(_network(dtype=torch.float32), batch, FinetuneConfig(steps=3, lr=1e-3), record=record)  # the default: asked for
+    assert record == {"requested": True, "captured": False, "graph_steps": 0, "eager_steps": 3, "fallback_reason": CPU_FALLBACK}
+    record = {}
+    finetune(_network(dtype=torch.float32), batch, FinetuneConfig(steps=3, lr=1e-3), cuda_graph=False, record=record)
     assert record == {"requested": False, "captured": False, "graph_steps": 0, "eager_steps": 3, "fallback_reason": None}
 
 
