@@ -26,8 +26,8 @@ Whole-step CUDA graphs: every trainer run (VAE, UNet + text encoder, step-time p
 as the recipe's configs do (``PretrainConfig().train``, ``FinetuneConfig().train``): on a GPU each step is captured once and
 replayed (``--eager`` turns that off; on a CPU the trainer runs eagerly and says why). Each run's ``cuda_graph`` record is
 kept in its stage JSON (``base.json``: ``vae_cuda_graph``, ``cuda_graph``; ``lr.json``; ``runs/*/result.json``) and the
-report says in one line whether the numbers came from captured steps; a run cut by its deadline has no record (``fit``
-raised before returning it).
+report says in one line whether the numbers came from captured steps; a run cut by its deadline keeps its record too
+(its deadline is a ``core.train.StopTraining``; stages written before that change have none).
 """
 
 from __future__ import annotations
@@ -319,8 +319,8 @@ def stage_train(out: Path, s: dict, device: str, clock: Clock, precision: str, g
 
 
 def graph_records(base: dict | None, lr: dict | None, runs: dict) -> dict:
-    """``{run: cuda_graph record or None}`` of every trainer run in the stages' JSON (``None``: cut by its deadline, so
-    ``fit`` returned no record, or written before the bench kept it)."""
+    """``{run: cuda_graph record or None}`` of every trainer run in the stages' JSON (``None``: a stage written before the
+    bench kept records, or before a run cut by its deadline kept one)."""
     records = {}
     if base:
         records |= {"base VAE": base.get("vae_cuda_graph"), "base UNet": base.get("cuda_graph")}
@@ -335,7 +335,7 @@ def graph_line(records: dict) -> str:
     """One report line: in how many runs the whole training step was a captured CUDA graph, and why not elsewhere."""
     from lowrank_vision.core.train import describe_graph_records
 
-    return describe_graph_records(records, 'cut by a deadline or run before the bench kept it')
+    return describe_graph_records(records, 'run before the bench kept its record')
 
 
 def first_step_reaching(curve: list[dict], target: float):

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -31,6 +30,8 @@ from lowrank_vision.plugins.tracks4d.config import BaselineConfig, FinetuneConfi
 from lowrank_vision.plugins.tracks4d.weights import load_weights
 
 REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO / "bench"))
+from adapters import fmt_spread  # noqa: E402  (median [min, max], as every speed table here)
 SEEDS = (910000, 910001, 910002)
 
 
@@ -116,10 +117,6 @@ def main(argv=None) -> int:
     return 0
 
 
-def _mm(values, digits=3) -> str:
-    return f"{statistics.median(values):.{digits}f} [{min(values):.{digits}f}, {max(values):.{digits}f}]"
-
-
 def render(meta: dict, rows: dict) -> str:
     md = ["# tracks4d: per-scene loops, eager vs one captured CUDA graph", "",
           f"Written by `{meta['command']}` on {meta['device']} (torch {meta['torch']}, {meta['utc']}). "
@@ -133,7 +130,7 @@ def render(meta: dict, rows: dict) -> str:
         rec = r["cuda_graph"] or {}
         how = ("captured, " f"{rec.get('graph_steps', 0)} replays + {rec.get('eager_steps', 0)} eager steps"
                if rec.get("captured") else f"eager fallback: {rec.get('fallback_reason')}")
-        md.append(f"| {name} | {_mm(r['eager_s'])} | {_mm(r['captured_s'])} | {_mm(r['ratios'], 2)} | {how} | "
+        md.append(f"| {name} | {fmt_spread(r['eager_s'], 3)} | {fmt_spread(r['captured_s'], 3)} | {fmt_spread(r['ratios'])} | {how} | "
                   f"{max(g['best_loss_rel'] for g in r['gaps']):.1e} | {max(g['final_loss_rel'] for g in r['gaps']):.1e} | "
                   f"{max(g['output_max_abs'] for g in r['gaps']):.1e} |")
     md += ["", "The gaps are the largest over the rounds (best loss: the lowest of the loop, whose iterate is returned). Both "
